@@ -1,0 +1,1 @@
+"""The headless engine. No Qt or napari imports anywhere below this package."""
