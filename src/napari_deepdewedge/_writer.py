@@ -1,0 +1,26 @@
+"""npe2 writer: an image layer → ``.mrc`` with the voxel size taken from the layer's scale."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_mrc_layer(path: str, data, attributes: dict) -> list[str]:
+    """Write one image layer as MRC; voxel size from ``scale``, origin from ``translate``."""
+    import numpy as np
+
+    from .core.errors import DDWError
+    from .core.io import write_mrc
+
+    array = np.asarray(data)
+    if array.ndim != 3:
+        raise DDWError(
+            f"MRC export needs a 3D layer but '{attributes.get('name', 'layer')}' is "
+            f"{array.ndim}D; choose a tomogram or tilt-series layer"
+        )
+    scale = tuple(attributes.get("scale") or (1.0, 1.0, 1.0))[-3:]
+    translate = tuple(attributes.get("translate") or (0.0, 0.0, 0.0))[-3:]
+    target = Path(path)
+    if target.suffix.lower() != ".mrc":
+        target = target.with_suffix(".mrc")
+    write_mrc(target, array, voxel_size=scale, origin=translate)
+    return [str(target)]
