@@ -1,0 +1,98 @@
+"""Random rotations and batched rotate-and-crop of sub-tomograms (DESIGN §2.4, §2.5, §2.10).
+
+Conventions (docs/architecture.md): a rotation is a ``(3, 3)`` matrix ``R`` acting on column
+vectors in ``(z, y, x)`` order; index ``i`` of an axis of length ``N`` sits at the centred
+coordinate ``i - N // 2``; rotating a volume means ``v_R(p) = v(Rᵀ p)``. Its spectrum rotates
+the same way, so the observed-mask of the rotated volume is ``M_R(k) = M(Rᵀ k)``
+(:func:`napari_deepdewedge.core.fourier.rotated_observed_masks`).
+
+:func:`rotate_center_crop` samples only the ``s³`` output voxels: output voxel ``j`` (centred
+``p = j - s // 2``) reads the input at centred ``Rᵀ p``, i.e. at input index ``Rᵀ p + E // 2``.
+With ``R = I`` this is exactly the centre crop ``cube[E//2 - s//2 : E//2 - s//2 + s]`` on every
+axis, so rotation centre and crop centre agree.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import DDWError
+
+
+def random_rotations(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``n`` rotation matrices drawn uniformly (Haar measure) from SO(3), shape ``(n, 3, 3)``.
+
+    A 4-vector of independent standard normals, normalized, is a uniformly distributed unit
+    quaternion; its rotation matrix is therefore uniform on SO(3). The draw happens on the
+    generator's device (CPU without a generator) in float64 and is then moved to
+    ``device``/``dtype``, so a seeded CPU generator gives the same rotations on every device.
+    """
+    n = int(n)
+    if n < 0:
+        raise DDWError(f"number of rotations must be >= 0, got {n}")
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    q = torch.randn(n, 4, generator=generator, device=gen_device, dtype=torch.float64)
+    q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    w, a, b, c = q.unbind(dim=1)  # scalar part w, vector part (a, b, c) on axes (0, 1, 2)
+    rot = torch.stack(
+        [
+            1 - 2 * (b * b + c * c), 2 * (a * b - c * w), 2 * (a * c + b * w),
+            2 * (a * b + c * w), 1 - 2 * (a * a + c * c), 2 * (b * c - a * w),
+            2 * (a * c - b * w), 2 * (b * c + a * w), 1 - 2 * (a * a + b * b),
+        ],
+        dim=1,
+    ).reshape(n, 3, 3)
+    return rot.to(device=device if device is not None else gen_device, dtype=dtype)
+
+
+def _as_size3(size) -> tuple[int, int, int]:
+    if isinstance(size, int):
+        return (size, size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 3:
+        raise DDWError(f"crop size must be an int or three ints (Z, Y, X), got {size}")
+    return size
+
+
+def sampling_grid(in_shape, rotations: torch.Tensor, size) -> torch.Tensor:
+    """The ``grid_sample`` grid ``(B, s, s, s, 3)`` (last axis ``(x, y, z)``, align_corners=True)."""
+    sz = _as_size3(size)
+    rotations = rotations
+    device, dtype = rotations.device, rotations.dtype
+    axes = [torch.arange(n, device=device, dtype=dtype) - (n // 2) for n in sz]
+    pz, py, px = torch.meshgrid(*axes, indexing="ij")
+    p = torch.stack([pz, py, px], dim=-1).reshape(-1, 3)  # (N, 3) centred output coords, rows
+    # q = Rᵀ p for every row p:  qᵀ = pᵀ R
+    q = torch.matmul(p.unsqueeze(0), rotations)  # (B, N, 3) centred input coords (z, y, x)
+    ins = torch.tensor([float(n) for n in in_shape], device=device, dtype=dtype)
+    centre = torch.tensor([float(n // 2) for n in in_shape], device=device, dtype=dtype)
+    # align_corners=True: index 0 -> -1, index n-1 -> +1
+    g = (q + centre) * (2.0 / (ins - 1.0)) - 1.0
+    g = g.flip(-1)  # grid_sample wants (x, y, z)
+    return g.reshape(rotations.shape[0], *sz, 3)
+
+
+def rotate_center_crop(cubes: torch.Tensor, rotations: torch.Tensor, size, *, padding_mode: str = "zeros") -> torch.Tensor:
+    """Rotate every cube about its centre and crop its centre ``size³`` in one resampling.
+
+    ``cubes``: ``(B, C, Ez, Ey, Ex)``; ``rotations``: ``(B, 3, 3)`` (one per cube, shared by its
+    channels, so stacking cube0 and cube1 as two channels rotates both identically). Returns
+    ``(B, C, s, s, s)`` with ``out[b, :, j] = cubes[b, :](Rᵀ (j - s//2) + E//2)`` by trilinear
+    interpolation (``grid_sample``, ``align_corners=True`` so integer positions are voxel
+    centres). Points outside the input read ``padding_mode`` (zeros by default; with an
+    extraction edge ``ceil_even(√2·s)`` only the corners of the output can fall outside).
+    """
+    if cubes.ndim != 5:
+        raise DDWError(f"cubes must have shape (B, C, Z, Y, X), got {tuple(cubes.shape)}")
+    if rotations.ndim != 3 or rotations.shape[1:] != (3, 3) or rotations.shape[0] != cubes.shape[0]:
+        raise DDWError(
+            f"rotations must have shape ({cubes.shape[0]}, 3, 3) (one per cube), got {tuple(rotations.shape)}"
+        )
+    if any(n < 2 for n in cubes.shape[2:]):
+        raise DDWError(f"cubes must be at least 2 voxels along every axis, got {tuple(cubes.shape[2:])}")
+    dtype = cubes.dtype if cubes.dtype in (torch.float32, torch.float64) else torch.float32
+    rot = rotations.to(device=cubes.device, dtype=dtype)
+    grid = sampling_grid(cubes.shape[2:], rot, size)
+    out = torch.nn.functional.grid_sample(
+        cubes.to(dtype), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True
+    )
+    return out.to(cubes.dtype)
