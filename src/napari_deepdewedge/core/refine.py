@@ -1,0 +1,358 @@
+"""Refinement: run the fitted network over whole tomograms (DESIGN §2.8).
+
+For each half:
+
+1. standardize with the half's own mean and standard deviation (when the model was fitted on
+   standardized halves, the default),
+2. apply the observed-mask ``M`` of the tilt range. ``M`` does not depend on ky, so
+   ``F⁻¹(M·F(v))`` is computed with 2D FFTs over (z, x), one chunk of Y rows at a time:
+   exact, and memory stays bounded for large tomograms,
+3. cut into cubes of edge ``s`` overlapping by ``overlap`` voxels (default ``ceil(s/3)``);
+   tiles that run past the far edge of an axis read reflected voxels (``numpy`` "reflect"),
+4. run the model on ``batch_size`` cubes at a time — only the current batch is on the device;
+   the output accumulates on the CPU,
+5. blend with separable linear ramps. The weights are normalized per axis (the ramps of all
+   tiles covering a position sum to one on every axis), so their product sums to one for every
+   voxel and the blend of identical tiles is exact,
+6. crop to the input size and undo the standardization.
+
+With an identity model the result is the wedge-masked tomogram to float precision
+(``tests/test_refine.py``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import DDWError
+
+#: voxels per chunk when masking a large tomogram (complex intermediates stay < ~1 GB)
+_MASK_CHUNK_VOXELS = 32 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# standardization and masking
+# --------------------------------------------------------------------------------------------
+def standardization_stats(volume) -> tuple[float, float]:
+    """Mean and standard deviation of a (possibly memory-mapped) volume, float64 accumulation,
+    one Z slab at a time. Raises :class:`DDWError` for a constant or non-finite volume."""
+    vol = np.asarray(volume) if not isinstance(volume, np.memmap) else volume
+    if vol.ndim != 3 or vol.size == 0:
+        raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(vol.shape)}")
+    n = 0
+    total = 0.0
+    step = max(1, _MASK_CHUNK_VOXELS // max(1, vol.shape[1] * vol.shape[2]))
+    for z0 in range(0, vol.shape[0], step):
+        slab = np.asarray(vol[z0:z0 + step], dtype=np.float64)
+        total += float(slab.sum())
+        n += slab.size
+    mean = total / n
+    sq = 0.0
+    for z0 in range(0, vol.shape[0], step):
+        slab = np.asarray(vol[z0:z0 + step], dtype=np.float64) - mean
+        sq += float(np.vdot(slab.ravel(), slab.ravel()))
+    std = math.sqrt(sq / n)
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        raise DDWError("the tomogram contains NaN or infinite values; fix the reconstruction (or its input) first")
+    if std <= 0 or std < 1e-12 * max(1.0, abs(mean)):
+        raise DDWError("the tomogram is constant (zero variance); check that the right file or layer was chosen")
+    return mean, std
+
+
+def prepare_half(tomo, tilt_min, tilt_max, stats=None, *, z_range=None, chunk_y=None) -> np.ndarray:
+    """Standardize with ``stats = (mean, std)`` (``None``: unchanged) and apply ``M``.
+
+    ``F⁻¹(M·F(v))`` with the observed-mask ``M`` of ``[tilt_min, tilt_max]``: ``M`` depends on
+    (kz, kx) only, so 2D FFTs over (z, x) per chunk of Y rows give exactly the 3D result with
+    bounded memory. Returns a new float32 array, rows ``z_range = (z0, z1)`` only when given
+    (the masking still uses the full Z extent). The input (possibly memory-mapped) is not
+    modified.
+    """
+    import torch
+
+    from .fourier import observed_mask
+
+    tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
+    if tomo.ndim != 3:
+        raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(tomo.shape)}")
+    Z, Y, X = (int(n) for n in tomo.shape)
+    z0, z1 = (0, Z) if z_range is None else (int(z_range[0]), int(z_range[1]))
+    if not 0 <= z0 < z1 <= Z:
+        raise DDWError(f"z range ({z0}, {z1}) is outside the tomogram's 0..{Z}; choose rows inside it")
+    out = np.empty((z1 - z0, Y, X), dtype=np.float32)
+    mask = observed_mask((Z, 1, X), tilt_min, tilt_max, device="cpu", rfft=True)  # (Z, 1, X//2+1)
+    trivial = bool((mask == 1).all())
+    cy = int(chunk_y or max(1, _MASK_CHUNK_VOXELS // max(1, Z * X)))
+    for y0 in range(0, Y, cy):
+        chunk = np.array(tomo[:, y0:y0 + cy], dtype=np.float32)
+        if stats is not None:
+            chunk -= np.float32(stats[0])
+            chunk /= np.float32(stats[1])
+        if not trivial:
+            spec = torch.fft.rfftn(torch.from_numpy(chunk), dim=(0, 2))
+            spec *= mask
+            chunk = torch.fft.irfftn(spec, s=(Z, X), dim=(0, 2)).numpy()
+        out[:, y0:y0 + cy] = chunk[z0:z1]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# tiling
+# --------------------------------------------------------------------------------------------
+def default_overlap(subtomo_size: int) -> int:
+    return int(math.ceil(int(subtomo_size) / 3))
+
+
+def tile_starts(n: int, size: int, overlap: int) -> list[int]:
+    """Start indices of tiles of ``size`` with ``overlap`` covering ``[0, n)`` (the last tile may
+    run past ``n``; it reads reflected voxels there)."""
+    step = size - overlap
+    if n <= size:
+        return [0]
+    count = int(math.ceil((n - size) / step)) + 1
+    return [i * step for i in range(count)]
+
+
+def ramp(size: int, overlap: int) -> np.ndarray:
+    """Linear blending ramp of a tile: rises over ``overlap`` voxels at both ends, positive."""
+    i = np.arange(size, dtype=np.float64)
+    return np.minimum(np.minimum(i + 1, size - i), overlap + 1) / (overlap + 1)
+
+
+def axis_weights(n: int, size: int, overlap: int) -> tuple[list[int], list[np.ndarray]]:
+    """Per-tile 1D weights along one axis, normalized so that they sum to one at every position."""
+    starts = tile_starts(n, size, overlap)
+    r = ramp(size, overlap)
+    total = np.zeros(starts[-1] + size)
+    for s0 in starts:
+        total[s0:s0 + size] += r
+    return starts, [(r / total[s0:s0 + size]).astype(np.float32) for s0 in starts]
+
+
+def reflect_index(n: int, length: int) -> np.ndarray:
+    """Indices ``0..length-1`` mapped into ``[0, n)`` by reflection at the far edge (no edge
+    repeat, like ``numpy.pad(mode="reflect")``; periodic when ``length`` exceeds ``2n``)."""
+    i = np.arange(length)
+    if n == 1:
+        return np.zeros(length, dtype=np.int64)
+    period = 2 * (n - 1)
+    m = i % period
+    return np.where(m < n, m, period - m).astype(np.int64)
+
+
+def _check_overlap(size: int, overlap) -> int:
+    if overlap is None:
+        return default_overlap(size)
+    overlap = int(overlap)
+    if overlap < 0 or overlap >= size:
+        raise DDWError(
+            f"overlap {overlap} is invalid for sub-tomograms of edge {size}: it must be between 0 and {size - 1}; "
+            f"the default is {default_overlap(size)} (a third of the edge)"
+        )
+    return overlap
+
+
+def n_tiles(shape, subtomo_size: int, overlap=None) -> int:
+    """Number of cubes that :func:`predict_tiled` runs through the model for ``shape``."""
+    overlap = _check_overlap(int(subtomo_size), overlap)
+    return math.prod(len(tile_starts(int(n), int(subtomo_size), overlap)) for n in shape)
+
+
+def _amp_context(device):
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None, batch_size: int = 4,
+                  device=None, progress: Callable[[int, int], None] | None = None,
+                  amp: bool | None = None) -> np.ndarray:
+    """Run ``model`` over overlapping cubes of ``volume`` and blend; float32 array of its shape.
+
+    ``volume`` is used as is (already standardized and masked). The model may be any module
+    mapping ``(B, 1, s, s, s)`` to the same shape.
+    """
+    import torch
+
+    from .device import pick_device
+
+    s = int(subtomo_size)
+    if s < 1:
+        raise DDWError(f"sub-tomogram size must be positive, got {s}")
+    overlap = _check_overlap(s, overlap)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise DDWError(f"batch size must be at least 1, got {batch_size}")
+    vol = volume
+    if vol.ndim != 3:
+        raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(vol.shape)}")
+    dev = pick_device(device)
+    if amp is None:
+        amp = dev.type == "cuda"
+    shape = tuple(int(n) for n in vol.shape)
+    per_axis = [axis_weights(n, s, overlap) for n in shape]
+    index = [reflect_index(n, st[-1] + s) for n, (st, _) in zip(shape, per_axis)]
+    tiles = [(a, b, c) for a in range(len(per_axis[0][0])) for b in range(len(per_axis[1][0]))
+             for c in range(len(per_axis[2][0]))]
+    total = int(math.ceil(len(tiles) / batch_size))
+    out = np.zeros(shape, dtype=np.float32)
+
+    def read_tile(t):
+        sl = []
+        for axis, ti in enumerate(t):
+            s0 = per_axis[axis][0][ti]
+            if s0 + s <= shape[axis]:
+                sl.append(slice(s0, s0 + s))
+            else:
+                sl.append(index[axis][s0:s0 + s])
+        if all(isinstance(x, slice) for x in sl):
+            return np.asarray(vol[sl[0], sl[1], sl[2]], dtype=np.float32)
+        idx = [np.arange(x.start, x.stop) if isinstance(x, slice) else x for x in sl]
+        return np.asarray(vol[np.ix_(*idx)], dtype=np.float32)
+
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        with torch.inference_mode():
+            for b in range(total):
+                batch = tiles[b * batch_size:(b + 1) * batch_size]
+                x = torch.from_numpy(np.stack([read_tile(t) for t in batch])[:, None]).to(dev)
+                if amp and dev.type == "cuda":
+                    with _amp_context(dev):
+                        y = model(x)
+                else:
+                    y = model(x)
+                y = y.float().cpu().numpy()[:, 0]
+                for t, pred in zip(batch, y):
+                    starts = [per_axis[a][0][t[a]] for a in range(3)]
+                    weights = [per_axis[a][1][t[a]] for a in range(3)]
+                    keep = [min(s, shape[a] - starts[a]) for a in range(3)]
+                    w = (weights[0][:keep[0], None, None] * weights[1][None, :keep[1], None]
+                         * weights[2][None, None, :keep[2]])
+                    out[starts[0]:starts[0] + keep[0], starts[1]:starts[1] + keep[1],
+                        starts[2]:starts[2] + keep[2]] += pred[:keep[0], :keep[1], :keep[2]] * w
+                if progress is not None:
+                    progress(b + 1, total)
+    finally:
+        if was_training and hasattr(model, "train"):
+            model.train()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------
+def _resolve_stats(tomo, standardize):
+    if standardize is True:
+        return standardization_stats(tomo)
+    if standardize is None or standardize is False:
+        return None
+    try:
+        mean, std = (float(v) for v in standardize)
+    except (TypeError, ValueError):
+        raise DDWError(f"standardize must be True, False or (mean, std), got {standardize!r}") from None
+    if not std > 0:
+        raise DDWError(f"standardization std must be positive, got {std}")
+    return mean, std
+
+
+def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=None, batch_size=4,
+                    device=None, progress=None, standardize=True, amp=None) -> np.ndarray:
+    """Refine one half-tomogram with a fitted model (DESIGN §2.8); float32 ``(Z, Y, X)``.
+
+    ``standardize``: ``True`` (default) standardizes with the tomogram's own mean/std and
+    undoes it afterwards; ``(mean, std)`` uses those; ``False`` leaves values unchanged (for a
+    model fitted with ``FitConfig(standardize=False)``). ``progress(done, total)`` per batch.
+    """
+    tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
+    if tomo.ndim != 3:
+        raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(tomo.shape)}")
+    stats = _resolve_stats(tomo, standardize)
+    prepared = prepare_half(tomo, tilt_min, tilt_max, stats)
+    out = predict_tiled(model, prepared, subtomo_size, overlap=overlap, batch_size=batch_size,
+                        device=device, progress=progress, amp=amp)
+    del prepared
+    if stats is not None:
+        out *= np.float32(stats[1])
+        out += np.float32(stats[0])
+    return out
+
+
+@dataclass
+class RefineResult:
+    """``refined`` = mean of the two refined halves; with ``keep_halves`` also each half and
+    ``difference = half0 − half1`` (where the model is not consistent)."""
+
+    refined: np.ndarray
+    half0: np.ndarray | None = None
+    half1: np.ndarray | None = None
+    difference: np.ndarray | None = None
+
+
+def _resolve_model(model_or_checkpoint, device):
+    """(model, meta) from a checkpoint path/payload, a (model, meta) pair or a bare module."""
+    from .checkpoint import load_model
+
+    if isinstance(model_or_checkpoint, (str, Path, dict)):
+        return load_model(model_or_checkpoint, device=device)
+    if isinstance(model_or_checkpoint, tuple) and len(model_or_checkpoint) == 2:
+        return model_or_checkpoint[0], dict(model_or_checkpoint[1] or {})
+    return model_or_checkpoint, {}
+
+
+def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size=4, device=None,
+                  keep_halves=False, progress=None, subtomo_size=None, tilt_min=None, tilt_max=None,
+                  standardize=None) -> RefineResult:
+    """Refine both halves and average them.
+
+    ``model_or_checkpoint``: a checkpoint path or payload (subtomo size, tilt range and whether
+    to standardize come from it), a ``(model, meta)`` pair as returned by ``load_model``, or a
+    bare module (then ``subtomo_size``, ``tilt_min`` and ``tilt_max`` are required).
+    Keyword arguments override the checkpoint's values. ``progress(done, total)`` counts
+    batches over both halves.
+    """
+    from .device import pick_device
+    from .halves import check_same_shape
+
+    dev = pick_device(device)
+    model, meta = _resolve_model(model_or_checkpoint, dev)
+    s = subtomo_size if subtomo_size is not None else meta.get("subtomo_size")
+    tmin = tilt_min if tilt_min is not None else meta.get("tilt_min")
+    tmax = tilt_max if tilt_max is not None else meta.get("tilt_max")
+    missing = [n for n, v in (("subtomo_size", s), ("tilt_min", tmin), ("tilt_max", tmax)) if v is None]
+    if missing:
+        raise DDWError(
+            f"refinement needs {', '.join(missing)}; pass a checkpoint (which stores them) or give them "
+            "explicitly together with the model"
+        )
+    if standardize is None:
+        standardize = meta.get("standardization", True) is not None  # checkpoint said: not standardized
+    tomo0 = tomo0 if isinstance(tomo0, np.memmap) else np.asarray(tomo0)
+    tomo1 = tomo1 if isinstance(tomo1, np.memmap) else np.asarray(tomo1)
+    check_same_shape(tomo0, tomo1, what="half tomograms")
+    ov = _check_overlap(int(s), overlap)
+    per_half = int(math.ceil(n_tiles(tomo0.shape, int(s), ov) / max(1, int(batch_size))))
+
+    def half_progress(offset):
+        if progress is None:
+            return None
+        return lambda done, total: progress(offset + done, 2 * per_half)
+
+    kw = dict(subtomo_size=int(s), overlap=ov, batch_size=batch_size, device=dev, standardize=standardize)
+    r0 = refine_tomogram(model, tomo0, tmin, tmax, progress=half_progress(0), **kw)
+    r1 = refine_tomogram(model, tomo1, tmin, tmax, progress=half_progress(per_half), **kw)
+    if keep_halves:
+        refined = (r0 + r1) * np.float32(0.5)
+        return RefineResult(refined=refined, half0=r0, half1=r1, difference=r0 - r1)
+    r0 += r1
+    r0 *= np.float32(0.5)
+    return RefineResult(refined=r0)

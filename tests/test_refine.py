@@ -1,0 +1,145 @@
+"""Refinement: tiling, blending and masking are exact (known answers with simple models)."""
+import numpy as np
+import pytest
+import torch
+
+from napari_deepdewedge.core import refine as rf
+from napari_deepdewedge.core.errors import DDWError
+from napari_deepdewedge.core.fourier import observed_mask
+
+
+class Identity(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+class AddOne(torch.nn.Module):
+    def forward(self, x):
+        return x + 1.0
+
+
+class Recorder(torch.nn.Module):
+    """Identity that records batch sizes and the device of its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape))
+        return x
+
+
+def _wedge_masked(v, tmin, tmax):
+    m = observed_mask(v.shape, tmin, tmax, rfft=True).numpy().astype(np.float64)
+    return np.fft.irfftn(np.fft.rfftn(v.astype(np.float64)) * m, s=v.shape, axes=(0, 1, 2))
+
+
+@pytest.mark.parametrize(
+    "shape,s,overlap",
+    [((20, 37, 29), 16, None), ((33, 40, 50), 16, 0), ((33, 40, 50), 16, 7), ((33, 40, 50), 16, 11),
+     ((10, 5, 70), 8, 3), ((16, 16, 16), 16, None)],
+)
+def test_identity_model_reproduces_wedge_masked_tomogram(shape, s, overlap):
+    rng = np.random.default_rng(sum(shape))
+    v = (rng.standard_normal(shape) * 3e-3 + 5e-3).astype(np.float32)  # low-variance input
+    out = rf.refine_tomogram(Identity(), v, -54, 62, subtomo_size=s, overlap=overlap, batch_size=3)
+    ref = _wedge_masked(v, -54, 62)
+    assert out.shape == v.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+    # the mask did something (the test would catch a missing mask)
+    assert np.abs(ref - v).max() > 1e-2 * np.abs(v - v.mean()).max()
+
+
+def test_blend_weights_sum_to_one_and_standardization_is_undone():
+    """A model that adds 1 in standardized units adds exactly one std to every voxel."""
+    rng = np.random.default_rng(3)
+    v = (rng.standard_normal((21, 30, 26)) * 4 + 7).astype(np.float32)
+    mean, std = float(v.astype(np.float64).mean()), float(v.astype(np.float64).std())
+    out = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3)
+    ref = _wedge_masked(v, -60, 60) + std
+    np.testing.assert_allclose(out, ref, atol=2e-5 * np.abs(ref).max())
+    # without standardization the +1 is in raw units
+    out_raw = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=False)
+    np.testing.assert_allclose(out_raw, _wedge_masked(v, -60, 60) + 1.0, atol=2e-5 * np.abs(ref).max())
+    # explicit stats
+    out_st = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=(mean, 2.0))
+    np.testing.assert_allclose(out_st, _wedge_masked(v, -60, 60) + 2.0, atol=2e-5 * np.abs(ref).max())
+
+
+def test_tiles_cover_and_ramps_normalize():
+    for n, s, ov in [(37, 16, 6), (16, 16, 5), (5, 16, 5), (100, 48, 16)]:
+        starts, weights = rf.axis_weights(n, s, ov)
+        assert starts[0] == 0 and starts[-1] + s >= n
+        total = np.zeros(starts[-1] + s)
+        for s0, w in zip(starts, weights):
+            assert (w > 0).all()
+            total[s0:s0 + s] += w
+        np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    assert rf.tile_starts(100, 48, 16) == [0, 32, 64]
+    assert rf.default_overlap(48) == 16 and rf.default_overlap(32) == 11
+    np.testing.assert_array_equal(rf.reflect_index(4, 9), [0, 1, 2, 3, 2, 1, 0, 1, 2])
+    np.testing.assert_array_equal(np.pad(np.arange(5), (0, 6), mode="reflect"), rf.reflect_index(5, 11))
+
+
+def test_progress_batches_and_bounded_batches():
+    v = np.random.default_rng(0).standard_normal((20, 40, 40)).astype(np.float32)
+    calls = []
+    rec = Recorder()
+    rf.refine_tomogram(rec, v, -60, 60, subtomo_size=16, overlap=6, batch_size=4,
+                       progress=lambda d, t: calls.append((d, t)))
+    n = rf.n_tiles(v.shape, 16, 6)
+    assert n == 2 * 4 * 4
+    assert calls == [(i + 1, 8) for i in range(8)]
+    assert all(sz[0] <= 4 and sz[1:] == (1, 16, 16, 16) for sz in rec.sizes)
+
+
+def test_refine_halves_average_and_difference():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((18, 24, 20)).astype(np.float32)
+    b = (2 * a + rng.standard_normal(a.shape)).astype(np.float32)
+    calls = []
+    res = rf.refine_halves(Identity(), a, b, subtomo_size=8, tilt_min=-60, tilt_max=60, keep_halves=True,
+                           standardize=False, progress=lambda d, t: calls.append((d, t)))
+    ra, rb = _wedge_masked(a, -60, 60), _wedge_masked(b, -60, 60)
+    np.testing.assert_allclose(res.half0, ra, atol=1e-5)
+    np.testing.assert_allclose(res.half1, rb, atol=1e-5)
+    np.testing.assert_allclose(res.refined, (ra + rb) / 2, atol=1e-5)
+    np.testing.assert_allclose(res.difference, ra - rb, atol=1e-5)
+    assert calls[-1][0] == calls[-1][1] and len(calls) == calls[-1][1]
+    res2 = rf.refine_halves(Identity(), a, b, subtomo_size=8, tilt_min=-60, tilt_max=60, standardize=False)
+    assert res2.half0 is None and res2.difference is None
+    np.testing.assert_allclose(res2.refined, res.refined, atol=1e-6)
+
+
+def test_refine_halves_from_checkpoint(tmp_path):
+    from napari_deepdewedge.core import checkpoint as ckpt
+    from napari_deepdewedge.core.unet import UNet3D
+
+    torch.manual_seed(0)
+    model = UNet3D(channels=4, depth=2)
+    torch.nn.init.zeros_(model.final.weight)  # residual + zero last layer = identity
+    torch.nn.init.zeros_(model.final.bias)
+    payload = dict(format=ckpt.FORMAT_TAG, version=ckpt.FORMAT_VERSION, arch=model.arch_dict(),
+                   state_dict=model.state_dict(), subtomo_size=16, tilt_min=-50.0, tilt_max=60.0,
+                   standardization=[[0.0, 1.0], [0.0, 1.0]])
+    path = ckpt.save_checkpoint(tmp_path / "m.pt", payload)
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((16, 20, 24)).astype(np.float32)
+    b = rng.standard_normal((16, 20, 24)).astype(np.float32)
+    res = rf.refine_halves(path, a, b, device="cpu", keep_halves=True)
+    np.testing.assert_allclose(res.half0, _wedge_masked(a, -50, 60), atol=1e-4)
+    np.testing.assert_allclose(res.half1, _wedge_masked(b, -50, 60), atol=1e-4)
+
+
+def test_bad_input_names_the_fix():
+    v = np.zeros((8, 8, 8), np.float32)
+    with pytest.raises(DDWError, match="constant"):
+        rf.refine_tomogram(Identity(), v, -60, 60, subtomo_size=8)
+    v = np.random.default_rng(0).standard_normal((8, 8, 8)).astype(np.float32)
+    with pytest.raises(DDWError, match="overlap 8 is invalid"):
+        rf.refine_tomogram(Identity(), v, -60, 60, subtomo_size=8, overlap=8)
+    with pytest.raises(DDWError, match="needs subtomo_size"):
+        rf.refine_halves(Identity(), v, v, tilt_min=-60, tilt_max=60)
+    with pytest.raises(DDWError, match="different shapes"):
+        rf.refine_halves(Identity(), v, v[:4], subtomo_size=8, tilt_min=-60, tilt_max=60)
