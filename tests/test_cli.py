@@ -48,6 +48,17 @@ def _write_tlt(path: Path, angles) -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The networks here are tiny: one thread is faster, and immune to a busy shared machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tilt_stack(tmp_path):
     """TS.mrc (21 tilts, −60…60 step 6, 5 Å pixels) with TS.tlt beside it."""
@@ -203,3 +214,260 @@ def test_unwritable_output_is_one_error_line(tilt_stack, tmp_path, capsys):
     rc = cli.main(["reconstruct", str(tilt_stack), "--thickness", "4", "--device", "cpu",
                    "--out", str(blocker / "sub"), "-q"])
     _assert_one_error(capsys, rc)
+
+
+# ---------------------------------------------------------------------------------------------
+# config files
+
+
+FLAT_YAML = """\
+even: e.mrc
+odd: o.mrc
+tilt_range: [-60, 60]
+subtomo_size: 32
+channels: 8
+depth: 2
+epochs: 7
+batch_size: 3
+lr: 0.001
+val_fraction: 0.2
+update_every: 4
+seed: 42
+device: cpu
+"""
+
+DDW_YAML = """\
+shared:
+  project_dir: ./project
+  tomo0_files: [e.mrc]
+  tomo1_files: [o.mrc]
+  subtomo_size: 32
+  mw_angle: 60
+  num_workers: 4
+  gpu: null
+  seed: 42
+prepare_data:
+  val_fraction: 0.2
+  subtomo_extraction_strides: [16, 24, 24]
+fit_model:
+  unet_params_dict: {chans: 8, num_downsample_layers: 2, drop_prob: 0.0}
+  adam_params_dict: {lr: 0.001}
+  num_epochs: 7
+  batch_size: 3
+  update_subtomo_missing_wedges_every_n_epochs: 4
+  check_val_every_n_epochs: 1
+  logger: csv
+refine_tomogram:
+  subtomo_overlap: 8
+  batch_size: 10
+"""
+
+
+def _fit_args(tmp_path, yaml_text, extra=()):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml_text)
+    parser = cli.build_parser()
+    args = parser.parse_args(["fit", "--config", str(cfg), "--out", str(tmp_path / "o"), *extra])
+    cli._apply_config(args, parser)
+    return args
+
+
+def test_both_config_layouts_give_the_same_fit_config(tmp_path, capsys):
+    configs = []
+    for text in (FLAT_YAML, DDW_YAML):
+        args = _fit_args(tmp_path, text)
+        assert args.even == "e.mrc" and args.odd == "o.mrc"
+        cfg = cli._fit_config(args, tilt_range=cli._tilt_range_for_fit(args), out_dir="o",
+                              voxel_size=(1, 1, 1))
+        configs.append(cfg)
+    flat, ddw = configs
+    assert (ddw.tilt_min, ddw.tilt_max) == (-60.0, 60.0)
+    for name in ("subtomo_size", "channels", "depth", "epochs", "batch_size", "lr",
+                 "val_fraction", "update_every", "seed", "tilt_min", "tilt_max", "device"):
+        assert getattr(flat, name) == getattr(ddw, name), name
+    assert (flat.subtomo_size, flat.channels, flat.depth, flat.epochs) == (32, 8, 2, 7)
+    assert ddw.strides == (16, 24, 24)
+    assert "warning" not in capsys.readouterr().err  # no-effect ddw keys are silent
+
+
+def test_flags_win_over_config_and_unknown_keys_warn(tmp_path, capsys):
+    args = _fit_args(tmp_path, FLAT_YAML + "colour: blue\n",
+                     extra=["--epochs", "3", "--tilt-range", "-50", "55"])
+    err = capsys.readouterr().err
+    assert "warning:" in err and "colour" in err
+    cfg = cli._fit_config(args, tilt_range=cli._tilt_range_for_fit(args), out_dir=None,
+                          voxel_size=(1, 1, 1))
+    assert cfg.epochs == 3 and cfg.channels == 8
+    assert (cfg.tilt_min, cfg.tilt_max) == (-50.0, 55.0)
+
+    args = _fit_args(tmp_path, DDW_YAML.replace("logger: csv", "logger: csv\n  fancy: 1"))
+    assert "fit_model.fancy" in capsys.readouterr().err
+
+
+def test_mw_angle_and_gpu_mapping():
+    from napari_deepdewedge.core.config import normalize_config, tilt_range_from_mw_angle
+
+    assert tilt_range_from_mw_angle(50) == [-65.0, 65.0]
+    loaded = normalize_config({"shared": {"gpu": [1, 2], "mw_angle": 70}})
+    assert loaded.values == {"device": "cuda:1", "tilt_range": [-55.0, 55.0]}
+    assert loaded.layout == "deepdewedge"
+
+
+def test_bad_configs_are_error_lines(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\nchannels: 4\n")
+    rc = cli.main(["fit", "--config", str(bad), "--out", str(tmp_path / "o")])
+    _assert_one_error(capsys, rc, "bad.yaml", "YAML")
+
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("epochs: many\n")
+    rc = cli.main(["fit", "--config", str(wrong), "--out", str(tmp_path / "o")])
+    _assert_one_error(capsys, rc, "epochs")
+
+    two = tmp_path / "two.yaml"
+    two.write_text("shared:\n  tomo0_files: [a.mrc, b.mrc]\n")
+    rc = cli.main(["fit", "--config", str(two), "--out", str(tmp_path / "o")])
+    _assert_one_error(capsys, rc, "tomo0_files")
+
+    rc = cli.main(["fit", "--config", str(tmp_path / "absent.yaml"), "--out", str(tmp_path)])
+    _assert_one_error(capsys, rc, "absent.yaml")
+
+
+# ---------------------------------------------------------------------------------------------
+# fit / refine on a tiny pair of tomograms
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """Two noisy halves of one small volume (24×32×32, 8 Å voxels)."""
+    root = tmp_path_factory.mktemp("pair")
+    rng = np.random.default_rng(3)
+    zz, yy, xx = np.mgrid[:24, :32, :32]
+    signal_ = np.zeros((24, 32, 32), np.float32)
+    for _ in range(6):
+        c = rng.uniform((4, 4, 4), (20, 28, 28))
+        signal_ += np.exp(-((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) / 8.0)
+    even = write_mrc(root / "e.mrc", signal_ + 0.5 * rng.standard_normal(signal_.shape), 8.0)
+    odd = write_mrc(root / "o.mrc", signal_ + 0.5 * rng.standard_normal(signal_.shape), 8.0)
+    return even, odd
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_pair, tmp_path_factory):
+    even, odd = tiny_pair
+    out = tmp_path_factory.mktemp("fit")
+    rc = cli.main(["fit", "--even", str(even), "--odd", str(odd), "--tilt-range", "-60", "60",
+                   "--out", str(out), "--val-fraction", "0.2", "-q", *TINY_FIT])
+    assert rc == 0
+    return out
+
+
+def test_fit_writes_checkpoints_and_losses(fitted):
+    assert (fitted / "losses.csv").exists()
+    lines = (fitted / "losses.csv").read_text().strip().splitlines()
+    assert len(lines) >= 2  # header + one epoch
+    assert list(fitted.glob("*.pt")) or list(fitted.rglob("*.pt"))
+
+
+def test_fit_angles_file_sets_tilt_range(tmp_path):
+    tlt = _write_tlt(tmp_path / "ts.tlt", [-54.0, -20.0, 0.0, 30.0, 62.0])
+    parser = cli.build_parser()
+    args = parser.parse_args(["fit", "--angles", str(tlt), "--out", "o"])
+    assert cli._tilt_range_for_fit(args) == (-54.0, 62.0)
+
+
+def test_fit_errors(tiny_pair, tmp_path, capsys):
+    even, odd = tiny_pair
+    rc = cli.main(["fit", "--even", str(even), "--odd", str(odd), "--out", str(tmp_path)])
+    _assert_one_error(capsys, rc, "--tilt-range")
+    other = write_mrc(tmp_path / "small.mrc", np.zeros((8, 8, 8), np.float32))
+    rc = cli.main(["fit", "--even", str(even), "--odd", str(other), "--tilt-range", "-60", "60",
+                   "--out", str(tmp_path)])
+    _assert_one_error(capsys, rc, "shape")
+    rc = cli.main(["fit", "--even", str(even), "--odd", str(odd), "--tilt-range", "-60", "60",
+                   "--out", str(tmp_path), "--preset", "huge"])
+    _assert_one_error(capsys, rc, "huge")
+
+
+def test_ctrl_c_during_fit_saves_stopped_checkpoint_and_exits_130(tiny_pair, tmp_path,
+                                                                   monkeypatch, capsys):
+    from napari_deepdewedge.core import fitting
+
+    real_fit_iter = fitting.fit_iter
+
+    def interrupting(*a, **kw):
+        sent = False
+        for event in real_fit_iter(*a, **kw):
+            if type(event).__name__ == "StepDone" and not sent:
+                sent = True
+                os.kill(os.getpid(), signal.SIGINT)  # as a user pressing Ctrl-C
+            yield event
+
+    monkeypatch.setattr(fitting, "fit_iter", interrupting)
+    even, odd = tiny_pair
+    out = tmp_path / "fit"
+    rc = cli.main(["fit", "--even", str(even), "--odd", str(odd), "--tilt-range", "-60", "60",
+                   "--out", str(out), *TINY_FIT, "--epochs", "3"])  # the last --epochs wins
+    assert rc == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert any("stopped" in p.name for p in out.rglob("*.pt")), list(out.rglob("*"))
+    assert "interrupt" in capsys.readouterr().err
+
+
+def test_refine_with_halves(tiny_pair, fitted, tmp_path, capsys):
+    even, odd = tiny_pair
+    ckpt = sorted(fitted.rglob("*.pt"))[0]
+    out = tmp_path / "ref" / "tomo.mrc"
+    rc = cli.main(["refine", "--even", str(even), "--odd", str(odd), "--model", str(ckpt),
+                   "--out", str(out), "--halves", "--device", "cpu", "--batch-size", "3", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("tomo.mrc", "tomo_half0.mrc", "tomo_half1.mrc", "tomo_consistency.mrc"):
+        vol = read_mrc(out.parent / name, mmap=False)
+        assert vol.data.shape == (24, 32, 32), name
+        assert np.allclose(vol.voxel_size, (8.0,) * 3)
+        assert np.isfinite(vol.data).all()
+    rc = cli.main(["refine", "--even", str(even), "--odd", str(odd), "--model",
+                   str(tmp_path / "none.pt"), "--out", str(out)])
+    _assert_one_error(capsys, rc, "none.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    rc = cli.main(["refine", "--even", str(even), "--odd", str(odd), "--model", str(junk),
+                   "--out", str(out), "-q"])
+    _assert_one_error(capsys, rc, "junk.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# run and demo
+
+
+def test_run_whole_pipeline(tmp_path, capsys):
+    stack = write_mrc(tmp_path / "TS.st", _stack(n_tilts=21, ny=32, nx=32, seed=4), PIXEL)
+    _write_tlt(tmp_path / "TS.rawtlt", np.arange(-60, 61, 6.0))
+    out = tmp_path / "job"
+    rc = cli.main(["run", str(stack), "--thickness", "24", "--out", str(out), "-q", *TINY_FIT])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("TS_even.mrc", "TS_odd.mrc", "TS_refined.mrc", "TS_refined_half0.mrc",
+                 "TS_refined_half1.mrc", "TS_refined_consistency.mrc"):
+        vol = read_mrc(out / name, mmap=False)
+        assert vol.data.shape == (24, 32, 32), name
+        assert np.allclose(vol.voxel_size, (PIXEL,) * 3)
+    assert (out / "model" / "losses.csv").exists()
+
+
+def test_demo_tiny(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = cli.main(["demo", "--out", str(out), "--size", "tiny", "--channels", "4", "--depth", "2",
+                   "--device", "cpu", "-q"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    for name in ("demo_refined.mrc", "demo_fbp.mrc", "demo_ground_truth.mrc"):
+        vol = read_mrc(out / name, mmap=False)
+        assert vol.data.shape == cli.DEMO_SIZES["tiny"]["shape"]
+    assert (out / "demo_comparison.png").stat().st_size > 10_000
+    assert "CC" in captured.out and "refined" in captured.out
+    import json
+
+    figures = json.loads((out / "demo_metrics.json").read_text())
+    for key in ("fbp_full", "fbp_even_odd_mean", "refined"):
+        assert -1.0 <= figures["cc"][key] <= 1.0
+    assert figures["cc"]["fbp_full"] > 0.1  # the reconstruction resembles the phantom

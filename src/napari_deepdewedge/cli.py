@@ -668,18 +668,33 @@ def _run_fit(args, tomo0, tomo1, config, *, mask=None, resume=None):
     return finished, stopper.requested
 
 
-def _maybe_init_distributed() -> None:
-    """Under torchrun (WORLD_SIZE > 1) join the process group before anything touches a GPU."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        from .core.fitting import init_distributed_from_env
+def _maybe_init_distributed() -> bool:
+    """Under torchrun (WORLD_SIZE > 1) join the process group before anything touches a GPU.
 
-        init_distributed_from_env()
+    Returns True when this call joined it (the caller then leaves it at the end)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    import torch.distributed as dist
+
+    from .core.fitting import init_distributed_from_env
+
+    already = dist.is_available() and dist.is_initialized()
+    init_distributed_from_env()
+    return not already and dist.is_initialized()
 
 
 def cmd_fit(args) -> int:
-    import numpy as np
+    joined = _maybe_init_distributed()
+    try:
+        return _fit_command(args)
+    finally:
+        if joined:
+            import torch.distributed as dist
 
-    _maybe_init_distributed()
+            dist.destroy_process_group()
+
+
+def _fit_command(args) -> int:
     out = args.out or args.config_values.get("logdir") or args.config_values.get("project_dir")
     if not out:
         raise DDWError("no output folder: give --out DIR (checkpoints and losses.csv go there)")
@@ -687,10 +702,9 @@ def cmd_fit(args) -> int:
     even, odd = _read_pair(args.even, args.odd)
     mask = _read_mask(args.mask, even.data.shape)
     config = _fit_config(args, tilt_range=tilt_range, out_dir=out, voxel_size=even.voxel_size)
-    tomo0 = np.asarray(even.data, dtype=np.float32)
-    tomo1 = np.asarray(odd.data, dtype=np.float32)
-    t0 = time.perf_counter()
-    finished, interrupted = _run_fit(args, tomo0, tomo1, config, mask=mask, resume=args.resume)
+    t0 = time.perf_counter()  # the engine reads the (memory-mapped) halves itself
+    finished, interrupted = _run_fit(args, even.data, odd.data, config, mask=mask,
+                                     resume=args.resume)
     if _is_rank_zero():
         _report_fit(args, finished, time.perf_counter() - t0)
     if finished is not None and finished.stopped and interrupted:
@@ -737,8 +751,6 @@ def _write_refined(out: Path, result, voxel, origin) -> list[Path]:
 
 
 def cmd_refine(args) -> int:
-    import numpy as np
-
     if not args.model:
         raise DDWError("no model: give --model CKPT (a checkpoint written by 'deepdewedge fit')")
     if not Path(args.model).exists():
@@ -869,18 +881,21 @@ def cmd_demo(args) -> int:
 
 
 def _demo_metrics(metrics, gt, fbp_full, fbp_halves, refined, tilt_range, voxel: float) -> dict:
+    """CC, FSC 0.143 resolution (Å) and wedge correlation of each volume against the truth."""
+    import math
+
+    def finite(x):
+        x = float(x)
+        return x if math.isfinite(x) else None  # JSON has no inf/NaN; printed as '—'
+
     tmin, tmax = tilt_range
     figures = {"cc": {}, "fsc_0143_angstrom": {}, "wedge_correlation": {}}
     for name, vol in (("fbp_full", fbp_full), ("fbp_even_odd_mean", fbp_halves),
                       ("refined", refined)):
-        figures["cc"][name] = float(metrics.cc(vol, gt))
-        freqs, curve = metrics.fsc(vol, gt)
-        crossing = metrics.fsc_crossing(freqs, curve, 0.143)
-        # fsc frequencies are in cycles/voxel; report a resolution in Å
-        figures["fsc_0143_angstrom"][name] = (
-            None if crossing is None or crossing <= 0 else float(voxel / crossing))
-        figures["wedge_correlation"][name] = float(
-            metrics.wedge_correlation(vol, gt, tmin, tmax))
+        figures["cc"][name] = finite(metrics.cc(vol, gt))
+        freqs, curve = metrics.fsc(vol, gt, voxel_size=voxel)
+        figures["fsc_0143_angstrom"][name] = finite(metrics.fsc_crossing(freqs, curve, 0.143))
+        figures["wedge_correlation"][name] = finite(metrics.wedge_correlation(vol, gt, tmin, tmax))
     return figures
 
 
@@ -891,11 +906,13 @@ def _print_demo(figures: dict, paths: dict, out: Path) -> None:
           f"{figures['shape'][2]}, {figures['epochs']} epochs, "
           f"{figures['seconds']['total']:.0f} s) — against the ground truth:")
     print(f"  {'':22s} {'CC':>7s} {'FSC0.143 [Å]':>13s} {'wedge CC':>9s}")
+    def fmt(value, width, digits):
+        return f"{value:{width}.{digits}f}" if value is not None else f"{'—':>{width}s}"
+
     for key, label in names:
-        res = figures["fsc_0143_angstrom"][key]
-        res_text = f"{res:13.1f}" if res is not None else f"{'—':>13s}"
-        print(f"  {label:22s} {figures['cc'][key]:7.3f} {res_text} "
-              f"{figures['wedge_correlation'][key]:9.3f}")
+        print(f"  {label:22s} {fmt(figures['cc'][key], 7, 3)} "
+              f"{fmt(figures['fsc_0143_angstrom'][key], 13, 1)} "
+              f"{fmt(figures['wedge_correlation'][key], 9, 3)}")
     for label, path in paths.items():
         print(f"  {label}: {path}")
     print(f"  metrics: {out / 'demo_metrics.json'}")
