@@ -1,0 +1,423 @@
+"""Pieces shared by the dock widgets: layer pickers, form rows with tooltips, notifications,
+output layers that keep the input's geometry, and the panel base class that owns workers."""
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import QEvent, Qt, Signal
+from qtpy.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._state import state_for
+from ._workers import Job, Outcome, Progress
+
+NONE_TEXT = "(none)"
+ANGSTROM_UNITS = ("angstrom", "angstrom", "angstrom")
+
+
+# ----------------------------------------------------------------------------- notifications
+def notify_error(message: str) -> None:
+    from napari.utils import notifications
+
+    notifications.show_error(message)
+
+
+def notify_warning(message: str) -> None:
+    from napari.utils import notifications
+
+    notifications.show_warning(message)
+
+
+def notify_info(message: str) -> None:
+    from napari.utils import notifications
+
+    notifications.show_info(message)
+
+
+# ----------------------------------------------------------------------------- layers
+def is_image(layer) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and not getattr(layer, "rgb", False)
+
+
+def is_labels(layer) -> bool:
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels)
+
+
+def find_layer(viewer, name: str):
+    """The layer called ``name`` or ``None``."""
+    if not name:
+        return None
+    for layer in viewer.layers:
+        if layer.name == name:
+            return layer
+    return None
+
+
+def geometry(layer) -> tuple[tuple, tuple]:
+    """The last three entries of ``scale`` and ``translate`` (Z, Y, X)."""
+    scale = tuple(float(v) for v in layer.scale[-3:])
+    translate = tuple(float(v) for v in layer.translate[-3:])
+    return scale, translate
+
+
+def layer_array(layer) -> np.ndarray:
+    """The layer's data as a numpy array (dask/zarr/memmap are read here)."""
+    data = layer.data
+    if isinstance(data, (list, tuple)):  # multiscale: the full resolution level
+        data = data[0]
+    return np.asarray(data)
+
+
+def percentile_limits(data, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
+    """Contrast limits from percentiles of (a subsample of) ``data``."""
+    flat = np.asarray(data).reshape(-1)
+    if flat.size > 2_000_000:
+        flat = flat[:: flat.size // 2_000_000 + 1]
+    flat = flat[np.isfinite(flat)]
+    if flat.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(flat, (low, high)))
+    if not hi > lo:
+        lo, hi = float(flat.min()), float(flat.max())
+        if not hi > lo:
+            hi = lo + 1.0
+    return lo, hi
+
+
+def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), metadata=None,
+               colormap: str = "gray", blending: str = "translucent", contrast=None,
+               visible: bool = True, opacity: float = 1.0):
+    """Add ``data`` as image layer ``name``, or replace the data of the layer of that name.
+
+    Keeps the given geometry (scale/translate in Å, (Z, Y, X)) and sets percentile contrast.
+    """
+    limits = contrast if contrast is not None else percentile_limits(data)
+    layer = find_layer(viewer, name)
+    if layer is not None and is_image(layer) and layer.ndim == np.ndim(data):
+        layer.data = data
+        layer.scale = scale
+        layer.translate = translate
+        layer.contrast_limits_range = limits
+        layer.contrast_limits = limits
+        layer.colormap = colormap
+        layer.visible = visible
+        if metadata:
+            layer.metadata.update(metadata)
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    kwargs = {}
+    if np.ndim(data) == 3:
+        kwargs = {"units": ANGSTROM_UNITS, "axis_labels": ("z", "y", "x")}
+    return viewer.add_image(
+        data, name=name, scale=scale, translate=translate, metadata=dict(metadata or {}),
+        colormap=colormap, blending=blending, contrast_limits=limits, visible=visible,
+        opacity=opacity, **kwargs,
+    )
+
+
+class LayerCombo(QComboBox):
+    """A drop-down of the viewer's layers of one kind, kept up to date by name.
+
+    ``kind``: "image" (3D grey-value images by default) or "labels". ``allow_none`` adds an
+    entry "(none)" first.
+    """
+
+    layerChanged = Signal(str)
+
+    def __init__(self, viewer, kind: str = "image", ndim: int | None = 3, allow_none: bool = False,
+                 parent=None):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._kind = kind
+        self._ndim = ndim
+        self._allow_none = allow_none
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(6)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        events = viewer.layers.events
+        events.inserted.connect(self._on_layers_changed)
+        events.removed.connect(self._on_layers_changed)
+        events.moved.connect(self._on_layers_changed)
+        self.currentTextChanged.connect(self._emit_changed)
+        self.refresh()
+
+    def _accepts(self, layer) -> bool:
+        if self._kind == "labels":
+            ok = is_labels(layer)
+        else:
+            ok = is_image(layer)
+        return ok and (self._ndim is None or layer.ndim == self._ndim)
+
+    def _on_layers_changed(self, event=None):
+        try:
+            value = getattr(event, "value", None)
+            if value is not None and hasattr(value, "events"):
+                value.events.name.connect(self._on_layers_changed)
+            self.refresh()
+        except RuntimeError:  # this combo box was deleted; napari keeps the callback a while
+            pass
+
+    def _emit_changed(self, text: str):
+        self.layerChanged.emit("" if text == NONE_TEXT else text)
+
+    def names(self) -> list[str]:
+        return [layer.name for layer in self._viewer.layers if self._accepts(layer)]
+
+    def refresh(self) -> None:
+        current = self.currentText()
+        names = self.names()
+        items = ([NONE_TEXT] if self._allow_none else []) + names
+        if items == [self.itemText(i) for i in range(self.count())]:
+            return
+        self.blockSignals(True)
+        self.clear()
+        self.addItems(items)
+        if current in items:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self._emit_changed(self.currentText())
+
+    def set_layer_name(self, name: str) -> None:
+        if not name:
+            if self._allow_none:
+                self.setCurrentText(NONE_TEXT)
+            return
+        self.refresh()
+        if self.findText(name) >= 0:
+            self.setCurrentText(name)
+
+    def layer_name(self) -> str:
+        text = self.currentText()
+        return "" if text == NONE_TEXT else text
+
+    def layer(self):
+        return find_layer(self._viewer, self.layer_name())
+
+
+def tip(widget: QWidget, text: str) -> QWidget:
+    widget.setToolTip(text)
+    widget.setWhatsThis(text)
+    return widget
+
+
+def add_row(form: QFormLayout, label: str, field, tooltip: str):
+    """A form row whose label and field both carry ``tooltip``."""
+    from qtpy.QtWidgets import QAbstractSpinBox
+
+    lab = QLabel(label)
+    lab.setToolTip(tooltip)
+    if isinstance(field, QWidget):
+        tip(field, tooltip)
+        for child in field.findChildren(QWidget):  # the parts of a composite row
+            if not child.toolTip():
+                child.setToolTip(tooltip)
+    if isinstance(field, (QAbstractSpinBox, QComboBox)):
+        shrinkable(field, 60)
+    form.addRow(lab, field)
+    return field
+
+
+def hbox(*widgets, stretch_last: bool = False) -> QWidget:
+    box = QWidget()
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    from qtpy.QtWidgets import QAbstractSpinBox
+
+    for w in widgets:
+        if isinstance(w, (QAbstractSpinBox, QComboBox)):
+            shrinkable(w)
+        lay.addWidget(w)
+    if stretch_last:
+        lay.addStretch(1)
+    return box
+
+
+def path_field(placeholder: str, tooltip: str, dialog: str = "file", filters: str = "",
+               save: bool = False) -> tuple[QWidget, QLineEdit]:
+    """A line edit with a "…" browse button; returns (row widget, line edit)."""
+    from qtpy.QtWidgets import QFileDialog
+
+    edit = QLineEdit()
+    edit.setPlaceholderText(placeholder)
+    tip(edit, tooltip)
+    button = QPushButton("…")
+    button.setFixedWidth(28)
+    tip(button, "Browse")
+
+    def browse():
+        start = edit.text()
+        if dialog == "dir":
+            path = QFileDialog.getExistingDirectory(edit, "Choose a folder", start)
+        elif save:
+            path, _ = QFileDialog.getSaveFileName(edit, "Save as", start, filters)
+        else:
+            path, _ = QFileDialog.getOpenFileName(edit, "Open", start, filters)
+        if path:
+            edit.setText(path)
+
+    button.clicked.connect(browse)
+    return hbox(edit, button), edit
+
+
+def compact(box):
+    """Spin box without +/- buttons (typing and the mouse wheel still work): three fit a row."""
+    from qtpy.QtWidgets import QAbstractSpinBox
+
+    box.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
+    return shrinkable(box)
+
+
+def shrinkable(widget: QWidget, minimum: int = 48) -> QWidget:
+    """Let spin boxes and combo boxes shrink below their text width (Qt's default is not to),
+    so that forms fit a narrow dock."""
+    from qtpy.QtWidgets import QAbstractSpinBox
+
+    widget.setSizePolicy(QSizePolicy.Policy.Preferred, widget.sizePolicy().verticalPolicy())
+    widget.setMinimumWidth(minimum)
+    if isinstance(widget, QAbstractSpinBox):  # napari's theme asks 70 px for every spin box
+        widget.setStyleSheet(f"QAbstractSpinBox {{ min-width: {max(minimum - 12, 20)}px; }}")
+    return widget
+
+
+def form_layout() -> QFormLayout:
+    form = QFormLayout()
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
+    form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    form.setContentsMargins(0, 0, 0, 0)
+    return form
+
+
+def device_choices() -> list[str]:
+    """"auto" plus the devices this machine has (CUDA, MPS, CPU)."""
+    try:
+        from ..core.device import available_devices
+
+        return ["auto"] + available_devices()
+    except Exception:  # torch missing or broken: let the engine report it when used
+        return ["auto", "cpu"]
+
+
+DEVICE_TIP = (
+    "Where the computation runs: auto picks a CUDA GPU if there is one, then Apple MPS, "
+    "else the CPU."
+)
+
+
+# ----------------------------------------------------------------------------- base panel
+class DDWPanel(QWidget):
+    """Base of every DeepDeWedge dock widget: viewer, shared state, and background jobs.
+
+    Jobs are stopped when the panel is closed, taken out of its dock, when napari's main window
+    closes, and when the application quits.
+    """
+
+    title = "DeepDeWedge"
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = state_for(napari_viewer)
+        self._jobs: list[Job] = []
+        self._filtered_window = None
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self._shutdown_quietly)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+
+    # -- layout helpers
+    def make_progress(self) -> tuple[QProgressBar, QLabel]:
+        bar = QProgressBar()
+        bar.setRange(0, 1)
+        bar.setValue(0)
+        bar.setTextVisible(True)
+        label = QLabel("")
+        label.setWordWrap(True)
+        return bar, label
+
+    @staticmethod
+    def vbox(widget: QWidget) -> QVBoxLayout:
+        lay = QVBoxLayout(widget)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.setSpacing(6)
+        return lay
+
+    # -- jobs
+    @property
+    def busy(self) -> bool:
+        return any(job.running for job in self._jobs)
+
+    def start_job(self, job: Job, on_yield, on_done) -> Job:
+        """Start ``job``; ``on_yield(msg)`` and ``on_done(outcome)`` run in the GUI thread."""
+        self._jobs = [j for j in self._jobs if j.running]
+        self._jobs.append(job)
+        job.worker.yielded.connect(on_yield)
+
+        def returned(value):
+            on_done(value if isinstance(value, Outcome) else Outcome(cancelled=True))
+
+        job.worker.returned.connect(returned)
+        job.start()
+        return job
+
+    def shutdown(self, wait: float = 10.0) -> None:
+        """Stop every job of this panel and of the panels inside it."""
+        for job in list(self._jobs):
+            job.shutdown(wait=wait)
+        for child in self.findChildren(DDWPanel):
+            if child is not self:
+                for job in list(child._jobs):
+                    job.shutdown(wait=wait)
+
+    def _shutdown_quietly(self):
+        try:
+            self.shutdown()
+        except RuntimeError:  # Qt object already deleted
+            pass
+
+    # -- lifecycle
+    def closeEvent(self, event):
+        self.shutdown()
+        super().closeEvent(event)
+
+    def showEvent(self, event):
+        super().showEvent(event)
+        window = self.window()
+        if window is not self and window is not self._filtered_window:
+            window.installEventFilter(self)
+            self._filtered_window = window
+
+    def changeEvent(self, event):
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self._jobs:
+            self.shutdown()  # napari removed the dock widget
+        super().changeEvent(event)
+
+    def eventFilter(self, obj, event):
+        if obj is self._filtered_window and event.type() == QEvent.Type.Close:
+            if event.spontaneous():
+                pass  # napari may still ask the user; its own task manager quits the workers
+            else:
+                self.shutdown()
+        return False
+
+
+def progress_text(msg: Progress) -> str:
+    if msg.total > 0:
+        return f"{msg.stage}: {msg.done}/{msg.total}"
+    return msg.stage

@@ -1,0 +1,486 @@
+"""Step 3: fit the U-Net to the two halves in a background worker, with a live loss plot, a
+live preview of the refined view, Stop (saves a checkpoint) and Resume."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QWidget,
+)
+
+from ._common import (
+    DEVICE_TIP,
+    DDWPanel,
+    LayerCombo,
+    add_row,
+    compact,
+    device_choices,
+    find_layer,
+    form_layout,
+    geometry,
+    hbox,
+    layer_array,
+    notify_error,
+    notify_info,
+    path_field,
+    show_image,
+    tip,
+)
+from ._plots import LossPlot
+
+PREVIEW_NAME = "DDW preview"
+# what may differ between the run that saved a checkpoint and the run resuming from it
+RESUME_EDITABLE = ("epochs", "lr", "update_every", "validate_every", "checkpoint_every",
+                   "preview_every", "device", "out_dir")
+
+
+@dataclass
+class Resumed:
+    """First message of a resumed fit: the settings and loss history of the checkpoint."""
+
+    config: object
+    epoch: int
+    history: list
+
+
+def _fit_job(job, tomo0, tomo1, mask, config, resume, slab):
+    """Worker generator: the engine's ``fit_iter``, one event per optimizer step at least."""
+    from ..core.fitting import FitConfig, fit_iter
+
+    if resume:
+        from ..core.checkpoint import MODEL_KEYS, RESUME_KEYS, load_checkpoint
+
+        payload = load_checkpoint(resume, require=MODEL_KEYS + RESUME_KEYS)
+        saved = FitConfig.from_dict(payload.get("config") or {})
+        config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RESUME_EDITABLE})
+        history = [list(row) for row in payload.get("history") or []]
+        epoch = int(payload.get("epoch", 0))
+        del payload
+        yield Resumed(config=config, epoch=epoch, history=history)
+    last = None
+    for event in fit_iter(tomo0, tomo1, config, mask=mask, resume=resume or None,
+                          should_stop=job.stop.is_set, preview_slab=slab):
+        last = event
+        yield event
+    return last
+
+
+def _spin(lo, hi, value, step=1, suffix=""):
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setValue(value)
+    if suffix:
+        box.setSuffix(suffix)
+    return box
+
+
+class FitWidget(DDWPanel):
+    """Fit: learn denoising and wedge filling from the two halves (Noise2Noise, Fourier masks)."""
+
+    title = "Fit"
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self._job = None
+        self._slab = None  # (z0, z1) of the live preview, read by the worker thread
+        self._z_size = 0
+        self._out_dir_edited = False
+        self.events: list = []  # every event of the current run (for status and tests)
+        self.finished = None  # the last FitFinished
+        lay = self.vbox(self)
+
+        form = form_layout()
+        self.even = LayerCombo(self.viewer, "image", ndim=3)
+        add_row(form, "Even half", self.even,
+                "Tomogram of the even half (from step 1). The network learns to predict the odd "
+                "half from it, with rotations, so noise and the missing wedge are learned away.")
+        self.odd = LayerCombo(self.viewer, "image", ndim=3)
+        add_row(form, "Odd half", self.odd, "Tomogram of the odd half; same size as the even one.")
+        self.mask = LayerCombo(self.viewer, "labels", ndim=3, allow_none=True)
+        add_row(form, "ROI mask", self.mask,
+                "Optional Labels layer (same size as the halves) marking the sample: training "
+                "cubes are taken only where at least 30 % of the cube is labelled. Paint one to "
+                "skip empty ice or vacuum.")
+        self.preset = QComboBox()
+        add_row(form, "Preset", self.preset,
+                "Starting values: 'fast' for a laptop CPU (small cubes, few channels); "
+                "'default' for a GPU (the published settings); 'balanced' in between.")
+        self.size = _spin(8, 256, 48, 8, " px")
+        add_row(form, "Cube size", self.size,
+                "Edge of the training sub-tomograms in voxels (a multiple of 2^depth). Larger "
+                "cubes see more context but need more memory; 96 is the published value.")
+        self.channels = _spin(2, 256, 16)
+        self.depth = _spin(1, 5, 3)
+        tip(self.depth, "Number of down-sampling levels of the U-Net (3 is standard).")
+        add_row(form, "Channels, depth", hbox(self.channels, self.depth),
+                "Width of the network (channels of the first level; 64 as published, 32 "
+                "nearly as good and much faster) and its number of levels.")
+        self.epochs = _spin(1, 100000, 50)
+        add_row(form, "Epochs", self.epochs,
+                "How many passes over all training cubes. Good results often appear after a "
+                "few dozen; the paper fits hundreds. Raise it to continue a finished fit with "
+                "Resume.")
+        self.batch = _spin(1, 256, 5)
+        add_row(form, "Batch size", self.batch,
+                "Cubes per optimizer step. Lower it if the GPU runs out of memory.")
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(1e-6, 1e-1)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(4e-4)
+        add_row(form, "Learning rate", self.lr,
+                "Step size of the Adam optimizer; 0.0004 is the published value. Lower it if "
+                "the loss jumps around.")
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.0, 0.5)
+        self.val_fraction.setSingleStep(0.05)
+        self.val_fraction.setValue(0.1)
+        add_row(form, "Validation", self.val_fraction,
+                "Fraction of the cubes held out to check the fit on data it does not learn "
+                "from (the orange curve). 0 disables validation.")
+        self.update_every = _spin(0, 10000, 10, suffix=" ep")
+        add_row(form, "Wedge update", self.update_every,
+                "Every this many epochs the network's own prediction fills the missing wedge "
+                "of the inputs (0 = never). The published value is 10.")
+        self.preview_every = _spin(0, 10000, 10, suffix=" ep")
+        add_row(form, "Preview every", self.preview_every,
+                f"Every this many epochs the current model refines the slab around the slice "
+                f"you are looking at and shows it as the layer '{PREVIEW_NAME}' (0 = off).")
+        self.tilt_min = QDoubleSpinBox()
+        self.tilt_max = QDoubleSpinBox()
+        for box, value in ((self.tilt_min, -60.0), (self.tilt_max, 60.0)):
+            box.setRange(-89.9, 89.9)
+            box.setDecimals(1)
+            box.setSuffix("°")
+            box.setValue(value)
+            compact(box)
+        add_row(form, "Tilt range", hbox(self.tilt_min, self.tilt_max),
+                "Tilt range of the data (filled in from the halves); it defines the missing "
+                "wedge.")
+        self.device = QComboBox()
+        self.device.addItems(device_choices())
+        add_row(form, "Device", self.device, DEVICE_TIP)
+        row, self.out_dir = path_field("folder for checkpoints",
+                                       "Folder for checkpoints (latest.pt, best.pt, stopped.pt) "
+                                       "and losses.csv. Resume and Refine read from it.",
+                                       dialog="dir")
+        add_row(form, "Output folder", row, self.out_dir.toolTip())
+        row, self.resume_path = path_field("checkpoint to resume from",
+                                           "Checkpoint to continue from with Resume: "
+                                           "stopped.pt or latest.pt of an earlier run "
+                                           "(filled in when a fit stops).",
+                                           filters="Checkpoints (*.pt);;All files (*)")
+        add_row(form, "Resume from", row, self.resume_path.toolTip())
+        lay.addLayout(form)
+
+        self.start_button = tip(QPushButton("Start"), "Fit a new model in the background.")
+        self.stop_button = tip(QPushButton("Stop"),
+                               "Stop after the current step; a checkpoint (stopped.pt) is saved "
+                               "so that Resume can continue exactly there.")
+        self.resume_button = tip(QPushButton("Resume"),
+                                 "Continue fitting from the checkpoint under 'Resume from' "
+                                 "(up to the number of epochs above).")
+        self.stop_button.setEnabled(False)
+        lay.addWidget(hbox(self.start_button, self.stop_button, self.resume_button))
+        self.bar, self.status = self.make_progress()
+        tip(self.bar, "Fitting progress over all epochs.")
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+        self.loss_plot = LossPlot(self.viewer)
+        tip(self.loss_plot, "Loss per epoch (log scale): blue = fitting cubes, orange = held-out "
+                            "validation cubes. Validation flattening out means further epochs "
+                            "bring little.")
+        lay.addWidget(self.loss_plot)
+
+        # presets come from the engine (torch is imported here, when the dock opens)
+        try:
+            from ..core.unet import PRESETS
+        except Exception:  # pragma: no cover - engine import problem shows when fitting
+            PRESETS = {"fast": dict(subtomo_size=48, channels=16, depth=3)}
+        self._presets = dict(PRESETS)
+        self.preset.addItems(list(self._presets))
+        self.preset.currentTextChanged.connect(self.apply_preset)
+        self.apply_preset(self.preset.currentText())
+
+        self.start_button.clicked.connect(lambda: self.start())
+        self.stop_button.clicked.connect(self.stop)
+        self.resume_button.clicked.connect(lambda: self.resume())
+        self.out_dir.textEdited.connect(lambda *_: setattr(self, "_out_dir_edited", True))
+        self.even.layerChanged.connect(self._on_even_changed)
+        self.state.events.halves_version.connect(self._on_halves)
+        self.viewer.dims.events.current_step.connect(self._update_slab)
+        self.viewer.dims.events.ndisplay.connect(self._update_slab)
+        self._on_halves()
+
+    # ------------------------------------------------------------------ form
+    def apply_preset(self, name: str) -> None:
+        values = self._presets.get(name)
+        if not values:
+            return
+        self.size.setValue(int(values.get("subtomo_size", self.size.value())))
+        self.channels.setValue(int(values.get("channels", self.channels.value())))
+        self.depth.setValue(int(values.get("depth", self.depth.value())))
+
+    def _on_halves(self, *_):
+        state = self.state
+        if state.even:
+            self.even.set_layer_name(state.even)
+        if state.odd:
+            self.odd.set_layer_name(state.odd)
+        self.tilt_min.setValue(state.tilt_min)
+        self.tilt_max.setValue(state.tilt_max)
+        if state.source and not self._out_dir_edited:
+            self.out_dir.setText(str(Path.home() / "deepdewedge-runs" / state.source.replace(" ", "_")))
+
+    def _on_even_changed(self, name: str):
+        layer = self.even.layer()
+        if layer is None:
+            return
+        meta = layer.metadata or {}
+        if "tilt_min" in meta and "tilt_max" in meta:
+            self.tilt_min.setValue(float(meta["tilt_min"]))
+            self.tilt_max.setValue(float(meta["tilt_max"]))
+        if name.endswith(" even"):
+            partner = name[: -len(" even")] + " odd"
+            if find_layer(self.viewer, partner) is not None:
+                self.odd.set_layer_name(partner)
+        self._update_slab()
+
+    def config(self):
+        """The FitConfig of the form (raises DDWError for values the engine refuses)."""
+        from ..core.fitting import FitConfig
+
+        layer = self.even.layer()
+        voxel = geometry(layer)[0] if layer is not None else (1.0, 1.0, 1.0)
+        out_dir = self.out_dir.text().strip() or None
+        cfg = FitConfig(
+            subtomo_size=self.size.value(), channels=self.channels.value(),
+            depth=self.depth.value(), epochs=self.epochs.value(), batch_size=self.batch.value(),
+            lr=float(self.lr.value()), val_fraction=float(self.val_fraction.value()),
+            update_every=self.update_every.value(), tilt_min=float(self.tilt_min.value()),
+            tilt_max=float(self.tilt_max.value()), device=self.device.currentText(),
+            out_dir=out_dir, preview_every=self.preview_every.value(),
+            voxel_size=tuple(float(v) for v in voxel),
+        )
+        return cfg.validate()
+
+    # ------------------------------------------------------------------ preview slab
+    def _update_slab(self, *_):
+        """Rows of the live preview: the viewed slice ± s/2, or a central slab in 3D view."""
+        try:
+            layer = self.even.layer()
+        except RuntimeError:
+            return
+        if layer is None:
+            self._slab = None
+            return
+        n_z = int(layer.data.shape[0])
+        thick = min(n_z, self.size.value())
+        z = n_z // 2
+        dims = self.viewer.dims
+        if dims.ndisplay == 2 and len(dims.point) >= 3 and (dims.ndim - 3) in dims.not_displayed:
+            scale, translate = geometry(layer)
+            z = int(round((dims.point[-3] - translate[0]) / scale[0]))
+            z = min(max(z, 0), n_z - 1)
+        z0 = min(max(z - thick // 2, 0), n_z - thick)
+        self._slab = (int(z0), int(z0 + thick))
+        self._z_size = n_z
+
+    def _preview_slab(self):
+        """Called by the worker thread: only reads a tuple prepared in the GUI thread."""
+        return self._slab
+
+    # ------------------------------------------------------------------ actions
+    def _inputs(self):
+        """Arrays for the engine, or raise DDWError naming what is wrong."""
+        from ..core.errors import DDWError
+        from ..core.halves import check_same_shape
+
+        even, odd = self.even.layer(), self.odd.layer()
+        if even is None or odd is None:
+            raise DDWError("choose the two halves (even and odd tomograms); make them in step 1 "
+                           "'Tilt series → halves'")
+        if even.name == odd.name:
+            raise DDWError("the even and odd halves must be two different layers")
+        for layer in (even, odd):
+            if layer.ndim != 3:
+                raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; halves are 3D tomograms")
+        check_same_shape(even.data, odd.data, what="halves")
+        mask = None
+        mask_layer = self.mask.layer()
+        if mask_layer is not None:
+            check_same_shape(even.data, mask_layer.data, what="halves and ROI mask")
+            mask = layer_array(mask_layer) > 0
+        smallest = min(even.data.shape)
+        if self.size.value() > smallest:
+            raise DDWError(f"cube size {self.size.value()} is larger than the halves "
+                           f"({'×'.join(map(str, even.data.shape))}); choose a cube size of at "
+                           f"most {smallest // 8 * 8}")
+        return even, layer_array(even), layer_array(odd), mask
+
+    def start(self, resume: str | None = None) -> bool:
+        """Start fitting (or resume); False (and a notification) if the input is refused."""
+        from ..core.errors import DDWError
+
+        if self.busy:
+            notify_error("A fit is already running; press Stop first.")
+            return False
+        try:
+            even, tomo0, tomo1, mask = self._inputs()
+            cfg = self.config()
+            if cfg.out_dir is None:
+                raise DDWError("choose an output folder for the checkpoints (Resume and Refine "
+                               "need them)")
+            if resume is not None and not Path(resume).is_file():
+                raise DDWError(f"checkpoint {resume} not found; choose stopped.pt or latest.pt of "
+                               "an earlier fit under 'Resume from'")
+        except DDWError as exc:
+            notify_error(str(exc))
+            return False
+        self._even_name = even.name
+        self._geometry = geometry(even)
+        self._update_slab()
+        self.events = []
+        self.finished = None
+        if resume is None:
+            self.loss_plot.clear()
+        self._total_steps = None
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.bar.setFormat("%p%")
+        self.status.setText("Preparing sub-tomograms…")
+        self.start_button.setEnabled(False)
+        self.resume_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.state.fitting = True
+        from ._workers import Job
+
+        job = Job("fit", _fit_job, tomo0, tomo1, mask, cfg, resume, self._preview_slab,
+                  finish_on_quit=True)
+        self._job = self.start_job(job, self._on_event, self._on_done)
+        return True
+
+    def resume(self, path: str | None = None) -> bool:
+        """Continue from ``path`` (default: the 'Resume from' field, else the output folder)."""
+        path = path or self.resume_path.text().strip()
+        if not path:
+            folder = Path(self.out_dir.text().strip() or ".")
+            for name in ("stopped.pt", "latest.pt"):
+                if (folder / name).is_file():
+                    path = str(folder / name)
+                    break
+        if not path:
+            notify_error("No checkpoint to resume from: choose one under 'Resume from' "
+                         "(stopped.pt or latest.pt of an earlier fit).")
+            return False
+        self.resume_path.setText(path)
+        return self.start(resume=path)
+
+    def stop(self):
+        """Ask the fit to stop after the current step (it saves stopped.pt first)."""
+        if self._job is not None and self._job.running:
+            self._job.request_stop()
+            self.stop_button.setEnabled(False)
+            self.status.setText("Stopping after this step; saving a checkpoint…")
+
+    @property
+    def running(self) -> bool:
+        return self._job is not None and self._job.running
+
+    # ------------------------------------------------------------------ events
+    def _on_event(self, event):
+        from ..core import fitting as F
+
+        self.events.append(event)
+        if isinstance(event, Resumed):
+            cfg = event.config
+            self.loss_plot.clear()
+            for row in event.history:
+                epoch, fit_loss, val_loss = int(row[0]), row[1], row[2]
+                if epoch <= event.epoch:
+                    self.loss_plot.add_epoch(epoch, fit_loss, val_loss)
+            self.status.setText(f"Resuming after epoch {event.epoch} of {cfg.epochs}…")
+        elif isinstance(event, F.FitStarted):
+            self._epochs = event.config.epochs
+            self._steps = max(event.steps_per_epoch, 1)
+            self._total_steps = self._epochs * self._steps
+            self.status.setText(
+                f"{event.n_fit_cubes} training + {event.n_val_cubes} validation cubes, "
+                f"{event.steps_per_epoch} steps per epoch on {event.device}.")
+        elif isinstance(event, F.StepDone):
+            if self._total_steps:
+                done = (event.epoch - 1) * self._steps + event.step
+                self.bar.setValue(int(1000 * done / self._total_steps))
+                self.bar.setFormat(f"epoch {event.epoch}/{self._epochs}")
+            self._last_step = event
+        elif isinstance(event, F.EpochDone):
+            self.loss_plot.truncate_from(event.epoch)
+            self.loss_plot.add_epoch(event.epoch, event.fit_loss, event.val_loss)
+            remaining = (self._epochs - event.epoch) * event.seconds
+            val = "" if event.val_loss is None else f", validation {event.val_loss:.4g}"
+            self.status.setText(f"Epoch {event.epoch}/{self._epochs}: loss {event.fit_loss:.4g}"
+                                f"{val}; {event.seconds:.1f} s/epoch, about {_duration(remaining)} "
+                                "left.")
+        elif isinstance(event, F.PreviewReady):
+            self._show_preview(event)
+        elif isinstance(event, F.CheckpointSaved):
+            if event.kind in ("latest", "stopped"):
+                self.resume_path.setText(str(event.path))
+        elif isinstance(event, F.FitFinished):
+            self.finished = event
+
+    def _show_preview(self, event):
+        scale, translate = self._geometry
+        shifted = (translate[0] + event.z_start * scale[0], translate[1], translate[2])
+        layer = show_image(self.viewer, event.volume, PREVIEW_NAME, scale=scale, translate=shifted,
+                           metadata={"ddw_role": "preview", "epoch": event.epoch,
+                                     "z_range": (event.z_start, event.z_stop)})
+        layer.metadata["epoch"] = event.epoch
+
+    def _on_done(self, outcome):
+        self.start_button.setEnabled(True)
+        self.resume_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.state.fitting = False
+        if outcome.error:
+            self.status.setText("Fitting failed: see the notification.")
+            notify_error(outcome.error)
+            return
+        finished = self.finished
+        if finished is None:
+            self.status.setText("Fitting ended.")
+            return
+        model = finished.latest_path or finished.best_path
+        if finished.stopped:
+            self.status.setText(f"Stopped after epoch {finished.epochs_done}; Resume continues "
+                                "from the saved checkpoint.")
+        else:
+            self.bar.setValue(1000)
+            self.status.setText(f"Finished {finished.epochs_done} epochs. Next: Refine.")
+        if model is not None:
+            self.resume_path.setText(str(model))
+            self.state.out_dir = str(Path(model).parent)
+            self.state.checkpoint = str(model)
+            self.state.model_version += 1
+            if not finished.stopped:
+                notify_info(f"Fitting finished; the model is in {Path(model).parent}.")
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,295 @@
+"""Step 2: Fourier inspector — central x–z slices of the log power spectra of chosen volumes,
+with the expected missing-wedge boundaries drawn on top (before and after refinement)."""
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QDoubleSpinBox,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+)
+
+from ._common import (
+    DDWPanel,
+    add_row,
+    compact,
+    find_layer,
+    form_layout,
+    geometry,
+    hbox,
+    is_image,
+    layer_array,
+    notify_error,
+    notify_warning,
+    tip,
+)
+from ._plots import SpectraPanel
+from ._workers import Job, Progress
+
+MAX_PANELS = 4
+
+
+def _spectra_job(job, items):
+    """Worker generator: the x–z log power slice of every (name, key, array)."""
+    from ..core.fourier import xz_log_power
+
+    results = []
+    for i, (name, key, array) in enumerate(items):
+        if job.stop.is_set():
+            return None
+        yield Progress(f"spectrum of {name}", i, len(items))
+        results.append((name, key, xz_log_power(array)))
+    return results
+
+
+class FourierInspectorWidget(DDWPanel):
+    """Fourier inspector: see the missing wedge in the x–z power spectrum of each volume."""
+
+    title = "Fourier inspector"
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self._cache: dict = {}  # key → image
+        self._generation = 0
+        self._job = None
+        self.images: dict[str, np.ndarray] = {}  # shown: layer name → x–z image
+        lay = self.vbox(self)
+
+        self.layers = QListWidget()
+        self.layers.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        self.layers.setMaximumHeight(92)
+        tip(self.layers, "Tick the 3D volumes whose spectra you want to see (at most four); by "
+                         "default the two halves, and the refined tomogram once it exists.")
+        lay.addWidget(self.layers)
+
+        form = form_layout()
+        self.tilt_min = self._angle_box(self.state.tilt_min, "Most negative tilt angle (degrees)")
+        self.tilt_max = self._angle_box(self.state.tilt_max, "Most positive tilt angle (degrees)")
+        self.show_wedge = QCheckBox("edges")
+        self.show_wedge.setChecked(True)
+        tip(self.show_wedge, "Draw the expected wedge boundaries (dashed red) for this tilt range.")
+        add_row(form, "Tilt range", hbox(self.tilt_min, self.tilt_max, self.show_wedge),
+                "The tilt range of the data; outside the two dashed lines (around the kz axis) "
+                "is the missing wedge, where a plain reconstruction has no signal.")
+        lay.addLayout(form)
+
+        self.panel = SpectraPanel(self.viewer)
+        tip(self.panel, "Central x–z slice (ky = 0) of each volume's log power spectrum: kx "
+                        "across, kz down. A dark bow-tie around the vertical axis is the missing "
+                        "wedge; after refinement it should be filled.")
+        lay.addWidget(self.panel)
+        self.add_button = tip(QPushButton("Add as layers"),
+                              "Put these spectra into the viewer as image layers "
+                              "('<name> x–z power'), beside the volumes, with the wedge edges.")
+        self.add_button.clicked.connect(self.add_layers)
+        lay.addWidget(hbox(self.add_button, stretch_last=True))
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(250)
+        self._timer.timeout.connect(self.update_spectra)
+
+        events = self.viewer.layers.events
+        events.inserted.connect(self._on_layers_changed)
+        events.removed.connect(self._on_layers_changed)
+        self.layers.itemChanged.connect(lambda *_: self._schedule())
+        self.tilt_min.valueChanged.connect(self._redraw)
+        self.tilt_max.valueChanged.connect(self._redraw)
+        self.show_wedge.toggled.connect(self._redraw)
+        self.state.events.halves_version.connect(self._on_state)
+        self.state.events.refined_version.connect(self._on_state)
+        self._fill_list()
+        self._on_state()
+
+    @staticmethod
+    def _angle_box(value, text):
+        box = QDoubleSpinBox()
+        box.setRange(-89.9, 89.9)
+        box.setDecimals(1)
+        box.setSuffix("°")
+        box.setValue(value)
+        tip(box, text)
+        return compact(box)
+
+    # ------------------------------------------------------------------ selection
+    def _volume_names(self) -> list[str]:
+        """3D image layers that are volumes (tilt series, which carry angles but no role, are
+        left out)."""
+        names = []
+        for layer in self.viewer.layers:
+            if not (is_image(layer) and layer.ndim == 3):
+                continue
+            meta = layer.metadata or {}
+            if "ddw_role" in meta or "tilt_angles" not in meta:
+                names.append(layer.name)
+        return names
+
+    def _fill_list(self, checked: set[str] | None = None):
+        if checked is None:
+            checked = set(self.checked_names())
+        names = self._volume_names()
+        self.layers.blockSignals(True)
+        self.layers.clear()
+        for name in names:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if name in checked else Qt.CheckState.Unchecked)
+            self.layers.addItem(item)
+        self.layers.blockSignals(False)
+
+    def checked_names(self) -> list[str]:
+        out = []
+        for i in range(self.layers.count()):
+            item = self.layers.item(i)
+            if item.checkState() == Qt.CheckState.Checked:
+                out.append(item.text())
+        return out
+
+    def set_checked(self, names) -> None:
+        """Tick exactly ``names`` (those that exist) and recompute."""
+        self._fill_list(set(names))
+        self._schedule()
+
+    def _on_layers_changed(self, event=None):
+        try:
+            value = getattr(event, "value", None)
+            if value is not None and hasattr(value, "events"):
+                value.events.name.connect(self._on_layers_changed)
+                value.events.data.connect(self._on_layer_data)
+            before = self.checked_names()
+            self._fill_list()
+            if self.checked_names() != before:
+                self._schedule()
+        except RuntimeError:  # widget already deleted
+            pass
+
+    def _on_layer_data(self, event=None):
+        try:
+            if event is not None and getattr(event, "source", None) is not None:
+                if event.source.name in self.checked_names():
+                    self._schedule()
+        except RuntimeError:
+            pass
+
+    def _on_state(self, *_):
+        state = self.state
+        self.tilt_min.setValue(state.tilt_min)
+        self.tilt_max.setValue(state.tilt_max)
+        wanted = [n for n in (state.even, state.odd, state.refined) if n]
+        if state.refined:
+            wanted = [n for n in (state.even, state.refined) if n]
+        if wanted:
+            self.set_checked(wanted)
+
+    def _schedule(self):
+        self._timer.start()
+
+    # ------------------------------------------------------------------ compute
+    def update_spectra(self) -> bool:
+        """Compute (off the GUI thread) the spectra of the ticked volumes and show them."""
+        names = self.checked_names()
+        if len(names) > MAX_PANELS:
+            notify_warning(f"Showing the first {MAX_PANELS} of {len(names)} ticked volumes.")
+            names = names[:MAX_PANELS]
+        todo = []
+        self._order = names
+        for name in names:
+            layer = find_layer(self.viewer, name)
+            if layer is None or layer.ndim != 3:
+                continue
+            key = (name, id(layer.data), tuple(layer.data.shape))
+            if key not in self._cache:
+                todo.append((name, key, layer_array(layer)))
+        if self._job is not None and self._job.running:
+            self._job.request_stop()
+        self._generation += 1
+        if not todo:
+            self._show_cached()
+            return False
+        generation = self._generation
+        self._job = self.start_job(Job("spectra", _spectra_job, todo), lambda msg: None,
+                                   lambda outcome: self._on_done(outcome, generation))
+        return True
+
+    def _on_done(self, outcome, generation):
+        if outcome.error:
+            notify_error(outcome.error)
+            return
+        if outcome.cancelled or not outcome.value:
+            return
+        for name, key, image in outcome.value:
+            self._cache[key] = image
+        if generation == self._generation:  # late results of an older selection are dropped
+            self._show_cached()
+
+    def _show_cached(self):
+        self.images = {}
+        for name in getattr(self, "_order", []):
+            layer = find_layer(self.viewer, name)
+            if layer is None:
+                continue
+            key = (name, id(layer.data), tuple(layer.data.shape))
+            if key in self._cache:
+                self.images[name] = self._cache[key]
+        # keep the cache small: only what is shown
+        shown = {(n, id(find_layer(self.viewer, n).data), tuple(find_layer(self.viewer, n).data.shape))
+                 for n in self.images}
+        self._cache = {k: v for k, v in self._cache.items() if k in shown}
+        self._redraw()
+
+    def _lines_for(self, shape):
+        if not self.show_wedge.isChecked():
+            return None
+        from ..core.errors import DDWError
+        from ..core.fourier import wedge_boundary_lines
+
+        try:
+            return wedge_boundary_lines(shape, self.tilt_min.value(), self.tilt_max.value())
+        except DDWError:
+            return None
+
+    def _redraw(self, *_):
+        items = list(self.images.items())
+        lines = [self._lines_for(image.shape) for _, image in items]
+        self.panel.show(items, lines)
+
+    # ------------------------------------------------------------------ layers
+    def add_layers(self) -> list[str]:
+        """Add the shown spectra as 2D image layers beside their volumes (+ wedge edges)."""
+        if not self.images:
+            notify_warning("No spectra to add yet: tick one or more volumes first.")
+            return []
+        added = []
+        offset_x = None
+        for name, image in self.images.items():
+            layer = find_layer(self.viewer, name)
+            if layer is None:
+                continue
+            scale, translate = geometry(layer)
+            extent_x = layer.data.shape[-1] * scale[2]
+            if offset_x is None:
+                offset_x = translate[2] + extent_x * 1.05
+            spec_scale = (scale[0], scale[2])
+            spec_translate = (translate[1], offset_x)
+            out_name = f"{name} x–z power"
+            from ._common import show_image
+
+            show_image(self.viewer, image, out_name, scale=spec_scale, translate=spec_translate,
+                       colormap="magma", metadata={"ddw_role": "spectrum", "source_layer": name})
+            lines = self._lines_for(image.shape)
+            if lines is not None:
+                shapes_name = f"{name} wedge edges"
+                old = find_layer(self.viewer, shapes_name)
+                if old is not None:
+                    self.viewer.layers.remove(old)
+                self.viewer.add_shapes(
+                    [np.asarray(seg) for seg in lines], shape_type="line", edge_color=
+                    "#ff5a5a", edge_width=max(image.shape) / 150, name=shapes_name,
+                    scale=spec_scale, translate=spec_translate, opacity=0.8)
+            added.append(out_name)
+            offset_x += image.shape[1] * scale[2] * 1.05
+        return added

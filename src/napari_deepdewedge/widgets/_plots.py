@@ -1,0 +1,195 @@
+"""Matplotlib pictures inside the docks (``backend_qtagg`` canvas through qtpy), in napari's
+colours: the live loss curve and the side-by-side Fourier x–z slices with wedge boundaries."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+
+FIT_COLOUR = "#4aa3ff"
+VAL_COLOUR = "#ffb14a"
+WEDGE_COLOUR = "#ff5a5a"
+
+
+def theme_colours(viewer) -> dict:
+    """Background/text colours of the viewer's napari theme (dark if unknown)."""
+    from napari.utils.theme import get_theme
+
+    try:
+        theme = get_theme(viewer.theme)
+    except Exception:
+        theme = get_theme("dark")
+    return {
+        "background": theme.background.as_hex(),
+        "panel": theme.foreground.as_hex(),
+        "text": theme.text.as_hex(),
+        "grid": theme.highlight.as_hex(),
+    }
+
+
+def _style_axes(ax, colours: dict) -> None:
+    ax.set_facecolor(colours["background"])
+    for spine in ax.spines.values():
+        spine.set_color(colours["grid"])
+    ax.tick_params(colors=colours["text"], labelsize=7, length=2)
+    ax.xaxis.label.set_color(colours["text"])
+    ax.yaxis.label.set_color(colours["text"])
+    ax.title.set_color(colours["text"])
+
+
+class _Canvas(QWidget):
+    """A matplotlib figure in a QWidget."""
+
+    def __init__(self, viewer, height: int, parent=None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.colours = theme_colours(viewer)
+        self.figure = Figure(figsize=(3.2, height / 100), dpi=100,
+                             facecolor=self.colours["background"])
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.canvas.setMinimumWidth(200)
+        self.canvas.setFixedHeight(height)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+
+    def set_height(self, height: int) -> None:
+        self.canvas.setFixedHeight(height)
+
+    def draw(self) -> None:
+        self.canvas.draw_idle()
+
+
+class LossPlot(_Canvas):
+    """Fitting and validation loss per epoch, log y axis."""
+
+    def __init__(self, viewer, parent=None):
+        super().__init__(viewer, 190, parent)
+        self.epochs: list[int] = []
+        self.fit_losses: list[float] = []
+        self.val_epochs: list[int] = []
+        self.val_losses: list[float] = []
+        self.ax = self.figure.add_subplot(111)
+        self.figure.subplots_adjust(left=0.17, right=0.97, top=0.93, bottom=0.21)
+        self._fit_line = None
+        self._val_line = None
+        self.clear()
+
+    def clear(self) -> None:
+        self.epochs.clear()
+        self.fit_losses.clear()
+        self.val_epochs.clear()
+        self.val_losses.clear()
+        self._redraw()
+
+    def truncate_from(self, epoch: int) -> None:
+        """Forget points at ``epoch`` and later (a resumed fit redoes them)."""
+        keep = [i for i, e in enumerate(self.epochs) if e < epoch]
+        self.epochs[:] = [self.epochs[i] for i in keep]
+        self.fit_losses[:] = [self.fit_losses[i] for i in keep]
+        keep = [i for i, e in enumerate(self.val_epochs) if e < epoch]
+        self.val_epochs[:] = [self.val_epochs[i] for i in keep]
+        self.val_losses[:] = [self.val_losses[i] for i in keep]
+        self._redraw()
+
+    def add_epoch(self, epoch: int, fit_loss: float, val_loss: float | None = None) -> None:
+        self.epochs.append(int(epoch))
+        self.fit_losses.append(float(fit_loss))
+        if val_loss is not None and math.isfinite(float(val_loss)):
+            self.val_epochs.append(int(epoch))
+            self.val_losses.append(float(val_loss))
+        self._redraw()
+
+    def _redraw(self) -> None:
+        ax = self.ax
+        ax.clear()
+        _style_axes(ax, self.colours)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        positive = [v for v in self.fit_losses + self.val_losses if v > 0]
+        if positive:
+            ax.set_yscale("log")
+        ax.grid(True, which="major", color=self.colours["grid"], linewidth=0.5, alpha=0.6)
+        if self.epochs:
+            ax.plot(self.epochs, self.fit_losses, "-o", color=FIT_COLOUR, markersize=2.5,
+                    linewidth=1.2, label="fitting")
+        if self.val_epochs:
+            ax.plot(self.val_epochs, self.val_losses, "-s", color=VAL_COLOUR, markersize=2.5,
+                    linewidth=1.2, label="validation")
+        if self.epochs or self.val_epochs:
+            legend = ax.legend(fontsize=7, loc="upper right", frameon=False)
+            for text in legend.get_texts():
+                text.set_color(self.colours["text"])
+            last = max(self.epochs + self.val_epochs)
+            ax.set_xlim(0.5, max(last, 2) + 0.5)
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+        else:
+            ax.text(0.5, 0.5, "loss per epoch appears here", ha="center", va="center",
+                    transform=ax.transAxes, color=self.colours["text"], fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        self.draw()
+
+
+class SpectraPanel(_Canvas):
+    """Central x–z slices of log power spectra side by side (two per row), wedge edges on top."""
+
+    def __init__(self, viewer, parent=None):
+        super().__init__(viewer, 150, parent)
+        self.titles: list[str] = []
+        self.show([])
+
+    def show(self, items, lines=None) -> None:
+        """``items``: list of (title, image (Z, X)); ``lines``: per item a (2, 2, 2) array of
+        wedge-boundary segments in pixel (row, col) coordinates, or ``None``."""
+        fig = self.figure
+        fig.clear()
+        self.titles = [title for title, _ in items]
+        if not items:
+            ax = fig.add_subplot(111)
+            _style_axes(ax, self.colours)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "choose volumes above to see\ntheir x–z power spectra",
+                    ha="center", va="center", color=self.colours["text"], fontsize=8,
+                    transform=ax.transAxes)
+            self.set_height(110)
+            self.draw()
+            return
+        ncols = min(len(items), 2)
+        nrows = math.ceil(len(items) / ncols)
+        # height from the images' aspect ratio so nothing is squashed
+        z, x = items[0][1].shape
+        cell_w = 320 / ncols
+        cell_h = max(60.0, min(cell_w * z / max(x, 1), 220.0)) + 26
+        self.set_height(int(nrows * cell_h) + 8)
+        for i, (title, image) in enumerate(items):
+            ax = fig.add_subplot(nrows, ncols, i + 1)
+            _style_axes(ax, self.colours)
+            image = np.asarray(image)
+            lo, hi = np.percentile(image, (1.0, 99.8))
+            ax.imshow(image, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest",
+                      aspect="auto")
+            if lines is not None and lines[i] is not None:
+                for seg in np.asarray(lines[i]):
+                    ax.plot(seg[:, 1], seg[:, 0], "--", color=WEDGE_COLOUR, linewidth=1.0)
+                ax.set_xlim(-0.5, image.shape[1] - 0.5)
+                ax.set_ylim(image.shape[0] - 0.5, -0.5)
+            ax.set_title(_shorten(title), fontsize=7.5, pad=2)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel("kx", fontsize=7, labelpad=1)
+            ax.set_ylabel("kz", fontsize=7, labelpad=1)
+        fig.subplots_adjust(left=0.06, right=0.99, top=1 - 18 / (nrows * cell_h),
+                            bottom=12 / (nrows * cell_h), wspace=0.12, hspace=0.35)
+        self.draw()
+
+
+def _shorten(text: str, n: int = 26) -> str:
+    return text if len(text) <= n else "…" + text[-(n - 1):]

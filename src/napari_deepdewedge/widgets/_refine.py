@@ -1,0 +1,285 @@
+"""Step 4: refine the full halves with the fitted model; optional per-half results and their
+disagreement ("consistency"); save as MRC with the voxel size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import QCheckBox, QComboBox, QPushButton, QSpinBox
+
+from ._common import (
+    DEVICE_TIP,
+    DDWPanel,
+    LayerCombo,
+    add_row,
+    device_choices,
+    find_layer,
+    form_layout,
+    geometry,
+    hbox,
+    layer_array,
+    notify_error,
+    notify_info,
+    path_field,
+    show_image,
+    tip,
+)
+from ._fit import PREVIEW_NAME
+from ._tiltseries import base_name
+from ._workers import Job, Progress, run_with_progress
+
+
+def _refine_job(job, model_path, tomo0, tomo1, params):
+    from ..core.refine import refine_halves
+
+    yield Progress("Loading the model", 0, 1)
+    result = yield from run_with_progress(refine_halves, job.stop, "Refining", model_path,
+                                          tomo0, tomo1, **params)
+    return result
+
+
+def _save_job(job, items):
+    from ..core.io import write_mrc
+
+    written = []
+    for i, (path, data, scale, translate) in enumerate(items):
+        yield Progress(f"Writing {Path(path).name}", i, len(items))
+        written.append(str(write_mrc(path, data, voxel_size=scale, origin=translate)))
+    return written
+
+
+class RefineWidget(DDWPanel):
+    """Refine: apply the fitted model to both full halves and average them."""
+
+    title = "Refine"
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(napari_viewer, parent)
+        self._job = None
+        self.outputs: dict[str, str] = {}  # role → layer name of the last refinement
+        lay = self.vbox(self)
+        form = form_layout()
+        self.even = LayerCombo(self.viewer, "image", ndim=3)
+        add_row(form, "Even half", self.even, "Tomogram of the even half (the one fitted on).")
+        self.odd = LayerCombo(self.viewer, "image", ndim=3)
+        add_row(form, "Odd half", self.odd, "Tomogram of the odd half; same size.")
+        row, self.model_path = path_field(
+            "model checkpoint (.pt)",
+            "The fitted model: filled in with the model just fitted (latest.pt); pick best.pt "
+            "(lowest validation loss) or any other checkpoint instead.",
+            filters="Checkpoints (*.pt);;All files (*)")
+        add_row(form, "Model", row, self.model_path.toolTip())
+        self.overlap = QSpinBox()
+        self.overlap.setRange(0, 512)
+        self.overlap.setSpecialValueText("auto")
+        self.overlap.setSuffix(" px")
+        add_row(form, "Overlap", self.overlap,
+                "Overlap of neighbouring cubes, blended smoothly; 'auto' uses a third of the "
+                "cube size. More overlap hides seams but takes longer.")
+        self.batch = QSpinBox()
+        self.batch.setRange(1, 256)
+        self.batch.setValue(4)
+        add_row(form, "Batch size", self.batch,
+                "Cubes refined at once; lower it if the GPU runs out of memory.")
+        self.device = QComboBox()
+        self.device.addItems(device_choices())
+        add_row(form, "Device", self.device, DEVICE_TIP)
+        self.keep_halves = QCheckBox("Per-half results + consistency")
+        tip(self.keep_halves, "Also show each half refined on its own and where the two disagree "
+                              "('<name> consistency', bright = disagreement): a check against "
+                              "details the model may have invented.")
+        form.addRow(self.keep_halves)
+        lay.addLayout(form)
+
+        self.run_button = tip(QPushButton("Refine"), "Refine both halves in the background and "
+                                                     "show the average as '<name> refined'.")
+        self.cancel_button = tip(QPushButton("Cancel"), "Stop the refinement.")
+        self.cancel_button.setEnabled(False)
+        self.save_button = tip(QPushButton("Save…"), "Write the refined tomogram (and the per-half "
+                                                     "results, if shown) as MRC with the voxel "
+                                                     "size.")
+        self.save_button.setEnabled(False)
+        lay.addWidget(hbox(self.run_button, self.cancel_button, self.save_button))
+        self.bar, self.status = self.make_progress()
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+
+        self.run_button.clicked.connect(lambda: self.refine())
+        self.cancel_button.clicked.connect(self.cancel)
+        self.save_button.clicked.connect(lambda: self.save())
+        self.even.layerChanged.connect(self._on_even_changed)
+        self.state.events.halves_version.connect(self._on_halves)
+        self.state.events.model_version.connect(self._on_model)
+        self._on_halves()
+        self._on_model()
+
+    def _on_halves(self, *_):
+        if self.state.even:
+            self.even.set_layer_name(self.state.even)
+        if self.state.odd:
+            self.odd.set_layer_name(self.state.odd)
+
+    def _on_model(self, *_):
+        if self.state.checkpoint:
+            self.model_path.setText(self.state.checkpoint)
+
+    def _on_even_changed(self, name: str):
+        if name.endswith(" even"):
+            partner = name[: -len(" even")] + " odd"
+            if find_layer(self.viewer, partner) is not None:
+                self.odd.set_layer_name(partner)
+
+    # ------------------------------------------------------------------ refine
+    def _inputs(self):
+        from ..core.errors import DDWError
+        from ..core.halves import check_same_shape
+
+        if self.state.fitting:
+            raise DDWError("a fit is still running; wait for it to finish (or Stop it) before "
+                           "refining")
+        even, odd = self.even.layer(), self.odd.layer()
+        if even is None or odd is None:
+            raise DDWError("choose the two halves (even and odd tomograms) to refine")
+        if even.name == odd.name:
+            raise DDWError("the even and odd halves must be two different layers")
+        for layer in (even, odd):
+            if layer.ndim != 3:
+                raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; halves are 3D tomograms")
+        check_same_shape(even.data, odd.data, what="halves")
+        path = self.model_path.text().strip()
+        if not path:
+            raise DDWError("no model chosen; fit one in step 3 or pick a checkpoint (.pt) file")
+        if not Path(path).is_file():
+            raise DDWError(f"model checkpoint {path} not found; pick an existing .pt file")
+        return even, odd, path
+
+    def refine(self) -> bool:
+        """Start the refinement worker; False (and a notification) if the input is refused."""
+        from ..core.errors import DDWError
+
+        if self.busy:
+            notify_error("A refinement is already running; wait for it or press Cancel.")
+            return False
+        try:
+            even, odd, path = self._inputs()
+        except DDWError as exc:
+            notify_error(str(exc))
+            return False
+        meta = even.metadata or {}
+        self._base = str(meta.get("ddw_source") or base_name(even.name))
+        self._geometry = geometry(even)
+        self._keep = self.keep_halves.isChecked()
+        params = dict(overlap=self.overlap.value() or None, batch_size=self.batch.value(),
+                      device=self.device.currentText(), keep_halves=self._keep)
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.status.setText("Loading the model…")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self._job = self.start_job(
+            Job("refinement", _refine_job, path, layer_array(even), layer_array(odd), params),
+            self._on_progress, self._on_done)
+        return True
+
+    def cancel(self):
+        if self._job is not None:
+            self._job.request_stop()
+            self.status.setText("Cancelling…")
+
+    def _on_progress(self, msg):
+        if isinstance(msg, Progress) and msg.total > 0:
+            self.bar.setValue(int(1000 * msg.done / msg.total))
+            self.status.setText(f"{msg.stage}: batch {msg.done}/{msg.total}")
+
+    def _on_done(self, outcome):
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if outcome.cancelled:
+            self.status.setText("Cancelled.")
+            self.bar.setValue(0)
+            return
+        if outcome.error:
+            self.status.setText("Refinement failed: see the notification.")
+            notify_error(outcome.error)
+            return
+        result = outcome.value
+        scale, translate = self._geometry
+        base = self._base
+        common = {"voxel_size": scale, "tilt_min": self.state.tilt_min,
+                  "tilt_max": self.state.tilt_max, "ddw_source": base,
+                  "model": self.model_path.text().strip()}
+        self.outputs = {}
+        if self._keep and result.half0 is not None:
+            for role, data in (("refined even", result.half0), ("refined odd", result.half1)):
+                name = f"{base} {role}"
+                show_image(self.viewer, data, name, scale=scale, translate=translate,
+                           metadata={**common, "ddw_role": role.replace(" ", "_")}, visible=False)
+                self.outputs[role] = name
+        refined_name = f"{base} refined"
+        show_image(self.viewer, result.refined, refined_name, scale=scale, translate=translate,
+                   metadata={**common, "ddw_role": "refined"})
+        self.outputs["refined"] = refined_name
+        if self._keep and result.difference is not None:
+            name = f"{base} consistency"
+            disagreement = np.abs(result.difference)
+            hi = float(np.percentile(disagreement[:: max(1, disagreement.shape[0] // 16)], 99.5))
+            show_image(self.viewer, disagreement, name, scale=scale, translate=translate,
+                       metadata={**common, "ddw_role": "consistency",
+                                 "description": "|refined even − refined odd|: bright where the "
+                                                "two halves disagree"},
+                       colormap="inferno", blending="additive", opacity=0.8,
+                       contrast=(0.0, hi if hi > 0 else 1.0))
+            self.outputs["consistency"] = name
+        preview = find_layer(self.viewer, PREVIEW_NAME)
+        if preview is not None:
+            preview.visible = False
+        self.state.refined = refined_name
+        self.state.refined_version += 1
+        self.bar.setValue(1000)
+        self.save_button.setEnabled(True)
+        self.status.setText(f"Done: '{refined_name}'. Save… writes it as MRC; Compare shows it "
+                            "beside the FBP.")
+
+    # ------------------------------------------------------------------ save
+    def save(self, path: str | None = None) -> bool:
+        """Write the refined tomogram (plus per-half results, if any) as MRC with voxel size."""
+        refined = find_layer(self.viewer, self.outputs.get("refined", ""))
+        if refined is None:
+            notify_error("Nothing to save yet: run Refine first.")
+            return False
+        if path is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            folder = self.state.out_dir or str(Path.home())
+            suggestion = str(Path(folder) / f"{refined.name.replace(' ', '_')}.mrc")
+            path, _ = QFileDialog.getSaveFileName(self, "Save the refined tomogram", suggestion,
+                                                  "MRC (*.mrc)")
+            if not path:
+                return False
+        target = Path(path)
+        if target.suffix.lower() != ".mrc":
+            target = target.with_suffix(".mrc")
+        items = []
+        for role, name in self.outputs.items():
+            layer = find_layer(self.viewer, name)
+            if layer is None:
+                continue
+            scale, translate = geometry(layer)
+            suffix = "" if role == "refined" else "_" + role.replace("refined ", "").replace(" ", "_")
+            items.append((str(target.with_name(target.stem + suffix + ".mrc")),
+                          layer_array(layer), scale, translate))
+        self.status.setText(f"Writing {target.name}…")
+        self.save_button.setEnabled(False)
+
+        def done(outcome):
+            self.save_button.setEnabled(True)
+            if outcome.error:
+                notify_error(outcome.error)
+                self.status.setText("Saving failed: see the notification.")
+            elif outcome.value:
+                self.saved = outcome.value
+                self.status.setText("Saved " + ", ".join(Path(p).name for p in outcome.value))
+                notify_info(f"Saved {len(outcome.value)} file(s) to {target.parent}")
+
+        self.start_job(Job("save", _save_job, items), lambda msg: None, done)
+        return True

@@ -1,0 +1,188 @@
+"""Background jobs for the dock widgets: napari generator thread workers that can be stopped.
+
+A job is a generator function run by :func:`napari.qt.threading.create_worker`. It yields
+progress messages (handled in the GUI thread) and returns an :class:`Outcome`; exceptions never
+escape the worker (so napari does not print a raw traceback) but become a plain-words message.
+
+Engine functions such as ``fbp`` or ``refine_halves`` report progress through a callback rather
+than by yielding; :func:`run_with_progress` runs such a function on a helper thread and turns its
+callback calls into yields. The callback raises :class:`Cancelled` once the job's stop flag is
+set, so a cancelled job ends at the engine's next progress report.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+LOG = logging.getLogger("napari_deepdewedge")
+
+
+class Cancelled(Exception):
+    """Raised inside a job when the user (or closing napari) stopped it."""
+
+
+@dataclass
+class Progress:
+    """``done`` of ``total`` units of the stage ``stage`` are finished."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass
+class Outcome:
+    """How a job ended: a value, a message for the user, or cancelled."""
+
+    value: Any = None
+    error: str | None = None
+    cancelled: bool = False
+
+
+def friendly_error(exc: BaseException) -> str:
+    """The message a user sees for ``exc``: the fix, not a traceback."""
+    from ..core.errors import DDWError
+
+    if isinstance(exc, DDWError):
+        return str(exc)
+    text = str(exc)
+    oom_types = ()
+    try:  # torch is only imported here if a job already imported it
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            oom_types = tuple(
+                t for t in (getattr(torch, "OutOfMemoryError", None),
+                            getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None))
+                if isinstance(t, type)
+            )
+    except Exception:  # pragma: no cover - defensive
+        pass
+    if (oom_types and isinstance(exc, oom_types)) or "out of memory" in text.lower():
+        return (
+            "The GPU ran out of memory. Use a smaller batch size or a smaller sub-tomogram size "
+            "(or fewer channels), close other programs using the GPU, or choose the CPU device."
+        )
+    if isinstance(exc, MemoryError):
+        return (
+            "Not enough memory (RAM). Use binning, a smaller thickness or a smaller region, "
+            "or close other programs."
+        )
+    return f"Unexpected error ({type(exc).__name__}: {text}). See the console log for details."
+
+
+def run_with_progress(fn: Callable, stop: threading.Event, stage: str, *args, **kwargs):
+    """Generator: run ``fn(*args, progress=cb, **kwargs)`` on a helper thread.
+
+    Yields :class:`Progress` for each ``cb(done, total)`` call and returns ``fn``'s result.
+    Raises :class:`Cancelled` once ``stop`` is set (at the engine's next progress report), and
+    re-raises any exception of ``fn``.
+    """
+    messages: queue.Queue = queue.Queue()
+    box: dict = {}
+
+    def callback(done, total):
+        if stop.is_set():
+            raise Cancelled()
+        messages.put(Progress(stage, int(done), int(total)))
+
+    def target():
+        try:
+            box["value"] = fn(*args, progress=callback, **kwargs)
+        except BaseException as exc:  # handed to the generator below
+            box["error"] = exc
+
+    helper = threading.Thread(target=target, name=f"ddw-{stage}", daemon=True)
+    helper.start()
+    while helper.is_alive() or not messages.empty():
+        try:
+            yield messages.get(timeout=0.05)
+        except queue.Empty:
+            if stop.is_set():
+                # keep yielding so that quit() and Cancel are noticed; the engine stops at its
+                # next progress callback
+                yield Progress(stage, -1, -1)
+    helper.join()
+    if "error" in box:
+        raise box["error"]
+    if stop.is_set():
+        raise Cancelled()
+    return box.get("value")
+
+
+class Job:
+    """One background job of a widget: its napari worker, stop flag and done flag."""
+
+    def __init__(self, name: str, gen_func: Callable, *args, finish_on_quit: bool = False, **kwargs):
+        """``gen_func(job, *args, **kwargs)`` is the generator to run.
+
+        ``finish_on_quit``: when the worker is quit (e.g. napari closes), set the stop flag and
+        run the generator to its end on the worker thread, without yielding to the GUI; for a
+        generator that stops cleanly within one step once ``job.stop`` is set (the fit, which
+        then saves a checkpoint).
+        """
+        from napari.qt.threading import create_worker
+        from qtpy.QtCore import Qt
+
+        self.name = name
+        self.stop = threading.Event()
+        self.done = threading.Event()
+        self._inner = gen_func(self, *args, **kwargs)
+        self.worker = create_worker(self._run, _start_thread=False)
+        self.worker.finished.connect(self.done.set)
+        if finish_on_quit:
+            self.worker.aborted.connect(self._finish, Qt.ConnectionType.DirectConnection)
+
+    def _finish(self):
+        """Runs on the worker thread right after an abort: let the generator end cleanly."""
+        import inspect
+
+        self.stop.set()
+        try:
+            if inspect.getgeneratorstate(self._inner) == inspect.GEN_CREATED:
+                return
+            for _ in self._inner:
+                pass
+        except BaseException:  # the user asked to stop; only log what went wrong
+            LOG.exception("DeepDeWedge %s: error while stopping", self.name)
+        finally:
+            self.done.set()
+
+    def _run(self):
+        try:
+            value = yield from self._inner
+            return Outcome(value=value)
+        except Cancelled:
+            return Outcome(cancelled=True)
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # every failure becomes a message for the user
+            LOG.exception("DeepDeWedge %s failed", self.name)
+            return Outcome(error=friendly_error(exc))
+        finally:
+            self.done.set()
+
+    @property
+    def running(self) -> bool:
+        return not self.done.is_set()
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def request_stop(self) -> None:
+        """Ask the job to end at its next progress report (keeps the worker running)."""
+        self.stop.set()
+
+    def shutdown(self, wait: float = 0.0) -> None:
+        """Stop the job, wait up to ``wait`` seconds for it to end, then quit its worker."""
+        self.stop.set()
+        if wait > 0:
+            self.done.wait(wait)
+        try:
+            self.worker.quit()
+        except RuntimeError:  # the worker's Qt object is already gone
+            pass
