@@ -121,13 +121,22 @@ def test_forward_and_back_operators_are_transposes_and_gather_equals_sparse():
 # --------------------------------------------------------------------------------------------
 # fbp: known answers
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("zyx", [(7, 2, -11), (-9, -2, 6), (5, 0, 14), (-4, 3, -3)])
-def test_bright_voxel_comes_back_where_it_was(zyx):
-    Z, Y, X = 32, 8, 48
+@pytest.mark.parametrize(
+    "shape, zyx, tilts",
+    [
+        ((32, 8, 48), (7, 2, -11), (-60, 60)),
+        ((32, 8, 48), (-9, -2, 6), (-60, 60)),
+        ((32, 8, 48), (5, 0, 14), (-54, 62)),
+        ((32, 8, 48), (-4, 3, -3), (-60, 60)),
+        ((21, 7, 47), (-6, -3, 11), (-54, 62)),  # odd sizes: centre index N//2
+    ],
+)
+def test_bright_voxel_comes_back_where_it_was(shape, zyx, tilts):
+    Z, Y, X = shape
     z, y, x = zyx
     vol = np.zeros((Z, Y, X), np.float32)
     vol[z + Z // 2, y + Y // 2, x + X // 2] = 1.0
-    angles = np.arange(-60.0, 60.1, 3.0)
+    angles = np.arange(tilts[0], tilts[1] + 0.1, 3.0)
     recon = fbp(forward_project(vol, angles), angles, Z)
     peak = np.unravel_index(np.argmax(recon), recon.shape)
     want = (z + Z // 2, y + Y // 2, x + X // 2)

@@ -488,7 +488,8 @@ def fbp(
             p = stack[t0:t1].to(device=dev, dtype=torch.float32)
         else:
             p = torch.from_numpy(np.array(stack[t0:t1], dtype=np.float32)).to(dev)
-        finite = torch.isfinite(p).flatten(1).all(dim=1)
+        # a NaN or infinity anywhere makes the projection's sum non-finite (one cheap pass)
+        finite = torch.isfinite(p.sum(dim=(-2, -1)))
         if not bool(finite.all()):
             t = t0 + int(torch.nonzero(~finite)[0, 0])
             raise DDWError(
