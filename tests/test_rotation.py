@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.rotation import random_rotations, rotate_center_crop
+from napari_deepdewedge.core.rotation import random_rotations, rotate_center_crop, stack_channels_last
 
 
 def _axis_rotation(axis: int, deg: float) -> torch.Tensor:
@@ -132,6 +132,10 @@ def test_batch_rotations_are_independent():
         torch.testing.assert_close(out[b:b + 1], single)
     # channels share the rotation of their cube
     torch.testing.assert_close(out[:, 1], rotate_center_crop(cubes[:, 1:2], R, 8)[:, 0])
+    # the channels-last pair gives the same result as the concatenated one
+    pair = stack_channels_last(cubes[:, 0:1], cubes[:, 1:2])
+    assert pair.shape == cubes.shape and pair.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(rotate_center_crop(pair, R, 8), out, rtol=0, atol=0)
 
 
 def test_bad_shapes_raise():
