@@ -59,14 +59,24 @@ class DeepDeWedgeWidget(DDWPanel):
         scroll.setWidget(body)
         self.tiltseries, self.inspector, self.fit, self.refine, self.compare = self.steps
         self.sections[0].expand(animate=False)
-        self.state.events.halves_version.connect(lambda *_: self._open(1, 2))
-        self.state.events.model_version.connect(lambda *_: self._open(3))
-        self.state.events.refined_version.connect(lambda *_: self._open(4))
+        # bound methods, not lambdas: the shared state must not keep this dock alive
+        self.state.events.halves_version.connect(self._on_halves)
+        self.state.events.model_version.connect(self._on_model)
+        self.state.events.refined_version.connect(self._on_refined)
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
         self.setMinimumHeight(300)
 
     def sizeHint(self):
         return QSize(340, 900)
+
+    def _on_halves(self, *_):
+        self._open(1, 2)
+
+    def _on_model(self, *_):
+        self._open(3)
+
+    def _on_refined(self, *_):
+        self._open(4)
 
     def _open(self, *indices):
         try:

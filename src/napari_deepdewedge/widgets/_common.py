@@ -2,10 +2,11 @@
 output layers that keep the input's geometry, and the panel base class that owns workers."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtWidgets import (
-    QApplication,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -120,9 +121,11 @@ def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), met
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
-    kwargs = {}
-    if np.ndim(data) == 3:
-        kwargs = {"units": ANGSTROM_UNITS, "axis_labels": ("z", "y", "x")}
+    # every layer in Å, as the reader and sample data do (mixed units make napari warn)
+    ndim = np.ndim(data)
+    kwargs = {"units": ANGSTROM_UNITS[:ndim]}
+    if ndim == 3:
+        kwargs["axis_labels"] = ("z", "y", "x")
     return viewer.add_image(
         data, name=name, scale=scale, translate=translate, metadata=dict(metadata or {}),
         colormap=colormap, blending=blending, contrast_limits=limits, visible=visible,
@@ -324,8 +327,9 @@ DEVICE_TIP = (
 class DDWPanel(QWidget):
     """Base of every DeepDeWedge dock widget: viewer, shared state, and background jobs.
 
-    Jobs are stopped when the panel is closed, taken out of its dock, when napari's main window
-    closes, and when the application quits.
+    Jobs are stopped when the panel is closed or taken out of its dock, and when napari's main
+    window closes (napari also quits every worker it started; a quit fit still ends cleanly and
+    saves a checkpoint, see ``Job(finish_on_quit=True)``).
     """
 
     title = "DeepDeWedge"
@@ -335,10 +339,7 @@ class DDWPanel(QWidget):
         self.viewer = napari_viewer
         self.state = state_for(napari_viewer)
         self._jobs: list[Job] = []
-        self._filtered_window = None
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self._shutdown_quietly)
+        self._filtered_window = None  # weak reference to the main window we watch
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
     # -- layout helpers
@@ -361,18 +362,28 @@ class DDWPanel(QWidget):
     # -- jobs
     @property
     def busy(self) -> bool:
-        return any(job.running for job in self._jobs)
+        """A job of this panel has not yet been reported back in the GUI thread."""
+        return any(not job.gui_done for job in self._jobs)
 
     def start_job(self, job: Job, on_yield, on_done) -> Job:
         """Start ``job``; ``on_yield(msg)`` and ``on_done(outcome)`` run in the GUI thread."""
-        self._jobs = [j for j in self._jobs if j.running]
+        self._jobs = [j for j in self._jobs if not j.gui_done]
         self._jobs.append(job)
+        job.gui_done = False
         job.worker.yielded.connect(on_yield)
 
         def returned(value):
-            on_done(value if isinstance(value, Outcome) else Outcome(cancelled=True))
+            try:
+                on_done(value if isinstance(value, Outcome) else Outcome(cancelled=True))
+            finally:
+                job.gui_done = True
+
+        def finished():
+            if not job.gui_done:  # quit before returning: report it as cancelled
+                returned(None)
 
         job.worker.returned.connect(returned)
+        job.worker.finished.connect(finished)
         job.start()
         return job
 
@@ -385,12 +396,6 @@ class DDWPanel(QWidget):
                 for job in list(child._jobs):
                     job.shutdown(wait=wait)
 
-    def _shutdown_quietly(self):
-        try:
-            self.shutdown()
-        except RuntimeError:  # Qt object already deleted
-            pass
-
     # -- lifecycle
     def closeEvent(self, event):
         self.shutdown()
@@ -399,9 +404,10 @@ class DDWPanel(QWidget):
     def showEvent(self, event):
         super().showEvent(event)
         window = self.window()
-        if window is not self and window is not self._filtered_window:
+        watched = self._filtered_window() if self._filtered_window is not None else None
+        if window is not self and window is not watched:
             window.installEventFilter(self)
-            self._filtered_window = window
+            self._filtered_window = weakref.ref(window)
 
     def changeEvent(self, event):
         if event.type() == QEvent.Type.ParentChange and self.parent() is None and self._jobs:
@@ -409,7 +415,8 @@ class DDWPanel(QWidget):
         super().changeEvent(event)
 
     def eventFilter(self, obj, event):
-        if obj is self._filtered_window and event.type() == QEvent.Type.Close:
+        watched = self._filtered_window() if self._filtered_window is not None else None
+        if obj is watched and event.type() == QEvent.Type.Close:
             if event.spontaneous():
                 pass  # napari may still ask the user; its own task manager quits the workers
             else:

@@ -24,6 +24,13 @@ from ._workers import Job, Progress
 SPECTRUM_SUFFIX = " x–z power"
 
 
+def grid_of(viewer):
+    """napari's grid model: ``viewer.canvas.grid`` since 0.9, ``viewer.grid`` before."""
+    canvas = getattr(viewer, "canvas", None)
+    grid = getattr(canvas, "grid", None)
+    return grid if grid is not None else viewer.grid
+
+
 def _compare_job(job, items):
     """Worker generator: x–z spectra of the compared volumes (and CC against the truth)."""
     from ..core.fourier import xz_log_power
@@ -156,17 +163,18 @@ class CompareWidget(DDWPanel):
                        translate=(0.0, translate[2]), colormap="magma",
                        metadata={"ddw_role": "spectrum", "source_layer": layer.name})
             self.spectrum_layers.append(name)
-        # grid order: napari fills cells from the top of the layer list; put the volumes (in
-        # order) on top, then their spectra, and hide everything else
+        # grid: napari fills the cells row by row from the *bottom* of the layer list, skipping
+        # hidden layers; so show only these, volumes first (in order), then their spectra
         wanted = [l.name for l in layers] + self.spectrum_layers
         for layer in viewer.layers:
             layer.visible = layer.name in wanted
-        for name in reversed(wanted):
+        for name in wanted:
             index = viewer.layers.index(find_layer(viewer, name))
             viewer.layers.move(index, len(viewer.layers))
-        viewer.grid.stride = 1
-        viewer.grid.shape = (2, len(layers))
-        viewer.grid.enabled = True
+        grid = grid_of(viewer)
+        grid.stride = 1
+        grid.shape = (2, len(layers))
+        grid.enabled = True
         viewer.reset_view()
         self.restore_button.setEnabled(True)
         self.status.setText(
@@ -177,8 +185,9 @@ class CompareWidget(DDWPanel):
     def restore(self):
         """Grid off; visibility as before; spectra layers removed."""
         viewer = self.viewer
-        viewer.grid.enabled = False
-        viewer.grid.shape = (-1, -1)
+        grid = grid_of(viewer)
+        grid.enabled = False
+        grid.shape = (-1, -1)
         for name in self.spectrum_layers:
             layer = find_layer(viewer, name)
             if layer is not None:

@@ -7,15 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QLabel,
-    QPushButton,
-    QSpinBox,
-    QWidget,
-)
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
 from ._common import (
     DEVICE_TIP,
@@ -388,14 +380,15 @@ class FitWidget(DDWPanel):
 
     def stop(self):
         """Ask the fit to stop after the current step (it saves stopped.pt first)."""
-        if self._job is not None and self._job.running:
+        if self.running:
             self._job.request_stop()
             self.stop_button.setEnabled(False)
             self.status.setText("Stopping after this step; saving a checkpoint…")
 
     @property
     def running(self) -> bool:
-        return self._job is not None and self._job.running
+        """A fit runs or its end has not been shown yet."""
+        return self._job is not None and not getattr(self._job, "gui_done", True)
 
     # ------------------------------------------------------------------ events
     def _on_event(self, event):

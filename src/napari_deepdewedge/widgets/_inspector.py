@@ -27,7 +27,7 @@ from ._common import (
     notify_warning,
     tip,
 )
-from ._plots import SpectraPanel
+from ._plots import WEDGE_COLOUR, SpectraPanel
 from ._workers import Job, Progress
 
 MAX_PANELS = 4
@@ -71,7 +71,7 @@ class FourierInspectorWidget(DDWPanel):
         self.tilt_max = self._angle_box(self.state.tilt_max, "Most positive tilt angle (degrees)")
         self.show_wedge = QCheckBox("edges")
         self.show_wedge.setChecked(True)
-        tip(self.show_wedge, "Draw the expected wedge boundaries (dashed red) for this tilt range.")
+        tip(self.show_wedge, "Draw the expected wedge boundaries (dashed cyan lines) for this tilt range.")
         add_row(form, "Tilt range", hbox(self.tilt_min, self.tilt_max, self.show_wedge),
                 "The tilt range of the data; outside the two dashed lines (around the kz axis) "
                 "is the missing wedge, where a plain reconstruction has no signal.")
@@ -255,7 +255,7 @@ class FourierInspectorWidget(DDWPanel):
     def _redraw(self, *_):
         items = list(self.images.items())
         lines = [self._lines_for(image.shape) for _, image in items]
-        self.panel.show(items, lines)
+        self.panel.set_spectra(items, lines)
 
     # ------------------------------------------------------------------ layers
     def add_layers(self) -> list[str]:
@@ -287,9 +287,9 @@ class FourierInspectorWidget(DDWPanel):
                 if old is not None:
                     self.viewer.layers.remove(old)
                 self.viewer.add_shapes(
-                    [np.asarray(seg) for seg in lines], shape_type="line", edge_color=
-                    "#ff5a5a", edge_width=max(image.shape) / 150, name=shapes_name,
-                    scale=spec_scale, translate=spec_translate, opacity=0.8)
+                    [np.asarray(seg) for seg in lines], shape_type="line", edge_color=WEDGE_COLOUR, edge_width=max(image.shape) / 150, name=shapes_name,
+                    scale=spec_scale, translate=spec_translate, opacity=0.8,
+                    units=("angstrom", "angstrom"))
             added.append(out_name)
             offset_x += image.shape[1] * scale[2] * 1.05
         return added

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 FIT_COLOUR = "#4aa3ff"
 VAL_COLOUR = "#ffb14a"
-WEDGE_COLOUR = "#ff5a5a"
+WEDGE_COLOUR = "#3ee0ff"  # cyan: stands out on the magma colour map
 
 
 def theme_colours(viewer) -> dict:
@@ -74,7 +74,6 @@ class LossPlot(_Canvas):
         self.val_epochs: list[int] = []
         self.val_losses: list[float] = []
         self.ax = self.figure.add_subplot(111)
-        self.figure.subplots_adjust(left=0.17, right=0.97, top=0.93, bottom=0.21)
         self._fit_line = None
         self._val_line = None
         self.clear()
@@ -112,7 +111,17 @@ class LossPlot(_Canvas):
         ax.set_ylabel("loss", fontsize=8)
         positive = [v for v in self.fit_losses + self.val_losses if v > 0]
         if positive:
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
             ax.set_yscale("log")
+            plain = FuncFormatter(lambda v, _pos: f"{v:.2g}")
+            ax.yaxis.set_major_formatter(plain)
+            lo, hi = min(positive), max(positive)
+            if hi / lo < 10:  # less than a decade: label a few minor ticks, plainly
+                ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+                ax.yaxis.set_minor_formatter(plain)
+            else:
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
         ax.grid(True, which="major", color=self.colours["grid"], linewidth=0.5, alpha=0.6)
         if self.epochs:
             ax.plot(self.epochs, self.fit_losses, "-o", color=FIT_COLOUR, markersize=2.5,
@@ -134,6 +143,10 @@ class LossPlot(_Canvas):
                     transform=ax.transAxes, color=self.colours["text"], fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
+        try:
+            self.figure.tight_layout(pad=0.4)
+        except Exception:  # tight_layout can fail on degenerate sizes; the plot still shows
+            pass
         self.draw()
 
 
@@ -143,9 +156,9 @@ class SpectraPanel(_Canvas):
     def __init__(self, viewer, parent=None):
         super().__init__(viewer, 150, parent)
         self.titles: list[str] = []
-        self.show([])
+        self.set_spectra([])
 
-    def show(self, items, lines=None) -> None:
+    def set_spectra(self, items, lines=None) -> None:
         """``items``: list of (title, image (Z, X)); ``lines``: per item a (2, 2, 2) array of
         wedge-boundary segments in pixel (row, col) coordinates, or ``None``."""
         fig = self.figure
@@ -178,7 +191,7 @@ class SpectraPanel(_Canvas):
                       aspect="auto")
             if lines is not None and lines[i] is not None:
                 for seg in np.asarray(lines[i]):
-                    ax.plot(seg[:, 1], seg[:, 0], "--", color=WEDGE_COLOUR, linewidth=1.0)
+                    ax.plot(seg[:, 1], seg[:, 0], color=WEDGE_COLOUR, linewidth=1.3, dashes=(4, 2))
                 ax.set_xlim(-0.5, image.shape[1] - 0.5)
                 ax.set_ylim(image.shape[0] - 0.5, -0.5)
             ax.set_title(_shorten(title), fontsize=7.5, pad=2)

@@ -130,7 +130,8 @@ class Job:
 
         self.name = name
         self.stop = threading.Event()
-        self.done = threading.Event()
+        self.done = threading.Event()  # the generator has ended (set on the worker thread)
+        self.gui_done = False  # its end has been handled in the GUI thread (set by the panel)
         self._inner = gen_func(self, *args, **kwargs)
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.finished.connect(self.done.set)
