@@ -49,8 +49,11 @@ APODIZATIONS = ("cosine", "hamming", None)
 BIN_MODES = ("fourier", "average")
 #: Default low-pass edge width (fraction of Nyquist) when ``lowpass`` is a single number.
 DEFAULT_LOWPASS_WIDTH = 0.1
-#: Target size of one Y-chunk of output (float32 values) when ``chunk_y`` is not given.
+#: Upper bound on one Y-chunk of output (float32 values) when ``chunk_y`` is not given.
 _CHUNK_VALUES = 32 * 1024 * 1024
+#: Default Y-rows per sparse product: a few dozen columns keep the dense operand's rows in
+#: cache; measured on CPU, 16–32 rows take about half the time of 512 rows at once.
+_CHUNK_ROWS = 32
 #: Projection values filtered at once (a batch of tilts; bounds the FFT buffers).
 _FILTER_VALUES = 4 * 1024 * 1024
 
@@ -408,8 +411,10 @@ class _Geometry:
         return out
 
 
-def _default_chunk(rows_per_y: int, n_y: int) -> int:
-    return int(max(1, min(n_y, _CHUNK_VALUES // max(1, rows_per_y))))
+def _default_chunk(rows_per_y: int, n_y: int, device) -> int:
+    by_memory = _CHUNK_VALUES // max(1, rows_per_y)
+    rows = min(by_memory, _CHUNK_ROWS) if device.type == "cpu" else by_memory  # GPUs: big chunks
+    return int(max(1, min(n_y, rows)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +450,8 @@ def fbp(
     dc_weight : ramp value at zero frequency as a fraction of the first ramp bin (see
         :data:`DEFAULT_DC_WEIGHT`); 0 gives a pure ramp.
     device : torch device name or ``None`` for the best available.
-    chunk_y : Y-rows back-projected at once (bounds memory); ``None`` picks ~128 MB chunks.
+    chunk_y : Y-rows back-projected at once (bounds memory); ``None``: 32 on CPU (fastest
+        there), on GPUs as many as fit in 128 MB of output.
     progress : called as ``progress(done, total)`` after every Y-chunk.
 
     Returns
@@ -506,14 +512,14 @@ def fbp(
             spec = torch.fft.rfft2(padded) * (row_filter * lp_filter)
             f = torch.fft.irfft2(spec, s=(yb, length))
         del padded
-        f = f[..., :xb] * w_all[t0:t1, None, None]
-        q[t0:t1] = f.transpose(1, 2)
+        # weight by the angular step while writing transposed (x' before y): one pass
+        torch.mul(f[..., :xb].transpose(1, 2), w_all[t0:t1, None, None], out=q[t0:t1])
         del f
 
     # 2) back-project chunk by chunk over Y
     geom = _Geometry(ang, thickness, xb, xb, dev)
     q = q.reshape(n_tilts * xb, yb)
-    step = chunk_y or _default_chunk(thickness * xb, yb)
+    step = chunk_y or _default_chunk(thickness * xb, yb, dev)
     total = (yb + step - 1) // step
     out = np.empty((thickness, yb, xb), dtype=np.float32)
     for k, y0 in enumerate(range(0, yb, step)):
@@ -553,7 +559,7 @@ def forward_project(volume, angles, *, device=None, chunk_y: int | None = None) 
     geom = _Geometry(ang, n_z, n_x, n_x, dev)
     v = v.permute(0, 2, 1)  # (Z, X, Y)
     out = np.empty((ang.size, n_y, n_x), dtype=np.float32)
-    step = chunk_y or _default_chunk(max(n_z, ang.size) * n_x, n_y)
+    step = chunk_y or _default_chunk(max(n_z, ang.size) * n_x, n_y, dev)
     for y0 in range(0, n_y, step):
         y1 = min(n_y, y0 + step)
         block = v[:, :, y0:y1].reshape(n_z * n_x, y1 - y0).contiguous()
