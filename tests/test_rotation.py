@@ -136,6 +136,15 @@ def test_batch_rotations_are_independent():
     pair = stack_channels_last(cubes[:, 0:1], cubes[:, 1:2])
     assert pair.shape == cubes.shape and pair.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(rotate_center_crop(pair, R, 8), out, rtol=0, atol=0)
+    # reading a store in place by index equals sampling the gathered batch
+    idx = torch.tensor([2, 0, 2, -1])
+    R4 = random_rotations(4, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(rotate_center_crop(pair, R4, 8, index=idx), rotate_center_crop(cubes[idx], R4, 8),
+                               rtol=0, atol=0)
+    with pytest.raises(DDWError, match="out of range"):
+        rotate_center_crop(pair, R4, 8, index=[0, 1, 2, 3])
+    with pytest.raises(DDWError, match=r"\(4, 3, 3\)"):
+        rotate_center_crop(pair, R, 8, index=idx)
 
 
 def test_bad_shapes_raise():

@@ -45,11 +45,22 @@ def test_exact_corners_and_contents():
     assert sub.n_val == 5 and sub.n_fit == 43  # round(0.1 · 48)
     assert sub.fit0.shape == (43, 1, 24, 24, 24) and sub.fit0.dtype == torch.float32
     assert sub.val1.shape == (5, 1, 24, 24, 24)
+    assert sub.fit_pairs.shape == (43, 2, 24, 24, 24)
+    assert sub.fit_pairs.is_contiguous(memory_format=torch.channels_last_3d)
     for cubes, corners, src in ((sub.fit0, sub.fit_corners, t0), (sub.fit1, sub.fit_corners, t1),
                                 (sub.val0, sub.val_corners, t0), (sub.val1, sub.val_corners, t1)):
         for i in (0, len(corners) - 1):
             z, y, x = corners[i].tolist()
             np.testing.assert_array_equal(cubes[i, 0].numpy(), src[z:z + 24, y:y + 24, x:x + 24])
+
+
+def test_halves_are_views_of_the_pairs():
+    t0, t1 = _halves((24, 24, 40))
+    sub = extract_subtomos(t0, t1, 16, strides=8, val_fraction=0.0)
+    torch.testing.assert_close(sub.fit1, sub.fit_pairs[:, 1:2])
+    sub.fit0[1] = 7.0  # writing a half updates the pair store
+    assert bool((sub.fit_pairs[1, 0] == 7.0).all()) and not bool((sub.fit_pairs[1, 1] == 7.0).any())
+    np.testing.assert_array_equal(sub.fit1[0, 0].numpy(), t1[:24, :24, :24])
 
 
 def test_validation_split_is_seeded_with_fixed_rotations():

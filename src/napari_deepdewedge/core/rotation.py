@@ -96,7 +96,9 @@ def stack_channels_last(*cubes: torch.Tensor) -> torch.Tensor:
     return torch.stack([c[:, 0] for c in cubes], dim=-1).permute(0, 4, 1, 2, 3)
 
 
-def rotate_center_crop(cubes: torch.Tensor, rotations: torch.Tensor, size, *, padding_mode: str = "zeros") -> torch.Tensor:
+def rotate_center_crop(
+    cubes: torch.Tensor, rotations: torch.Tensor, size, *, index=None, padding_mode: str = "zeros"
+) -> torch.Tensor:
     """Rotate every cube about its centre and crop its centre ``size³`` in one resampling.
 
     ``cubes``: ``(B, C, Ez, Ey, Ex)``; ``rotations``: ``(B, 3, 3)`` (one per cube, shared by its
@@ -105,19 +107,40 @@ def rotate_center_crop(cubes: torch.Tensor, rotations: torch.Tensor, size, *, pa
     interpolation (``grid_sample``, ``align_corners=True`` so integer positions are voxel
     centres). Points outside the input read ``padding_mode`` (zeros by default; with an
     extraction edge ``ceil_even(√2·s)`` only the corners of the output can fall outside).
+
+    ``index``: optional ``(B,)`` integer indices into a larger store ``cubes`` of shape
+    ``(N, C, E, E, E)``; sample ``b`` then reads ``cubes[index[b]]``. The store is read in place
+    (one ``grid_sample`` per sample on a view), so no batch copy of the large cubes is made —
+    the cheapest way to feed the fitting loop, especially with a channels-last pair store
+    (:func:`stack_channels_last`, ``SubtomoSet.fit_pairs``). Same result as
+    ``rotate_center_crop(cubes[index], rotations, size)``.
     """
     if cubes.ndim != 5:
         raise DDWError(f"cubes must have shape (B, C, Z, Y, X), got {tuple(cubes.shape)}")
-    if rotations.ndim != 3 or rotations.shape[1:] != (3, 3) or rotations.shape[0] != cubes.shape[0]:
+    n_out = cubes.shape[0] if index is None else len(index)
+    if rotations.ndim != 3 or rotations.shape[1:] != (3, 3) or rotations.shape[0] != n_out:
         raise DDWError(
-            f"rotations must have shape ({cubes.shape[0]}, 3, 3) (one per cube), got {tuple(rotations.shape)}"
+            f"rotations must have shape ({n_out}, 3, 3) (one per output cube), got {tuple(rotations.shape)}"
         )
     if any(n < 2 for n in cubes.shape[2:]):
         raise DDWError(f"cubes must be at least 2 voxels along every axis, got {tuple(cubes.shape[2:])}")
     dtype = cubes.dtype if cubes.dtype in (torch.float32, torch.float64) else torch.float32
     rot = rotations.to(device=cubes.device, dtype=dtype)
     grid = sampling_grid(cubes.shape[2:], rot, size)
-    out = torch.nn.functional.grid_sample(
-        cubes.to(dtype), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True
-    )
+    src = cubes.to(dtype)
+    if index is None:
+        out = torch.nn.functional.grid_sample(src, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+        return out.to(cubes.dtype)
+    n_store = cubes.shape[0]
+    idx = [int(i) for i in (index.tolist() if isinstance(index, torch.Tensor) else index)]
+    if any(i < -n_store or i >= n_store for i in idx):
+        raise DDWError(f"index {idx} is out of range for a store of {n_store} cubes")
+    idx = [i % n_store for i in idx]
+    parts = [
+        torch.nn.functional.grid_sample(
+            src[i:i + 1], grid[b:b + 1], mode="bilinear", padding_mode=padding_mode, align_corners=True
+        )
+        for b, i in enumerate(idx)
+    ]
+    out = torch.cat(parts) if parts else grid.new_zeros((0, cubes.shape[1], *grid.shape[1:4]))
     return out.to(cubes.dtype)

@@ -19,6 +19,9 @@ without adding information.
 ROI mask: a cube is kept when at least ``min_mask_fraction`` of the voxels of its extraction
 cube (``E³``) are inside the mask (``mask > 0``).
 
+Storage: both halves of each cube side by side, ``(N, 2, E, E, E)`` channels-last
+(:class:`SubtomoSet`), with ``fit0``/``fit1`` as views.
+
 Validation: ``round(val_fraction · n)`` cubes (at least 1 when ``val_fraction > 0`` and there
 are ≥ 2 cubes; never all of them) chosen with ``numpy.random.default_rng(seed)``, each with a
 fixed random rotation drawn from ``torch.Generator().manual_seed(seed)``.
@@ -88,12 +91,19 @@ def default_strides(shape, s: int) -> tuple[int, int, int]:
 
 @dataclass
 class SubtomoSet:
-    """Fitting and validation cubes of both halves, ``(N, 1, E, E, E)`` float32 tensors."""
+    """Fitting and validation cubes of both halves.
 
-    fit0: torch.Tensor
-    fit1: torch.Tensor
-    val0: torch.Tensor
-    val1: torch.Tensor
+    Storage: ``fit_pairs``/``val_pairs`` of shape ``(N, 2, E, E, E)`` float32, channel 0 = half 0,
+    channel 1 = half 1, in channels-last memory (both halves of a voxel adjacent): the layout
+    :func:`core.rotation.rotate_center_crop` reads fastest, in place, with ``index=``.
+    ``fit0``, ``fit1``, ``val0``, ``val1`` are ``(N, 1, E, E, E)`` *views* of the pairs, so writing
+    into ``fit0`` (e.g. ``sub.fit0[i] = updated`` or ``sub.fit0.copy_(new)``) updates the pairs.
+    Being views, they keep the whole pair store alive and ``torch.save`` of one of them writes the
+    whole store: save ``sub.fit0.contiguous()`` (or ``.clone()``) to store one half only.
+    """
+
+    fit_pairs: torch.Tensor
+    val_pairs: torch.Tensor
     fit_corners: torch.Tensor  # (N, 3) int64, (z, y, x) index of each cube's first voxel
     val_corners: torch.Tensor  # (Nv, 3) int64
     val_rotations: torch.Tensor  # (Nv, 3, 3) float32, fixed per validation cube
@@ -103,15 +113,31 @@ class SubtomoSet:
     volume_shape: tuple[int, int, int]
 
     @property
+    def fit0(self) -> torch.Tensor:
+        return self.fit_pairs[:, 0:1]
+
+    @property
+    def fit1(self) -> torch.Tensor:
+        return self.fit_pairs[:, 1:2]
+
+    @property
+    def val0(self) -> torch.Tensor:
+        return self.val_pairs[:, 0:1]
+
+    @property
+    def val1(self) -> torch.Tensor:
+        return self.val_pairs[:, 1:2]
+
+    @property
     def n_fit(self) -> int:
-        return int(self.fit0.shape[0])
+        return int(self.fit_pairs.shape[0])
 
     @property
     def n_val(self) -> int:
-        return int(self.val0.shape[0])
+        return int(self.val_pairs.shape[0])
 
     def to(self, device) -> "SubtomoSet":
-        """The same set with every tensor on ``device``."""
+        """The same set with every tensor on ``device`` (layouts kept)."""
         kw = {k: getattr(self, k) for k in self.__dataclass_fields__}
         for k, v in kw.items():
             if isinstance(v, torch.Tensor):
@@ -255,22 +281,21 @@ def extract_subtomos(
 
     dev = torch.device("cpu") if device is None else torch.device(device)
 
-    def cut(arr, cs):
-        out = torch.empty((len(cs), 1, e, e, e), dtype=torch.float32, device=dev)
+    def cut(cs):
+        # (n, E, E, E, 2) contiguous == (n, 2, E, E, E) channels-last after the permute
+        store = torch.empty((len(cs), e, e, e, 2), dtype=torch.float32, device=dev)
         for i, (z, y, x) in enumerate(cs):
-            block = np.ascontiguousarray(arr[z:z + e, y:y + e, x:x + e], dtype=np.float32)
-            out[i, 0] = torch.from_numpy(block).to(dev)
-        return out
+            block = np.stack([a0[z:z + e, y:y + e, x:x + e], a1[z:z + e, y:y + e, x:x + e]], axis=-1)
+            store[i] = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(dev)
+        return store.permute(0, 4, 1, 2, 3)
 
     def corner_tensor(cs):
         return torch.tensor(cs, dtype=torch.int64, device=dev).reshape(len(cs), 3)
 
     val_rot = random_rotations(n_val, generator=torch.Generator().manual_seed(int(seed)))
     return SubtomoSet(
-        fit0=cut(a0, fit_c),
-        fit1=cut(a1, fit_c),
-        val0=cut(a0, val_c),
-        val1=cut(a1, val_c),
+        fit_pairs=cut(fit_c),
+        val_pairs=cut(val_c),
         fit_corners=corner_tensor(fit_c),
         val_corners=corner_tensor(val_c),
         val_rotations=val_rot.to(dev),
