@@ -135,3 +135,11 @@ def test_weights_that_do_not_fit_the_arch(tmp_path):
     ckpt.save_checkpoint(tmp_path / "x.pt", payload)
     with pytest.raises(CheckpointError, match="do not match"):
         ckpt.load_model(tmp_path / "x.pt", device="cpu")
+
+
+def test_copy_checkpoint(tmp_path):
+    _, payload = _payload()
+    src = ckpt.save_checkpoint(tmp_path / "latest.pt", payload)
+    dst = ckpt.copy_checkpoint(src, tmp_path / "best.pt")
+    assert dst.read_bytes() == src.read_bytes()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["best.pt", "latest.pt"]

@@ -77,6 +77,29 @@ def save_checkpoint(path, payload: dict) -> Path:
     return path
 
 
+def copy_checkpoint(src, dst) -> Path:
+    """Copy a saved checkpoint file atomically (``best``/periodic files are byte copies of the
+    ``latest`` one written in the same epoch — no second serialization)."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, length=16 * 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return dst
+
+
 def load_checkpoint(path, map_location="cpu", *, require=MODEL_KEYS) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; refuse anything else.
 

@@ -271,12 +271,11 @@ def _all_reduce_sum(values: list[float], device, world: int) -> list[float]:
 # --------------------------------------------------------------------------------------------
 # small pieces of the loop
 # --------------------------------------------------------------------------------------------
-def _standardized(tomo, stats) -> np.ndarray:
-    a = np.array(tomo, dtype=np.float32)
+def _standardize_cubes(cubes: torch.Tensor, stats, half: int) -> torch.Tensor:
+    cubes = cubes.float()
     if stats is not None:
-        a -= np.float32(stats[0])
-        a /= np.float32(stats[1])
-    return a
+        cubes = (cubes - float(stats[half][0])) / float(stats[half][1])
+    return cubes
 
 
 def _center_crop(cubes: torch.Tensor, s: int) -> torch.Tensor:
@@ -456,13 +455,14 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             stats = [standardization_stats(tomo0), standardization_stats(tomo1)]
     else:
         stats = None
-    t0 = _standardized(tomo0, None if stats is None else stats[0])
-    t1 = _standardized(tomo1, None if stats is None else stats[1])
     s = cfg.subtomo_size
-    sub = extract_subtomos(t0, t1, s, strides=cfg.strides, mask=mask, min_mask_fraction=cfg.min_mask_fraction,
+    # cubes are cut from the raw halves and standardized afterwards: no full-size copies
+    sub = extract_subtomos(tomo0, tomo1, s, strides=cfg.strides, mask=mask, min_mask_fraction=cfg.min_mask_fraction,
                            val_fraction=cfg.val_fraction, seed=cfg.seed, depth=cfg.depth)
-    fit0, fit1 = sub.fit0.float(), sub.fit1.float()
-    val0, val1, val_rot = sub.val0.float(), sub.val1.float(), sub.val_rotations.float()
+    fit0, fit1 = _standardize_cubes(sub.fit0, stats, 0), _standardize_cubes(sub.fit1, stats, 1)
+    val0, val1 = _standardize_cubes(sub.val0, stats, 0), _standardize_cubes(sub.val1, stats, 1)
+    val_rot = sub.val_rotations.float()
+    del sub
     if fit0.ndim == 4:  # (n, E, E, E) → (n, 1, E, E, E)
         fit0, fit1, val0, val1 = (t[:, None] for t in (fit0, fit1, val0, val1))
     n_fit, n_val = int(fit0.shape[0]), int(val0.shape[0])
@@ -671,15 +671,15 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             ev = save("latest", "latest.pt", epoch)
             latest_path = ev.path
             yield ev
-            if improved:
-                ev = save("best", "best.pt", epoch)
-                best_path = ev.path
-                yield ev
+            if improved:  # same state as latest.pt: a byte copy
+                best_path = ckpt.copy_checkpoint(latest_path, out_dir / "best.pt")
+                yield CheckpointSaved(epoch=epoch, path=best_path, kind="best")
             if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
-                yield save("periodic", f"epoch_{epoch:04d}.pt", epoch)
+                path = ckpt.copy_checkpoint(latest_path, out_dir / f"epoch_{epoch:04d}.pt")
+                yield CheckpointSaved(epoch=epoch, path=path, kind="periodic")
 
         if cfg.preview_every and epoch % cfg.preview_every == 0 and main:
-            Z = t0.shape[0]
+            Z = int(tomo0.shape[0])
             z0, z1 = preview_slab() if preview_slab is not None else _default_slab(Z, s)
             z0, z1 = int(z0), int(z1)
             if not 0 <= z0 < z1 <= Z:
@@ -689,9 +689,10 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             if preview_cache.get("rows") != (za, zb):  # masked slabs, reused while the slab stays
                 preview_cache = {"rows": (za, zb)}
             vols = []
-            for h, t in enumerate((t0, t1)):
+            for h, t in enumerate((tomo0, tomo1)):
                 if h not in preview_cache:
-                    preview_cache[h] = prepare_half(t, cfg.tilt_min, cfg.tilt_max, None, z_range=(za, zb))
+                    preview_cache[h] = prepare_half(t, cfg.tilt_min, cfg.tilt_max, None if stats is None else stats[h],
+                                                    z_range=(za, zb))
                 out = predict_tiled(net, preview_cache[h], s, overlap=ov, batch_size=B, device=device)
                 out = out[z0 - za:z1 - za]
                 if stats is not None:
