@@ -396,3 +396,88 @@ def test_screenshot_of_combined_dock(make_napari_viewer, qtbot, tiny_sample, tmp
     if os.getenv("DDW_SAVE_SCREENSHOTS"):
         target = ROOT / "docs" / "screenshot_dock_test.png"
         pixmap.save(str(target))
+
+
+def test_quit_or_close_during_fit_ends_cleanly_with_checkpoint(make_napari_viewer, qtbot,
+                                                                tiny_sample, tmp_path):
+    """napari quits workers when it closes; a quit fit still saves stopped.pt, and closing the
+    viewer mid-fit returns within seconds with the checkpoint written."""
+    from napari_deepdewedge.core import fitting as F
+
+    viewer = make_napari_viewer()
+    _halves(viewer, tiny_sample)
+    fit = dock(viewer, "Fit")
+    fit.even.set_layer_name("cell even")
+    fit.odd.set_layer_name("cell odd")
+    tiny_fit_settings(fit, tmp_path / "run", epochs=200)
+    fit.preview_every.setValue(0)
+    stopped = tmp_path / "run" / "stopped.pt"
+
+    # worker.quit(), as napari's task manager does on exit
+    assert fit.start()
+    qtbot.waitUntil(lambda: any(isinstance(e, F.StepDone) for e in fit.events), timeout=WAIT_MS)
+    fit._job.worker.quit()
+    qtbot.waitUntil(lambda: not fit.running, timeout=10_000)
+    assert fit._job.stop.is_set() and stopped.is_file()
+    assert fit.start_button.isEnabled()
+
+    # closing the viewer window
+    stopped.unlink()
+    assert fit.start()
+    qtbot.waitUntil(lambda: any(isinstance(e, F.StepDone) for e in fit.events), timeout=WAIT_MS)
+    job = fit._job
+    t0 = time.perf_counter()
+    viewer.close()
+    assert time.perf_counter() - t0 < 10.0
+    assert job.done.wait(5.0)
+    assert stopped.is_file()
+
+
+def test_frame_halves_and_ready_tomograms(make_napari_viewer, qtbot, tiny_sample):
+    from napari_deepdewedge.widgets import _tiltseries as T
+
+    viewer = make_napari_viewer()
+    series, kwargs, _ = tiny_sample[0]
+    rng = np.random.default_rng(1)
+    for suffix in ("EVN", "ODD"):
+        noisy = series + rng.normal(0, series.std(), series.shape).astype(np.float32)
+        viewer.add_image(noisy, **dict(kwargs, name=f"TS_01_{suffix}"))
+    ddw = dock(viewer, "DeepDeWedge")
+    step1 = ddw.tiltseries
+    step1.mode.setCurrentText(T.MODE_FRAMES)
+    assert step1.series_odd.isVisibleTo(step1)
+    step1.series.set_layer_name("TS_01_EVN")
+    step1.series_odd.set_layer_name("TS_01_ODD")
+    step1.binning.setValue(2)
+    step1.full.setChecked(False)
+    step1.device.setCurrentText("cpu")
+    assert step1.reconstruct()
+    wait_idle(qtbot, step1)
+    for key in ("even", "odd"):
+        lay = layer(viewer, f"TS_01 {key}")
+        assert lay.data.shape == (TINY_SHAPE[0] // 2, TINY_SHAPE[1] // 2, TINY_SHAPE[2] // 2)
+        np.testing.assert_allclose(lay.scale, (2 * PIXEL,) * 3)
+    assert "TS_01 FBP" not in [lay.name for lay in viewer.layers]
+    assert ddw.fit.even.layer_name() == "TS_01 even"
+
+    # two ready tomograms: the odd partner is found by name; Fit/Refine preselect them
+    viewer.layers["TS_01 even"].name = "tomo even"
+    viewer.layers["TS_01 odd"].name = "tomo odd"
+    step1.mode.setCurrentText(T.MODE_TOMOS)
+    step1.tomo_even.set_layer_name("tomo even")
+    assert step1.tomo_odd.layer_name() == "tomo odd"
+    version = ddw.state.halves_version
+    assert step1.use_tomograms()
+    assert ddw.state.halves_version == version + 1
+    assert ddw.fit.even.layer_name() == "tomo even" and ddw.refine.odd.layer_name() == "tomo odd"
+
+
+def test_error_messages_say_what_to_do():
+    from napari_deepdewedge.core.errors import DDWError
+    from napari_deepdewedge.widgets._workers import friendly_error
+
+    oom = friendly_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert "smaller batch size" in oom and "sub-tomogram size" in oom
+    assert friendly_error(DDWError("the two halves differ; fix it")) == "the two halves differ; fix it"
+    assert "RAM" in friendly_error(MemoryError())
+    assert "ValueError" in friendly_error(ValueError("odd"))

@@ -370,13 +370,24 @@ class DDWPanel(QWidget):
         self._jobs = [j for j in self._jobs if not j.gui_done]
         self._jobs.append(job)
         job.gui_done = False
-        job.worker.yielded.connect(on_yield)
+
+        def yielded(message):
+            try:
+                on_yield(message)
+            except RuntimeError as exc:  # the dock was deleted (napari closed): drop it
+                if "deleted" not in str(exc):
+                    raise
 
         def returned(value):
             try:
                 on_done(value if isinstance(value, Outcome) else Outcome(cancelled=True))
+            except RuntimeError as exc:
+                if "deleted" not in str(exc):
+                    raise
             finally:
                 job.gui_done = True
+
+        job.worker.yielded.connect(yielded)
 
         def finished():
             if not job.gui_done:  # quit before returning: report it as cancelled

@@ -135,8 +135,13 @@ class Job:
         self._inner = gen_func(self, *args, **kwargs)
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.finished.connect(self.done.set)
+        # quit() (e.g. napari closing) also sets the stop flag, on the worker thread, so that an
+        # engine call running on a helper thread ends at its next progress report
+        direct = Qt.ConnectionType.DirectConnection
         if finish_on_quit:
-            self.worker.aborted.connect(self._finish, Qt.ConnectionType.DirectConnection)
+            self.worker.aborted.connect(self._finish, direct)
+        else:
+            self.worker.aborted.connect(self.stop.set, direct)
 
     def _finish(self):
         """Runs on the worker thread right after an abort: let the generator end cleanly."""
