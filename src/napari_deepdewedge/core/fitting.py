@@ -271,11 +271,12 @@ def _all_reduce_sum(values: list[float], device, world: int) -> list[float]:
 # --------------------------------------------------------------------------------------------
 # small pieces of the loop
 # --------------------------------------------------------------------------------------------
-def _standardize_cubes(cubes: torch.Tensor, stats, half: int) -> torch.Tensor:
-    cubes = cubes.float()
+def _standardize_pairs_(pairs: torch.Tensor, stats) -> torch.Tensor:
+    """In place: channel h of the ``(N, 2, E, E, E)`` pair store ← (x − mean_h) / std_h."""
     if stats is not None:
-        cubes = (cubes - float(stats[half][0])) / float(stats[half][1])
-    return cubes
+        for h in (0, 1):
+            pairs[:, h].sub_(float(stats[h][0])).div_(float(stats[h][1]))
+    return pairs
 
 
 def _center_crop(cubes: torch.Tensor, s: int) -> torch.Tensor:
@@ -306,14 +307,16 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
     """Replace the unobserved frequencies of every (un-rotated) cube0 by the model's prediction:
     ``cube0 ← F⁻¹(M·F(cube0) + (1 − M)·F(f(M·cube0)))``. Cubes whose edge is not a multiple
     of ``2**depth`` are reflect-padded at the far side for the model and cropped back.
-    With several ranks each computes a share and the results are summed across ranks.
-    ``mask_e`` is the rfft-layout mask of the cube size. Returns the new ``fit0``."""
+    ``fit0`` (``(N, 1, E, E, E)``, possibly a view of the pair store) is updated in place and
+    returned. Each cube depends only on itself, so one process overwrites batch by batch; with
+    several ranks each computes a share, the shares are summed across ranks (exact: the others
+    are zero) and copied in. ``mask_e`` is the rfft-layout mask of the cube size."""
     from .loss import model_input
 
     E = fit0.shape[-1]
     m = 2 ** int(depth)
     pad = (-E) % m
-    new = torch.zeros_like(fit0) if world > 1 else fit0.clone()
+    new = torch.zeros(fit0.shape, dtype=fit0.dtype, device=fit0.device) if world > 1 else fit0
     mine = list(range(rank, fit0.shape[0], world))
     with torch.no_grad():
         for i in range(0, len(mine), batch_size):
@@ -335,8 +338,8 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
 
         buf = new.to(device)
         dist.all_reduce(buf)
-        new = buf.to(fit0.device)
-    return new
+        fit0.copy_(buf)
+    return fit0
 
 
 def _autocast(device, enabled: bool):
@@ -422,7 +425,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     from .halves import check_same_shape
     from .loss import masked_fourier_loss, model_input
     from .refine import predict_tiled, prepare_half, standardization_stats
-    from .rotation import random_rotations, rotate_center_crop, stack_channels_last
+    from .rotation import random_rotations, rotate_center_crop
     from .subtomos import extract_subtomos
     from .unet import UNet3D
 
@@ -459,28 +462,33 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     # cubes are cut from the raw halves and standardized afterwards: no full-size copies
     sub = extract_subtomos(tomo0, tomo1, s, strides=cfg.strides, mask=mask, min_mask_fraction=cfg.min_mask_fraction,
                            val_fraction=cfg.val_fraction, seed=cfg.seed, depth=cfg.depth)
-    fit0, fit1 = _standardize_cubes(sub.fit0, stats, 0), _standardize_cubes(sub.fit1, stats, 1)
-    val0, val1 = _standardize_cubes(sub.val0, stats, 0), _standardize_cubes(sub.val1, stats, 1)
+    # (N, 2, E, E, E) channels-last stores, channel 0 = half 0; cube0s are updated in place
+    fit_pairs = _standardize_pairs_(sub.fit_pairs, stats)
+    val_pairs = _standardize_pairs_(sub.val_pairs, stats)
     val_rot = sub.val_rotations.float()
     del sub
-    if fit0.ndim == 4:  # (n, E, E, E) → (n, 1, E, E, E)
-        fit0, fit1, val0, val1 = (t[:, None] for t in (fit0, fit1, val0, val1))
-    n_fit, n_val = int(fit0.shape[0]), int(val0.shape[0])
+    n_fit, n_val = int(fit_pairs.shape[0]), int(val_pairs.shape[0])
     if n_fit == 0:
         raise DDWError("no fitting sub-tomograms could be extracted; use smaller strides, a smaller subtomo_size "
                        "or a larger ROI mask")
     if payload is not None:
         saved = payload["fit0"]
-        if not isinstance(saved, torch.Tensor) or tuple(saved.shape) != tuple(fit0.shape):
+        if not isinstance(saved, torch.Tensor) or tuple(saved.shape) != tuple(fit_pairs[:, 0:1].shape):
             raise CheckpointError(
                 f"cannot resume: the checkpoint's fitting cubes have shape {tuple(getattr(saved, 'shape', ()))} but "
-                f"these tomograms give {tuple(fit0.shape)}; resume with the same tomograms, mask and settings"
+                f"these tomograms give {tuple(fit_pairs[:, 0:1].shape)}; resume with the same tomograms, mask and "
+                "settings"
             )
-        fit0 = saved.float()
-    E = int(fit0.shape[-1])
-    nbytes = 4 * (fit0.numel() + fit1.numel() + val0.numel() + val1.numel())
-    ddev = _data_device(device, nbytes)
-    fit0, fit1, val0, val1 = (t.to(ddev) for t in (fit0, fit1, val0, val1))
+        fit_pairs[:, 0:1].copy_(saved)
+    E = int(fit_pairs.shape[-1])
+    ddev = _data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
+    fit_pairs, val_pairs = fit_pairs.to(ddev), val_pairs.to(ddev)
+    in_place = ddev == device  # rotate straight out of the stores (no batch copy)
+
+    def rotated(pairs, rotations, index):
+        if in_place:
+            return rotate_center_crop(pairs, rotations, s, index=index)
+        return rotate_center_crop(pairs[index].to(device), rotations, s)
     mask_s = observed_mask((s, s, s), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)
     mask_e = observed_mask((E, E, E), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)
     val_masks = None
@@ -494,7 +502,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         except RuntimeError as exc:
             raise CheckpointError(f"cannot resume: checkpoint weights do not fit this U-Net ({str(exc)[:200]})") from None
     else:
-        net.set_normalization(*input_normalization(fit0, mask_s, s, device))
+        net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device))
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -555,7 +563,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()},
-            "fit0": fit0.detach().cpu(),
+            "fit0": fit_pairs[:, 0:1].detach().cpu().contiguous(),
             "perm": None if cur_perm is None else cur_perm.clone(),
             "partial": [float(v) for v in cur_partial],
             "best_val_loss": best,
@@ -587,8 +595,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         with torch.no_grad():
             for i in range(0, len(mine), B):
                 idx = torch.tensor(mine[i:i + B], dtype=torch.long)
-                pair = stack_channels_last(val0[idx], val1[idx]).to(device)
-                rot = rotate_center_crop(pair, val_rot[idx].to(device), s)
+                rot = rotated(val_pairs, val_rot[idx].to(device), idx)
                 x = model_input(rot[:, 0:1], mask_s)
                 with _autocast(device, amp):
                     pred = net(x)
@@ -625,8 +632,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             use = share if n_local > 0 else torch.arange(1)  # an empty share still joins the all-reduce
             sel = idx[use]
             r_local = rots[use].to(device)
-            pair = stack_channels_last(fit0[sel], fit1[sel]).to(device)
-            rot = rotate_center_crop(pair, r_local, s)
+            rot = rotated(fit_pairs, r_local, sel)
             x = model_input(rot[:, 0:1], mask_s)
             m_r = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, r_local, device=device, rfft=True)
             with _autocast(device, amp):
@@ -652,8 +658,8 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         val_loss = validate() if (epoch % cfg.validate_every == 0 or epoch == cfg.epochs) else None
         updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
         if updated:
-            fit0 = update_wedges(net, fit0, mask_e, cfg.depth, device, B, rank=rank, world=world, amp=amp)
-            net.set_normalization(*input_normalization(fit0, mask_s, s, device))
+            update_wedges(net, fit_pairs[:, 0:1], mask_e, cfg.depth, device, B, rank=rank, world=world, amp=amp)
+            net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device))
         seconds = time.perf_counter() - t_start
         history.append([epoch, fit_loss, val_loss, seconds])
         partial = [0.0, 0.0, 0.0]
