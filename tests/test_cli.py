@@ -456,8 +456,7 @@ def test_run_whole_pipeline(tmp_path, capsys):
 
 def test_demo_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = cli.main(["demo", "--out", str(out), "--size", "tiny", "--channels", "4", "--depth", "2",
-                   "--device", "cpu", "-q"])
+    rc = cli.main(["demo", "--out", str(out), "--size", "tiny", "--device", "cpu", "-q"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     for name in ("demo_refined.mrc", "demo_fbp.mrc", "demo_ground_truth.mrc"):
