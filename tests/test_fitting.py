@@ -247,7 +247,7 @@ def test_quality_beats_fbp_on_held_out_phantom(tmp_path):
     sample = make_sample((32, 96, 96), (-60, 60, 2), snr=0.3, seed=7)
     even, odd = split_even_odd(TiltSeries(sample.tilt_series, sample.angles))
     tomo0, tomo1 = fbp(even.data, even.angles, 32), fbp(odd.data, odd.angles, 32)
-    cfg = ft.FitConfig(subtomo_size=16, channels=8, depth=2, epochs=14, batch_size=8, strides=(8, 12, 12),
+    cfg = ft.FitConfig(subtomo_size=16, channels=8, depth=2, epochs=12, batch_size=8, strides=(8, 12, 12),
                        update_every=5, device="cpu", out_dir=str(tmp_path))
     events = _events(ft.fit_iter(tomo0, tomo1, cfg))
     val = [e.val_loss for e in events if isinstance(e, ft.EpochDone)]
