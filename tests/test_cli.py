@@ -95,6 +95,12 @@ def test_module_entry_point_runs(tmp_path):
     assert res.returncode == 0 and "--tilt-range" in res.stdout
 
 
+def test_leading_double_dash_is_dropped(capsys):
+    """torchrun … -m napari_deepdewedge.cli -- fit …  (the '--' shields our options)."""
+    assert cli.main(["--", "fit", "--help"]) == 0
+    assert "--tomo0" in capsys.readouterr().out
+
+
 def test_help_does_not_import_torch():
     code = ("import sys; from napari_deepdewedge import cli; cli.build_parser(); "
             "print('torch' in sys.modules)")
@@ -412,6 +418,30 @@ def test_ctrl_c_during_fit_saves_stopped_checkpoint_and_exits_130(tiny_pair, tmp
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     assert any("stopped" in p.name for p in out.rglob("*.pt")), list(out.rglob("*"))
     assert "interrupt" in capsys.readouterr().err
+
+    monkeypatch.setattr(fitting, "fit_iter", real_fit_iter)
+    rc = cli.main(["fit", "--even", str(even), "--odd", str(odd), "--tilt-range", "-60", "60",
+                   "--out", str(out), *TINY_FIT, "--epochs", "3", "-q",
+                   "--resume", str(out / "stopped.pt")])
+    assert rc == 0
+    epochs = [line.split(",")[0] for line in (out / "losses.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3"]
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_fit_under_torchrun_two_processes(tiny_pair, tmp_path):
+    """Two CPU processes (gloo): both join the group, rank 0 alone writes files and prints."""
+    even, odd = tiny_pair
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(
+        ["torchrun", "--nproc-per-node", "2", "-m", "napari_deepdewedge.cli", "fit",
+         "--tomo0", str(even), "--tomo1", str(odd), "--tilt-range", "-60", "60",
+         "--out", str(out), *TINY_FIT, "--batch-size", "4"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "latest.pt").exists() and (out / "losses.csv").exists()
+    assert res.stdout.count("latest checkpoint:") == 1  # printed by rank 0 only
 
 
 def test_refine_with_halves(tiny_pair, fitted, tmp_path, capsys):

@@ -186,8 +186,10 @@ def _add_stack_inputs(p, *, thickness_required: bool) -> None:
 def _add_fit_options(p, *, with_inputs: bool) -> None:
     if with_inputs:
         g = p.add_argument_group("inputs (or from --config)")
-        g.add_argument("--even", metavar="E.mrc", default=None, help="tomogram of half 0")
-        g.add_argument("--odd", metavar="O.mrc", default=None, help="tomogram of half 1")
+        g.add_argument("--even", "--tomo0", metavar="E.mrc", default=None,
+                       help="tomogram of half 0")
+        g.add_argument("--odd", "--tomo1", metavar="O.mrc", default=None,
+                       help="tomogram of half 1")
         a = g.add_mutually_exclusive_group()
         a.add_argument("--angles", metavar="FILE", default=None,
                        help="the .tlt/.rawtlt of the tilt series; its min and max set the wedge")
@@ -264,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fit a 3D U-Net on sub-tomograms of the two half tomograms. Ctrl-C stops "
                     "cleanly after the current step with a 'stopped' checkpoint (exit 130); "
                     "--resume continues. Several GPUs: torchrun --nproc-per-node N -m "
-                    "napari_deepdewedge.cli fit …",
+                    "napari_deepdewedge.cli -- fit …",
     )
     _add_fit_options(p, with_inputs=True)
     _add_device(p)
@@ -280,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--halves also write OUT_half0.mrc, OUT_half1.mrc and OUT_consistency.mrc "
                     "(the half0 − half1 difference: where the model is not consistent).",
     )
-    p.add_argument("--even", metavar="E.mrc", default=None, help="tomogram of half 0")
-    p.add_argument("--odd", metavar="O.mrc", default=None, help="tomogram of half 1")
+    p.add_argument("--even", "--tomo0", metavar="E.mrc", default=None, help="tomogram of half 0")
+    p.add_argument("--odd", "--tomo1", metavar="O.mrc", default=None, help="tomogram of half 1")
     p.add_argument("--model", metavar="CKPT", default=None, help="checkpoint written by 'fit'")
     p.add_argument("--out", metavar="OUT.mrc", default=None, help="refined tomogram")
     p.add_argument("--overlap", type=_non_negative_int, default=None, metavar="O",
@@ -532,6 +534,7 @@ class _StopOnCtrlC:
 
     def __init__(self):
         self.requested = False
+        self._first = 0.0
         self._previous = None
         self._installed = False
 
@@ -539,9 +542,15 @@ class _StopOnCtrlC:
         return self.requested
 
     def _handle(self, signum, frame):
+        now = time.monotonic()
         if self.requested:
-            raise KeyboardInterrupt
+            # under torchrun a worker gets the terminal's SIGINT and torchrun's forwarded copy
+            # at once: only a second press (a moment later) aborts
+            if now - self._first > 1.0:
+                raise KeyboardInterrupt
+            return
         self.requested = True
+        self._first = now
         if _is_rank_zero():
             print("\ninterrupt: stopping after the current step and saving a 'stopped' "
                   "checkpoint (Ctrl-C again to abort at once)", file=sys.stderr)
@@ -966,6 +975,11 @@ def _demo_figure(path: Path, fbp_vol, refined, gt) -> Path:
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0, 2 for user errors, 130 on Ctrl-C)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:
+        # torchrun … -m napari_deepdewedge.cli -- fit …: the '--' keeps torchrun's own parser
+        # from reading our options (it mistakes --even for its --event-log-handler)
+        argv = argv[1:]
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help/--version (0) or a usage error (2)
