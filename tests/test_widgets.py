@@ -420,6 +420,8 @@ def test_quit_or_close_during_fit_ends_cleanly_with_checkpoint(make_napari_viewe
     qtbot.waitUntil(lambda: not fit.running, timeout=10_000)
     assert fit._job.stop.is_set() and stopped.is_file()
     assert fit.start_button.isEnabled()
+    assert fit.finished is not None and fit.finished.stopped
+    assert fit.resume_path.text() == str(stopped)
 
     # closing the viewer window
     stopped.unlink()

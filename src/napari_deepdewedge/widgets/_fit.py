@@ -441,6 +441,8 @@ class FitWidget(DDWPanel):
         layer.metadata["epoch"] = event.epoch
 
     def _on_done(self, outcome):
+        for event in getattr(self._job, "drained", ()):  # a quit fit still reports its end
+            self._on_event(event)
         self.start_button.setEnabled(True)
         self.resume_button.setEnabled(True)
         self.stop_button.setEnabled(False)

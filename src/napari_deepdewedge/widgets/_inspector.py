@@ -201,7 +201,7 @@ class FourierInspectorWidget(DDWPanel):
             layer = find_layer(self.viewer, name)
             if layer is None or layer.ndim != 3:
                 continue
-            key = (name, id(layer.data), tuple(layer.data.shape))
+            key = self._key(layer)
             if key not in self._cache:
                 todo.append((name, key, layer_array(layer)))
         if self._job is not None and self._job.running:
@@ -226,19 +226,23 @@ class FourierInspectorWidget(DDWPanel):
         if generation == self._generation:  # late results of an older selection are dropped
             self._show_cached()
 
+    @staticmethod
+    def _key(layer):
+        """Cache key: the layer's name and the identity and shape of its data."""
+        return (layer.name, id(layer.data), tuple(layer.data.shape))
+
     def _show_cached(self):
         self.images = {}
+        keep = set()
         for name in getattr(self, "_order", []):
             layer = find_layer(self.viewer, name)
             if layer is None:
                 continue
-            key = (name, id(layer.data), tuple(layer.data.shape))
+            key = self._key(layer)
             if key in self._cache:
                 self.images[name] = self._cache[key]
-        # keep the cache small: only what is shown
-        shown = {(n, id(find_layer(self.viewer, n).data), tuple(find_layer(self.viewer, n).data.shape))
-                 for n in self.images}
-        self._cache = {k: v for k, v in self._cache.items() if k in shown}
+                keep.add(key)
+        self._cache = {k: v for k, v in self._cache.items() if k in keep}  # only what is shown
         self._redraw()
 
     def _lines_for(self, shape):

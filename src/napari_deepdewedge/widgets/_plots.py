@@ -111,15 +111,14 @@ class LossPlot(_Canvas):
         ax.set_ylabel("loss", fontsize=8)
         positive = [v for v in self.fit_losses + self.val_losses if v > 0]
         if positive:
-            from matplotlib.ticker import FuncFormatter, LogLocator
+            from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
             ax.set_yscale("log")
             plain = FuncFormatter(lambda v, _pos: f"{v:.2g}")
             ax.yaxis.set_major_formatter(plain)
-            lo, hi = min(positive), max(positive)
-            if hi / lo < 10:  # less than a decade: label a few minor ticks, plainly
-                ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
-                ax.yaxis.set_minor_formatter(plain)
+            if max(positive) / min(positive) < 10:  # within a decade: a few plain ticks
+                ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+                ax.yaxis.set_minor_locator(NullLocator())
             else:
                 ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
         ax.grid(True, which="major", color=self.colours["grid"], linewidth=0.5, alpha=0.6)

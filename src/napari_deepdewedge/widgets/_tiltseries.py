@@ -32,7 +32,7 @@ from ._common import (
     show_image,
     tip,
 )
-from ._workers import Job, Progress, run_with_progress
+from ._workers import Job, Progress, part_of, run_with_progress
 
 MODE_SPLIT = "One tilt series → even/odd"
 MODE_FRAMES = "Two frame-half tilt series"
@@ -53,16 +53,11 @@ def base_name(name: str) -> str:
 
 def pixel_size_of(layer) -> float:
     """Projection pixel size in Å: layer metadata if given, else the layer's X scale."""
-    meta = layer.metadata or {}
-    for key in ("pixel_size",):
-        if key in meta:
-            try:
-                value = float(meta[key])
-                if value > 0:
-                    return value
-            except (TypeError, ValueError):
-                pass
-    return float(layer.scale[-1])
+    try:
+        value = float((layer.metadata or {}).get("pixel_size", 0.0))
+    except (TypeError, ValueError):
+        value = 0.0
+    return value if value > 0 else float(layer.scale[-1])
 
 
 def _reconstruct_job(job, inputs, params):
@@ -88,10 +83,10 @@ def _reconstruct_job(job, inputs, params):
     results = {}
     for index, (key, stack) in enumerate(stacks):
         label = f"Back-projecting {key} ({index + 1}/{len(stacks)})"
-        yield Progress(label, 0, 1)
-        results[key] = yield from run_with_progress(
+        yield Progress(label, index, len(stacks))
+        results[key] = yield from part_of(run_with_progress(
             fbp, job.stop, label, np.asarray(stack.data), np.asarray(stack.angles), **params
-        )
+        ), index, len(stacks))
         results[key + " angles"] = np.asarray(stack.angles, dtype=float)
     return results
 
@@ -104,7 +99,6 @@ class TiltSeriesWidget(DDWPanel):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self._job = None
-        self._stage = (0, 1)
         lay = self.vbox(self)
 
         form = form_layout()
@@ -153,8 +147,8 @@ class TiltSeriesWidget(DDWPanel):
         form = form_layout()
         page.setLayout(form)
         self.series = LayerCombo(self.viewer, "image", ndim=3)
-        open_button = QPushButton("Open…")
-        open_button.setFixedWidth(64)
+        open_button = QPushButton("…")
+        open_button.setFixedWidth(28)
         tip(open_button, "Open a tilt-series file (.st, .ali, .mrc, …) as a new layer.")
         open_button.clicked.connect(self._open_file)
         add_row(form, "Tilt series", hbox(self.series, open_button),
@@ -348,7 +342,7 @@ class TiltSeriesWidget(DDWPanel):
         self._set_row_visible(self.tilt_min.parentWidget(), source == ANGLES_RANGE)
         layer = self.series.layer()
         if layer is None:
-            self.angle_summary.setText("Choose a tilt-series layer (or Open… a file).")
+            self.angle_summary.setText("Choose a tilt-series layer (or open a file with …).")
             return
         try:
             angles = self._angles_for(layer, int(layer.data.shape[0]))
@@ -418,7 +412,6 @@ class TiltSeriesWidget(DDWPanel):
         self._out_scale = (voxel, voxel, voxel)
         self._out_translate = (0.0, translate[1], translate[2])
         self._base = base_name(layer.name)
-        self._stage = (0, 3 if params["full"] else 2)
         self.bar.setRange(0, 1000)
         self.bar.setValue(0)
         self.status.setText("Starting…")
@@ -434,13 +427,9 @@ class TiltSeriesWidget(DDWPanel):
             self.status.setText("Cancelling…")
 
     def _on_progress(self, msg):
-        if not isinstance(msg, Progress) or msg.total < 0:
-            return
-        match = re.search(r"\((\d+)/(\d+)\)", msg.stage)
-        index, count = (int(match.group(1)) - 1, int(match.group(2))) if match else (0, 1)
-        fraction = (index + (msg.done / msg.total if msg.total else 0.0)) / max(count, 1)
-        self.bar.setValue(int(1000 * fraction))
-        self.status.setText(msg.stage)
+        if isinstance(msg, Progress) and msg.total > 0:
+            self.bar.setValue(int(1000 * msg.done / msg.total))
+            self.status.setText(msg.stage)
 
     def _on_done(self, outcome):
         self.run_button.setEnabled(True)

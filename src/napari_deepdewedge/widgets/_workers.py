@@ -114,6 +114,22 @@ def run_with_progress(fn: Callable, stop: threading.Event, stage: str, *args, **
     return box.get("value")
 
 
+def part_of(gen, index: int, count: int):
+    """Re-yield ``gen``'s :class:`Progress` as part ``index`` of ``count`` equal parts of one
+    bar (done/total over the whole job); returns ``gen``'s value."""
+    try:
+        while True:
+            try:
+                msg = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(msg, Progress) and msg.total > 0:
+                msg = Progress(msg.stage, index * msg.total + msg.done, count * msg.total)
+            yield msg
+    finally:
+        gen.close()
+
+
 class Job:
     """One background job of a widget: its napari worker, stop flag and done flag."""
 
@@ -132,6 +148,7 @@ class Job:
         self.stop = threading.Event()
         self.done = threading.Event()  # the generator has ended (set on the worker thread)
         self.gui_done = False  # its end has been handled in the GUI thread (set by the panel)
+        self.drained: list = []  # messages produced after a quit, never yielded to the GUI
         self._inner = gen_func(self, *args, **kwargs)
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.finished.connect(self.done.set)
@@ -151,8 +168,8 @@ class Job:
         try:
             if inspect.getgeneratorstate(self._inner) == inspect.GEN_CREATED:
                 return
-            for _ in self._inner:
-                pass
+            for message in self._inner:
+                self.drained.append(message)
         except BaseException:  # the user asked to stop; only log what went wrong
             LOG.exception("DeepDeWedge %s: error while stopping", self.name)
         finally:
