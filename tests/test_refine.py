@@ -143,3 +143,16 @@ def test_bad_input_names_the_fix():
         rf.refine_halves(Identity(), v, v, tilt_min=-60, tilt_max=60)
     with pytest.raises(DDWError, match="different shapes"):
         rf.refine_halves(Identity(), v, v[:4], subtomo_size=8, tilt_min=-60, tilt_max=60)
+
+
+def test_chunked_masking_and_z_range_match_whole_volume():
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal((14, 23, 18)).astype(np.float32)
+    whole = rf.prepare_half(v, -45, 58, (0.5, 2.0))
+    chunked = rf.prepare_half(v, -45, 58, (0.5, 2.0), chunk_y=4)
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+    np.testing.assert_allclose(whole, _wedge_masked((v - 0.5) / 2.0, -45, 58), atol=1e-5)
+    slab = rf.prepare_half(v, -45, 58, (0.5, 2.0), z_range=(3, 9), chunk_y=5)
+    np.testing.assert_allclose(slab, whole[3:9], atol=1e-6)
+    with pytest.raises(DDWError, match="outside"):
+        rf.prepare_half(v, -45, 58, None, z_range=(10, 20))

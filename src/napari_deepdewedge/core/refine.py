@@ -30,8 +30,8 @@ import numpy as np
 
 from .errors import DDWError
 
-#: voxels per chunk when masking a large tomogram (complex intermediates stay < ~1 GB)
-_MASK_CHUNK_VOXELS = 32 * 1024 * 1024
+#: voxels per chunk when masking a large tomogram (float + complex intermediates ~ 200 MB)
+_MASK_CHUNK_VOXELS = 8 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------
