@@ -201,6 +201,9 @@ class FitWidget(DDWPanel):
             PRESETS = {"fast": dict(subtomo_size=48, channels=16, depth=3)}
         self._presets = dict(PRESETS)
         self.preset.addItems(list(self._presets))
+        gpu = any(d.startswith("cuda") for d in device_choices())
+        if gpu and "default" in self._presets:  # the published settings when a GPU is there
+            self.preset.setCurrentText("default")
         self.preset.currentTextChanged.connect(self.apply_preset)
         self.apply_preset(self.preset.currentText())
 
