@@ -9,7 +9,6 @@ and writes docs/screenshot_*.png. Every picture is checked not to be blank.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np

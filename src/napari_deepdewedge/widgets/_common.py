@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._state import state_for
-from ._workers import Job, Outcome, Progress
+from ._workers import Job, Outcome
 
 NONE_TEXT = "(none)"
 ANGSTROM_UNITS = ("angstrom", "angstrom", "angstrom")
@@ -434,8 +434,3 @@ class DDWPanel(QWidget):
                 self.shutdown()
         return False
 
-
-def progress_text(msg: Progress) -> str:
-    if msg.total > 0:
-        return f"{msg.stage}: {msg.done}/{msg.total}"
-    return msg.stage
