@@ -17,7 +17,8 @@ def test_sample_layers_carry_angles_scale_and_truth():
     assert truth.shape[0] == 16 == series_kw["metadata"]["thickness"]
     pixel = series_kw["metadata"]["pixel_size"]
     assert tuple(truth_kw["scale"]) == (pixel, pixel, pixel)
-    assert tuple(series_kw["scale"])[1:] == (pixel, pixel)
+    assert tuple(series_kw["scale"]) == (pixel, pixel, pixel)
+    assert series_kw["units"] == truth_kw["units"] == ("angstrom",) * 3
     lo, hi = series_kw["contrast_limits"]
     assert lo < hi
     assert np.isfinite(series).all() and truth.std() > 0

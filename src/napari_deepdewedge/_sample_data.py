@@ -15,7 +15,10 @@ def sample_layers(shape=(64, 128, 128), tilt_range=(-60.0, 60.0, 2.0), snr=0.3, 
     low, high = np.percentile(series[len(series) // 2], (0.5, 99.5))
     tilt_kwargs = {
         "name": "phantom tilt series",
-        "scale": (1.0, pixel, pixel),
+        # The tilt axis gets the pixel size too, so the Z slider steps one slice at a time over
+        # the tilt series and the tomograms reconstructed from it alike.
+        "scale": (pixel, pixel, pixel),
+        "units": ("angstrom",) * 3,
         "metadata": {
             "tilt_angles": angles.tolist(),
             "pixel_size": pixel,
