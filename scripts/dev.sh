@@ -51,6 +51,12 @@ run_tests() {
 case "${1:-}" in
   setup) install_debian; install_python ;;
   test) shift; install_debian; install_python; run_tests "$@" ;;
-  demo) shift; install_debian; install_python; deepdewedge demo --out "${DEMO_OUT:-demo_out}" "$@" ;;
+  demo)
+    shift; install_debian; install_python
+    if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
+      deepdewedge napari "$@"          # a display: napari with the sample and the dock
+    else
+      deepdewedge demo --out "${DEMO_OUT:-demo_out}" "$@"   # headless: the whole pipeline
+    fi ;;
   *) echo "usage: bash scripts/dev.sh {demo|test|setup} [extra args]" >&2; exit 2 ;;
 esac

@@ -334,7 +334,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     _add_common(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "napari", formatter_class=_Formatter,
+        help="open napari with the sample tilt series and the DeepDeWedge dock",
+        description="Open napari with the DeepDeWedge dock, and the synthetic sample tilt "
+                    "series loaded (needs a display).",
+    )
+    p.add_argument("--no-sample", action="store_true", help="start without the sample data")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="save a screenshot of the window and close (for documentation)")
+    p.set_defaults(func=cmd_napari)
     return parser
+
+
+def cmd_napari(args) -> int:
+    from ._launch import open_viewer
+
+    return open_viewer(sample=not args.no_sample, screenshot=args.screenshot)
 
 
 def _all_option_keys(parser: argparse.ArgumentParser) -> set[str]:
