@@ -5,9 +5,9 @@ Run:  python bench/refine.py                         (128×512×512, fast preset
       python bench/refine.py --device cuda --preset default --batch 8
 
 The model is an untrained U-Net of the preset (the cost does not depend on the weights).
-Printed: the masking/standardization pass, the tiled network pass, the total, voxels/s, the
-number of tiles, and the peak resident memory of the process (the tomogram, the prepared copy
-and the output accumulator are each one float32 volume; only one batch of tiles is on the device).
+Printed: the statistics pass, the tiled pass (bands of rows standardized + wedge-masked, network, blend), the total, voxels/s, the
+number of tiles, and the peak resident memory of the process (the tomogram and the output
+accumulator are one float32 volume each, plus one band of s rows; one batch of tiles on the device).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from napari_deepdewedge.core.device import pick_device
-from napari_deepdewedge.core.refine import n_tiles, predict_tiled, prepare_half, standardization_stats
+from napari_deepdewedge.core.refine import RowPreparer, n_tiles, predict_tiled, standardization_stats
 from napari_deepdewedge.core.unet import PRESETS, UNet3D
 
 
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
 
     t0 = time.perf_counter()
     stats = standardization_stats(tomo)
-    prepared = prepare_half(tomo, -60, 60, stats)
+    prep = RowPreparer((shape[0], shape[2]), -60, 60, stats)
     t1 = time.perf_counter()
     last = [t1]
 
@@ -65,16 +65,16 @@ def main(argv=None) -> None:
             print(f"  {done}/{total} batches, {now - t1:.0f} s", file=sys.stderr, flush=True)
             last[0] = now
 
-    out = predict_tiled(model, prepared, s, overlap=args.overlap, batch_size=args.batch, device=device,
-                        progress=progress)
+    out = predict_tiled(model, tomo, s, overlap=args.overlap, batch_size=args.batch, device=device,
+                        progress=progress, rows=prep)
     _sync(device)
     out *= np.float32(stats[1])
     out += np.float32(stats[0])
     t2 = time.perf_counter()
     nvox = float(np.prod(shape))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux → MB
-    print(f"standardize + wedge mask: {t1 - t0:7.2f} s")
-    print(f"tiled network + blend:    {t2 - t1:7.2f} s  ({tiles / (t2 - t1):.2f} tiles/s)")
+    print(f"statistics:               {t1 - t0:7.2f} s")
+    print(f"bands: mask + network + blend {t2 - t1:7.2f} s  ({tiles / (t2 - t1):.2f} tiles/s)")
     print(f"total:                    {t2 - t0:7.2f} s  → {nvox / (t2 - t0) / 1e6:.3f} Mvoxels/s per half "
           f"(refine_halves does two halves)")
     print(f"peak resident memory:     {peak:7.0f} MB (tomogram {nvox * 4 / 2**20:.0f} MB per float32 copy)")

@@ -5,10 +5,12 @@ For each half:
 1. standardize with the half's own mean and standard deviation (when the model was fitted on
    standardized halves, the default),
 2. apply the observed-mask ``M`` of the tilt range. ``M`` does not depend on ky, so
-   ``F⁻¹(M·F(v))`` is computed with 2D FFTs over (z, x), one chunk of Y rows at a time:
-   exact, and memory stays bounded for large tomograms,
+   ``F⁻¹(M·F(v))`` is computed with 2D FFTs over (z, x), row by row in Y: exact, and any set of
+   rows can be prepared on its own,
 3. cut into cubes of edge ``s`` overlapping by ``overlap`` voxels (default ``ceil(s/3)``);
-   tiles that run past the far edge of an axis read reflected voxels (``numpy`` "reflect"),
+   tiles that run past the far edge of an axis read reflected voxels (``numpy`` "reflect").
+   The work goes band by band: the ``s`` Y rows of one row of tiles are read and prepared
+   (steps 1–2), so memory is the output plus one band, never a prepared copy of the tomogram,
 4. run the model on ``batch_size`` cubes at a time — only the current batch is on the device;
    the output accumulates on the CPU,
 5. blend with separable linear ramps. The weights are normalized per axis (the ramps of all
@@ -63,6 +65,35 @@ def standardization_stats(volume) -> tuple[float, float]:
     return mean, std
 
 
+class RowPreparer:
+    """Standardize and wedge-mask whole Y rows: ``rows`` ``(Z, k, X)`` → float32 ``(Z, k, X)``.
+
+    Row ``y`` of ``F⁻¹(M·F(v))`` depends only on row ``y`` of ``v`` (``M`` ignores ky), so any
+    set of rows — contiguous or not, repeated, reflected — can be prepared on its own.
+    """
+
+    def __init__(self, shape_zx, tilt_min, tilt_max, stats=None):
+        from .fourier import observed_mask
+
+        self.Z, self.X = (int(n) for n in shape_zx)
+        self.stats = stats
+        self.mask = observed_mask((self.Z, 1, self.X), tilt_min, tilt_max, device="cpu", rfft=True)
+        self.trivial = bool((self.mask == 1).all())
+
+    def __call__(self, rows) -> np.ndarray:
+        import torch
+
+        chunk = np.array(rows, dtype=np.float32)  # a copy: the caller's data is never modified
+        if self.stats is not None:
+            chunk -= np.float32(self.stats[0])
+            chunk /= np.float32(self.stats[1])
+        if self.trivial:
+            return chunk
+        spec = torch.fft.rfftn(torch.from_numpy(chunk), dim=(0, 2))
+        spec *= self.mask
+        return torch.fft.irfftn(spec, s=(self.Z, self.X), dim=(0, 2)).numpy()
+
+
 def prepare_half(tomo, tilt_min, tilt_max, stats=None, *, z_range=None, chunk_y=None) -> np.ndarray:
     """Standardize with ``stats = (mean, std)`` (``None``: unchanged) and apply ``M``.
 
@@ -72,10 +103,6 @@ def prepare_half(tomo, tilt_min, tilt_max, stats=None, *, z_range=None, chunk_y=
     (the masking still uses the full Z extent). The input (possibly memory-mapped) is not
     modified.
     """
-    import torch
-
-    from .fourier import observed_mask
-
     tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
     if tomo.ndim != 3:
         raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(tomo.shape)}")
@@ -84,19 +111,10 @@ def prepare_half(tomo, tilt_min, tilt_max, stats=None, *, z_range=None, chunk_y=
     if not 0 <= z0 < z1 <= Z:
         raise DDWError(f"z range ({z0}, {z1}) is outside the tomogram's 0..{Z}; choose rows inside it")
     out = np.empty((z1 - z0, Y, X), dtype=np.float32)
-    mask = observed_mask((Z, 1, X), tilt_min, tilt_max, device="cpu", rfft=True)  # (Z, 1, X//2+1)
-    trivial = bool((mask == 1).all())
+    prep = RowPreparer((Z, X), tilt_min, tilt_max, stats)
     cy = int(chunk_y or max(1, _MASK_CHUNK_VOXELS // max(1, Z * X)))
     for y0 in range(0, Y, cy):
-        chunk = np.array(tomo[:, y0:y0 + cy], dtype=np.float32)
-        if stats is not None:
-            chunk -= np.float32(stats[0])
-            chunk /= np.float32(stats[1])
-        if not trivial:
-            spec = torch.fft.rfftn(torch.from_numpy(chunk), dim=(0, 2))
-            spec *= mask
-            chunk = torch.fft.irfftn(spec, s=(Z, X), dim=(0, 2)).numpy()
-        out[:, y0:y0 + cy] = chunk[z0:z1]
+        out[:, y0:y0 + cy] = prep(tomo[:, y0:y0 + cy])[z0:z1]
     return out
 
 
@@ -174,11 +192,16 @@ def _amp_context(device):
 
 def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None, batch_size: int = 4,
                   device=None, progress: Callable[[int, int], None] | None = None,
-                  amp: bool | None = None) -> np.ndarray:
+                  amp: bool | None = None, rows: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Run ``model`` over overlapping cubes of ``volume`` and blend; float32 array of its shape.
 
-    ``volume`` is used as is (already standardized and masked). The model may be any module
-    mapping ``(B, 1, s, s, s)`` to the same shape.
+    Works through one band of ``s`` Y rows at a time (rows past the far edge reflected): the
+    band is read, passed through ``rows`` when given (e.g. a :class:`RowPreparer`, so that
+    ``volume`` can be the raw tomogram and only one band is ever prepared), and every tile of
+    the band runs through the model in batches of ``batch_size``; only the current batch is on
+    the device. Memory: the output plus one band. Without ``rows`` the volume is used as is. The
+    model may be any module mapping ``(B, 1, s, s, s)`` to the same shape.
+    ``progress(done, total)`` after every batch.
     """
     import torch
 
@@ -198,50 +221,55 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     if amp is None:
         amp = dev.type == "cuda"
     shape = tuple(int(n) for n in vol.shape)
-    per_axis = [axis_weights(n, s, overlap) for n in shape]
-    index = [reflect_index(n, st[-1] + s) for n, (st, _) in zip(shape, per_axis)]
-    tiles = [(a, b, c) for a in range(len(per_axis[0][0])) for b in range(len(per_axis[1][0]))
-             for c in range(len(per_axis[2][0]))]
-    total = int(math.ceil(len(tiles) / batch_size))
+    (zst, zw), (yst, yw), (xst, xw) = (axis_weights(n, s, overlap) for n in shape)
+    zi, yi, xi = (reflect_index(n, st[-1] + s) for n, st in zip(shape, (zst, yst, xst)))
+    tiles = [(a, c) for a in range(len(zst)) for c in range(len(xst))]  # tiles of one band
+    per_band = int(math.ceil(len(tiles) / batch_size))
+    total = len(yst) * per_band
     out = np.zeros(shape, dtype=np.float32)
 
-    def read_tile(t):
-        sl = []
-        for axis, ti in enumerate(t):
-            s0 = per_axis[axis][0][ti]
-            if s0 + s <= shape[axis]:
-                sl.append(slice(s0, s0 + s))
-            else:
-                sl.append(index[axis][s0:s0 + s])
-        if all(isinstance(x, slice) for x in sl):
-            return np.asarray(vol[sl[0], sl[1], sl[2]], dtype=np.float32)
-        idx = [np.arange(x.start, x.stop) if isinstance(x, slice) else x for x in sl]
-        return np.asarray(vol[np.ix_(*idx)], dtype=np.float32)
+    def axis_sel(st, idx, n, t):
+        s0 = st[t]
+        return slice(s0, s0 + s) if s0 + s <= n else idx[s0:s0 + s]
+
+    def read_tile(band, a, c):
+        zs, xs = axis_sel(zst, zi, shape[0], a), axis_sel(xst, xi, shape[2], c)
+        if isinstance(zs, slice) and isinstance(xs, slice):
+            return band[zs, :, xs]
+        zs = np.arange(zs.start, zs.stop) if isinstance(zs, slice) else zs
+        xs = np.arange(xs.start, xs.stop) if isinstance(xs, slice) else xs
+        return band[np.ix_(zs, np.arange(s), xs)]
+
+    def run(x):
+        if amp and dev.type == "cuda":
+            with _amp_context(dev):
+                return model(x)
+        return model(x)
 
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
+    done = 0
     try:
         with torch.inference_mode():
-            for b in range(total):
-                batch = tiles[b * batch_size:(b + 1) * batch_size]
-                x = torch.from_numpy(np.stack([read_tile(t) for t in batch])[:, None]).to(dev)
-                if amp and dev.type == "cuda":
-                    with _amp_context(dev):
-                        y = model(x)
-                else:
-                    y = model(x)
-                y = y.float().cpu().numpy()[:, 0]
-                for t, pred in zip(batch, y):
-                    starts = [per_axis[a][0][t[a]] for a in range(3)]
-                    weights = [per_axis[a][1][t[a]] for a in range(3)]
-                    keep = [min(s, shape[a] - starts[a]) for a in range(3)]
-                    w = (weights[0][:keep[0], None, None] * weights[1][None, :keep[1], None]
-                         * weights[2][None, None, :keep[2]])
-                    out[starts[0]:starts[0] + keep[0], starts[1]:starts[1] + keep[1],
-                        starts[2]:starts[2] + keep[2]] += pred[:keep[0], :keep[1], :keep[2]] * w
-                if progress is not None:
-                    progress(b + 1, total)
+            for j, y0 in enumerate(yst):
+                band = vol[:, axis_sel(yst, yi, shape[1], j), :]
+                band = rows(band) if rows is not None else np.asarray(band, dtype=np.float32)
+                ky = min(s, shape[1] - y0)
+                wy = yw[j][None, :ky, None]
+                for b in range(per_band):
+                    batch = tiles[b * batch_size:(b + 1) * batch_size]
+                    x = np.stack([read_tile(band, a, c) for a, c in batch])[:, None]
+                    y = run(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev))
+                    y = y.float().cpu().numpy()[:, 0]
+                    for (a, c), pred in zip(batch, y):
+                        z0, x0 = zst[a], xst[c]
+                        kz, kx = min(s, shape[0] - z0), min(s, shape[2] - x0)
+                        w = zw[a][:kz, None, None] * wy * xw[c][None, None, :kx]
+                        out[z0:z0 + kz, y0:y0 + ky, x0:x0 + kx] += pred[:kz, :ky, :kx] * w
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
     finally:
         if was_training and hasattr(model, "train"):
             model.train()
@@ -277,10 +305,9 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
     if tomo.ndim != 3:
         raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(tomo.shape)}")
     stats = _resolve_stats(tomo, standardize)
-    prepared = prepare_half(tomo, tilt_min, tilt_max, stats)
-    out = predict_tiled(model, prepared, subtomo_size, overlap=overlap, batch_size=batch_size,
-                        device=device, progress=progress, amp=amp)
-    del prepared
+    prep = RowPreparer((tomo.shape[0], tomo.shape[2]), tilt_min, tilt_max, stats)
+    out = predict_tiled(model, tomo, subtomo_size, overlap=overlap, batch_size=batch_size,
+                        device=device, progress=progress, amp=amp, rows=prep)
     if stats is not None:
         out *= np.float32(stats[1])
         out += np.float32(stats[0])
@@ -340,16 +367,15 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
     tomo1 = tomo1 if isinstance(tomo1, np.memmap) else np.asarray(tomo1)
     check_same_shape(tomo0, tomo1, what="half tomograms")
     ov = _check_overlap(int(s), overlap)
-    per_half = int(math.ceil(n_tiles(tomo0.shape, int(s), ov) / max(1, int(batch_size))))
 
-    def half_progress(offset):
+    def half_progress(h):  # both halves have one shape, so one total: report over both
         if progress is None:
             return None
-        return lambda done, total: progress(offset + done, 2 * per_half)
+        return lambda done, total: progress(h * total + done, 2 * total)
 
     kw = dict(subtomo_size=int(s), overlap=ov, batch_size=batch_size, device=dev, standardize=standardize)
     r0 = refine_tomogram(model, tomo0, tmin, tmax, progress=half_progress(0), **kw)
-    r1 = refine_tomogram(model, tomo1, tmin, tmax, progress=half_progress(per_half), **kw)
+    r1 = refine_tomogram(model, tomo1, tmin, tmax, progress=half_progress(1), **kw)
     if keep_halves:
         refined = (r0 + r1) * np.float32(0.5)
         return RefineResult(refined=refined, half0=r0, half1=r1, difference=r0 - r1)
