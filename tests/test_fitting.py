@@ -202,9 +202,10 @@ def test_resume_and_stop_continue_exactly(halves, tmp_path):
 
 def test_stop_before_first_step_without_out_dir(halves):
     t0, t1 = halves
-    events = _events(ft.fit_iter(*halves, worker.tiny_config(None), should_stop=lambda: True))
+    events = []
+    fin = ft.fit(t0, t1, worker.tiny_config(None), on_event=events.append, should_stop=lambda: True)
     assert [type(e).__name__ for e in events] == ["FitStarted", "FitFinished"]
-    assert events[-1].stopped and events[-1].epochs_done == 0 and events[-1].latest_path is None
+    assert fin is events[-1] and fin.stopped and fin.epochs_done == 0 and fin.latest_path is None
 
 
 def test_ddp_two_ranks_match_one_process(tmp_path):
