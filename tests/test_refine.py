@@ -43,7 +43,8 @@ def _wedge_masked(v, tmin, tmax):
 def test_identity_model_reproduces_wedge_masked_tomogram(shape, s, overlap):
     rng = np.random.default_rng(sum(shape))
     v = (rng.standard_normal(shape) * 3e-3 + 5e-3).astype(np.float32)  # low-variance input
-    out = rf.refine_tomogram(Identity(), v, -54, 62, subtomo_size=s, overlap=overlap, batch_size=3)
+    out = rf.refine_tomogram(Identity(), v, -54, 62, subtomo_size=s, overlap=overlap, batch_size=3,
+                            match_resampling=False)
     ref = _wedge_masked(v, -54, 62)
     assert out.shape == v.shape and out.dtype == np.float32
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
@@ -56,14 +57,16 @@ def test_blend_weights_sum_to_one_and_standardization_is_undone():
     rng = np.random.default_rng(3)
     v = (rng.standard_normal((21, 30, 26)) * 4 + 7).astype(np.float32)
     mean, std = float(v.astype(np.float64).mean()), float(v.astype(np.float64).std())
-    out = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3)
+    out = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, match_resampling=False)
     ref = _wedge_masked(v, -60, 60) + std
     np.testing.assert_allclose(out, ref, atol=2e-5 * np.abs(ref).max())
     # without standardization the +1 is in raw units
-    out_raw = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=False)
+    out_raw = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=False,
+                                 match_resampling=False)
     np.testing.assert_allclose(out_raw, _wedge_masked(v, -60, 60) + 1.0, atol=2e-5 * np.abs(ref).max())
     # explicit stats
-    out_st = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=(mean, 2.0))
+    out_st = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=(mean, 2.0),
+                                match_resampling=False)
     np.testing.assert_allclose(out_st, _wedge_masked(v, -60, 60) + 2.0, atol=2e-5 * np.abs(ref).max())
 
 
@@ -100,14 +103,15 @@ def test_refine_halves_average_and_difference():
     b = (2 * a + rng.standard_normal(a.shape)).astype(np.float32)
     calls = []
     res = rf.refine_halves(Identity(), a, b, subtomo_size=8, tilt_min=-60, tilt_max=60, keep_halves=True,
-                           standardize=False, progress=lambda d, t: calls.append((d, t)))
+                           standardize=False, match_resampling=False, progress=lambda d, t: calls.append((d, t)))
     ra, rb = _wedge_masked(a, -60, 60), _wedge_masked(b, -60, 60)
     np.testing.assert_allclose(res.half0, ra, atol=1e-5)
     np.testing.assert_allclose(res.half1, rb, atol=1e-5)
     np.testing.assert_allclose(res.refined, (ra + rb) / 2, atol=1e-5)
     np.testing.assert_allclose(res.difference, ra - rb, atol=1e-5)
     assert calls[-1][0] == calls[-1][1] and len(calls) == calls[-1][1]
-    res2 = rf.refine_halves(Identity(), a, b, subtomo_size=8, tilt_min=-60, tilt_max=60, standardize=False)
+    res2 = rf.refine_halves(Identity(), a, b, subtomo_size=8, tilt_min=-60, tilt_max=60, standardize=False,
+                            match_resampling=False)
     assert res2.half0 is None and res2.difference is None
     np.testing.assert_allclose(res2.refined, res.refined, atol=1e-6)
 
@@ -127,7 +131,7 @@ def test_refine_halves_from_checkpoint(tmp_path):
     rng = np.random.default_rng(1)
     a = rng.standard_normal((16, 20, 24)).astype(np.float32)
     b = rng.standard_normal((16, 20, 24)).astype(np.float32)
-    res = rf.refine_halves(path, a, b, device="cpu", keep_halves=True)
+    res = rf.refine_halves(path, a, b, device="cpu", keep_halves=True, match_resampling=False)
     np.testing.assert_allclose(res.half0, _wedge_masked(a, -50, 60), atol=1e-4)
     np.testing.assert_allclose(res.half1, _wedge_masked(b, -50, 60), atol=1e-4)
 

@@ -75,6 +75,7 @@ class FitConfig:
     out_dir: str | None = None      # checkpoints + losses.csv; None = no files
     preview_every: int = 0          # epochs; 0 = no previews
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    residual: bool = True           # U-Net adds its (normalized) input to its output
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
@@ -289,11 +290,13 @@ def input_normalization(fit0: torch.Tensor, mask_s: torch.Tensor, s: int, device
     """``(loc, scale)`` of the model inputs: mean of per-cube means and √(mean of per-cube
     variances) of ``F⁻¹(M·F(centre crop of cube0))`` over all fitting cubes."""
     from .loss import model_input
+    from .rotation import match_resampling
 
     means, variances = [], []
     with torch.no_grad():
         for i in range(0, fit0.shape[0], chunk):
-            x = model_input(_center_crop(fit0[i:i + chunk], s).to(device), mask_s)
+            # un-rotated crops, filtered to the noise statistics of the rotated fitting inputs
+            x = match_resampling(model_input(_center_crop(fit0[i:i + chunk], s).to(device), mask_s))
             flat = x.reshape(x.shape[0], -1).double()
             means.append(flat.mean(dim=1))
             variances.append(flat.var(dim=1, unbiased=False))
@@ -312,6 +315,7 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
     several ranks each computes a share, the shares are summed across ranks (exact: the others
     are zero) and copied in. ``mask_e`` is the rfft-layout mask of the cube size."""
     from .loss import model_input
+    from .rotation import match_resampling
 
     E = fit0.shape[-1]
     m = 2 ** int(depth)
@@ -323,7 +327,7 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
             idx = torch.tensor(mine[i:i + batch_size], dtype=torch.long)
             cube = fit0[idx].to(device)
             spec0 = torch.fft.rfftn(cube, dim=(-3, -2, -1))
-            x = model_input(cube, mask_e)
+            x = match_resampling(model_input(cube, mask_e))  # the statistics fitting inputs have
             if pad:
                 x = torch.nn.functional.pad(x, (0, pad, 0, pad, 0, pad), mode="reflect")
             with _autocast(device, amp):
@@ -381,7 +385,7 @@ def _append_csv(path: Path, row) -> None:
 
 #: config fields that must match for a resume (they define data, model or sampling)
 _RESUME_FIXED = ("subtomo_size", "channels", "depth", "batch_size", "val_fraction", "strides",
-                 "min_mask_fraction", "tilt_min", "tilt_max", "standardize", "seed")
+                 "min_mask_fraction", "tilt_min", "tilt_max", "standardize", "seed", "residual")
 
 
 def _check_resume(payload: dict, cfg: FitConfig, name: str) -> None:
@@ -495,7 +499,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
 
     # ---- model and optimizer ---------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    net = UNet3D(channels=cfg.channels, depth=cfg.depth).to(device)
+    net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual).to(device)
     if payload is not None:
         try:
             net.load_state_dict(payload["state_dict"])
@@ -699,7 +703,8 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
                 if h not in preview_cache:
                     preview_cache[h] = prepare_half(t, cfg.tilt_min, cfg.tilt_max, None if stats is None else stats[h],
                                                     z_range=(za, zb))
-                out = predict_tiled(net, preview_cache[h], s, overlap=ov, batch_size=B, device=device)
+                out = predict_tiled(net, preview_cache[h], s, overlap=ov, batch_size=B, device=device,
+                                    match_resampling=True)
                 out = out[z0 - za:z1 - za]
                 if stats is not None:
                     out = out * np.float32(stats[h][1]) + np.float32(stats[h][0])

@@ -192,7 +192,8 @@ def _amp_context(device):
 
 def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None, batch_size: int = 4,
                   device=None, progress: Callable[[int, int], None] | None = None,
-                  amp: bool | None = None, rows: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+                  amp: bool | None = None, rows: Callable[[np.ndarray], np.ndarray] | None = None,
+                  match_resampling: bool = False) -> np.ndarray:
     """Run ``model`` over overlapping cubes of ``volume`` and blend; float32 array of its shape.
 
     Works through one band of ``s`` Y rows at a time (rows past the far edge reflected): the
@@ -200,7 +201,9 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     ``volume`` can be the raw tomogram and only one band is ever prepared), and every tile of
     the band runs through the model in batches of ``batch_size``; only the current batch is on
     the device. Memory: the output plus one band. Without ``rows`` the volume is used as is. The
-    model may be any module mapping ``(B, 1, s, s, s)`` to the same shape.
+    model may be any module mapping ``(B, 1, s, s, s)`` to the same shape. With
+    ``match_resampling`` every tile goes through :func:`core.rotation.match_resampling` before
+    the model (a network fitted on rotated cubes needs it; see there).
     ``progress(done, total)`` after every batch.
     """
     import torch
@@ -240,7 +243,11 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
         xs = np.arange(xs.start, xs.stop) if isinstance(xs, slice) else xs
         return band[np.ix_(zs, np.arange(s), xs)]
 
+    from .rotation import match_resampling as _match
+
     def run(x):
+        if match_resampling:
+            x = _match(x)
         if amp and dev.type == "cuda":
             with _amp_context(dev):
                 return model(x)
@@ -294,12 +301,15 @@ def _resolve_stats(tomo, standardize):
 
 
 def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=None, batch_size=4,
-                    device=None, progress=None, standardize=True, amp=None) -> np.ndarray:
+                    device=None, progress=None, standardize=True, amp=None,
+                    match_resampling=True) -> np.ndarray:
     """Refine one half-tomogram with a fitted model (DESIGN §2.8); float32 ``(Z, Y, X)``.
 
     ``standardize``: ``True`` (default) standardizes with the tomogram's own mean/std and
     undoes it afterwards; ``(mean, std)`` uses those; ``False`` leaves values unchanged (for a
-    model fitted with ``FitConfig(standardize=False)``). ``progress(done, total)`` per batch.
+    model fitted with ``FitConfig(standardize=False)``). ``match_resampling`` (default on) gives
+    the network the noise statistics of its rotated fitting cubes
+    (:func:`core.rotation.match_resampling`). ``progress(done, total)`` per batch.
     """
     tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
     if tomo.ndim != 3:
@@ -307,7 +317,8 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
     stats = _resolve_stats(tomo, standardize)
     prep = RowPreparer((tomo.shape[0], tomo.shape[2]), tilt_min, tilt_max, stats)
     out = predict_tiled(model, tomo, subtomo_size, overlap=overlap, batch_size=batch_size,
-                        device=device, progress=progress, amp=amp, rows=prep)
+                        device=device, progress=progress, amp=amp, rows=prep,
+                        match_resampling=match_resampling)
     if stats is not None:
         out *= np.float32(stats[1])
         out += np.float32(stats[0])
@@ -338,7 +349,7 @@ def _resolve_model(model_or_checkpoint, device):
 
 def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size=4, device=None,
                   keep_halves=False, progress=None, subtomo_size=None, tilt_min=None, tilt_max=None,
-                  standardize=None) -> RefineResult:
+                  standardize=None, match_resampling=True) -> RefineResult:
     """Refine both halves and average them.
 
     ``model_or_checkpoint``: a checkpoint path or payload (subtomo size, tilt range and whether
@@ -373,7 +384,8 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
             return None
         return lambda done, total: progress(h * total + done, 2 * total)
 
-    kw = dict(subtomo_size=int(s), overlap=ov, batch_size=batch_size, device=dev, standardize=standardize)
+    kw = dict(subtomo_size=int(s), overlap=ov, batch_size=batch_size, device=dev, standardize=standardize,
+              match_resampling=match_resampling)
     r0 = refine_tomogram(model, tomo0, tmin, tmax, progress=half_progress(0), **kw)
     r1 = refine_tomogram(model, tomo1, tmin, tmax, progress=half_progress(1), **kw)
     if keep_halves:

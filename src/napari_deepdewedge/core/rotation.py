@@ -144,3 +144,31 @@ def rotate_center_crop(
     ]
     out = torch.cat(parts) if parts else grid.new_zeros((0, cubes.shape[1], *grid.shape[1:4]))
     return out.to(cubes.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# matching the resampling statistics at inference
+# --------------------------------------------------------------------------------------------
+#: Trilinear resampling at a uniformly random sub-voxel offset passes white noise with the mean
+#: power transfer 2/3 + cos(k)/3 per axis (1 at DC, 1/3 at Nyquist): every fitting input and
+#: target has been through it (a random rotation), so the network only ever sees noise whose
+#: variance is ~30 % of the raw tomogram's. Un-rotated data (refinement, previews, wedge
+#: updates) go through this symmetric 3-tap filter first; its power response
+#: (d + 2c·cos k)² equals 2/3 + cos(k)/3 at k = 0 and at Nyquist and stays within 7 % between,
+#: so the network sees the statistics it was fitted on.
+RESAMPLING_MATCH_TAPS = ((1.0 - 3.0 ** -0.5) / 4.0, (1.0 + 3.0 ** -0.5) / 2.0)  # (c, d)
+
+
+def match_resampling(x):
+    """Apply the separable 3-tap filter ``(c, d, c)`` along Z, Y and X of ``x`` (``(..., Z, Y, X)``
+    tensor), with edge-replicating boundaries; see :data:`RESAMPLING_MATCH_TAPS`."""
+    import torch.nn.functional as F
+
+    c, d = RESAMPLING_MATCH_TAPS
+    shape = x.shape
+    y = x.reshape(-1, 1, *shape[-3:])
+    y = F.pad(y, (1, 1, 1, 1, 1, 1), mode="replicate")
+    y = d * y[:, :, 1:-1] + c * (y[:, :, :-2] + y[:, :, 2:])
+    y = d * y[:, :, :, 1:-1] + c * (y[:, :, :, :-2] + y[:, :, :, 2:])
+    y = d * y[..., 1:-1] + c * (y[..., :-2] + y[..., 2:])
+    return y.reshape(shape)
