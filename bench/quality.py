@@ -64,6 +64,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--update-every", type=int, default=None, help="default: FitConfig's")
+    ap.add_argument("--residual", choices=("on", "off"), default=None,
+                    help="U-Net residual connection (default: FitConfig's)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="folder for checkpoints/losses.csv (default: a temp dir)")
@@ -95,6 +97,8 @@ def main(argv=None) -> dict:
               voxel_size=(sample.pixel_size,) * 3, seed=0)
     if args.update_every is not None:
         kw["update_every"] = args.update_every
+    if args.residual is not None:
+        kw["residual"] = args.residual == "on"
     cfg = FitConfig(**kw)
     t_fit = time.perf_counter()
     finished = None
@@ -134,6 +138,7 @@ def main(argv=None) -> dict:
         "fit_seconds": fit_seconds,
         "refine_seconds": refine_seconds,
         "epochs": args.epochs,
+        "residual": cfg.residual,
         "seed": args.seed,
     }
     print("\nCC against ground truth                 ours    (original DeepDeWedge, its phantom)")

@@ -203,7 +203,9 @@ def test_resume_and_stop_continue_exactly(halves, tmp_path):
 def test_stop_before_first_step_without_out_dir(halves):
     t0, t1 = halves
     events = []
+    rng_before = torch.get_rng_state()
     fin = ft.fit(t0, t1, worker.tiny_config(None), on_event=events.append, should_stop=lambda: True)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's global RNG is left alone
     assert [type(e).__name__ for e in events] == ["FitStarted", "FitFinished"]
     assert fin is events[-1] and fin.stopped and fin.epochs_done == 0 and fin.latest_path is None
 

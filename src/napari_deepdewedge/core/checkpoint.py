@@ -20,7 +20,7 @@ Payload keys (``FORMAT_TAG``/``FORMAT_VERSION`` identify the file):
 written by fitting, needed only to resume:
 ``step``              optimizer steps done in the epoch after ``epoch`` (0 = epoch boundary)
 ``optimizer``         Adam state dict
-``rng``               ``{"generator": uint8 tensor, "torch": uint8 tensor}``
+``rng``               ``{"generator": uint8 tensor}`` (the loop's seeded CPU torch.Generator)
 ``fit0``              the wedge-updated fitting cubes (n, 1, E, E, E), float32
 ``perm``              this epoch's cube order (int64), ``partial`` running sums of the epoch
 ``best_val_loss``     best validation loss so far (or ``None``)

@@ -493,13 +493,16 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         if in_place:
             return rotate_center_crop(pairs, rotations, s, index=index)
         return rotate_center_crop(pairs[index].to(device), rotations, s)
+
     mask_s = observed_mask((s, s, s), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)
     mask_e = observed_mask((E, E, E), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)
     val_masks = None
 
     # ---- model and optimizer ---------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
-    net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
+    net = net.to(device)
     if payload is not None:
         try:
             net.load_state_dict(payload["state_dict"])
@@ -530,8 +533,6 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         if scaler is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
         gen.set_state(payload["rng"]["generator"])
-        if "torch" in payload["rng"]:
-            torch.set_rng_state(payload["rng"]["torch"])
         epoch_done, step0 = int(payload["epoch"]), int(payload["step"])
         perm = payload.get("perm")  # set only for a mid-epoch (stopped) checkpoint
         if perm is not None and len(perm) != n_fit or (step0 > 0 and perm is None):
@@ -566,7 +567,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             "step": int(step),
             "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"generator": gen.get_state()},  # the loop draws only from this generator
             "fit0": fit_pairs[:, 0:1].detach().cpu().contiguous(),
             "perm": None if cur_perm is None else cur_perm.clone(),
             "partial": [float(v) for v in cur_partial],
