@@ -451,7 +451,7 @@ def test_frame_halves_and_ready_tomograms(make_napari_viewer, qtbot, tiny_sample
     step1.series.set_layer_name("TS_01_EVN")
     step1.series_odd.set_layer_name("TS_01_ODD")
     step1.binning.setValue(2)
-    step1.full.setChecked(False)
+    step1.full.setChecked(True)
     step1.device.setCurrentText("cpu")
     assert step1.reconstruct()
     wait_idle(qtbot, step1)
@@ -459,7 +459,10 @@ def test_frame_halves_and_ready_tomograms(make_napari_viewer, qtbot, tiny_sample
         lay = layer(viewer, f"TS_01 {key}")
         assert lay.data.shape == (TINY_SHAPE[0] // 2, TINY_SHAPE[1] // 2, TINY_SHAPE[2] // 2)
         np.testing.assert_allclose(lay.scale, (2 * PIXEL,) * 3)
-    assert "TS_01 FBP" not in [lay.name for lay in viewer.layers]
+    # the full FBP of frame halves is on the halves' scale: the mean of the two (as in the CLI)
+    halves_mean = 0.5 * (layer(viewer, "TS_01 even").data + layer(viewer, "TS_01 odd").data)
+    full = layer(viewer, "TS_01 FBP").data
+    np.testing.assert_allclose(full, halves_mean, atol=1e-4 * np.abs(halves_mean).max())
     assert ddw.fit.even.layer_name() == "TS_01 even"
 
     # two ready tomograms: the odd partner is found by name; Fit/Refine preselect them

@@ -77,9 +77,10 @@ def _reconstruct_job(job, inputs, params):
     if params.pop("full", False):
         if mode == MODE_SPLIT:
             stacks.append(("FBP", series))
-        else:  # frame halves: the full dose is their sum
-            summed = np.asarray(even.data, dtype=np.float32) + np.asarray(odd.data, dtype=np.float32)
-            stacks.append(("FBP", TiltSeries(data=summed, angles=even.angles)))
+        else:  # frame halves: their mean, on the scale of each half and of the refined mean
+            # (FBP is linear: the same as the CLI's mean of the two half reconstructions)
+            mean = (np.asarray(even.data, dtype=np.float32) + np.asarray(odd.data, dtype=np.float32)) * 0.5
+            stacks.append(("FBP", TiltSeries(data=mean, angles=even.angles)))
     results = {}
     for index, (key, stack) in enumerate(stacks):
         label = f"Back-projecting {key} ({index + 1}/{len(stacks)})"
