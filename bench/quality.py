@@ -70,6 +70,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="folder for checkpoints/losses.csv (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run from --out's newest checkpoint (exactly)")
     ap.add_argument("--quick", action="store_true", help="32×96×96, s=16, 8 channels, depth 2, 10 epochs")
     args = ap.parse_args(argv)
     if args.threads:
@@ -104,7 +106,13 @@ def main(argv=None) -> dict:
     cfg = FitConfig(**kw)
     t_fit = time.perf_counter()
     finished = None
-    for ev in fit_iter(tomo0, tomo1, cfg):
+    resume = None
+    if args.resume and args.out:
+        found = [p for p in (out_dir / "stopped.pt", out_dir / "latest.pt") if p.exists()]
+        if found:
+            resume = max(found, key=lambda p: p.stat().st_mtime)
+            print(f"resuming from {resume}", flush=True)
+    for ev in fit_iter(tomo0, tomo1, cfg, resume=resume):
         if isinstance(ev, EpochDone):
             val = "" if ev.val_loss is None else f" val {ev.val_loss:.4f}"
             print(f"  epoch {ev.epoch:3d}: fit {ev.fit_loss:.4f}{val}  ({ev.seconds:.0f} s)", flush=True)
