@@ -146,8 +146,9 @@ def test_resume_and_stop_continue_exactly(halves, tmp_path):
     kw = dict(epochs=4, update_every=2)
     ref_events = _events(ft.fit_iter(t0, t1, worker.tiny_config(tmp_path / "ref", **kw)))
     ref = [(e.fit_loss, e.val_loss) for e in ref_events if isinstance(e, ft.EpochDone)]
-    ref_state = ckpt.load_checkpoint(tmp_path / "ref" / "latest.pt")["state_dict"]
-    arch = dict(channels=4, depth=2, residual=True, in_channels=1)
+    ref_payload = ckpt.load_checkpoint(tmp_path / "ref" / "latest.pt")
+    ref_state, arch = ref_payload["state_dict"], ref_payload["arch"]
+    assert arch["residual"] is False  # FitConfig's default
 
     # (a) 2 epochs, then resume from latest.pt to 4
     _events(ft.fit_iter(t0, t1, worker.tiny_config(tmp_path / "a", **dict(kw, epochs=2))))
