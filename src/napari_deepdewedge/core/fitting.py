@@ -26,13 +26,18 @@ Several GPUs: launch with ``torchrun --nproc-per-node N -m napari_deepdewedge.cl
 The CLI calls :func:`init_distributed_from_env`; ``fit_iter`` then wraps the model in
 ``DistributedDataParallel`` and splits every batch across the ranks so that the *global* batch
 is ``batch_size`` (the result matches a single-process run with the same batch size).
+
+Where the pieces live: this module holds ``FitConfig``, the data pieces (standardized cube
+stores, input normalization, wedge updates), one fitting step, the validation loss and the
+loop (≈570 lines: they share the cube stores, masks and settings, and the loop reads as the
+method's recipe); events in ``fit_events.py``, the loss log in ``fit_log.py``, previews in
+``fit_preview.py``, checkpoint payloads in ``checkpoint.py``, devices/AMP/DDP in
+``fit_parallel.py``, the resume rule in ``resume.py``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +52,10 @@ from .fit_events import (  # noqa: F401  (re-exported: the engine's event names)
 )
 
 from .fit_log import CSV_HEADER  # noqa: F401  (re-exported)
+from .fit_parallel import (  # noqa: F401  (amp_enabled … init_distributed_from_env: re-exported)
+    all_reduce_sum, amp_enabled, autocast, configure_backends, data_device, distributed_info, fit_device,
+    init_distributed_from_env,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,75 +160,6 @@ class FitConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# device, mixed precision, distributed
-# --------------------------------------------------------------------------------------------
-def amp_enabled(device) -> bool:
-    """Mixed precision (autocast float16 + GradScaler) is used on CUDA only."""
-    return torch.device(device).type == "cuda"
-
-
-def configure_backends(device) -> None:
-    """cuDNN autotuning on CUDA (fixed cube sizes make it pay off); nothing elsewhere."""
-    if torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def distributed_info() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` unless ``torch.distributed`` is initialized."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed_from_env(backend: str | None = None) -> tuple[int, int]:
-    """Join the process group described by torchrun's environment (``WORLD_SIZE``, ``RANK``,
-    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``). Returns ``(rank, world_size)``.
-
-    Does nothing (returns ``(0, 1)``) when not launched by torchrun. Backend: NCCL with CUDA
-    (each process takes GPU ``LOCAL_RANK``), gloo otherwise.
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        if backend is None:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        try:
-            dist.init_process_group(backend=backend)
-        except Exception as exc:  # bad rendezvous settings are a user problem
-            raise DDWError(
-                f"could not join the torch.distributed process group ({exc}); launch with "
-                "`torchrun --nproc-per-node N -m napari_deepdewedge.cli fit ...`"
-            ) from None
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _fit_device(name, world: int):
-    from .device import pick_device
-
-    dev = pick_device(name)
-    if world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return dev
-
-
-def _all_reduce_sum(values: list[float], device, world: int) -> list[float]:
-    if world == 1:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-# --------------------------------------------------------------------------------------------
 # small pieces of the loop
 # --------------------------------------------------------------------------------------------
 def _standardize_pairs_(pairs: torch.Tensor, stats) -> torch.Tensor:
@@ -280,7 +220,7 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
             x = match_resampling(model_input(cube, mask_e))  # the statistics fitting inputs have
             if pad:
                 x = torch.nn.functional.pad(x, (0, pad, 0, pad, 0, pad), mode="reflect")
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 pred = model(x)
             pred = pred.float()[..., :E, :E, :E]
             specp = torch.fft.rfftn(pred, dim=(-3, -2, -1))
@@ -294,23 +234,6 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
         dist.all_reduce(buf)
         fit0.copy_(buf)
     return fit0
-
-
-def _autocast(device, enabled: bool):
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
-def _data_device(device, nbytes: int):
-    """Keep the cubes on the fitting device when they take at most 40 % of its free memory."""
-    if device.type == "cuda":
-        try:
-            free, _ = torch.cuda.mem_get_info(device)
-        except Exception:
-            return torch.device("cpu")
-        return device if nbytes <= 0.4 * free else torch.device("cpu")
-    return device
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +313,7 @@ def _stop_requested(should_stop, device, world: int) -> bool:
     """``should_stop()`` (OR-ed across ranks)."""
     flag = bool(should_stop()) if should_stop is not None else False
     if world > 1:
-        flag = _all_reduce_sum([1.0 if flag else 0.0], device, world)[0] > 0
+        flag = all_reduce_sum([1.0 if flag else 0.0], device, world)[0] > 0
     return flag
 
 
@@ -433,12 +356,12 @@ def _validation_loss(net, cubes: _Cubes, masks: dict, cfg: FitConfig, *, rank: i
             idx = torch.tensor(mine[i:i + B], dtype=torch.long)
             rot = cubes.rotated(cubes.val_pairs, cubes.val_rot[idx].to(device), idx)
             x = model_input(rot[:, 0:1], masks["s"])
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 pred = net(x)
             loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks["s"], masks["val"][idx.to(device)],
                                        wedge_weight=cfg.wedge_weight)
             total += float(loss) * len(idx)
-    return _all_reduce_sum([total], device, world)[0] / n_val
+    return all_reduce_sum([total], device, world)[0] / n_val
 
 
 def _fit_step(model, opt, scaler, cubes: _Cubes, masks: dict, idx: torch.Tensor, gen: torch.Generator,
@@ -459,7 +382,7 @@ def _fit_step(model, opt, scaler, cubes: _Cubes, masks: dict, idx: torch.Tensor,
     rot = cubes.rotated(cubes.fit_pairs, r_local, sel)
     x = model_input(rot[:, 0:1], masks["s"])
     m_r = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, r_local, device=device, rfft=True)
-    with _autocast(device, amp):
+    with autocast(device, amp):
         pred = model(x)
     loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks["s"], m_r, wedge_weight=cfg.wedge_weight)
     # DDP averages gradients over ranks: weight each rank by its share of the global batch
@@ -472,7 +395,7 @@ def _fit_step(model, opt, scaler, cubes: _Cubes, masks: dict, idx: torch.Tensor,
     else:
         (loss * weight).backward()
         opt.step()
-    return _all_reduce_sum([float(loss.detach()) * n_local], device, world)[0] / nb
+    return all_reduce_sum([float(loss.detach()) * n_local], device, world)[0] / nb
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,7 +422,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     cfg = dataclasses.replace(config).validate()
     rank, world = distributed_info()
     main = rank == 0
-    device = _fit_device(cfg.device, world)
+    device = fit_device(cfg.device, world)
     amp = amp_enabled(device)
     configure_backends(device)
     tomo0, tomo1, mask = _check_inputs(tomo0, tomo1, mask)
@@ -523,7 +446,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     if payload is not None:
         _restore_cubes(fit_pairs, payload)
     E = int(fit_pairs.shape[-1])
-    ddev = _data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
+    ddev = data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
     cubes = _Cubes(fit_pairs.to(ddev), val_pairs.to(ddev), val_rot, s, device, in_place=ddev == device)
     fit0 = cubes.fit_pairs[:, 0:1]
     masks = {"s": observed_mask((s, s, s), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True),
