@@ -336,7 +336,17 @@ class _Cubes:
         return rotate_center_crop(pairs[index].to(self.device), rotations, self.s)
 
 
-def _validation_loss(net, cubes: _Cubes, masks: dict, cfg: FitConfig, *, rank: int, world: int,
+@dataclass
+class _Masks:
+    """The observed-frequency masks (rfft layout): of the cube size ``s``, of the extraction
+    size ``E`` (wedge updates), and of the validation cubes' fixed rotations (made on first use)."""
+
+    s: torch.Tensor
+    e: torch.Tensor
+    val: torch.Tensor | None = None
+
+
+def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank: int, world: int,
                      amp: bool) -> float | None:
     """Mean masked Fourier loss over the validation cubes (fixed rotations), or None."""
     from .fourier import rotated_observed_masks
@@ -346,8 +356,8 @@ def _validation_loss(net, cubes: _Cubes, masks: dict, cfg: FitConfig, *, rank: i
     if n_val == 0:
         return None
     s, device, B = cubes.s, cubes.device, cfg.batch_size
-    if "val" not in masks:
-        masks["val"] = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, cubes.val_rot,
+    if masks.val is None:
+        masks.val = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, cubes.val_rot,
                                               device=device, rfft=True)
     mine = list(range(rank, n_val, world))
     total = 0.0
@@ -355,16 +365,16 @@ def _validation_loss(net, cubes: _Cubes, masks: dict, cfg: FitConfig, *, rank: i
         for i in range(0, len(mine), B):
             idx = torch.tensor(mine[i:i + B], dtype=torch.long)
             rot = cubes.rotated(cubes.val_pairs, cubes.val_rot[idx].to(device), idx)
-            x = model_input(rot[:, 0:1], masks["s"])
+            x = model_input(rot[:, 0:1], masks.s)
             with autocast(device, amp):
                 pred = net(x)
-            loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks["s"], masks["val"][idx.to(device)],
+            loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks.s, masks.val[idx.to(device)],
                                        wedge_weight=cfg.wedge_weight)
             total += float(loss) * len(idx)
     return all_reduce_sum([total], device, world)[0] / n_val
 
 
-def _fit_step(model, opt, scaler, cubes: _Cubes, masks: dict, idx: torch.Tensor, gen: torch.Generator,
+def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tensor, gen: torch.Generator,
               cfg: FitConfig, *, rank: int, world: int, amp: bool) -> float:
     """One optimizer step on the cubes ``idx`` (this rank's share of them); the batch's loss."""
     from .fourier import rotated_observed_masks
@@ -380,11 +390,11 @@ def _fit_step(model, opt, scaler, cubes: _Cubes, masks: dict, idx: torch.Tensor,
     sel = idx[use]
     r_local = rots[use].to(device)
     rot = cubes.rotated(cubes.fit_pairs, r_local, sel)
-    x = model_input(rot[:, 0:1], masks["s"])
+    x = model_input(rot[:, 0:1], masks.s)
     m_r = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, r_local, device=device, rfft=True)
     with autocast(device, amp):
         pred = model(x)
-    loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks["s"], m_r, wedge_weight=cfg.wedge_weight)
+    loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks.s, m_r, wedge_weight=cfg.wedge_weight)
     # DDP averages gradients over ranks: weight each rank by its share of the global batch
     weight = n_local * world / nb
     opt.zero_grad(set_to_none=True)
@@ -449,13 +459,13 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     ddev = data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
     cubes = _Cubes(fit_pairs.to(ddev), val_pairs.to(ddev), val_rot, s, device, in_place=ddev == device)
     fit0 = cubes.fit_pairs[:, 0:1]
-    masks = {"s": observed_mask((s, s, s), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True),
-             "e": observed_mask((E, E, E), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)}
+    masks = _Masks(s=observed_mask((s, s, s), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True),
+                   e=observed_mask((E, E, E), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True))
 
     # ---- model and optimizer ---------------------------------------------------------------
     net = _build_net(cfg, device, payload)
     if payload is None:
-        net.set_normalization(*input_normalization(fit0, masks["s"], s, device))
+        net.set_normalization(*input_normalization(fit0, masks.s, s, device))
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -535,8 +545,8 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         val_loss = _validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp) if validated else None
         updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
         if updated:
-            update_wedges(net, fit0, masks["e"], cfg.depth, device, B, rank=rank, world=world, amp=amp)
-            net.set_normalization(*input_normalization(fit0, masks["s"], s, device))
+            update_wedges(net, fit0, masks.e, cfg.depth, device, B, rank=rank, world=world, amp=amp)
+            net.set_normalization(*input_normalization(fit0, masks.s, s, device))
         record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - t_start)
         history.append(record)
         tally = EpochTally()
