@@ -14,6 +14,7 @@ Run ``deepdewedge COMMAND --help`` or see ``docs/cli.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -148,10 +149,18 @@ def _add_stack_inputs(p, *, thickness_required: bool) -> None:
                         "frames (Warp/AreTomo *_EVN/*_ODD); each is reconstructed in full")
     a = g.add_mutually_exclusive_group()
     a.add_argument("--angles", metavar="FILE", default=None,
-                   help="IMOD .tlt/.rawtlt file (one angle per line, stack order); default: a "
-                        ".tlt/.rawtlt beside the stack with the same name")
+                   help="tilt angles from IMOD .tlt/.rawtlt, SerialEM .mdoc, AreTomo .aln, "
+                        "Warp .xml/.tomostar or RELION 5 .star; default: such a file beside the "
+                        "stack with the same name (also without _EVN/_ODD)")
     a.add_argument("--tilt-range", nargs=3, type=float, metavar=("MIN", "MAX", "STEP"),
                    default=None, help="tilt angles MIN, MIN+STEP, …, MAX in degrees")
+    g.add_argument("--exclude", metavar="VIEWS", default=None,
+                   help="views left out, 1-based as IMOD counts (e.g. 1,2,40 or 1-3,40), or an "
+                        "IMOD .com whose EXCLUDELIST to use; added to the views the metadata "
+                        "marks excluded. A stack that still holds them has them dropped")
+    g.add_argument("--voxel-size", type=_positive_float, default=None, metavar="Å",
+                   help="pixel size of the stack in Å, overriding the MRC header (for headers "
+                        "that say 0 or 1 Å)")
     g.add_argument("--tilt-axis-x", action="store_true",
                    help="the tilt axis runs along X in the stack (it is transposed to Y)")
     r = p.add_argument_group("reconstruction (weighted back-projection)")
@@ -439,8 +448,11 @@ def _load_inputs(args):
     if args.tiltseries is None and args.even_odd is None:
         raise DDWError("no input: give a tilt series (TILTSERIES) or two frame-half series "
                        "(--even-odd EVN ODD)")
+    kw = dict(tilt_axis_x=args.tilt_axis_x, exclude=getattr(args, "exclude", None),
+              voxel_size=getattr(args, "voxel_size", None))
     if args.tiltseries is not None:
-        series = load_tilt_series(args.tiltseries, angles=angles, tilt_axis_x=args.tilt_axis_x)
+        series = load_tilt_series(args.tiltseries, angles=angles, **kw)
+        _info_angles(args, series)
         even, odd = split_even_odd(series)
         return even, odd, series, Path(args.tiltseries).stem
     evn_path, odd_path = (Path(p) for p in args.even_odd)
@@ -452,11 +464,18 @@ def _load_inputs(args):
             if found is not None:
                 angles = str(found)
                 break
-    even = load_tilt_series(evn_path, angles=angles, tilt_axis_x=args.tilt_axis_x)
-    odd = load_tilt_series(odd_path, angles=even.angles if angles is None else angles,
-                           tilt_axis_x=args.tilt_axis_x)
+    even = load_tilt_series(evn_path, angles=angles, **kw)
+    _info_angles(args, even)
+    odd = load_tilt_series(odd_path, angles=angles, **kw)
     even, odd = frame_half_series(even, odd)
     return even, odd, None, stem
+
+
+def _info_angles(args, series) -> None:
+    """The info line: where the angles came from, how many, their range, the excluded views."""
+    found = series.meta.get("tilt_metadata")
+    if found is not None:
+        _info(args, f"angles: {found.summary()}")
 
 
 def _angle_spec(args):
@@ -971,6 +990,26 @@ def _demo_figure(path: Path, fbp_vol, refined, gt) -> Path:
 # entry point
 
 
+@contextlib.contextmanager
+def _engine_warnings_as_lines():
+    """The engine's file warnings (an unusual MRC header, no voxel size) as ``warning:`` lines."""
+    import warnings
+
+    from .core.io import MRCHeaderWarning, VoxelSizeWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (MRCHeaderWarning, VoxelSizeWarning)):
+            _warn(str(message))
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (0, 2 for user errors, 130 on Ctrl-C)."""
     parser = build_parser()
@@ -985,7 +1024,8 @@ def main(argv=None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_USER_ERROR
     try:
         _apply_config(args, parser)
-        return int(args.func(args) or 0)
+        with _engine_warnings_as_lines():
+            return int(args.func(args) or 0)
     except DDWError as exc:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
