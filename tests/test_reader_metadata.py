@@ -142,3 +142,26 @@ def test_dock_resolves_through_the_one_function(make_napari_viewer, spy, tmp_pat
     angles = widget._angles_for(layer, 19)
     np.testing.assert_allclose(angles, SORTED[1:-1])
     assert spy and Path(spy[-1][0][0]) == folder / "TS_01.xml"
+
+
+def test_dock_shows_the_summary_and_drops_excluded_views_the_layer_holds(make_napari_viewer,
+                                                                           tmp_path):
+    pytest.importorskip("pytestqt")
+    from napari_deepdewedge.widgets import _tiltseries as T
+
+    folder = tmp_path / "aretomo"
+    shutil.copytree(DATA / "aretomo", folder)
+    stack = _stack(folder, "TS_01.mrc", 21)  # the raw stack: dark views 1 and 21 still in it
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(stack), plugin="napari-deepdewedge")
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-deepdewedge",
+                                                         "Tilt series → halves")
+    widget.series.set_layer_name(layer.name)
+    widget.angle_source.setCurrentText(T.ANGLES_LAYER)
+    widget._update_angle_summary()
+    assert widget.angle_summary.text() == layer.metadata["tilt_metadata"]["summary"]
+    assert "views 1,21 excluded (dropped from the stack)" in widget.angle_summary.text()
+    _layer, inputs, _params = widget._validate()
+    assert inputs["data"].shape[0] == 19
+    np.testing.assert_array_equal(inputs["data"][:, 0, 0], np.arange(1, 20))
+    np.testing.assert_allclose(inputs["angles"], SORTED[1:-1])
