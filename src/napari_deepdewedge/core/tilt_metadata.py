@@ -4,7 +4,8 @@ One result type (:class:`TiltMetadata`) and ONE resolving function
 (:func:`resolve_tilt_metadata`) that every front end uses (``core.io.resolve_angles``,
 ``load_tilt_series`` and ``find_angle_file`` route through here).
 
-Formats and their parsers (a maintained parser wherever one exists):
+Formats and their parsers (in :mod:`core.tilt_formats`; a maintained parser wherever one
+exists):
 
 ===================  =====================  ==========================================
 kind                 parser                 what we take
@@ -36,20 +37,22 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DDWError
 
-#: suffix → kind, in the order a file beside the stack is preferred (aligned angles first).
-KINDS_BY_SUFFIX = {
-    ".tlt": "tlt", ".rawtlt": "rawtlt", ".aln": "aln", ".xml": "warp-xml",
-    ".tomostar": "tomostar", ".mdoc": "mdoc", ".star": "relion-star", ".com": "imod-com",
-}
-METADATA_SUFFIXES = tuple(s for s in KINDS_BY_SUFFIX if s != ".com")
-_HALF_SUFFIX = re.compile(r"[._-](evn|even|odd)$", re.IGNORECASE)
+from .tilt_formats import (  # noqa: F401  (re-exported: the kinds and the file reader)
+    KINDS_BY_SUFFIX,
+    METADATA_SUFFIXES,
+    Listed,
+    is_warp_xml,
+    read_metadata_file,
+)
+
+HALF_SUFFIX = re.compile(r"[._-](evn|even|odd)$", re.IGNORECASE)
 
 
 @dataclass
@@ -118,27 +121,12 @@ class TiltMetadata:
         }
 
 
-@dataclass
-class _Listed:
-    """What one metadata file lists, before matching to a stack."""
-
-    angles: np.ndarray
-    kind: str
-    source: Path | None
-    excluded: set[int] = field(default_factory=set)  # 1-based
-    tilt_axis: float | None = None
-    dose: np.ndarray | None = None
-    defocus: np.ndarray | None = None
-    frame_shape: tuple[int, int] | None = None  # (Y, X) the file says, to spot another stack
-    notes: tuple[str, ...] = ()
-
-
 # ------------------------------------------------------------------------------ finding files
 
 
 def _stems(stack_path: Path) -> list[str]:
     stems = [stack_path.stem]
-    stripped = _HALF_SUFFIX.sub("", stack_path.stem)
+    stripped = HALF_SUFFIX.sub("", stack_path.stem)
     if stripped and stripped != stack_path.stem:
         stems.append(stripped)
     return stems
@@ -158,228 +146,9 @@ def find_metadata_file(stack_path) -> Path | None:
                 candidates += [stack_path.with_name(stem + s + ".mdoc")
                                for s in (stack_path.suffix, ".mrc", ".st", ".tif")]
             for candidate in candidates:
-                if candidate.is_file() and (suffix != ".xml" or _is_warp_xml(candidate)):
+                if candidate.is_file() and (suffix != ".xml" or is_warp_xml(candidate)):
                     return candidate
     return None
-
-
-def _kind_of(path: Path) -> str:
-    kind = KINDS_BY_SUFFIX.get(path.suffix.lower())
-    if kind is None or kind == "imod-com":
-        known = ", ".join(METADATA_SUFFIXES)
-        raise DDWError(f"{path.name}: not a tilt-angle file this plugin reads ({known}); give "
-                       "the angle or metadata file of the stack")
-    return kind
-
-
-# ------------------------------------------------------------------------------ parsers
-
-
-def _read_tlt(path: Path) -> _Listed:
-    from .io import read_angles
-
-    return _Listed(read_angles(path), "rawtlt" if path.suffix.lower() == ".rawtlt" else "tlt",
-                   path)
-
-
-def _column(frame, *names):
-    for name in names:
-        if name in frame.columns:
-            values = np.asarray(frame[name], dtype=np.float64)
-            if np.all(np.isfinite(values)):
-                return values
-    return None
-
-
-def _read_mdoc(path: Path) -> _Listed:
-    import logging
-
-    import mdocfile
-
-    logger = logging.getLogger("mdocfile")  # it logs every aliased/unknown key as a warning
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        frame = mdocfile.read(path)
-    except Exception as exc:
-        raise DDWError(f"{path.name}: cannot be read as a SerialEM .mdoc ({exc}); check the "
-                       "file") from None
-    finally:
-        logger.setLevel(level)
-    if "TiltAngle" not in frame.columns or len(frame) == 0:
-        raise DDWError(f"{path.name}: holds no TiltAngle entries; a tilt-series .mdoc lists "
-                       "one [ZValue = …] section per view")
-    if "ZValue" in frame.columns:
-        frame = frame.sort_values("ZValue", kind="stable")
-    axis = None
-    for title in (frame["titles"].iloc[0] if "titles" in frame.columns else []):
-        match = re.search(r"Tilt\s*axis\s*angle\s*=\s*([-+0-9.eE]+)", str(title))
-        if match:
-            axis = float(match.group(1))
-            break
-    shape = None
-    if "ImageSize" in frame.columns and frame["ImageSize"].iloc[0] is not None:
-        x, y = (int(v) for v in frame["ImageSize"].iloc[0])
-        shape = (y, x)
-    return _Listed(np.asarray(frame["TiltAngle"], dtype=np.float64), "mdoc", path,
-                   tilt_axis=axis, dose=_column(frame, "ExposureDose"),
-                   defocus=_column(frame, "TargetDefocus", "Defocus"), frame_shape=shape,
-                   notes=("defocus in µm (SerialEM)",))
-
-
-def _read_aln(path: Path) -> _Listed:
-    from alnfile.data_model import AlnData
-
-    try:
-        aln = AlnData.from_file(path)
-    except Exception as exc:
-        raise DDWError(f"{path.name}: cannot be read as an AreTomo .aln ({exc}); check the "
-                       "file") from None
-    kept = np.asarray([row.tilt for row in aln.GlobalAlignments], dtype=np.float64)
-    if kept.size == 0:
-        raise DDWError(f"{path.name}: holds no alignment rows (# SEC … TILT); is it the .aln "
-                       "AreTomo wrote for this stack?")
-    dark = sorted(int(frame.section_idx) for frame in aln.DarkFrames)
-    raw = tuple(aln.RawSize or (0, 0, 0))
-    total = raw[2] if raw[2] > 0 else kept.size + len(dark)
-    if len(dark) != len(set(dark)) or kept.size + len(dark) != total or \
-            any(not 0 <= d < total for d in dark):
-        raise DDWError(
-            f"{path.name}: lists {kept.size} kept views and {len(dark)} dark (excluded) views "
-            f"{[d + 1 for d in dark]}, which does not add up to the {total} views of its "
-            "RawSize; the .aln is damaged or edited by hand: re-run AreTomo or give a .tlt")
-    # the listed order is AreTomo's: kept rows in order with each dark frame at its index
-    listed = np.empty(total, dtype=np.float64)
-    dark_angles = {int(f.section_idx): float(f.angle) for f in aln.DarkFrames}
-    is_dark = np.zeros(total, dtype=bool)
-    is_dark[dark] = True
-    listed[~is_dark] = kept
-    listed[is_dark] = [dark_angles[d] for d in dark]
-    axis = float(np.mean([row.rot for row in aln.GlobalAlignments]))
-    shape = (raw[1], raw[0]) if raw[0] > 0 and raw[1] > 0 else None
-    return _Listed(listed, "aln", path, excluded={d + 1 for d in dark}, tilt_axis=axis,
-                   frame_shape=shape)
-
-
-def _is_warp_xml(path: Path) -> bool:
-    import xml.etree.ElementTree as ET
-
-    try:
-        for _, element in ET.iterparse(path, events=("start",)):
-            return element.tag == "TiltSeries"
-    except ET.ParseError:
-        return False
-    return False
-
-
-def _warp_values(root, tag: str, convert=float):
-    node = root.find(tag)
-    if node is None or not (node.text or "").strip():
-        return None
-    return [convert(v.strip()) for v in node.text.strip().split("\n") if v.strip()]
-
-
-def _read_warp_xml(path: Path) -> _Listed:
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise DDWError(f"{path.name}: not valid XML ({exc})") from None
-    angles = _warp_values(root, "Angles") if root.tag == "TiltSeries" else None
-    if not angles:
-        raise DDWError(f"{path.name}: not a Warp tilt-series XML (no <TiltSeries> with "
-                       "<Angles>); give the XML Warp/WarpTools wrote for this tilt series")
-    angles = np.asarray(angles, dtype=np.float64)
-    notes = []
-    if root.get("AreAnglesInverted", "False").strip().lower() == "true":
-        angles = -angles  # Warp stores the sign-flipped angles with this flag set
-        notes.append("AreAnglesInverted=True: angles negated")
-    use = _warp_values(root, "UseTilt", lambda v: v.lower() == "true")
-    excluded = {i + 1 for i, ok in enumerate(use or []) if not ok}
-    axis = _warp_values(root, "AxisAngle")
-    dose = _warp_values(root, "Dose")
-    return _Listed(angles, "warp-xml", path, excluded=excluded,
-                   tilt_axis=float(np.mean(axis)) if axis else None,
-                   dose=None if dose is None else np.asarray(dose, dtype=np.float64),
-                   notes=tuple(notes))
-
-
-def _read_star_table(path: Path) -> dict:
-    import starfile
-
-    try:
-        tables = starfile.read(path, always_dict=True)
-    except Exception as exc:
-        raise DDWError(f"{path.name}: cannot be read as a STAR file ({exc})") from None
-    return {name: table for name, table in tables.items() if hasattr(table, "columns")}
-
-
-def _read_tomostar(path: Path) -> _Listed:
-    tables = _read_star_table(path)
-    for table in tables.values():
-        if "wrpAngleTilt" in table.columns:
-            axis = _column(table, "wrpAxisAngle")
-            return _Listed(np.asarray(table["wrpAngleTilt"], dtype=np.float64), "tomostar",
-                           path, tilt_axis=None if axis is None else float(np.mean(axis)),
-                           dose=_column(table, "wrpDose"))
-    raise DDWError(f"{path.name}: no _wrpAngleTilt column; give the .tomostar Warp wrote")
-
-
-def _relion_series_star(path: Path, table, stack_stem: str | None) -> Path:
-    """The per-tilt-series star file a tomograms.star row points to."""
-    names = [str(n) for n in table["rlnTomoName"]]
-    wanted = [i for i, n in enumerate(names) if stack_stem and n in (stack_stem,)]
-    if not wanted and len(names) == 1:
-        wanted = [0]
-    if len(wanted) != 1:
-        raise DDWError(f"{path.name} lists the tilt series {', '.join(names[:8])}; none is "
-                       f"named like the stack ({stack_stem}): give that tilt series' own star "
-                       "file, or name the stack after its rlnTomoName")
-    relative = Path(str(table["rlnTomoTiltSeriesStarFile"].iloc[wanted[0]]))
-    # paths are relative to the RELION project folder: the job folder's grandparent
-    for base in (Path.cwd(), path.parent, *path.resolve().parents[:3]):
-        if (base / relative).is_file():
-            return base / relative
-    raise DDWError(f"{path.name}: the tilt-series star file {relative} was not found (looked "
-                   "relative to the RELION project folder above it); give it directly")
-
-
-def _read_relion_star(path: Path, stack_stem: str | None = None) -> _Listed:
-    tables = _read_star_table(path)
-    source = path
-    for table in tables.values():
-        if "rlnTomoTiltSeriesStarFile" in table.columns:
-            source = _relion_series_star(path, table, stack_stem)
-            tables = _read_star_table(source)
-            break
-    for table in tables.values():
-        angles = _column(table, "rlnTomoYTilt", "rlnTomoNominalStageTiltAngle")
-        if angles is not None:
-            axis = _column(table, "rlnTomoZRot", "rlnTomoNominalTiltAxisAngle")
-            return _Listed(angles, "relion-star", source,
-                           tilt_axis=None if axis is None else float(np.mean(axis)),
-                           dose=_column(table, "rlnMicrographPreExposure"),
-                           defocus=_column(table, "rlnDefocusU"),
-                           notes=("defocus in Å (RELION), dose = pre-exposure",))
-    raise DDWError(f"{path.name}: no rlnTomoYTilt or rlnTomoNominalStageTiltAngle column; give "
-                   "a RELION 5 tomograms.star or tilt-series star file")
-
-
-def read_metadata_file(path, stack_stem: str | None = None) -> _Listed:
-    """Every view one metadata file lists (any supported kind), unmatched to a stack."""
-    from .io import check_angle_values
-
-    path = Path(path)
-    if not path.is_file():
-        raise DDWError(f"{path}: angle file not found; check the path")
-    kind = _kind_of(path)
-    readers = {"tlt": _read_tlt, "rawtlt": _read_tlt, "mdoc": _read_mdoc, "aln": _read_aln,
-               "warp-xml": _read_warp_xml, "tomostar": _read_tomostar}
-    listed = (_read_relion_star(path, stack_stem) if kind == "relion-star"
-              else readers[kind](path))
-    check_angle_values(listed.angles, source=path.name)
-    return listed
 
 
 # ------------------------------------------------------------------------------ exclusions
@@ -444,11 +213,11 @@ def _user_exclusions(exclude) -> set[int]:
 # ------------------------------------------------------------------------------ resolving
 
 
-def _listed_from_spec(angles, n_tilts: int, stack_path) -> _Listed:
+def _listed_from_spec(angles, n_tilts: int, stack_path) -> Listed:
     from .io import angles_from_range, check_angle_values
 
     stack_path = None if stack_path is None else Path(stack_path)
-    stem = None if stack_path is None else _HALF_SUFFIX.sub("", stack_path.stem)
+    stem = None if stack_path is None else HALF_SUFFIX.sub("", stack_path.stem)
     if angles is None:
         found = find_metadata_file(stack_path) if stack_path is not None else None
         if found is None:
@@ -460,13 +229,13 @@ def _listed_from_spec(angles, n_tilts: int, stack_path) -> _Listed:
     if isinstance(angles, (str, os.PathLike)):
         return read_metadata_file(angles, stem)
     if isinstance(angles, tuple) and len(angles) == 3 and n_tilts != 3:
-        return _Listed(angles_from_range(*angles), "range", None)
+        return Listed(angles_from_range(*angles), "range", None)
     values = np.asarray(angles, dtype=np.float64).ravel()
     check_angle_values(values, source="angles")
-    return _Listed(values, "list", None)
+    return Listed(values, "list", None)
 
 
-def _check_frame_shape(listed: _Listed, frame_shape) -> None:
+def _check_frame_shape(listed: Listed, frame_shape) -> None:
     """A metadata file whose image size fits the stack at no binning is from another stack."""
     if frame_shape is None or listed.frame_shape is None:
         return
@@ -481,7 +250,7 @@ def _check_frame_shape(listed: _Listed, frame_shape) -> None:
             "stack's metadata (--angles FILE)")
 
 
-def _match(listed: _Listed, n_tilts: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _match(listed: Listed, n_tilts: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(indices of listed views the stack uses, stack indices to keep or None)."""
     total = listed.angles.size
     where = listed.source.name if listed.source is not None else listed.kind
@@ -519,7 +288,7 @@ def resolve_tilt_metadata(angles, n_tilts: int, stack_path=None, *, exclude=None
     """
     listed = _listed_from_spec(angles, n_tilts, stack_path)
     notes = list(listed.notes)
-    if listed.kind in ("tlt", "rawtlt") and exclude is None:
+    if listed.kind in ("tlt", "rawtlt"):
         com_views, com = _tilt_com_exclusions(listed.source)
         if com is not None and com_views:
             listed.excluded |= com_views
