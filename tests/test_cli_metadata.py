@@ -64,3 +64,10 @@ def test_old_header_warns_once_and_voxel_size_overrides(tmp_path, capsys):
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "unusual MRC header" in warnings[0]
     assert read_mrc(tmp_path / "out" / "old_even.mrc").voxel_size == (3.5, 3.5, 3.5)
+
+
+def test_fit_wedge_range_from_an_aln_is_that_of_the_kept_views():
+    aln = DATA / "aretomo" / "TS_01.aln"
+    args = cli.build_parser().parse_args(
+        ["fit", "--even", "e.mrc", "--odd", "o.mrc", "--angles", str(aln), "--out", "m"])
+    assert cli._tilt_range_for_fit(args) == (-54.0, 54.0)

@@ -183,7 +183,9 @@ def _add_fit_options(p, *, with_inputs: bool) -> None:
                        help="tomogram of half 1")
         a = g.add_mutually_exclusive_group()
         a.add_argument("--angles", metavar="FILE", default=None,
-                       help="the .tlt/.rawtlt of the tilt series; its min and max set the wedge")
+                       help="the tilt series' angles (.tlt/.rawtlt, .mdoc, .aln, Warp .xml/"
+                            ".tomostar, RELION .star); the min and max of the views it keeps "
+                            "set the wedge")
         a.add_argument("--tilt-range", nargs=2, type=float, metavar=("MIN", "MAX"), default=None,
                        help="tilt range in degrees (asymmetric allowed, e.g. -54 62)")
     f = p.add_argument_group("fitting (default: the --preset values, then core.fitting.FitConfig)")
