@@ -17,22 +17,38 @@ def get_reader(path):
     return read_mrc_layers
 
 
-def layer_data_for(path):
-    """The layer-data tuple for one file: data, kwargs (scale, translate, metadata), "image"."""
+def layer_data_for(path, voxel_size=None):
+    """The layer-data tuple for one file: data, kwargs (scale, translate, metadata), "image".
+
+    Scale in Å with units; a tilt series' angles come from the one resolving function
+    (:func:`core.tilt_metadata.resolve_tilt_metadata`) with whatever angle or metadata file
+    sits beside the stack: ``metadata["tilt_angles"]`` (one per projection of the layer),
+    ``"excluded_views"`` (1-based views the layer still holds that are to be left out),
+    ``"angle_file"`` and ``"tilt_metadata"`` (kind, source, count, range, excluded views and
+    their angles, tilt axis, a one-line summary). A metadata file that does not fit the stack
+    leaves ``"tilt_metadata_error"`` (the dock shows it) instead of failing the open.
+    """
     import numpy as np
 
-    from .core.io import find_angle_file, read_angles, read_mrc
+    from .core.errors import DDWError
+    from .core.io import read_mrc
+    from .core.tilt_metadata import find_metadata_file, resolve_tilt_metadata
 
     path = Path(path)
-    volume = read_mrc(path)
-    metadata = {"source_path": str(path), "voxel_size": volume.voxel_size}
-    angle_file = find_angle_file(path)
-    if angle_file is not None:
-        angles = read_angles(angle_file)
-        if angles.size == volume.data.shape[0]:
-            metadata["tilt_angles"] = angles.tolist()
-            metadata["angle_file"] = str(angle_file)
+    volume = read_mrc(path, voxel_size=voxel_size)
     data = volume.data
+    metadata = {"source_path": str(path), "voxel_size": volume.voxel_size}
+    if volume.header_notes:
+        metadata["mrc_header_notes"] = list(volume.header_notes)
+    if find_metadata_file(path) is not None:
+        try:
+            found = resolve_tilt_metadata(None, int(data.shape[0]), path,
+                                          frame_shape=tuple(data.shape[1:]))
+            metadata.update(found.to_layer_metadata())
+        except DDWError as exc:
+            metadata["tilt_metadata_error"] = str(exc)
+    if data.dtype == np.float16:  # the display cannot take half floats
+        data = np.asarray(data, dtype=np.float32)
     finite = np.asarray(data[data.shape[0] // 2], dtype=np.float32)
     low, high = np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0)
     kwargs = {

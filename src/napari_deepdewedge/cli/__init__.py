@@ -21,7 +21,7 @@ from ..core.errors import DDWError
 from .config_merge import apply_config
 from .inputs import tilt_range_for_fit
 from .options import PRESET_NAMES, build_parser
-from .output import one_line
+from .output import engine_warnings_as_lines, one_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     args.argv = argv
     try:
         apply_config(args)
-        return int(_command(args.command)(args) or 0)
+        with engine_warnings_as_lines():
+            return int(_command(args.command)(args) or 0)
     except DDWError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..core.errors import DDWError
 from ..pipeline import HalvesRequest, common_stem, stem_of
+from .output import info
 
 
 def angle_spec(args):
@@ -28,8 +29,11 @@ def halves_request(args, *, want_full: bool) -> HalvesRequest:
                        "(--even-odd EVN ODD)")
     common = dict(thickness=args.thickness, binning=args.bin or 1,
                   bin_mode=args.bin_mode or "fourier", device=args.device, want_full=want_full)
+    kw = dict(tilt_axis_x=args.tilt_axis_x, exclude=getattr(args, "exclude", None),
+              voxel_size=getattr(args, "voxel_size", None))
     if args.tiltseries is not None:
-        series = load_tilt_series(args.tiltseries, angles=angles, tilt_axis_x=args.tilt_axis_x)
+        series = load_tilt_series(args.tiltseries, angles=angles, **kw)
+        _info_angles(args, series)
         return HalvesRequest(series=series, stem=stem_of(args.tiltseries), **common)
     evn_path, odd_path = (Path(p) for p in args.even_odd)
     stem = common_stem(evn_path, odd_path)
@@ -40,10 +44,17 @@ def halves_request(args, *, want_full: bool) -> HalvesRequest:
             if found is not None:
                 angles = str(found)
                 break
-    even = load_tilt_series(evn_path, angles=angles, tilt_axis_x=args.tilt_axis_x)
-    odd = load_tilt_series(odd_path, angles=even.angles if angles is None else angles,
-                           tilt_axis_x=args.tilt_axis_x)
+    even = load_tilt_series(evn_path, angles=angles, **kw)
+    _info_angles(args, even)
+    odd = load_tilt_series(odd_path, angles=angles, **kw)  # the same views dropped from both
     return HalvesRequest(frame_halves=(even, odd), stem=stem, **common)
+
+
+def _info_angles(args, series) -> None:
+    """The info line: where the angles came from, how many, their range, the excluded views."""
+    found = series.meta.get("tilt_metadata")
+    if found is not None:
+        info(args, f"angles: {found.summary()}")
 
 
 def read_pair(even_path, odd_path):

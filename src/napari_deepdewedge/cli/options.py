@@ -107,8 +107,9 @@ def out_option(metavar: str, help: str, *, required: bool = False) -> Group:
     return Group(None, (Opt(("--out",), "out", help, metavar=metavar, required=required),))
 
 
-ANGLE_FILE = Opt(("--angles",), "angles", "IMOD .tlt/.rawtlt file (one angle per line, stack order)",
-                 metavar="FILE")
+ANGLE_FILE = Opt(("--angles",), "angles", "tilt angles from IMOD .tlt/.rawtlt, SerialEM .mdoc, "
+                 "AreTomo .aln, Warp .xml/.tomostar or RELION 5 .star; default: such a file beside "
+                 "the stack with the same name (also without _EVN/_ODD)", metavar="FILE")
 
 STACK_INPUT = Group("tilt-series input (one stack, or two frame-half stacks)", (
     Opt(("tiltseries",), "tiltseries", "aligned tilt series (.mrc .st .ali …); split into even/odd "
@@ -120,6 +121,11 @@ STACK_INPUT = Group("tilt-series input (one stack, or two frame-half stacks)", (
     Opt(("--tilt-range",), "tilt_range", "tilt angles MIN, MIN+STEP, …, MAX in degrees (default: "
         "a .tlt/.rawtlt beside the stack with the same name)", type=any_float, nargs=3,
         metavar=("MIN", "MAX", "STEP")),
+    Opt(("--exclude",), "exclude", "views left out, 1-based as IMOD counts (e.g. 1,2,40 or "
+        "1-3,40), or an IMOD .com whose EXCLUDELIST to use; added to the views the metadata marks "
+        "excluded. A stack that still holds them has them dropped", metavar="VIEWS"),
+    Opt(("--voxel-size",), "voxel_size", "pixel size of the stack in Å, overriding the MRC header "
+        "(for headers that say 0 or 1 Å)", type=positive_float, metavar="Å"),
     Opt(("--tilt-axis-x",), "tilt_axis_x", "the tilt axis runs along X in the stack (it is "
         "transposed to Y)", kind="switch"),
 ), exclusive=("angles", "tilt_range"))
@@ -144,8 +150,9 @@ HALVES_INPUT = Group("inputs (or from --config)", (
 ))
 
 WEDGE_INPUT = Group("missing wedge (or from --config)", (
-    Opt(ANGLE_FILE.flags, "angles", "the .tlt/.rawtlt of the tilt series; its min and max set the "
-        "wedge", metavar="FILE"),
+    Opt(ANGLE_FILE.flags, "angles", "the tilt series' angles (.tlt/.rawtlt, .mdoc, .aln, Warp "
+        ".xml/.tomostar, RELION .star); the min and max of the views it keeps set the wedge",
+        metavar="FILE"),
     Opt(("--tilt-range",), "tilt_range", "tilt range in degrees (asymmetric allowed, e.g. -54 62)",
         type=any_float, nargs=2, metavar=("MIN", "MAX")),
 ), exclusive=("angles", "tilt_range"))

@@ -1,6 +1,7 @@
 """What the command line prints: info and warning lines on stderr, only from rank 0."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -21,3 +22,23 @@ def warn(message: str) -> None:
 def info(args, message: str) -> None:
     if not getattr(args, "quiet", False) and is_rank_zero():
         print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def engine_warnings_as_lines():
+    """The engine's file warnings (an unusual MRC header, no voxel size) as ``warning:`` lines."""
+    import warnings
+
+    from ..core.io import MRCHeaderWarning, VoxelSizeWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (MRCHeaderWarning, VoxelSizeWarning)):
+            warn(str(message))
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

@@ -26,6 +26,8 @@ class Volume:
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     path: Path | None = None
+    header_voxel_size: tuple[float, float, float] | None = None  # as the header says (Å)
+    header_notes: tuple[str, ...] = ()  # what was unusual when it was read permissively
 
 
 @dataclass
@@ -52,47 +54,167 @@ def _check_mrc_suffix(path: Path) -> None:
         )
 
 
-def read_mrc(path, mmap: bool = True) -> Volume:
+class MRCHeaderWarning(UserWarning):
+    """An MRC file was read in permissive mode; the message says what in its header was unusual."""
+
+
+class VoxelSizeWarning(UserWarning):
+    """The header holds no usable voxel size (0 Å); 1 Å was assumed. Pass ``voxel_size=``."""
+
+
+#: mrcfile's permissive-mode messages → what we tell the user (first match wins).
+_HEADER_NOTES = (
+    ("Map ID string not found", "no 'MAP ' ID string (an older IMOD/SerialEM header)"),
+    ("machine stamp", "machine stamp {stamp} not recognised, read as little-endian"),
+    ("Machine stamp", "machine stamp disagrees with the byte order; the other byte order was used"),
+    ("extended header", "extended header shorter than the header says; ignored"),
+)
+#: messages that mean the data themselves cannot be trusted: the file stays refused.
+_FATAL_NOTES = ("data block", "Unrecognised mode")
+
+
+def _open_mrc(path: Path, mmap: bool, permissive: bool):
+    import mrcfile
+
+    opener = mrcfile.mmap if mmap else mrcfile.open
+    return opener(path, mode="r", permissive=permissive)
+
+
+def _open_permissively(path: Path, mmap: bool, strict_error: Exception):
+    """Open with mrcfile's permissive mode; refuse what is broken, warn about what is unusual."""
+    import warnings
+
+    mrc, caught = None, []
+    # a memory map of a short file fails outright; reading it says what is missing
+    for use_mmap in dict.fromkeys((mmap, False)):
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                mrc = _open_mrc(path, use_mmap, permissive=True)
+        except Exception:
+            mrc, caught = None, []
+        if mrc is not None and mrc.data is not None:
+            break
+        if mrc is not None and use_mmap:  # retried without a memory map next
+            mrc.close()
+    messages = [str(w.message) for w in caught]
+    broken = [m for m in messages if any(key in m for key in _FATAL_NOTES)]
+    if mrc is None or mrc.data is None or broken:
+        if mrc is not None:
+            mrc.close()
+        reason = broken[0] if broken else str(strict_error)
+        raise DDWError(
+            f"{path.name}: cannot be read as MRC ({reason}); check that the file is complete and "
+            "really an MRC file"
+        ) from None
+    notes = []
+    for message in messages:
+        for key, note in _HEADER_NOTES:
+            if key in message:
+                stamp = " ".join(f"{b:02x}" for b in bytes(mrc.header.machst))
+                notes.append(note.format(stamp=stamp))
+                break
+    if not notes:
+        notes.append(str(strict_error))
+    return mrc, tuple(notes)
+
+
+def _mode0_is_unsigned(header) -> bool:
+    """Mode 0 bytes: IMOD's flag decides when its stamp is there; else MRC2014 (signed) for
+    files that declare the 2014 format, and unsigned (the older IMOD/CCP4 reading) for the rest.
+    """
+    extra2 = bytes(header.extra2)  # header bytes 112..199; IMOD's stamp at 152, flags at 156
+    byteorder = "big" if header.mode.dtype.byteorder == ">" else "little"
+    stamp = int.from_bytes(extra2[40:44], byteorder)
+    flags = int.from_bytes(extra2[44:48], byteorder)
+    if stamp == 1146047817:  # "IMOD"
+        return not (flags & 1)
+    return int(header.nversion) < 20140
+
+
+def _squeeze_stack_axes(shape: tuple) -> tuple:
+    """(n, 1, Y, X) volume stacks of single sections, or (1, Z, Y, X), as a 3D shape."""
+    if len(shape) == 4 and shape[1] == 1:
+        return (shape[0], shape[2], shape[3])
+    if len(shape) == 4 and shape[0] == 1:
+        return tuple(shape[1:])
+    return tuple(shape)
+
+
+def _usable_voxel(header_voxel, path: Path, override) -> tuple[float, float, float]:
+    """Voxel size (Z, Y, X) in Å: the override, else the header's, zeros filled from X/Y."""
+    import warnings
+
+    if override is not None:
+        if np.isscalar(override) or np.ndim(override) == 0:
+            override = (float(override),) * 3
+        values = tuple(float(v) for v in override)
+        if len(values) != 3 or min(values) <= 0 or not all(np.isfinite(values)):
+            raise DDWError(f"voxel size override {override!r} must be one positive number in Å "
+                           "(or three, Z Y X)")
+        return values
+    z, y, x = (float(v) if np.isfinite(v) else 0.0 for v in header_voxel)
+    inplane = x if x > 0 else y
+    if inplane <= 0:
+        warnings.warn(VoxelSizeWarning(
+            f"{path.name}: the header gives no voxel size (0 Å); 1 Å is assumed. Give the real "
+            "one (voxel_size=…, --voxel-size in the command line)"), stacklevel=3)
+        return (1.0, 1.0, 1.0)
+    # an image stack often has Z cell 0 or 1 section: take the in-plane size for Z and for Y
+    return (z if z > 0 else inplane, y if y > 0 else inplane, inplane)
+
+
+def read_mrc(path, mmap: bool = True, voxel_size=None) -> Volume:
     """Read a 3D MRC-family file, memory-mapped by default; voxel size and origin from the header.
 
+    Strict MRC2014 first; a header that only older writers produce (no ``MAP `` ID string, a
+    zero machine stamp, as older IMOD/SerialEM write) is then read in mrcfile's permissive mode
+    with an :class:`MRCHeaderWarning` naming what was unusual. Data shorter than the header says
+    or an unknown mode stay a :class:`DDWError`. Modes 0 (int8 or uint8 per the header's
+    convention, see :func:`_mode0_is_unsigned`), 1, 2, 6 and 12 keep their dtype (the engine
+    converts to float32 chunk by chunk). ``(n, 1, Y, X)`` stacks become ``(n, Y, X)``.
+    ``voxel_size`` (Å, one number or Z Y X) overrides the header's, e.g. when it says 0 or 1 Å.
     A 2D image is refused (a tilt series or tomogram must be 3D).
     """
-    import mrcfile
+    import warnings
 
     path = Path(path)
     if not path.exists():
         raise DDWError(f"{path}: file not found; check the path")
     _check_mrc_suffix(path)
+    notes: tuple[str, ...] = ()
     try:
-        if mmap:
-            mrc = mrcfile.mmap(path, mode="r", permissive=False)
-        else:
-            mrc = mrcfile.open(path, mode="r", permissive=False)
+        mrc = _open_mrc(path, mmap, permissive=False)
     except Exception as exc:  # mrcfile raises ValueError/OSError variants for broken headers
-        raise DDWError(
-            f"{path.name}: cannot be read as MRC ({exc}); check that the file is complete and "
-            "really an MRC file"
-        ) from None
+        mrc, notes = _open_permissively(path, mmap, exc)
+        warnings.warn(MRCHeaderWarning(
+            f"{path.name}: unusual MRC header, read permissively: {'; '.join(notes)}"),
+            stacklevel=2)
     with mrc:
         data = mrc.data
-        if data is None or data.ndim != 3:
+        shape = _squeeze_stack_axes(tuple(data.shape)) if data is not None else ()
+        if data is None or len(shape) != 3:
             ndim = 0 if data is None else data.ndim
             raise DDWError(
                 f"{path.name}: expected a 3D volume or tilt series but the file holds {ndim}D data; "
                 "open a stack of projections or a tomogram"
             )
+        dtype = data.dtype
+        if int(mrc.header.mode) == 0 and _mode0_is_unsigned(mrc.header):
+            dtype = np.dtype(np.uint8)
         vs = mrc.voxel_size
-        voxel = (float(vs.z), float(vs.y), float(vs.x))
+        header_voxel = (float(vs.z), float(vs.y), float(vs.x))
         org = mrc.header.origin
         origin = (float(org.z), float(org.y), float(org.x))
         if mmap:
             # Keep the mapping alive after the file object closes: np.memmap on the same bytes.
-            offset = mrc.header.nbytes + mrc.extended_header.nbytes
-            array = np.memmap(path, dtype=data.dtype, mode="r", offset=offset, shape=data.shape)
+            offset = mrc.header.nbytes + int(mrc.header.nsymbt)
+            array = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
         else:
-            array = np.array(data)
-    voxel = tuple(v if v > 0 else 1.0 for v in voxel)
-    return Volume(data=array, voxel_size=voxel, origin=origin, path=path)
+            array = np.array(data).view(dtype).reshape(shape)
+    voxel = _usable_voxel(header_voxel, path, voxel_size)
+    return Volume(data=array, voxel_size=voxel, origin=origin, path=path,
+                  header_voxel_size=header_voxel, header_notes=notes)
 
 
 def write_mrc(path, data, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> Path:
@@ -130,10 +252,21 @@ def write_mrc(path, data, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) ->
 
 
 def read_angles(path) -> np.ndarray:
-    """Read IMOD ``.tlt``/``.rawtlt`` text: one angle (degrees) per line, stack order."""
+    """Tilt angles (degrees, in the order the file lists the views it keeps) of one file.
+
+    IMOD ``.tlt``/``.rawtlt`` (one angle per line) here; any other metadata kind
+    (:mod:`core.tilt_metadata`: ``.mdoc``, ``.aln``, Warp ``.xml``/``.tomostar``, RELION
+    ``.star``) through its parser, without the views it marks excluded.
+    """
     path = Path(path)
     if not path.exists():
         raise DDWError(f"{path}: angle file not found; check the path")
+    if path.suffix.lower() not in ANGLE_SUFFIXES:
+        from .tilt_metadata import read_metadata_file
+
+        listed = read_metadata_file(path)
+        kept = [i for i in range(listed.angles.size) if i + 1 not in listed.excluded]
+        return listed.angles[kept]
     values = []
     with open(path, encoding="utf-8", errors="replace") as fh:
         for number, line in enumerate(fh, start=1):
@@ -191,52 +324,54 @@ def check_angle_count(angles, n_tilts: int, source: str = "angles") -> None:
 
 
 def find_angle_file(stack_path) -> Path | None:
-    """The ``.tlt`` (preferred) or ``.rawtlt`` beside a stack with the same stem, if any."""
-    stack_path = Path(stack_path)
-    for suffix in ANGLE_SUFFIXES:
-        candidate = stack_path.with_suffix(suffix)
-        if candidate.exists():
-            return candidate
-    return None
+    """The angle or metadata file beside a stack (same stem, also without ``_EVN``/``_ODD``):
+    ``.tlt`` (preferred), ``.rawtlt``, ``.aln``, Warp ``.xml``, ``.tomostar``, ``.mdoc``,
+    RELION ``.star`` (:func:`core.tilt_metadata.find_metadata_file`)."""
+    from .tilt_metadata import find_metadata_file
+
+    return find_metadata_file(stack_path)
 
 
-def resolve_angles(angles, n_tilts: int, stack_path=None) -> np.ndarray:
+def resolve_angles(angles, n_tilts: int, stack_path=None, *, exclude=None) -> np.ndarray:
     """Turn what the user gave into an angle array of length ``n_tilts``.
 
-    ``angles`` may be an array/list, a path to a .tlt/.rawtlt file, a ``(min, max, step)``
-    tuple, or ``None`` (then a .tlt/.rawtlt beside ``stack_path`` is used).
+    ``angles`` may be an array/list, a path to any angle/metadata file
+    (:mod:`core.tilt_metadata`), a ``(min, max, step)`` tuple, or ``None`` (then a file beside
+    ``stack_path`` is used). Resolved by :func:`core.tilt_metadata.resolve_tilt_metadata`; a
+    stack that still holds excluded views needs :func:`load_tilt_series` (which drops them).
     """
-    source = "angles"
-    if angles is None:
-        found = find_angle_file(stack_path) if stack_path is not None else None
-        if found is None:
-            raise DDWError(
-                "no tilt angles given and no .tlt/.rawtlt file beside the stack; "
-                "give an angle file (--angles FILE) or a range (--tilt-range MIN MAX STEP)"
-            )
-        values, source = read_angles(found), found.name
-    elif isinstance(angles, (str, os.PathLike)):
-        values, source = read_angles(angles), Path(angles).name
-    elif isinstance(angles, tuple) and len(angles) == 3 and n_tilts != 3:
-        values, source = angles_from_range(*angles), "tilt range"
-    else:
-        values = np.asarray(angles, dtype=np.float64).ravel()
-        check_angle_values(values, source=source)
-    check_angle_count(values, n_tilts, source=source)
-    return values
+    from .tilt_metadata import resolve_tilt_metadata
+
+    meta = resolve_tilt_metadata(angles, n_tilts, stack_path, exclude=exclude)
+    if meta.keep is not None:
+        raise DDWError(
+            f"the stack holds {n_tilts} views of which {len(meta.excluded)} "
+            f"({', '.join(map(str, meta.excluded))}) are excluded; load it with its metadata "
+            "so they are dropped, or remove them from the stack")
+    return meta.angles
 
 
-def load_tilt_series(path, angles=None, tilt_axis_x: bool = False) -> TiltSeries:
-    """Read an aligned tilt series and its angles (see :func:`resolve_angles`).
+def load_tilt_series(path, angles=None, tilt_axis_x: bool = False, *, exclude=None,
+                     voxel_size=None) -> TiltSeries:
+    """Read an aligned tilt series and its angles (see :func:`resolve_tilt_metadata`).
 
-    ``tilt_axis_x`` transposes Y and X for stacks whose tilt axis runs along X.
+    ``tilt_axis_x`` transposes Y and X for stacks whose tilt axis runs along X. ``exclude``:
+    1-based views left out (list, ``"1,2,40"`` or an IMOD ``.com``); views the metadata marks
+    excluded that the stack still holds are dropped. ``voxel_size`` (Å) overrides the header.
+    ``series.meta["tilt_metadata"]`` is the :class:`~core.tilt_metadata.TiltMetadata`.
     """
-    vol = read_mrc(path)
+    from .tilt_metadata import resolve_tilt_metadata
+
+    vol = read_mrc(path, voxel_size=voxel_size)
     data = vol.data
+    meta = resolve_tilt_metadata(angles, data.shape[0], stack_path=path, exclude=exclude,
+                                 frame_shape=data.shape[1:])
+    if meta.keep is not None:
+        data = data[meta.keep]
     if tilt_axis_x:
         data = np.swapaxes(data, 1, 2)
-    values = resolve_angles(angles, data.shape[0], stack_path=path)
     pixel = vol.voxel_size[2 if not tilt_axis_x else 1]
     return TiltSeries(
-        data=data, angles=values, pixel_size=float(pixel), origin=vol.origin, name=Path(path).stem
+        data=data, angles=meta.angles, pixel_size=float(pixel), origin=vol.origin,
+        name=Path(path).stem, meta={"tilt_metadata": meta},
     )

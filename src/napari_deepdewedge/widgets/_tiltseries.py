@@ -39,7 +39,9 @@ MODE_FRAMES = "Two frame-half tilt series"
 MODE_TOMOS = "Two tomograms (already made)"
 
 ANGLES_LAYER = "From the layer"
-ANGLES_FILE = "Angle file (.tlt/.rawtlt)"
+ANGLES_FILE = "Angle or metadata file"
+ANGLE_FILE_FILTER = ("Tilt angles (*.tlt *.rawtlt *.mdoc *.aln *.xml *.tomostar *.star);;"
+                     "All files (*)")
 ANGLES_RANGE = "Range: min, max, step"
 
 _SUFFIXES = re.compile(r"([ _.-]*(tilt[ _-]?series|evn|even|odd|ts))+$", re.IGNORECASE)
@@ -162,12 +164,15 @@ class TiltSeriesWidget(DDWPanel):
         self.angle_source.addItems([ANGLES_LAYER, ANGLES_FILE, ANGLES_RANGE])
         add_row(form, "Angles", self.angle_source,
                 "Where the tilt angles come from: the layer (files opened with this plugin "
-                "read the .tlt beside them; the sample data carries its angles), an IMOD "
-                ".tlt/.rawtlt file (one angle per line, in stack order), or a regular range.")
+                "read the angle or metadata file beside them; the sample data carries its "
+                "angles), a file (IMOD .tlt/.rawtlt, SerialEM .mdoc, AreTomo .aln, Warp "
+                ".xml/.tomostar, RELION 5 .star), or a regular range.")
         row, self.angle_file = path_field("path/to/series.tlt",
-                                          "IMOD angle file: one tilt angle in degrees per line, "
-                                          "in the order of the projections.",
-                                          filters="Tilt angles (*.tlt *.rawtlt);;All files (*)")
+                                          "Tilt angles of this stack: IMOD .tlt/.rawtlt, "
+                                          "SerialEM .mdoc, AreTomo .aln, Warp .xml/.tomostar or "
+                                          "RELION 5 tomograms.star. Views the file marks "
+                                          "excluded are left out.",
+                                          filters=ANGLE_FILE_FILTER)
         add_row(form, "Angle file", row, self.angle_file.toolTip())
         self.tilt_min = self._angle_box(-60.0, "Most negative tilt angle, degrees.")
         self.tilt_max = self._angle_box(60.0, "Most positive tilt angle, degrees.")
@@ -314,28 +319,38 @@ class TiltSeriesWidget(DDWPanel):
             self.series.set_layer_name(layers[0].name)
 
     # ------------------------------------------------------------------ angles
-    def _angles_for(self, layer, n_tilts: int) -> np.ndarray:
-        """Resolve the tilt angles the user chose; raises DDWError with the fix."""
+    def _tilt_metadata_for(self, layer, n_tilts: int):
+        """Resolve the tilt angles the user chose (core.tilt_metadata.resolve_tilt_metadata,
+        as the reader and the CLI do); raises DDWError with the fix."""
+        from ..core import tilt_metadata
         from ..core.errors import DDWError
-        from ..core.io import resolve_angles
 
+        meta = layer.metadata or {}
         source = self.angle_source.currentText()
         if source == ANGLES_LAYER:
-            values = (layer.metadata or {}).get("tilt_angles")
+            values = meta.get("tilt_angles")
             if values is None:
-                raise DDWError(
-                    f"layer '{layer.name}' carries no tilt angles; choose 'Angle file' or "
-                    "'Range' under Angles"
-                )
-            return resolve_angles(list(values), n_tilts)
+                reason = meta.get("tilt_metadata_error")
+                raise DDWError(reason or (
+                    f"layer '{layer.name}' carries no tilt angles; choose 'Angle or metadata "
+                    "file' or 'Range' under Angles"))
+            return tilt_metadata.resolve_tilt_metadata(
+                list(values), n_tilts, exclude=meta.get("excluded_views") or None)
         if source == ANGLES_FILE:
             path = self.angle_file.text().strip()
             if not path:
-                raise DDWError("no angle file given; choose the .tlt/.rawtlt file of this stack")
-            return resolve_angles(path, n_tilts)
-        return resolve_angles(
+                raise DDWError("no angle file given; choose the angle or metadata file of this "
+                               "stack (.tlt, .mdoc, .aln, .xml, .tomostar, .star)")
+            return tilt_metadata.resolve_tilt_metadata(
+                path, n_tilts, meta.get("source_path") or layer.name,
+                frame_shape=tuple(layer.data.shape[1:]))
+        return tilt_metadata.resolve_tilt_metadata(
             (self.tilt_min.value(), self.tilt_max.value(), self.tilt_step.value()), n_tilts
         )
+
+    def _angles_for(self, layer, n_tilts: int) -> np.ndarray:
+        """The angles of the views used (see :meth:`_tilt_metadata_for`)."""
+        return self._tilt_metadata_for(layer, n_tilts).angles
 
     def _update_angle_summary(self, *_):
         source = self.angle_source.currentText()
@@ -346,13 +361,14 @@ class TiltSeriesWidget(DDWPanel):
             self.angle_summary.setText("Choose a tilt-series layer (or open a file with …).")
             return
         try:
-            angles = self._angles_for(layer, int(layer.data.shape[0]))
+            found = self._tilt_metadata_for(layer, int(layer.data.shape[0]))
         except Exception as exc:
             self.angle_summary.setText(f"<span style='color:#e0a040'>{exc}</span>")
             return
-        self.angle_summary.setText(
-            f"{angles.size} angles, {angles.min():+.1f}° … {angles.max():+.1f}°"
-        )
+        stored = (layer.metadata or {}).get("tilt_metadata") or {}
+        from_layer = source == ANGLES_LAYER and stored.get("summary")
+        # the reader's summary names the file the layer's angles came from
+        self.angle_summary.setText(stored["summary"] if from_layer else found.summary())
 
     # ------------------------------------------------------------------ actions
     def _validate(self):
@@ -377,7 +393,11 @@ class TiltSeriesWidget(DDWPanel):
                                "'Tilt series' and the ODD one under 'ODD series'")
             odd = layer_array(odd_layer)
             check_same_shape(data, odd, what="frame-half tilt series")
-        angles = self._angles_for(layer, int(data.shape[0]))
+        found = self._tilt_metadata_for(layer, int(data.shape[0]))
+        angles = found.angles
+        if found.keep is not None:  # the stack still holds views the metadata excludes
+            data = np.asarray(data[found.keep])
+            odd = None if odd is None else np.asarray(odd[found.keep])
         if self.axis_x.isChecked():
             data = np.swapaxes(data, 1, 2)
             odd = None if odd is None else np.swapaxes(odd, 1, 2)
