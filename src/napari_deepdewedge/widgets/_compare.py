@@ -2,26 +2,27 @@
 mode, with identical contrast limits and their Fourier x–z slices in the row below."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from qtpy.QtWidgets import QLabel, QPushButton
 
 from ._common import (
-    DDWPanel,
     LayerCombo,
     add_row,
     find_layer,
     form_layout,
     geometry,
     hbox,
-    layer_array,
-    notify_error,
+    layer_source,
     percentile_limits,
+    read_array,
     show_image,
     tip,
 )
-from ._workers import Job, Progress
-
-SPECTRUM_SUFFIX = " x–z power"
+from ._names import SPECTRUM_SUFFIX
+from ._panel import DDWPanel
+from ._workers import Progress
 
 
 def grid_of(viewer):
@@ -38,7 +39,7 @@ def _compare_job(job, items):
     spectra = {}
     for i, (name, array) in enumerate(items):
         yield Progress(f"spectrum of {name}", i, len(items))
-        spectra[name] = xz_log_power(array)
+        spectra[name] = xz_log_power(read_array(array))
     return spectra
 
 
@@ -49,18 +50,18 @@ class CompareWidget(DDWPanel):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._job = None
         self._saved_visibility: dict[str, bool] | None = None
         self.compared: list[str] = []
         self.spectrum_layers: list[str] = []
         lay = self.vbox(self)
         form = form_layout()
-        self.before = LayerCombo(self.viewer, "image", ndim=3)
+        # tomograms only (never a tilt series), nothing chosen until there is something to compare
+        self.before = LayerCombo(self.viewer, "tomogram", ndim=3, allow_none=True)
         add_row(form, "Before", self.before,
                 "The plain reconstruction: the full-series FBP from step 1 (or a half).")
-        self.after = LayerCombo(self.viewer, "image", ndim=3)
+        self.after = LayerCombo(self.viewer, "tomogram", ndim=3, allow_none=True)
         add_row(form, "After", self.after, "The refined tomogram from step 4.")
-        self.truth = LayerCombo(self.viewer, "image", ndim=3, allow_none=True)
+        self.truth = LayerCombo(self.viewer, "tomogram", ndim=3, allow_none=True)
         add_row(form, "Ground truth", self.truth,
                 "Optional: the true volume, when you have one (the sample data does).")
         lay.addLayout(form)
@@ -103,40 +104,29 @@ class CompareWidget(DDWPanel):
 
     def compare(self) -> bool:
         """Arrange the chosen volumes side by side; False (and a notification) if refused."""
+        return self.launch("compare", self._prepare, on_done=self._on_done,
+                           controls=(self.compare_button,), failed="Failed",
+                           start_text="Computing spectra…")
+
+    def _prepare(self):
         from ..core.errors import DDWError
 
         names = [n for n in (self.before.layer_name(), self.after.layer_name(),
                              self.truth.layer_name()) if n]
-        try:
-            if len(names) < 2 or len(set(names)) != len(names):
-                raise DDWError("choose two different volumes to compare (Before and After), "
-                               "e.g. the FBP and the refined tomogram")
-            for name in names:
-                layer = find_layer(self.viewer, name)
-                if layer is None or layer.ndim != 3:
-                    raise DDWError(f"'{name}' is not a 3D volume; choose tomogram layers")
-        except DDWError as exc:
-            notify_error(str(exc))
-            return False
-        if self.busy:
-            return False
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise DDWError("choose two different volumes to compare (Before and After), "
+                           "e.g. the FBP and the refined tomogram")
+        for name in names:
+            layer = find_layer(self.viewer, name)
+            if layer is None or layer.ndim != 3:
+                raise DDWError(f"'{name}' is not a 3D volume; choose tomogram layers")
         self.compared = names
-        items = [(n, layer_array(find_layer(self.viewer, n))) for n in names]
-        self.status.setText("Computing spectra…")
-        self.compare_button.setEnabled(False)
-        self._job = self.start_job(Job("compare", _compare_job, items), lambda m: None,
-                                   self._on_done)
-        return True
+        items = [(n, layer_source(find_layer(self.viewer, n))) for n in names]
+        return partial(_compare_job, items=items)
 
-    def _on_done(self, outcome):
-        self.compare_button.setEnabled(True)
-        if outcome.error:
-            notify_error(outcome.error)
-            self.status.setText("Failed: see the notification.")
+    def _on_done(self, spectra):
+        if not spectra:
             return
-        if outcome.cancelled or not outcome.value:
-            return
-        spectra = outcome.value
         viewer = self.viewer
         layers = [find_layer(viewer, n) for n in self.compared]
         if any(layer is None for layer in layers):

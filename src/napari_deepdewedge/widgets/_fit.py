@@ -5,31 +5,33 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
 from ._common import (
     DEVICE_TIP,
-    DDWPanel,
     LayerCombo,
     add_row,
     compact,
     device_choices,
-    find_layer,
     form_layout,
     geometry,
     hbox,
-    layer_array,
+    layer_source,
     notify_error,
     notify_info,
     path_field,
+    read_array,
     show_image,
     tip,
 )
+from ._halves import HalvesPicker
+from ._names import PREVIEW_NAME
+from ._panel import DDWPanel
 from ._plots import LossPlot
 
-PREVIEW_NAME = "DDW preview"
 # what may differ between the run that saved a checkpoint and the run resuming from it
 RESUME_EDITABLE = ("epochs", "lr", "update_every", "validate_every", "checkpoint_every",
                    "preview_every", "device", "out_dir")
@@ -47,6 +49,10 @@ class Resumed:
 def _fit_job(job, tomo0, tomo1, mask, config, resume, slab):
     """Worker generator: the engine's ``fit_iter``, one event per optimizer step at least."""
     from ..core.fitting import FitConfig, fit_iter
+
+    tomo0, tomo1 = read_array(tomo0), read_array(tomo1)  # on the worker thread
+    if mask is not None:
+        mask = read_array(mask) > 0
 
     if resume:
         from ..core.checkpoint import MODEL_KEYS, RESUME_KEYS, load_checkpoint
@@ -83,7 +89,6 @@ class FitWidget(DDWPanel):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._job = None
         self._slab = None  # (z0, z1) of the live preview, read by the worker thread
         self._z_size = 0
         self._out_dir_edited = False
@@ -92,12 +97,13 @@ class FitWidget(DDWPanel):
         lay = self.vbox(self)
 
         form = form_layout()
-        self.even = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Even half", self.even,
-                "Tomogram of the even half (from step 1). The network learns to predict the odd "
-                "half from it, with rotations, so noise and the missing wedge are learned away.")
-        self.odd = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Odd half", self.odd, "Tomogram of the odd half; same size as the even one.")
+        self.halves = HalvesPicker(
+            self.viewer, form, parent=self,
+            even_tip="Tomogram of the even half (from step 1). The network learns to predict "
+                     "the odd half from it, with rotations, so noise and the missing wedge are "
+                     "learned away.",
+            odd_tip="Tomogram of the odd half; same size as the even one.")
+        self.even, self.odd = self.halves.even, self.halves.odd
         self.mask = LayerCombo(self.viewer, "labels", ndim=3, allow_none=True)
         add_row(form, "ROI mask", self.mask,
                 "Optional Labels layer (same size as the halves) marking the sample: training "
@@ -228,10 +234,7 @@ class FitWidget(DDWPanel):
 
     def _on_halves(self, *_):
         state = self.state
-        if state.even:
-            self.even.set_layer_name(state.even)
-        if state.odd:
-            self.odd.set_layer_name(state.odd)
+        self.halves.set_pair(state.even, state.odd)
         self.tilt_min.setValue(state.tilt_min)
         self.tilt_max.setValue(state.tilt_max)
         if state.source and not self._out_dir_edited:
@@ -245,10 +248,6 @@ class FitWidget(DDWPanel):
         if "tilt_min" in meta and "tilt_max" in meta:
             self.tilt_min.setValue(float(meta["tilt_min"]))
             self.tilt_max.setValue(float(meta["tilt_max"]))
-        if name.endswith(" even"):
-            partner = name[: -len(" even")] + " odd"
-            if find_layer(self.viewer, partner) is not None:
-                self.odd.set_layer_name(partner)
         self._update_slab()
 
     def config(self):
@@ -297,51 +296,44 @@ class FitWidget(DDWPanel):
 
     # ------------------------------------------------------------------ actions
     def _inputs(self):
-        """Arrays for the engine, or raise DDWError naming what is wrong."""
+        """Lazy sources for the engine (read by the worker), or raise DDWError naming what is
+        wrong."""
         from ..core.errors import DDWError
         from ..core.halves import check_same_shape
 
-        even, odd = self.even.layer(), self.odd.layer()
-        if even is None or odd is None:
-            raise DDWError("choose the two halves (even and odd tomograms); make them in step 1 "
-                           "'Tilt series → halves'")
-        if even.name == odd.name:
-            raise DDWError("the even and odd halves must be two different layers")
-        for layer in (even, odd):
-            if layer.ndim != 3:
-                raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; halves are 3D tomograms")
-        check_same_shape(even.data, odd.data, what="halves")
+        even, odd = self.halves.layers()
         mask = None
         mask_layer = self.mask.layer()
         if mask_layer is not None:
             check_same_shape(even.data, mask_layer.data, what="halves and ROI mask")
-            mask = layer_array(mask_layer) > 0
+            mask = layer_source(mask_layer)
         smallest = min(even.data.shape)
         if self.size.value() > smallest:
             raise DDWError(f"cube size {self.size.value()} is larger than the halves "
                            f"({'×'.join(map(str, even.data.shape))}); choose a cube size of at "
                            f"most {smallest // 8 * 8}")
-        return even, layer_array(even), layer_array(odd), mask
+        return even, layer_source(even), layer_source(odd), mask
 
     def start(self, resume: str | None = None) -> bool:
         """Start fitting (or resume); False (and a notification) if the input is refused."""
+        return self.launch(
+            "fit", lambda: self._prepare(resume), on_done=self._on_done,
+            on_event=self._on_event, on_cancelled=self._show_end, on_end=self._on_end,
+            controls=(self.start_button, self.resume_button), cancel=self.stop_button,
+            busy="A fit is already running; press Stop first.", failed="Fitting failed",
+            start_text="Preparing sub-tomograms…", finish_on_quit=True)
+
+    def _prepare(self, resume):
         from ..core.errors import DDWError
 
-        if self.busy:
-            notify_error("A fit is already running; press Stop first.")
-            return False
-        try:
-            even, tomo0, tomo1, mask = self._inputs()
-            cfg = self.config()
-            if cfg.out_dir is None:
-                raise DDWError("choose an output folder for the checkpoints (Resume and Refine "
-                               "need them)")
-            if resume is not None and not Path(resume).is_file():
-                raise DDWError(f"checkpoint {resume} not found; choose stopped.pt or latest.pt of "
-                               "an earlier fit under 'Resume from'")
-        except DDWError as exc:
-            notify_error(str(exc))
-            return False
+        even, tomo0, tomo1, mask = self._inputs()
+        cfg = self.config()
+        if cfg.out_dir is None:
+            raise DDWError("choose an output folder for the checkpoints (Resume and Refine "
+                           "need them)")
+        if resume is not None and not Path(resume).is_file():
+            raise DDWError(f"checkpoint {resume} not found; choose stopped.pt or latest.pt of "
+                           "an earlier fit under 'Resume from'")
         self._even_name = even.name
         self._geometry = geometry(even)
         self._update_slab()
@@ -350,20 +342,10 @@ class FitWidget(DDWPanel):
         if resume is None:
             self.loss_plot.clear()
         self._total_steps = None
-        self.bar.setRange(0, 1000)
-        self.bar.setValue(0)
         self.bar.setFormat("%p%")
-        self.status.setText("Preparing sub-tomograms…")
-        self.start_button.setEnabled(False)
-        self.resume_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
         self.state.fitting = True
-        from ._workers import Job
-
-        job = Job("fit", _fit_job, tomo0, tomo1, mask, cfg, resume, self._preview_slab,
-                  finish_on_quit=True)
-        self._job = self.start_job(job, self._on_event, self._on_done)
-        return True
+        return partial(_fit_job, tomo0=tomo0, tomo1=tomo1, mask=mask, config=cfg,
+                       resume=resume, slab=self._preview_slab)
 
     def resume(self, path: str | None = None) -> bool:
         """Continue from ``path`` (default: the 'Resume from' field, else the output folder)."""
@@ -384,9 +366,8 @@ class FitWidget(DDWPanel):
     def stop(self):
         """Ask the fit to stop after the current step (it saves stopped.pt first)."""
         if self.running:
-            self._job.request_stop()
+            self.cancel("Stopping after this step; saving a checkpoint…")
             self.stop_button.setEnabled(False)
-            self.status.setText("Stopping after this step; saving a checkpoint…")
 
     @property
     def running(self) -> bool:
@@ -443,17 +424,14 @@ class FitWidget(DDWPanel):
                                      "z_range": (event.z_start, event.z_stop)})
         layer.metadata["epoch"] = event.epoch
 
-    def _on_done(self, outcome):
-        for event in getattr(self._job, "drained", ()):  # a quit fit still reports its end
-            self._on_event(event)
-        self.start_button.setEnabled(True)
-        self.resume_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
+    def _on_end(self):
         self.state.fitting = False
-        if outcome.error:
-            self.status.setText("Fitting failed: see the notification.")
-            notify_error(outcome.error)
-            return
+
+    def _on_done(self, _last_event):
+        self._show_end()
+
+    def _show_end(self):
+        """The end of a fit, stopped, finished or quit (its events were all handled)."""
         finished = self.finished
         if finished is None:
             self.status.setText("Fitting ended.")

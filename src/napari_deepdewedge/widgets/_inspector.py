@@ -14,7 +14,6 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import (
-    DDWPanel,
     add_row,
     compact,
     find_layer,
@@ -22,11 +21,13 @@ from ._common import (
     geometry,
     hbox,
     is_image,
-    layer_array,
+    layer_source,
     notify_error,
     notify_warning,
+    read_array,
     tip,
 )
+from ._panel import DDWPanel
 from ._plots import WEDGE_COLOUR, SpectraPanel
 from ._workers import Job, Progress
 
@@ -42,7 +43,7 @@ def _spectra_job(job, items):
         if job.stop.is_set():
             return None
         yield Progress(f"spectrum of {name}", i, len(items))
-        results.append((name, key, xz_log_power(array)))
+        results.append((name, key, xz_log_power(read_array(array))))
     return results
 
 
@@ -203,7 +204,7 @@ class FourierInspectorWidget(DDWPanel):
                 continue
             key = self._key(layer)
             if key not in self._cache:
-                todo.append((name, key, layer_array(layer)))
+                todo.append((name, key, layer_source(layer)))
         if self._job is not None and self._job.running:
             self._job.request_stop()
         self._generation += 1

@@ -2,6 +2,7 @@
 disagreement ("consistency"); save as MRC with the voxel size."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,30 +10,31 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QPushButton, QSpinBox
 
 from ._common import (
     DEVICE_TIP,
-    DDWPanel,
-    LayerCombo,
     add_row,
     device_choices,
     find_layer,
     form_layout,
     geometry,
     hbox,
-    layer_array,
+    layer_source,
     notify_error,
     notify_info,
     path_field,
+    read_array,
     show_image,
     tip,
 )
-from ._fit import PREVIEW_NAME
-from ._tiltseries import base_name
-from ._workers import Job, Progress, run_with_progress
+from ._halves import HalvesPicker
+from ._names import PREVIEW_NAME, layer_stem
+from ._panel import DDWPanel
+from ._workers import Progress, run_with_progress
 
 
 def _refine_job(job, model_path, tomo0, tomo1, params):
     from ..core.refine import refine_halves
 
     yield Progress("Loading the model", 0, 1)
+    tomo0, tomo1 = read_array(tomo0), read_array(tomo1)  # on the worker thread
     result = yield from run_with_progress(refine_halves, job.stop, "Refining", model_path,
                                           tomo0, tomo1, **params)
     return result
@@ -44,7 +46,8 @@ def _save_job(job, items):
     written = []
     for i, (path, data, scale, translate) in enumerate(items):
         yield Progress(f"Writing {Path(path).name}", i, len(items))
-        written.append(str(write_mrc(path, data, voxel_size=scale, origin=translate)))
+        written.append(str(write_mrc(path, read_array(data), voxel_size=scale,
+                                     origin=translate)))
     return written
 
 
@@ -55,14 +58,14 @@ class RefineWidget(DDWPanel):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._job = None
         self.outputs: dict[str, str] = {}  # role → layer name of the last refinement
         lay = self.vbox(self)
         form = form_layout()
-        self.even = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Even half", self.even, "Tomogram of the even half (the one fitted on).")
-        self.odd = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Odd half", self.odd, "Tomogram of the odd half; same size.")
+        self.halves = HalvesPicker(
+            self.viewer, form, parent=self,
+            even_tip="Tomogram of the even half (the one fitted on).",
+            odd_tip="Tomogram of the odd half; same size.")
+        self.even, self.odd = self.halves.even, self.halves.odd
         row, self.model_path = path_field(
             "model checkpoint (.pt)",
             "The fitted model: filled in with the model just fitted (latest.pt); pick best.pt "
@@ -107,45 +110,26 @@ class RefineWidget(DDWPanel):
         self.run_button.clicked.connect(lambda: self.refine())
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(lambda: self.save())
-        self.even.layerChanged.connect(self._on_even_changed)
         self.state.events.halves_version.connect(self._on_halves)
         self.state.events.model_version.connect(self._on_model)
         self._on_halves()
         self._on_model()
 
     def _on_halves(self, *_):
-        if self.state.even:
-            self.even.set_layer_name(self.state.even)
-        if self.state.odd:
-            self.odd.set_layer_name(self.state.odd)
+        self.halves.set_pair(self.state.even, self.state.odd)
 
     def _on_model(self, *_):
         if self.state.checkpoint:
             self.model_path.setText(self.state.checkpoint)
 
-    def _on_even_changed(self, name: str):
-        if name.endswith(" even"):
-            partner = name[: -len(" even")] + " odd"
-            if find_layer(self.viewer, partner) is not None:
-                self.odd.set_layer_name(partner)
-
     # ------------------------------------------------------------------ refine
     def _inputs(self):
         from ..core.errors import DDWError
-        from ..core.halves import check_same_shape
 
         if self.state.fitting:
             raise DDWError("a fit is still running; wait for it to finish (or Stop it) before "
                            "refining")
-        even, odd = self.even.layer(), self.odd.layer()
-        if even is None or odd is None:
-            raise DDWError("choose the two halves (even and odd tomograms) to refine")
-        if even.name == odd.name:
-            raise DDWError("the even and odd halves must be two different layers")
-        for layer in (even, odd):
-            if layer.ndim != 3:
-                raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; halves are 3D tomograms")
-        check_same_shape(even.data, odd.data, what="halves")
+        even, odd = self.halves.layers()
         path = self.model_path.text().strip()
         if not path:
             raise DDWError("no model chosen; fit one in step 3 or pick a checkpoint (.pt) file")
@@ -155,54 +139,24 @@ class RefineWidget(DDWPanel):
 
     def refine(self) -> bool:
         """Start the refinement worker; False (and a notification) if the input is refused."""
-        from ..core.errors import DDWError
+        return self.launch(
+            "refinement", self._prepare, on_done=self._on_done,
+            controls=(self.run_button,), cancel=self.cancel_button,
+            busy="A refinement is already running; wait for it or press Cancel.",
+            start_text="Loading the model…", progress_unit="batch")
 
-        if self.busy:
-            notify_error("A refinement is already running; wait for it or press Cancel.")
-            return False
-        try:
-            even, odd, path = self._inputs()
-        except DDWError as exc:
-            notify_error(str(exc))
-            return False
+    def _prepare(self):
+        even, odd, path = self._inputs()
         meta = even.metadata or {}
-        self._base = str(meta.get("ddw_source") or base_name(even.name))
+        self._base = str(meta.get("ddw_source") or layer_stem(even.name))
         self._geometry = geometry(even)
         self._keep = self.keep_halves.isChecked()
         params = dict(overlap=self.overlap.value() or None, batch_size=self.batch.value(),
                       device=self.device.currentText(), keep_halves=self._keep)
-        self.bar.setRange(0, 1000)
-        self.bar.setValue(0)
-        self.status.setText("Loading the model…")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._job = self.start_job(
-            Job("refinement", _refine_job, path, layer_array(even), layer_array(odd), params),
-            self._on_progress, self._on_done)
-        return True
+        return partial(_refine_job, model_path=path, tomo0=layer_source(even),
+                       tomo1=layer_source(odd), params=params)
 
-    def cancel(self):
-        if self._job is not None:
-            self._job.request_stop()
-            self.status.setText("Cancelling…")
-
-    def _on_progress(self, msg):
-        if isinstance(msg, Progress) and msg.total > 0:
-            self.bar.setValue(int(1000 * msg.done / msg.total))
-            self.status.setText(f"{msg.stage}: batch {msg.done}/{msg.total}")
-
-    def _on_done(self, outcome):
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if outcome.cancelled:
-            self.status.setText("Cancelled.")
-            self.bar.setValue(0)
-            return
-        if outcome.error:
-            self.status.setText("Refinement failed: see the notification.")
-            notify_error(outcome.error)
-            return
-        result = outcome.value
+    def _on_done(self, result):
         scale, translate = self._geometry
         base = self._base
         common = {"voxel_size": scale, "tilt_min": self.state.tilt_min,
@@ -267,19 +221,13 @@ class RefineWidget(DDWPanel):
             scale, translate = geometry(layer)
             suffix = "" if role == "refined" else "_" + role.replace("refined ", "").replace(" ", "_")
             items.append((str(target.with_name(target.stem + suffix + ".mrc")),
-                          layer_array(layer), scale, translate))
-        self.status.setText(f"Writing {target.name}…")
-        self.save_button.setEnabled(False)
+                          layer_source(layer), scale, translate))
 
-        def done(outcome):
-            self.save_button.setEnabled(True)
-            if outcome.error:
-                notify_error(outcome.error)
-                self.status.setText("Saving failed: see the notification.")
-            elif outcome.value:
-                self.saved = outcome.value
-                self.status.setText("Saved " + ", ".join(Path(p).name for p in outcome.value))
-                notify_info(f"Saved {len(outcome.value)} file(s) to {target.parent}")
+        def done(written):
+            self.saved = written
+            self.status.setText("Saved " + ", ".join(Path(p).name for p in written))
+            notify_info(f"Saved {len(written)} file(s) to {target.parent}")
 
-        self.start_job(Job("save", _save_job, items), lambda msg: None, done)
-        return True
+        return self.launch("save", lambda: partial(_save_job, items=items), on_done=done,
+                           controls=(self.save_button,), failed="Saving failed",
+                           start_text=f"Writing {target.name}…")

@@ -1,7 +1,7 @@
 """Step 1: tilt series → two independent half-tomograms (even/odd), with the engine's FBP."""
 from __future__ import annotations
 
-import re
+from functools import partial
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -17,22 +17,26 @@ from qtpy.QtWidgets import (
 
 from ._common import (
     DEVICE_TIP,
-    DDWPanel,
     LayerCombo,
     add_row,
     compact,
     device_choices,
+    find_layer,
     form_layout,
     geometry,
     hbox,
-    layer_array,
+    layer_source,
     notify_error,
     notify_info,
     path_field,
+    read_array,
     show_image,
     tip,
 )
-from ._workers import Job, Progress, part_of, run_with_progress
+from ._halves import HalvesPicker
+from ._names import layer_stem
+from ._panel import DDWPanel
+from ._workers import Progress, part_of, run_with_progress
 
 MODE_SPLIT = "One tilt series → even/odd"
 MODE_FRAMES = "Two frame-half tilt series"
@@ -41,15 +45,6 @@ MODE_TOMOS = "Two tomograms (already made)"
 ANGLES_LAYER = "From the layer"
 ANGLES_FILE = "Angle file (.tlt/.rawtlt)"
 ANGLES_RANGE = "Range: min, max, step"
-
-_SUFFIXES = re.compile(r"([ _.-]*(tilt[ _-]?series|evn|even|odd|ts))+$", re.IGNORECASE)
-
-
-def base_name(name: str) -> str:
-    """``"phantom tilt series"`` → ``"phantom"``, ``"TS_01_EVN"`` → ``"TS_01"``."""
-    stripped = _SUFFIXES.sub("", name).strip(" _.-")
-    return stripped or name
-
 
 def pixel_size_of(layer) -> float:
     """Projection pixel size in Å: layer metadata if given, else the layer's X scale."""
@@ -67,11 +62,16 @@ def _reconstruct_job(job, inputs, params):
     from ..core.reconstruction import fbp
 
     mode = inputs["mode"]
-    series = TiltSeries(data=inputs["data"], angles=inputs["angles"], name="series")
+    data = read_array(inputs["data"])  # here, on the worker thread: the GUI never waits
+    odd_data = None if inputs["data_odd"] is None else read_array(inputs["data_odd"])
+    if inputs["axis_x"]:
+        data = np.swapaxes(data, 1, 2)
+        odd_data = None if odd_data is None else np.swapaxes(odd_data, 1, 2)
+    series = TiltSeries(data=data, angles=inputs["angles"], name="series")
     if mode == MODE_SPLIT:
         even, odd = split_even_odd(series)
     else:
-        other = TiltSeries(data=inputs["data_odd"], angles=inputs["angles"], name="odd")
+        other = TiltSeries(data=odd_data, angles=inputs["angles"], name="odd")
         even, odd = frame_half_series(series, other)
     stacks = [("even", even), ("odd", odd)]
     if params.pop("full", False):
@@ -99,7 +99,6 @@ class TiltSeriesWidget(DDWPanel):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._job = None
         lay = self.vbox(self)
 
         form = form_layout()
@@ -224,12 +223,11 @@ class TiltSeriesWidget(DDWPanel):
         page = QWidget()
         form = form_layout()
         page.setLayout(form)
-        self.tomo_even = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Even half", self.tomo_even,
-                "Tomogram reconstructed from the even projections (or even frames).")
-        self.tomo_odd = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Odd half", self.tomo_odd,
-                "Tomogram reconstructed from the odd projections (or odd frames); same size.")
+        self.halves = HalvesPicker(
+            self.viewer, form, parent=self,
+            even_tip="Tomogram reconstructed from the even projections (or even frames).",
+            odd_tip="Tomogram reconstructed from the odd projections (or odd frames); same size.")
+        self.tomo_even, self.tomo_odd = self.halves.even, self.halves.odd
         self.tomo_min = self._angle_box(-60.0, "Most negative tilt angle of the data, degrees.")
         self.tomo_max = self._angle_box(60.0, "Most positive tilt angle of the data, degrees.")
         add_row(form, "Tilt range", hbox(self.tomo_min, self.tomo_max),
@@ -289,13 +287,6 @@ class TiltSeriesWidget(DDWPanel):
         if "tilt_min" in meta and "tilt_max" in meta:
             self.tomo_min.setValue(float(meta["tilt_min"]))
             self.tomo_max.setValue(float(meta["tilt_max"]))
-        partner = None
-        if name.endswith(" even"):
-            partner = name[: -len(" even")] + " odd"
-        elif name.lower().endswith("_evn"):
-            partner = name[:-4] + name[-4:].replace("EVN", "ODD").replace("evn", "odd")
-        if partner and self.tomo_odd.findText(partner) >= 0:
-            self.tomo_odd.set_layer_name(partner)
 
     def _open_file(self):
         from qtpy.QtWidgets import QFileDialog
@@ -368,23 +359,22 @@ class TiltSeriesWidget(DDWPanel):
         if layer.ndim != 3:
             raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; a tilt series is a 3D stack "
                            "(projections × Y × X)")
-        data = layer_array(layer)
+        data = layer_source(layer)  # not read here: the worker reads it
         odd = None
         if mode == MODE_FRAMES:
             odd_layer = self.series_odd.layer()
             if odd_layer is None or odd_layer.name == layer.name:
                 raise DDWError("choose two different tilt series: the EVN one under "
                                "'Tilt series' and the ODD one under 'ODD series'")
-            odd = layer_array(odd_layer)
+            odd = layer_source(odd_layer)
             check_same_shape(data, odd, what="frame-half tilt series")
         angles = self._angles_for(layer, int(data.shape[0]))
-        if self.axis_x.isChecked():
-            data = np.swapaxes(data, 1, 2)
-            odd = None if odd is None else np.swapaxes(odd, 1, 2)
+        axis_x = self.axis_x.isChecked()
+        ny, nx = (data.shape[2], data.shape[1]) if axis_x else data.shape[1:]
         binning = self.binning.value()
-        if min(data.shape[1:]) // binning < 4:
+        if min(ny, nx) // binning < 4:
             raise DDWError(f"binning {binning} leaves fewer than 4 pixels of the "
-                           f"{data.shape[1]}×{data.shape[2]} projections; use less binning")
+                           f"{ny}×{nx} projections; use less binning")
         thickness = max(1, int(round(self.thickness.value() / binning)))
         apod = self.apodization.currentText()
         params = dict(
@@ -392,58 +382,28 @@ class TiltSeriesWidget(DDWPanel):
             apodization=None if apod == "none" else apod, device=self.device.currentText(),
             full=self.full.isChecked(),
         )
-        inputs = dict(mode=mode, data=data, data_odd=odd, angles=angles)
+        inputs = dict(mode=mode, data=data, data_odd=odd, angles=angles, axis_x=axis_x)
         return layer, inputs, params
 
     def reconstruct(self) -> bool:
         """Start the reconstruction worker; False (and a notification) if the input is refused."""
-        from ..core.errors import DDWError
+        return self.launch(
+            "reconstruction", self._prepare, on_done=self._on_done,
+            controls=(self.run_button,), cancel=self.cancel_button,
+            busy="A reconstruction is already running; wait for it or press Cancel.",
+            failed="Failed")
 
-        if self.busy:
-            notify_error("A reconstruction is already running; wait for it or press Cancel.")
-            return False
-        try:
-            layer, inputs, params = self._validate()
-        except DDWError as exc:
-            notify_error(str(exc))
-            return False
+    def _prepare(self):
+        layer, inputs, params = self._validate()
         self._source = layer
         scale, translate = geometry(layer)
         voxel = pixel_size_of(layer) * params["binning"]
         self._out_scale = (voxel, voxel, voxel)
         self._out_translate = (0.0, translate[1], translate[2])
-        self._base = base_name(layer.name)
-        self.bar.setRange(0, 1000)
-        self.bar.setValue(0)
-        self.status.setText("Starting…")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._job = self.start_job(Job("reconstruction", _reconstruct_job, inputs, params),
-                                   self._on_progress, self._on_done)
-        return True
+        self._base = layer_stem(layer.name)
+        return partial(_reconstruct_job, inputs=inputs, params=params)
 
-    def cancel(self):
-        if self._job is not None:
-            self._job.request_stop()
-            self.status.setText("Cancelling…")
-
-    def _on_progress(self, msg):
-        if isinstance(msg, Progress) and msg.total > 0:
-            self.bar.setValue(int(1000 * msg.done / msg.total))
-            self.status.setText(msg.stage)
-
-    def _on_done(self, outcome):
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if outcome.cancelled:
-            self.status.setText("Cancelled.")
-            self.bar.setValue(0)
-            return
-        if outcome.error:
-            self.status.setText("Failed: see the notification.")
-            notify_error(outcome.error)
-            return
-        results = outcome.value
+    def _on_done(self, results):
         angles_all = np.concatenate([results["even angles"], results["odd angles"]])
         tmin, tmax = float(angles_all.min()), float(angles_all.max())
         names = {}
@@ -477,8 +437,6 @@ class TiltSeriesWidget(DDWPanel):
                             f"{shape[0]}×{shape[1]}×{shape[2]} voxels of {self._out_scale[0]:.3g} Å.")
 
     def _centre_view(self, name: str):
-        from ._common import find_layer
-
         layer = find_layer(self.viewer, name)
         if layer is None:
             return
@@ -494,18 +452,9 @@ class TiltSeriesWidget(DDWPanel):
     def use_tomograms(self) -> bool:
         """Mode 'two tomograms': take the chosen layers as halves (no worker needed)."""
         from ..core.errors import DDWError
-        from ..core.halves import check_same_shape
 
-        even, odd = self.tomo_even.layer(), self.tomo_odd.layer()
         try:
-            if even is None or odd is None:
-                raise DDWError("choose two tomogram layers: the even half and the odd half")
-            if even.name == odd.name:
-                raise DDWError("the even and odd halves must be two different layers")
-            for layer in (even, odd):
-                if layer.ndim != 3:
-                    raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; halves are 3D tomograms")
-            check_same_shape(even.data, odd.data, what="halves")
+            even, odd = self.halves.layers()
             if not self.tomo_min.value() < self.tomo_max.value():
                 raise DDWError("the tilt range minimum must be below its maximum")
         except DDWError as exc:
@@ -515,7 +464,7 @@ class TiltSeriesWidget(DDWPanel):
             layer.metadata["tilt_min"] = self.tomo_min.value()
             layer.metadata["tilt_max"] = self.tomo_max.value()
         state = self.state
-        state.source = base_name(even.name)
+        state.source = layer_stem(even.name)
         state.tilt_min, state.tilt_max = self.tomo_min.value(), self.tomo_max.value()
         state.even, state.odd = even.name, odd.name
         state.halves_version += 1
