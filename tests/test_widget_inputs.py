@@ -203,3 +203,28 @@ def test_layer_data_is_read_by_the_worker_not_the_gui_thread(make_napari_viewer,
     assert "cell refined" in [layer.name for layer in viewer.layers]
     for array in arrays:
         assert array.reads and gui not in array.reads, array.reads
+
+
+def test_thickness_is_in_binned_voxels_as_in_the_cli(make_napari_viewer, qtbot):
+    """The Thickness field is the tomogram's Z in output (binned) voxels, like
+    `deepdewedge reconstruct --thickness`; a thickness the layer carries (unbinned pixels)
+    follows the binning until the user types another value."""
+    from napari_deepdewedge._sample_data import sample_layers
+
+    viewer = make_napari_viewer()
+    for data, kwargs, _ in sample_layers(shape=(32, 48, 48), tilt_range=(-60.0, 60.0, 4.0)):
+        viewer.add_image(data, **kwargs)
+    step1 = dock(viewer, "Tilt series → halves")
+    assert step1.thickness.value() == 32
+    step1.binning.setValue(2)
+    assert step1.thickness.value() == 16  # the sample's 32 pixels are 16 binned voxels
+    step1.thickness.setValue(10)
+    step1.binning.setValue(4)
+    assert step1.thickness.value() == 10  # typed by the user: kept
+    step1.binning.setValue(2)
+    step1.full.setChecked(False)
+    step1.device.setCurrentText("cpu")
+    assert step1.reconstruct()
+    qtbot.waitUntil(lambda: not step1.busy, timeout=WAIT_MS)
+    even = viewer.layers["phantom even"]
+    assert even.data.shape == (10, 24, 24)

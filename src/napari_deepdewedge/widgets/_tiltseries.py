@@ -187,13 +187,6 @@ class TiltSeriesWidget(DDWPanel):
         tip(self.axis_x, "Tick if the tilt axis of your stack runs along X (horizontal) instead "
                          "of Y; the stack is transposed before reconstruction.")
         form.addRow(self.axis_x)
-        self.thickness = QSpinBox()
-        self.thickness.setRange(1, 100000)
-        self.thickness.setValue(256)
-        self.thickness.setSuffix(" px")
-        add_row(form, "Thickness", self.thickness,
-                "Height (Z) of the tomogram in unbinned pixels; a bit more than the sample's "
-                "thickness. It is divided by the binning.")
         self.binning = QSpinBox()
         self.binning.setRange(1, 32)
         self.binning.setValue(1)
@@ -204,6 +197,18 @@ class TiltSeriesWidget(DDWPanel):
         add_row(form, "Binning", hbox(self.binning, self.bin_mode),
                 "Shrink the projections by this factor before reconstructing: 2 makes the "
                 "tomogram 8× smaller and everything after much faster.")
+        # thickness in OUTPUT (binned) voxels: the same number means the same tomogram here
+        # and in `deepdewedge reconstruct --thickness` (pipeline.HalvesRequest.thickness)
+        self.thickness = QSpinBox()
+        self.thickness.setRange(1, 100000)
+        self.thickness.setValue(256)
+        self._auto_thickness = None  # (unbinned thickness from the layer, value it gave)
+        add_row(form, "Thickness", hbox(self.thickness, QLabel("binned voxels"),
+                                        stretch_last=True),
+                "Height (Z) of the tomogram in binned voxels (after binning), as "
+                "'deepdewedge reconstruct --thickness'; a bit more than the sample's "
+                "thickness. Filled in from the layer when it says how thick the sample is.")
+        self.binning.valueChanged.connect(self._update_auto_thickness)
         self.apodization = QComboBox()
         self.apodization.addItems(["cosine", "hamming", "none"])
         add_row(form, "Filter", self.apodization,
@@ -268,16 +273,31 @@ class TiltSeriesWidget(DDWPanel):
             self._update_angle_summary()
             return
         meta = layer.metadata or {}
-        if "thickness" in meta:
-            try:
-                self.thickness.setValue(int(meta["thickness"]))
-            except (TypeError, ValueError):
-                pass
+        try:
+            unbinned = int(meta["thickness"]) if "thickness" in meta else None
+        except (TypeError, ValueError):
+            unbinned = None
+        if unbinned:
+            self._auto_thickness = (unbinned, None)
+            self._update_auto_thickness()
         if "tilt_angles" in meta:
             self.angle_source.setCurrentText(ANGLES_LAYER)
         elif meta.get("angle_file"):
             self.angle_file.setText(str(meta["angle_file"]))
         self._update_angle_summary()
+
+    def _update_auto_thickness(self, *_):
+        """Keep a thickness taken from the layer (in unbinned pixels) right for the binning,
+        unless the user has typed another value since."""
+        if self._auto_thickness is None:
+            return
+        unbinned, given = self._auto_thickness
+        if given is not None and self.thickness.value() != given:
+            self._auto_thickness = None  # the user chose a thickness: leave it alone
+            return
+        value = max(1, -(-unbinned // self.binning.value()))
+        self.thickness.setValue(value)
+        self._auto_thickness = (unbinned, value)
 
     def _on_tomo_changed(self, name: str):
         layer = self.tomo_even.layer()
@@ -375,7 +395,7 @@ class TiltSeriesWidget(DDWPanel):
         if min(ny, nx) // binning < 4:
             raise DDWError(f"binning {binning} leaves fewer than 4 pixels of the "
                            f"{ny}×{nx} projections; use less binning")
-        thickness = max(1, int(round(self.thickness.value() / binning)))
+        thickness = self.thickness.value()  # binned voxels, as the CLI's --thickness
         apod = self.apodization.currentText()
         params = dict(
             thickness=thickness, binning=binning, bin_mode=self.bin_mode.currentText(),
