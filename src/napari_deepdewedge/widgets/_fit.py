@@ -2,14 +2,13 @@
 live preview of the refined view, Stop (saves a checkpoint) and Resume."""
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
+from ..pipeline import FitResumed
 from ._common import (
     DEVICE_TIP,
     LayerCombo,
@@ -32,41 +31,24 @@ from ._names import PREVIEW_NAME
 from ._panel import DDWPanel
 from ._plots import LossPlot
 
-# what may differ between the run that saved a checkpoint and the run resuming from it
-RESUME_EDITABLE = ("epochs", "lr", "update_every", "validate_every", "checkpoint_every",
-                   "preview_every", "device", "out_dir")
-
-
-@dataclass
-class Resumed:
-    """First message of a resumed fit: the settings and loss history of the checkpoint."""
-
-    config: object
-    epoch: int
-    history: list
+# The first event of a resumed fit (the planned settings and the checkpoint's loss history).
+Resumed = FitResumed
 
 
 def _fit_job(job, tomo0, tomo1, mask, config, resume, slab):
-    """Worker generator: the engine's ``fit_iter``, one event per optimizer step at least."""
-    from ..core.fitting import FitConfig, fit_iter
+    """Worker generator: the pipeline's fit_events (as `deepdewedge fit`), one event per
+    optimizer step at least. A resume follows the pipeline's one rule (``plan_fit``): the
+    checkpoint's fixed settings, the form's changeable ones (``given=frozenset()``: the form's
+    fixed fields are not compared; the dock shows the checkpoint's values when it resumes)."""
+    from ..pipeline import FitRequest, fit_events
 
     tomo0, tomo1 = read_array(tomo0), read_array(tomo1)  # on the worker thread
     if mask is not None:
         mask = read_array(mask) > 0
-
-    if resume:
-        from ..core.checkpoint import MODEL_KEYS, RESUME_KEYS, load_checkpoint
-
-        payload = load_checkpoint(resume, require=MODEL_KEYS + RESUME_KEYS)
-        saved = FitConfig.from_dict(payload.get("config") or {})
-        config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RESUME_EDITABLE})
-        history = [list(row) for row in payload.get("history") or []]
-        epoch = int(payload.get("epoch", 0))
-        del payload
-        yield Resumed(config=config, epoch=epoch, history=history)
+    request = FitRequest(even=tomo0, odd=tomo1, config=config, mask=mask, resume=resume or None,
+                         given=frozenset() if resume else None)
     last = None
-    for event in fit_iter(tomo0, tomo1, config, mask=mask, resume=resume or None,
-                          should_stop=job.stop.is_set, preview_slab=slab):
+    for event in fit_events(request, should_stop=job.stop.is_set, preview_slab=slab):
         last = event
         yield event
     return last
@@ -314,14 +296,39 @@ class FitWidget(DDWPanel):
                            f"most {smallest // 8 * 8}")
         return even, layer_source(even), layer_source(odd), mask
 
-    def start(self, resume: str | None = None) -> bool:
-        """Start fitting (or resume); False (and a notification) if the input is refused."""
+    def start(self, resume: str | None = None, *, overwrite: bool = False) -> bool:
+        """Start fitting (or resume); False (and a notification) if the input is refused.
+
+        A new fit into a folder that holds an earlier fit's checkpoints would replace them: the
+        user is asked first (``self.question``), and 'Resume from' is set to the checkpoint to
+        continue instead; the fit starts only once they choose to start afresh."""
+        if resume is None and not overwrite and not self.busy and self._ask_if_earlier_fit():
+            return False
         return self.launch(
             "fit", lambda: self._prepare(resume), on_done=self._on_done,
             on_event=self._on_event, on_cancelled=self._show_end, on_end=self._on_end,
             controls=(self.start_button, self.resume_button), cancel=self.stop_button,
             busy="A fit is already running; press Stop first.", failed="Fitting failed",
             start_text="Preparing sub-tomograms…", finish_on_quit=True)
+
+    def _ask_if_earlier_fit(self) -> bool:
+        from ..pipeline import OutputExists, refuse_earlier_fit
+
+        folder = self.out_dir.text().strip()
+        try:
+            if folder:
+                refuse_earlier_fit(folder)
+        except OutputExists as exc:
+            if exc.resume_from is not None:
+                self.resume_path.setText(str(exc.resume_from))
+            self.status.setText("This folder holds an earlier fit: Resume continues it.")
+            self.ask("Earlier fit in this folder",
+                     f"{folder} already holds checkpoints of an earlier fit "
+                     f"({', '.join(p.name for p in exc.paths[:3])}).\n\nStart a new fit and "
+                     "replace them? (Cancel, then Resume, continues the earlier fit.)",
+                     lambda: self.start(overwrite=True), yes_text="Start afresh")
+            return True
+        return False
 
     def _prepare(self, resume):
         from ..core.errors import DDWError
@@ -375,6 +382,15 @@ class FitWidget(DDWPanel):
         return self._job is not None and not getattr(self._job, "gui_done", True)
 
     # ------------------------------------------------------------------ events
+    def _show_config(self, cfg) -> None:
+        """Show the settings a resumed fit runs with (its fixed ones come from the checkpoint,
+        pipeline.plan_fit), so the form never claims what is not running."""
+        for box, value in ((self.size, cfg.subtomo_size), (self.channels, cfg.channels),
+                           (self.depth, cfg.depth), (self.batch, cfg.batch_size),
+                           (self.val_fraction, cfg.val_fraction), (self.tilt_min, cfg.tilt_min),
+                           (self.tilt_max, cfg.tilt_max)):
+            box.setValue(value)
+
     def _on_event(self, event):
         from ..core import fitting as F
 
@@ -386,6 +402,7 @@ class FitWidget(DDWPanel):
                 epoch, fit_loss, val_loss = int(row[0]), row[1], row[2]
                 if epoch <= event.epoch:
                     self.loss_plot.add_epoch(epoch, fit_loss, val_loss)
+            self._show_config(cfg)
             self.status.setText(f"Resuming after epoch {event.epoch} of {cfg.epochs}…")
         elif isinstance(event, F.FitStarted):
             self._epochs = event.config.epochs

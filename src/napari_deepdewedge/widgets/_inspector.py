@@ -27,6 +27,7 @@ from ._common import (
     read_array,
     tip,
 )
+from ._names import is_tilt_series
 from ._panel import DDWPanel
 from ._plots import WEDGE_COLOUR, SpectraPanel
 from ._workers import Job, Progress
@@ -118,16 +119,9 @@ class FourierInspectorWidget(DDWPanel):
 
     # ------------------------------------------------------------------ selection
     def _volume_names(self) -> list[str]:
-        """3D image layers that are volumes (tilt series, which carry angles but no role, are
-        left out)."""
-        names = []
-        for layer in self.viewer.layers:
-            if not (is_image(layer) and layer.ndim == 3):
-                continue
-            meta = layer.metadata or {}
-            if "ddw_role" in meta or "tilt_angles" not in meta:
-                names.append(layer.name)
-        return names
+        """3D image layers that are volumes (tilt series are left out)."""
+        return [layer.name for layer in self.viewer.layers
+                if is_image(layer) and layer.ndim == 3 and not is_tilt_series(layer)]
 
     def _fill_list(self, checked: set[str] | None = None):
         if checked is None:

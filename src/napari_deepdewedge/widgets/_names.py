@@ -17,7 +17,6 @@ SPECTRUM_SUFFIX = " x–z power"
 _LAYER_SUFFIX = re.compile(r"[ _.-]+(tilt[ _-]?series|ts|fbp|full)$", re.IGNORECASE)
 # an even/odd tag at the end of a name, with its separator: group 1 = separator, 2 = tag
 _PARITY_TAG = re.compile(r"([ _.-])(evn|odd|even)$", re.IGNORECASE)
-_EXTENSION = re.compile(r"\.(mrc|st|ali|rec|mrcs|map)$", re.IGNORECASE)
 TILT_SERIES_ROLE = "tilt_series"
 
 
@@ -25,17 +24,20 @@ def layer_stem(name: str) -> str:
     """The stem for output names and files: ``"phantom tilt series"`` → ``"phantom"``,
     ``"TS_01_EVN"`` → ``"TS_01"``, ``"TS_01 even"`` → ``"TS_01"``, ``"a.mrc"`` → ``"a"``.
 
-    The pipeline's :func:`stem_of` does the file-name part (folder, extension, parity tag);
-    the layer-name words the docks add (" tilt series", " even", " FBP") are removed here.
+    The pipeline's :func:`stem_of` (THE stem rule of file names, shared with the CLI) does the
+    file-name part: folder, extension, parity tag. Only the layer-name words the docks add
+    (" tilt series", " even", " FBP") are removed here first.
     """
-    text = _EXTENSION.sub("", name.strip())
+    from ..pipeline import stem_of
+
+    text = stem_of(name.strip())
     for _ in range(3):  # "X tilt series even" and the like
         stripped = _PARITY_TAG.sub("", text)
         stripped = _LAYER_SUFFIX.sub("", stripped).strip(" _.-")
         if stripped == text or not stripped:
             break
         text = stripped
-    return text or name
+    return stem_of(text) or text or name
 
 
 def partner_name(name: str, candidates) -> str | None:

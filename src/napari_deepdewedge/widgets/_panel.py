@@ -10,6 +10,8 @@ main window closes.
 from __future__ import annotations
 
 import weakref
+from functools import partial
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from qtpy.QtCore import QEvent
@@ -17,7 +19,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QSizePolicy, QVBoxLayout, QWidg
 
 from ._common import notify_error
 from ._state import state_for
-from ._workers import Job, Outcome, Progress
+from ._workers import Job, Outcome, Progress, write_job
 
 BAR_STEPS = 1000  # progress bars count in 0.1 %
 
@@ -39,6 +41,7 @@ class DDWPanel(QWidget):
         self._job: Job | None = None  # the job last started with launch()
         self.bar: QProgressBar | None = None
         self.status: QLabel | None = None
+        self.question = None  # the open confirmation box of ask(), if any
         self._filtered_window = None  # weak reference to the main window we watch
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
 
@@ -74,6 +77,32 @@ class DDWPanel(QWidget):
         text = message.stage if unit is None else \
             f"{message.stage}: {unit} {message.done}/{message.total}"
         self.set_status(text)
+
+    def ask(self, title: str, text: str, on_yes: Callable[[], None], *,
+            yes_text: str = "Replace") -> None:
+        """A window-modal Yes/Cancel question that does not block the event loop: ``on_yes()``
+        runs if the user confirms. The open box is ``self.question`` (tests click its buttons:
+        ``panel.question.button(QMessageBox.StandardButton.Yes).click()``)."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QMessageBox
+
+        buttons = QMessageBox.StandardButton
+        box = QMessageBox(QMessageBox.Icon.Warning, title, text,
+                          buttons.Yes | buttons.Cancel, self)
+        box.button(buttons.Yes).setText(yes_text)
+        box.setDefaultButton(buttons.Cancel)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+
+        def answered(_result):
+            confirmed = box.clickedButton() is box.button(buttons.Yes)
+            self.question = None
+            box.deleteLater()
+            if confirmed:
+                on_yes()
+
+        box.finished.connect(answered)
+        self.question = box
+        box.open()
 
     # -- jobs
     @property
@@ -153,6 +182,38 @@ class DDWPanel(QWidget):
                 cancel.setEnabled(running)
         except RuntimeError:  # deleted with the dock
             pass
+
+    def save_files(self, what: str, write: Callable[..., list], *,
+                   controls: Iterable[QWidget] = (), overwrite: bool = False) -> bool:
+        """Write files on a worker with ``write(overwrite=...)`` (a pipeline writer such as
+        ``write_refined``, bound with ``functools.partial``). When the writer refuses because a
+        file exists (``pipeline.OutputExists``), nothing has been written: ask the user, and
+        write again with ``overwrite=True`` only if they confirm."""
+        controls = tuple(controls)
+
+        def done(value):
+            from ..pipeline import OutputExists
+
+            if isinstance(value, OutputExists):
+                names = ", ".join(p.name for p in value.paths[:4])
+                more = " …" if len(value.paths) > 4 else ""
+                self.set_status(f"Not saved: {names}{more} already exist(s).")
+                self.ask("Replace files?",
+                         f"{len(value.paths)} file(s) already exist in "
+                         f"{value.paths[0].parent}:\n{names}{more}\n\nReplace them?",
+                         lambda: self.save_files(what, write, controls=controls,
+                                                 overwrite=True))
+                return
+            self.saved = value
+            self.set_status("Saved " + ", ".join(Path(p).name for p in value))
+            from ._common import notify_info
+
+            notify_info(f"Saved {len(value)} file(s) to {Path(value[0]).parent}")
+
+        return self.launch(f"saving the {what}",
+                           lambda: partial(write_job, write=write, overwrite=overwrite),
+                           on_done=done, controls=controls, failed="Saving failed",
+                           start_text="Writing…")
 
     def cancel(self, text: str = "Cancelling…") -> None:
         """Ask the running job to end at its next progress report."""

@@ -18,7 +18,6 @@ from ._common import (
     hbox,
     layer_source,
     notify_error,
-    notify_info,
     path_field,
     read_array,
     show_image,
@@ -31,24 +30,14 @@ from ._workers import Progress, run_with_progress
 
 
 def _refine_job(job, model_path, tomo0, tomo1, params):
-    from ..core.refine import refine_halves
+    """Worker generator: the pipeline's refine (as `deepdewedge refine`)."""
+    from ..pipeline import RefineRequest, refine
 
     yield Progress("Loading the model", 0, 1)
-    tomo0, tomo1 = read_array(tomo0), read_array(tomo1)  # on the worker thread
-    result = yield from run_with_progress(refine_halves, job.stop, "Refining", model_path,
-                                          tomo0, tomo1, **params)
+    request = RefineRequest(model=model_path, even=read_array(tomo0), odd=read_array(tomo1),
+                            **params)  # the halves are read here, on the worker thread
+    result = yield from run_with_progress(refine, job.stop, "Refining", request)
     return result
-
-
-def _save_job(job, items):
-    from ..core.io import write_mrc
-
-    written = []
-    for i, (path, data, scale, translate) in enumerate(items):
-        yield Progress(f"Writing {Path(path).name}", i, len(items))
-        written.append(str(write_mrc(path, read_array(data), voxel_size=scale,
-                                     origin=translate)))
-    return written
 
 
 class RefineWidget(DDWPanel):
@@ -59,6 +48,7 @@ class RefineWidget(DDWPanel):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.outputs: dict[str, str] = {}  # role → layer name of the last refinement
+        self.result = None  # the last RefineResult (pipeline.refine)
         lay = self.vbox(self)
         form = form_layout()
         self.halves = HalvesPicker(
@@ -157,6 +147,7 @@ class RefineWidget(DDWPanel):
                        tomo1=layer_source(odd), params=params)
 
     def _on_done(self, result):
+        self.result = result  # what Save… writes (the signed difference included)
         scale, translate = self._geometry
         base = self._base
         common = {"voxel_size": scale, "tilt_min": self.state.tilt_min,
@@ -175,7 +166,7 @@ class RefineWidget(DDWPanel):
         self.outputs["refined"] = refined_name
         if self._keep and result.difference is not None:
             name = f"{base} consistency"
-            disagreement = np.abs(result.difference)
+            disagreement = np.abs(result.difference)  # shown unsigned; the file is signed
             hi = float(np.percentile(disagreement[:: max(1, disagreement.shape[0] // 16)], 99.5))
             show_image(self.viewer, disagreement, name, scale=scale, translate=translate,
                        metadata={**common, "ddw_role": "consistency",
@@ -196,38 +187,27 @@ class RefineWidget(DDWPanel):
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | None = None) -> bool:
-        """Write the refined tomogram (plus per-half results, if any) as MRC with voxel size."""
-        refined = find_layer(self.viewer, self.outputs.get("refined", ""))
-        if refined is None:
+        """Write the last refinement with the pipeline's write_refined, under the CLI's names:
+        ``OUT.mrc`` and, with per-half results, ``OUT_half0.mrc``, ``OUT_half1.mrc`` and
+        ``OUT_consistency.mrc`` (the SIGNED half0 − half1; the layer shows its absolute value),
+        with the voxel size and origin of the halves. Existing files are replaced only after
+        the user confirms."""
+        from ..pipeline import write_refined
+
+        result = self.result
+        if result is None:
             notify_error("Nothing to save yet: run Refine first.")
             return False
         if path is None:
             from qtpy.QtWidgets import QFileDialog
 
             folder = self.state.out_dir or str(Path.home())
-            suggestion = str(Path(folder) / f"{refined.name.replace(' ', '_')}.mrc")
+            suggestion = str(Path(folder) / f"{self._base.replace(' ', '_')}_refined.mrc")
             path, _ = QFileDialog.getSaveFileName(self, "Save the refined tomogram", suggestion,
                                                   "MRC (*.mrc)")
             if not path:
                 return False
-        target = Path(path)
-        if target.suffix.lower() != ".mrc":
-            target = target.with_suffix(".mrc")
-        items = []
-        for role, name in self.outputs.items():
-            layer = find_layer(self.viewer, name)
-            if layer is None:
-                continue
-            scale, translate = geometry(layer)
-            suffix = "" if role == "refined" else "_" + role.replace("refined ", "").replace(" ", "_")
-            items.append((str(target.with_name(target.stem + suffix + ".mrc")),
-                          layer_source(layer), scale, translate))
-
-        def done(written):
-            self.saved = written
-            self.status.setText("Saved " + ", ".join(Path(p).name for p in written))
-            notify_info(f"Saved {len(written)} file(s) to {target.parent}")
-
-        return self.launch("save", lambda: partial(_save_job, items=items), on_done=done,
-                           controls=(self.save_button,), failed="Saving failed",
-                           start_text=f"Writing {target.name}…")
+        scale, translate = self._geometry
+        return self.save_files("refined tomogram",
+                               partial(write_refined, path, result, scale, translate),
+                               controls=(self.save_button,))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -36,7 +37,7 @@ from ._common import (
 from ._halves import HalvesPicker
 from ._names import layer_stem
 from ._panel import DDWPanel
-from ._workers import Progress, part_of, run_with_progress
+from ._workers import Progress, run_with_progress
 
 MODE_SPLIT = "One tilt series → even/odd"
 MODE_FRAMES = "Two frame-half tilt series"
@@ -56,40 +57,27 @@ def pixel_size_of(layer) -> float:
 
 
 def _reconstruct_job(job, inputs, params):
-    """Worker generator: split (if asked) and back-project each half (and the full series)."""
-    from ..core.halves import frame_half_series, split_even_odd
+    """Worker generator: read the stack(s) here, then the pipeline's reconstruct_halves (the
+    same call as `deepdewedge reconstruct`)."""
     from ..core.io import TiltSeries
-    from ..core.reconstruction import fbp
+    from ..pipeline import HalvesRequest, reconstruct_halves
 
-    mode = inputs["mode"]
-    data = read_array(inputs["data"])  # here, on the worker thread: the GUI never waits
-    odd_data = None if inputs["data_odd"] is None else read_array(inputs["data_odd"])
+    stacks = [read_array(inputs["data"])]  # here, on the worker thread: the GUI never waits
+    if inputs["data_odd"] is not None:
+        stacks.append(read_array(inputs["data_odd"]))
     if inputs["axis_x"]:
-        data = np.swapaxes(data, 1, 2)
-        odd_data = None if odd_data is None else np.swapaxes(odd_data, 1, 2)
-    series = TiltSeries(data=data, angles=inputs["angles"], name="series")
-    if mode == MODE_SPLIT:
-        even, odd = split_even_odd(series)
+        stacks = [np.swapaxes(stack, 1, 2) for stack in stacks]
+    series = [TiltSeries(data=stack, angles=inputs["angles"], pixel_size=inputs["pixel_size"],
+                         origin=inputs["origin"], name=name)
+              for stack, name in zip(stacks, inputs["names"])]
+    if len(series) == 1:
+        request = HalvesRequest(series=series[0], **params)
     else:
-        other = TiltSeries(data=odd_data, angles=inputs["angles"], name="odd")
-        even, odd = frame_half_series(series, other)
-    stacks = [("even", even), ("odd", odd)]
-    if params.pop("full", False):
-        if mode == MODE_SPLIT:
-            stacks.append(("FBP", series))
-        else:  # frame halves: their mean, on the scale of each half and of the refined mean
-            # (FBP is linear: the same as the CLI's mean of the two half reconstructions)
-            mean = (np.asarray(even.data, dtype=np.float32) + np.asarray(odd.data, dtype=np.float32)) * 0.5
-            stacks.append(("FBP", TiltSeries(data=mean, angles=even.angles)))
-    results = {}
-    for index, (key, stack) in enumerate(stacks):
-        label = f"Back-projecting {key} ({index + 1}/{len(stacks)})"
-        yield Progress(label, index, len(stacks))
-        results[key] = yield from part_of(run_with_progress(
-            fbp, job.stop, label, np.asarray(stack.data), np.asarray(stack.angles), **params
-        ), index, len(stacks))
-        results[key + " angles"] = np.asarray(stack.angles, dtype=float)
-    return results
+        request = HalvesRequest(frame_halves=(series[0], series[1]), **params)
+    yield Progress("Back-projecting", 0, 1)
+    halves = yield from run_with_progress(reconstruct_halves, job.stop, "Back-projecting",
+                                          request)
+    return halves
 
 
 class TiltSeriesWidget(DDWPanel):
@@ -123,9 +111,15 @@ class TiltSeriesWidget(DDWPanel):
                               "appear as '<name> even' and '<name> odd' layers.")
         self.cancel_button = tip(QPushButton("Cancel"), "Stop the reconstruction.")
         self.cancel_button.setEnabled(False)
+        self.save_button = tip(QPushButton("Save…"),
+                               "Write the even and odd tomograms (and the full FBP) into a "
+                               "folder as <name>_even.mrc, <name>_odd.mrc, <name>_full.mrc, "
+                               "the files 'deepdewedge reconstruct' writes.")
+        self.save_button.setEnabled(False)
         self.use_button = tip(QPushButton("Use as halves"),
                               "Take the two chosen tomograms as the even/odd halves for fitting.")
-        lay.addWidget(hbox(self.run_button, self.cancel_button, self.use_button))
+        lay.addWidget(hbox(self.run_button, self.cancel_button, self.save_button,
+                           self.use_button))
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
 
@@ -264,6 +258,7 @@ class TiltSeriesWidget(DDWPanel):
         self._set_row_visible(self.series_odd, mode == MODE_FRAMES)
         self.run_button.setVisible(not tomos)
         self.cancel_button.setVisible(not tomos)
+        self.save_button.setVisible(not tomos)
         self.use_button.setVisible(tomos)
         self._update_angle_summary()
 
@@ -395,14 +390,16 @@ class TiltSeriesWidget(DDWPanel):
         if min(ny, nx) // binning < 4:
             raise DDWError(f"binning {binning} leaves fewer than 4 pixels of the "
                            f"{ny}×{nx} projections; use less binning")
-        thickness = self.thickness.value()  # binned voxels, as the CLI's --thickness
         apod = self.apodization.currentText()
-        params = dict(
-            thickness=thickness, binning=binning, bin_mode=self.bin_mode.currentText(),
+        params = dict(  # a pipeline.HalvesRequest: the same fields as the CLI's options
+            thickness=self.thickness.value(),  # binned voxels, as the CLI's --thickness
+            binning=binning, bin_mode=self.bin_mode.currentText(),
             apodization=None if apod == "none" else apod, device=self.device.currentText(),
-            full=self.full.isChecked(),
+            want_full=self.full.isChecked(),
         )
-        inputs = dict(mode=mode, data=data, data_odd=odd, angles=angles, axis_x=axis_x)
+        names = [layer_stem(layer.name)] if odd is None else [layer.name, odd_layer.name]
+        inputs = dict(data=data, data_odd=odd, angles=angles, axis_x=axis_x, names=names,
+                      pixel_size=pixel_size_of(layer), origin=geometry(layer)[1])
         return layer, inputs, params
 
     def reconstruct(self) -> bool:
@@ -416,29 +413,25 @@ class TiltSeriesWidget(DDWPanel):
     def _prepare(self):
         layer, inputs, params = self._validate()
         self._source = layer
-        scale, translate = geometry(layer)
-        voxel = pixel_size_of(layer) * params["binning"]
-        self._out_scale = (voxel, voxel, voxel)
-        self._out_translate = (0.0, translate[1], translate[2])
-        self._base = layer_stem(layer.name)
         return partial(_reconstruct_job, inputs=inputs, params=params)
 
-    def _on_done(self, results):
-        angles_all = np.concatenate([results["even angles"], results["odd angles"]])
-        tmin, tmax = float(angles_all.min()), float(angles_all.max())
+    def _on_done(self, halves):
+        """Show the pipeline's Halves as layers ``"<stem> even"``, ``"<stem> odd"`` (and
+        ``"<stem> FBP"``) with its voxel size and origin; Save… writes them."""
+        self.halves_result = halves
+        base = layer_stem(halves.stem)
+        tmin, tmax = (float(v) for v in halves.tilt_range)
+        scale = tuple(float(v) for v in halves.voxel_size)
+        translate = tuple(float(v) for v in halves.origin)
         names = {}
-        for key in ("even", "odd", "FBP"):
-            if key not in results:
+        for key, data in (("even", halves.even), ("odd", halves.odd), ("FBP", halves.full)):
+            if data is None:
                 continue
-            name = f"{self._base} {key}"
-            meta = {
-                "tilt_min": tmin, "tilt_max": tmax,
-                "tilt_angles": results[key + " angles"].tolist(),
-                "voxel_size": self._out_scale, "ddw_role": key.lower(),
-                "ddw_source": self._base,
-            }
-            show_image(self.viewer, results[key], name, scale=self._out_scale,
-                       translate=self._out_translate, metadata=meta, visible=(key == "even"))
+            name = f"{base} {key}"
+            meta = {"tilt_min": tmin, "tilt_max": tmax, "voxel_size": scale,
+                    "ddw_role": key.lower(), "ddw_source": base}
+            show_image(self.viewer, data, name, scale=scale, translate=translate, metadata=meta,
+                       visible=(key == "even"))
             names[key] = name
         try:
             self._source.visible = False
@@ -446,15 +439,37 @@ class TiltSeriesWidget(DDWPanel):
             pass
         self._centre_view(names["even"])
         state = self.state
-        state.source = self._base
+        state.source = base
         state.tilt_min, state.tilt_max = tmin, tmax
         state.fbp = names.get("FBP", "")
         state.even, state.odd = names["even"], names["odd"]
         state.halves_version += 1  # observers preselect the new halves
         self.bar.setValue(1000)
-        shape = results["even"].shape
+        self.save_button.setEnabled(True)
+        shape = halves.even.shape
         self.status.setText(f"Done: '{names['even']}' and '{names['odd']}', "
-                            f"{shape[0]}×{shape[1]}×{shape[2]} voxels of {self._out_scale[0]:.3g} Å.")
+                            f"{shape[0]}×{shape[1]}×{shape[2]} voxels of {scale[0]:.3g} Å. "
+                            "Save… writes them as MRC.")
+
+    def save(self, folder: str | None = None) -> bool:
+        """Write the halves (and the full FBP) into ``folder`` as ``<stem>_even.mrc``,
+        ``<stem>_odd.mrc``, ``<stem>_full.mrc`` — the names of `deepdewedge reconstruct`. An
+        existing file is replaced only after the user confirms."""
+        halves = getattr(self, "halves_result", None)
+        if halves is None:
+            notify_error("Nothing to save yet: press Reconstruct first.")
+            return False
+        if folder is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            folder = QFileDialog.getExistingDirectory(self, "Save the halves into",
+                                                      self.state.out_dir or str(Path.home()))
+            if not folder:
+                return False
+        from ..pipeline import write_halves
+
+        return self.save_files("halves", partial(write_halves, folder, halves.stem, halves),
+                               controls=(self.save_button,))
 
     def _centre_view(self, name: str):
         layer = find_layer(self.viewer, name)
