@@ -43,6 +43,9 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, DDWError
+from .fit_events import (  # noqa: F401  (re-exported: the engine's event names)
+    CheckpointSaved, EpochDone, FitEvent, FitFinished, FitStarted, PreviewReady, StepDone, WedgesUpdated,
+)
 
 CSV_HEADER = ("epoch", "fit_loss", "val_loss", "seconds")
 
@@ -146,62 +149,6 @@ class FitConfig:
         if self.strides is not None and (len(self.strides) != 3 or any(int(s) < 1 for s in self.strides)):
             raise DDWError(f"strides must be three positive integers (Z, Y, X), got {self.strides}")
         return self
-
-
-# --------------------------------------------------------------------------------------------
-# events
-# --------------------------------------------------------------------------------------------
-@dataclass
-class FitStarted:
-    n_fit_cubes: int
-    n_val_cubes: int
-    steps_per_epoch: int
-    device: str
-    config: FitConfig
-
-
-@dataclass
-class StepDone:
-    epoch: int
-    step: int
-    steps_per_epoch: int
-    loss: float
-
-
-@dataclass
-class EpochDone:
-    epoch: int
-    fit_loss: float
-    val_loss: float | None
-    seconds: float
-
-
-@dataclass
-class WedgesUpdated:
-    epoch: int
-
-
-@dataclass
-class PreviewReady:
-    epoch: int
-    z_start: int
-    z_stop: int
-    volume: np.ndarray = field(repr=False)
-
-
-@dataclass
-class CheckpointSaved:
-    epoch: int
-    path: Path
-    kind: str  # latest | best | periodic | stopped
-
-
-@dataclass
-class FitFinished:
-    epochs_done: int
-    stopped: bool
-    latest_path: Path | None
-    best_path: Path | None
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,27 +334,6 @@ def _append_csv(path: Path, row) -> None:
         csv.writer(fh).writerow(_csv_row(row))
 
 
-#: config fields that must match for a resume (they define data, model or sampling)
-_RESUME_FIXED = ("subtomo_size", "channels", "depth", "batch_size", "val_fraction", "strides",
-                 "min_mask_fraction", "tilt_min", "tilt_max", "standardize", "seed", "residual")
-
-
-def _check_resume(payload: dict, cfg: FitConfig, name: str) -> None:
-    old = FitConfig.from_dict(payload.get("config") or {})
-    for key in _RESUME_FIXED:
-        a, b = getattr(old, key), getattr(cfg, key)
-        if (tuple(a) if isinstance(a, (list, tuple)) else a) != (tuple(b) if isinstance(b, (list, tuple)) else b):
-            raise CheckpointError(
-                f"cannot resume from {name}: it was fitted with {key}={a!r} but this run has {key}={b!r}; "
-                f"use the same {key} (or start a new fit)"
-            )
-    if int(payload["epoch"]) >= cfg.epochs:
-        raise CheckpointError(
-            f"cannot resume from {name}: it has already done {payload['epoch']} epochs and this run asks for "
-            f"{cfg.epochs}; raise epochs above {payload['epoch']} to continue fitting"
-        )
-
-
 def _default_slab(Z: int, s: int) -> tuple[int, int]:
     t = min(Z, s)
     z0 = max(0, Z // 2 - t // 2)
@@ -419,11 +345,12 @@ def _default_slab(Z: int, s: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------
 def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
              should_stop: Callable[[], bool] | None = None,
-             preview_slab: Callable[[], tuple[int, int]] | None = None) -> Iterator[object]:
+             preview_slab: Callable[[], tuple[int, int]] | None = None) -> Iterator[FitEvent]:
     """Fit a U-Net to the half tomograms ``tomo0``/``tomo1`` (DESIGN §2.4–2.7), yielding events.
 
     ``mask``: optional binary ROI (same shape) for cube selection. ``resume``: a checkpoint
-    path to continue from (exactly). ``should_stop``: polled before every step; when it returns
+    path (or its loaded payload) to continue from (exactly); every setting that
+    ``core.resume.RESUME_FIXED`` lists must match the checkpoint's. ``should_stop``: polled before every step; when it returns
     True the loop saves ``stopped.pt`` (if ``out_dir``) and finishes. ``preview_slab()`` gives
     the ``(z_start, z_stop)`` rows previewed every ``preview_every`` epochs (default: a central
     slab of thickness ``subtomo_size``).
@@ -454,9 +381,14 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         check_same_shape(tomo0, mask, what="tomogram and ROI mask")
 
     payload = None
-    if resume is not None:
-        payload = ckpt.load_checkpoint(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
-        _check_resume(payload, cfg, Path(resume).name)
+    if resume is not None:  # a path, or a payload already loaded (pipeline.fit_events)
+        from .resume import resumed_config
+
+        if isinstance(resume, dict):
+            payload, name = ckpt.check_payload(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS), "checkpoint"
+        else:
+            payload, name = ckpt.load_checkpoint(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS), Path(resume).name
+        cfg = resumed_config(cfg, payload, name=name)  # every fixed setting must match (core.resume)
 
     # ---- data ------------------------------------------------------------------------------
     if cfg.standardize:

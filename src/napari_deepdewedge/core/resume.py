@@ -1,0 +1,94 @@
+"""The one rule for what a resumed fit may change (used by ``fit_iter`` and ``pipeline.plan_fit``).
+
+Every ``FitConfig`` field is in exactly one of two tables (a test checks that):
+
+* :data:`RESUME_FIXED` — settings that define the data, the model, the sampling or the loss.
+  A resumed fit continues with the checkpoint's values; a run that *asks* for a different
+  value is refused (``CheckpointError`` naming the setting).
+* :data:`RESUME_CHANGEABLE` — settings that may change between the run that saved the
+  checkpoint and the one resuming from it; the resuming run's values are used.
+
+``given`` says which fields the caller asked for explicitly: ``None`` means all of them (the
+engine's strict check), a set of names means only those are compared and every other fixed
+field is taken from the checkpoint (a front end that lets the user leave settings unset).
+
+No torch import here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .errors import CheckpointError
+
+#: fixed for a resume: field → why
+RESUME_FIXED = {
+    "subtomo_size": "defines the cubes and the network input",
+    "channels": "defines the U-Net",
+    "depth": "defines the U-Net",
+    "residual": "defines the U-Net",
+    "batch_size": "defines the sampling order (exact resume)",
+    "val_fraction": "defines which cubes are fitting and validation cubes",
+    "strides": "defines the cube grid",
+    "min_mask_fraction": "defines which cubes are kept",
+    "tilt_min": "defines the missing wedge",
+    "tilt_max": "defines the missing wedge",
+    "standardize": "defines the data the network sees",
+    "seed": "defines the cube split, the weights and the sampling",
+    "wedge_weight": "defines the loss being minimized",
+    "voxel_size": "belongs to the tomograms: another value means other data",
+}
+#: may change for a resume: field → note
+RESUME_CHANGEABLE = {
+    "epochs": "the new total; must be above the checkpoint's completed epochs",
+    "lr": "the optimizer continues with the new learning rate",
+    "update_every": "wedge-update schedule from now on",
+    "validate_every": "validation schedule from now on",
+    "checkpoint_every": "periodic checkpoints from now on",
+    "preview_every": "previews from now on",
+    "device": "where to run",
+    "out_dir": "where files go",
+}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        if a is None or b is None:
+            return a is b
+        a, b = tuple(a), tuple(b)
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+            return a == b
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def resumed_config(requested, payload: dict, *, given=None, name: str = "checkpoint"):
+    """The ``FitConfig`` to resume with: the checkpoint's fixed settings, the request's others.
+
+    Raises :class:`CheckpointError` when a fixed setting the caller asked for (all of them with
+    ``given=None``) differs from the checkpoint's, or when the checkpoint has already done the
+    requested number of epochs.
+    """
+    saved = dict(payload.get("config") or {})
+    fixed = {}
+    for key in RESUME_FIXED:
+        if key not in saved:  # an older checkpoint that did not store it: nothing to compare
+            continue
+        old = tuple(saved[key]) if isinstance(saved[key], list) else saved[key]
+        new = getattr(requested, key)
+        if (given is None or key in given) and not _same(old, new):
+            raise CheckpointError(
+                f"cannot resume from {name}: it was fitted with {key}={old!r} but this run has "
+                f"{key}={new!r}; use the same {key} (or start a new fit)"
+            )
+        fixed[key] = old
+    planned = dataclasses.replace(requested, **fixed)
+    done = int(payload.get("epoch", 0))
+    if done >= planned.epochs:
+        raise CheckpointError(
+            f"cannot resume from {name}: it has already done {done} epochs and this run asks for "
+            f"{planned.epochs}; raise epochs above {done} to continue fitting"
+        )
+    return planned

@@ -1,0 +1,17 @@
+"""The pipeline layer: jobs between the engine (``core``) and the front ends (``cli``, ``widgets``).
+
+Typed requests in, typed results and progress events out. Imports ``core`` only — never Qt,
+napari or argparse — and no torch at import time. See docs/architecture.md.
+"""
+from .fitting import FitRequest, FitResumed, fit_events, plan_fit
+from .halves import Halves, HalvesRequest, halves_paths, reconstruct_halves, write_halves
+from .names import common_stem, stem_of
+from .outputs import OutputExists, earlier_checkpoints, refuse_earlier_fit, refuse_existing
+from .refining import RefineRequest, refine, refined_paths, write_refined
+
+__all__ = [
+    "FitRequest", "FitResumed", "Halves", "HalvesRequest", "OutputExists", "RefineRequest",
+    "common_stem", "earlier_checkpoints", "fit_events", "halves_paths", "plan_fit",
+    "reconstruct_halves", "refine", "refined_paths", "refuse_earlier_fit",
+    "refuse_existing", "stem_of", "write_halves", "write_refined",
+]

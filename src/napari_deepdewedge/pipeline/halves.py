@@ -1,0 +1,136 @@
+"""Tilt series → the two half tomograms (DESIGN §2.1–2.2), one job for every front end.
+
+``thickness`` has one meaning everywhere: the tomogram's Z size in OUTPUT (binned) voxels —
+the CLI's ``--thickness`` and the dock's *Thickness* field. ``HalvesRequest(thickness=64,
+binning=2)`` gives tomograms of 64 slices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..core.errors import DDWError
+from ..core.io import TiltSeries
+from .names import common_stem, stem_of
+from .outputs import refuse_existing
+
+#: progress units per reconstruction (progress covers all reconstructions of a request)
+PROGRESS_UNITS = 1000
+
+
+@dataclass(kw_only=True)
+class HalvesRequest:
+    """What to reconstruct: ``series`` (one stack, split by the parity of the angle-sorted
+    index) or ``frame_halves`` (EVN, ODD stacks, each reconstructed from all its projections)."""
+
+    series: TiltSeries | None = None
+    frame_halves: tuple[TiltSeries, TiltSeries] | None = None
+    thickness: int                  # tomogram Z size in output (binned) voxels
+    binning: int = 1
+    bin_mode: str = "fourier"
+    apodization: str | None = "cosine"
+    device: object = None
+    want_full: bool = False         # also the tomogram from all projections
+    stem: str | None = None         # output stem; default: from the series' names (stem_of)
+
+
+@dataclass
+class Halves:
+    """The half tomograms ``(Z, Y, X)`` float32 and what a writer or a layer needs with them."""
+
+    even: np.ndarray
+    odd: np.ndarray
+    full: np.ndarray | None         # None unless want_full; frame halves: mean of the halves
+    voxel_size: tuple[float, float, float]   # (Z, Y, X) Å
+    origin: tuple[float, float, float]
+    tilt_range: tuple[float, float]  # (min, max) degrees over both halves
+    stem: str
+    angles_even: np.ndarray | None = None
+    angles_odd: np.ndarray | None = None
+
+
+def _split(request: HalvesRequest):
+    """(even series, odd series, full series or None, stem)."""
+    from ..core.halves import frame_half_series, split_even_odd
+
+    if (request.series is None) == (request.frame_halves is None):
+        raise DDWError("give either one tilt series (split into even/odd) or two frame-half "
+                       "tilt series (EVN and ODD), not both or neither")
+    if request.series is not None:
+        even, odd = split_even_odd(request.series)
+        full = request.series if request.want_full else None
+        stem = request.stem or stem_of(request.series.name)
+        return even, odd, full, stem
+    evn, odd = frame_half_series(*request.frame_halves)
+    return evn, odd, None, request.stem or common_stem(evn.name, odd.name)
+
+
+def _part(progress, index: int, count: int):
+    """A ``progress(done, total)`` for reconstruction ``index`` of ``count`` that reports the
+    whole request's progress as ``(index·U + done·U/total, count·U)``."""
+    if progress is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        share = (int(done) * PROGRESS_UNITS) // max(int(total), 1)
+        progress(index * PROGRESS_UNITS + min(share, PROGRESS_UNITS), count * PROGRESS_UNITS)
+
+    return report
+
+
+def reconstruct_halves(request: HalvesRequest,
+                       progress: Callable[[int, int], None] | None = None) -> Halves:
+    """Weighted back-projection of both halves (and the full tomogram when asked).
+
+    ``progress(done, total)`` covers all reconstructions of the request together; a front end
+    that cancels raises from it (the exception propagates, nothing is returned).
+    """
+    from ..core.device import pick_device
+    from ..core.reconstruction import fbp
+
+    if isinstance(request.thickness, bool) or not isinstance(request.thickness, (int, np.integer)) \
+            or request.thickness < 1:
+        raise DDWError(f"thickness must be a whole number of output (binned) voxels ≥ 1, got "
+                       f"{request.thickness!r}")
+    even, odd, full_series, stem = _split(request)
+    device = pick_device(request.device)
+    kw = dict(binning=int(request.binning), bin_mode=request.bin_mode,
+              apodization=request.apodization, device=device)
+    jobs = [even, odd] + ([full_series] if full_series is not None else [])
+    volumes = [fbp(series.data, series.angles, int(request.thickness),
+                   progress=_part(progress, i, len(jobs)), **kw)
+               for i, series in enumerate(jobs)]
+    full = volumes[2] if full_series is not None else None
+    if request.want_full and full is None:  # frame halves: FBP is linear, so the mean
+        full = (volumes[0] + volumes[1]) * np.float32(0.5)
+    voxel = float(even.pixel_size) * int(request.binning)
+    angles = np.concatenate([np.asarray(even.angles), np.asarray(odd.angles)])
+    return Halves(even=volumes[0], odd=volumes[1], full=full, voxel_size=(voxel, voxel, voxel),
+                  origin=tuple(float(v) for v in even.origin),
+                  tilt_range=(float(angles.min()), float(angles.max())), stem=stem,
+                  angles_even=np.asarray(even.angles, dtype=float),
+                  angles_odd=np.asarray(odd.angles, dtype=float))
+
+
+def halves_paths(out_dir, stem: str, *, with_full: bool) -> list[Path]:
+    """``<stem>_even.mrc``, ``<stem>_odd.mrc`` (and ``<stem>_full.mrc``) in ``out_dir``."""
+    labels = ("even", "odd", "full") if with_full else ("even", "odd")
+    return [Path(out_dir) / f"{stem}_{label}.mrc" for label in labels]
+
+
+def write_halves(out_dir, stem: str, halves: Halves, *, overwrite: bool = False) -> list[Path]:
+    """Write the halves (and the full tomogram when present) with voxel size and origin.
+
+    Refuses (``OutputExists``, a ``DDWError``) before writing anything if one of the files
+    exists, unless ``overwrite``.
+    """
+    from ..core.io import write_mrc
+
+    paths = refuse_existing(halves_paths(out_dir, stem, with_full=halves.full is not None),
+                            overwrite=overwrite)
+    volumes = (halves.even, halves.odd, halves.full)
+    return [write_mrc(path, volume, halves.voxel_size, halves.origin)
+            for path, volume in zip(paths, volumes)]
