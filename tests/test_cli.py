@@ -274,7 +274,7 @@ def _fit_args(tmp_path, yaml_text, extra=()):
     cfg.write_text(yaml_text)
     parser = cli.build_parser()
     args = parser.parse_args(["fit", "--config", str(cfg), "--out", str(tmp_path / "o"), *extra])
-    cli._apply_config(args, parser)
+    cli.apply_config(args)
     return args
 
 
@@ -283,7 +283,7 @@ def test_both_config_layouts_give_the_same_fit_config(tmp_path, capsys):
     for text in (FLAT_YAML, DDW_YAML):
         args = _fit_args(tmp_path, text)
         assert args.even == "e.mrc" and args.odd == "o.mrc"
-        cfg = cli._fit_config(args, tilt_range=cli._tilt_range_for_fit(args), out_dir="o",
+        cfg = cli.fit_config(args, tilt_range=cli.tilt_range_for_fit(args), out_dir="o",
                               voxel_size=(1, 1, 1))
         configs.append(cfg)
     flat, ddw = configs
@@ -301,7 +301,7 @@ def test_flags_win_over_config_and_unknown_keys_warn(tmp_path, capsys):
                      extra=["--epochs", "3", "--tilt-range", "-50", "55"])
     err = capsys.readouterr().err
     assert "warning:" in err and "colour" in err
-    cfg = cli._fit_config(args, tilt_range=cli._tilt_range_for_fit(args), out_dir=None,
+    cfg = cli.fit_config(args, tilt_range=cli.tilt_range_for_fit(args), out_dir=None,
                           voxel_size=(1, 1, 1))
     assert cfg.epochs == 3 and cfg.channels == 8
     assert (cfg.tilt_min, cfg.tilt_max) == (-50.0, 55.0)
@@ -379,7 +379,7 @@ def test_fit_angles_file_sets_tilt_range(tmp_path):
     tlt = _write_tlt(tmp_path / "ts.tlt", [-54.0, -20.0, 0.0, 30.0, 62.0])
     parser = cli.build_parser()
     args = parser.parse_args(["fit", "--angles", str(tlt), "--out", "o"])
-    assert cli._tilt_range_for_fit(args) == (-54.0, 62.0)
+    assert cli.tilt_range_for_fit(args) == (-54.0, 62.0)
 
 
 def test_fit_errors(tiny_pair, tmp_path, capsys):
@@ -500,3 +500,99 @@ def test_demo_tiny(tmp_path, capsys):
     for key in ("fbp_full", "fbp_even_odd_mean", "refined"):
         assert -1.0 <= figures["cc"][key] <= 1.0
     assert figures["cc"]["fbp_full"] > 0.1  # the reconstruction resembles the phantom
+
+
+# ---------------------------------------------------------------------------------------------
+# nothing overwritten by surprise; progress in logs
+
+
+def test_reconstruct_refuses_to_overwrite_without_flag(tilt_stack, tmp_path, capsys):
+    out = tmp_path / "rec"
+    args = ["reconstruct", str(tilt_stack), "--thickness", "4", "--device", "cpu", "--out",
+            str(out), "-q"]
+    assert cli.main(args) == 0
+    before = (out / "TS_even.mrc").stat().st_mtime_ns
+    capsys.readouterr()
+    rc = cli.main(args)
+    _assert_one_error(capsys, rc, "TS_even.mrc", "--overwrite")
+    assert (out / "TS_even.mrc").stat().st_mtime_ns == before
+    assert cli.main(args + ["--overwrite"]) == 0
+
+
+def test_fit_into_a_folder_with_checkpoints_names_the_resume_command(tiny_pair, tmp_path, capsys):
+    import shlex
+
+    even, odd = tiny_pair
+    out = tmp_path / "model"
+    args = ["fit", "--even", str(even), "--odd", str(odd), "--tilt-range", "-60", "60",
+            "--out", str(out), "-q", *TINY_FIT]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    rc = cli.main(args + ["--epochs", "2"])
+    line = _assert_one_error(capsys, rc, f"--resume {out / 'latest.pt'}", "--overwrite")
+    command = line.split("run: ", 1)[1].split(" ; or", 1)[0]
+    assert shlex.split(command)[0] == "deepdewedge"
+    assert cli.main(shlex.split(command)[1:]) == 0  # the command it gives works as is
+    epochs = [row.split(",")[0] for row in (out / "losses.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2"]
+    # --overwrite starts afresh: the earlier periodic/stopped checkpoints are gone
+    (out / "epoch_0009.pt").write_bytes(b"stale")
+    assert cli.main(args + ["--overwrite"]) == 0
+    assert not (out / "epoch_0009.pt").exists()
+    epochs = [row.split(",")[0] for row in (out / "losses.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1"]
+
+
+def test_progress_in_a_log_is_a_few_plain_lines(tiny_pair, fitted, tilt_stack, tmp_path, capsys):
+    """stderr is not a terminal under pytest's capture, as under sbatch / nohup > log."""
+    even, odd = tiny_pair
+    rc = cli.main(["fit", "--even", str(even), "--odd", str(odd), "--tilt-range", "-60", "60",
+                   "--out", str(tmp_path / "m"), *TINY_FIT, "--epochs", "3"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    lines = err.splitlines()
+    assert "\r" not in err and "\x1b" not in err
+    assert [line.split(":")[0] for line in lines if line.startswith("fit epoch")] == \
+        ["fit epoch 1/3", "fit epoch 2/3", "fit epoch 3/3"]
+    assert len(lines) <= 6, lines  # header + 3 epochs + summary
+
+    ckpt = sorted(fitted.glob("latest.pt"))[0]
+    rc = cli.main(["refine", "--even", str(even), "--odd", str(odd), "--model", str(ckpt),
+                   "--out", str(tmp_path / "r.mrc"), "--device", "cpu", "--batch-size", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "\r" not in err
+    assert 2 <= len(lines) <= 10 and all(line.startswith("refine: ") for line in lines), lines
+    assert lines[-1].startswith("refine: 100 %")
+
+    rc = cli.main(["reconstruct", str(tilt_stack), "--thickness", "4", "--device", "cpu",
+                   "--full", "--out", str(tmp_path / "rec")])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    lines = err.splitlines()
+    assert "\r" not in err and len(lines) <= 11, lines
+    assert lines[-2].startswith("reconstruct: 100 %") and lines[-1].startswith("reconstructed 3")
+
+
+def test_progress_bar_on_a_terminal_and_lines_per_tenth_elsewhere():
+    import io
+
+    from napari_deepdewedge.cli.progress import Progress
+
+    log = io.StringIO()
+    with Progress("refine", unit="batch", stream=log) as progress:
+        for done in range(1, 201):
+            progress(done, 200)
+    lines = log.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"refine: {p:3d} %" for p in range(10, 101, 10)]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    with Progress("refine", unit="batch", stream=tty) as progress:
+        for done in range(1, 201):
+            progress(done, 200)
+    assert "\r" in tty.getvalue() and "200/200" in tty.getvalue()  # a tqdm bar

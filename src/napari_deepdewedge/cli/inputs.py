@@ -1,0 +1,91 @@
+"""Reading the command line's inputs into the pipeline's requests (files → arrays, angles)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core.errors import DDWError
+from ..pipeline import HalvesRequest, common_stem, stem_of
+
+
+def angle_spec(args):
+    """``--angles FILE`` as a path string, ``--tilt-range`` as a tuple, or None."""
+    if getattr(args, "angles", None) is not None:
+        return str(args.angles)
+    if getattr(args, "tilt_range", None) is not None:
+        return tuple(float(v) for v in args.tilt_range)
+    return None
+
+
+def halves_request(args, *, want_full: bool) -> HalvesRequest:
+    """A ``HalvesRequest`` from the stack options (TILTSERIES or --even-odd EVN ODD)."""
+    from ..core.io import find_angle_file, load_tilt_series
+
+    angles = angle_spec(args)
+    if args.tiltseries is not None and args.even_odd is not None:
+        raise DDWError("give either TILTSERIES or --even-odd EVN ODD, not both")
+    if args.tiltseries is None and args.even_odd is None:
+        raise DDWError("no input: give a tilt series (TILTSERIES) or two frame-half series "
+                       "(--even-odd EVN ODD)")
+    common = dict(thickness=args.thickness, binning=args.bin or 1,
+                  bin_mode=args.bin_mode or "fourier", device=args.device, want_full=want_full)
+    if args.tiltseries is not None:
+        series = load_tilt_series(args.tiltseries, angles=angles, tilt_axis_x=args.tilt_axis_x)
+        return HalvesRequest(series=series, stem=stem_of(args.tiltseries), **common)
+    evn_path, odd_path = (Path(p) for p in args.even_odd)
+    stem = common_stem(evn_path, odd_path)
+    if angles is None:
+        # a .tlt beside EVN, beside ODD, or beside the stack name without _EVN
+        for candidate in (evn_path, odd_path, evn_path.with_name(stem + evn_path.suffix)):
+            found = find_angle_file(candidate)
+            if found is not None:
+                angles = str(found)
+                break
+    even = load_tilt_series(evn_path, angles=angles, tilt_axis_x=args.tilt_axis_x)
+    odd = load_tilt_series(odd_path, angles=even.angles if angles is None else angles,
+                           tilt_axis_x=args.tilt_axis_x)
+    return HalvesRequest(frame_halves=(even, odd), stem=stem, **common)
+
+
+def read_pair(even_path, odd_path):
+    """The two half tomograms as memory-mapped ``Volume``s of one shape."""
+    from ..core.halves import check_same_shape
+    from ..core.io import read_mrc
+
+    if not even_path or not odd_path:
+        raise DDWError("both half tomograms are needed: give --even E.mrc and --odd O.mrc "
+                       "(or tomo0_files/tomo1_files in --config)")
+    even, odd = read_mrc(even_path), read_mrc(odd_path)
+    check_same_shape(even.data, odd.data, what="half tomograms")
+    return even, odd
+
+
+def read_mask(path, shape):
+    if path is None:
+        return None
+    import numpy as np
+
+    from ..core.io import read_mrc
+
+    mask = read_mrc(path)
+    if tuple(mask.data.shape) != tuple(shape):
+        raise DDWError(f"{Path(path).name}: mask shape {tuple(mask.data.shape)} differs from the "
+                       f"tomogram shape {tuple(shape)}; make the mask on the same (binned) grid")
+    return np.asarray(mask.data) != 0
+
+
+def tilt_range_for_fit(args) -> tuple[float, float]:
+    """The missing wedge's tilt range from --angles FILE or --tilt-range MIN MAX."""
+    from ..core.io import check_angle_values, read_angles
+
+    if getattr(args, "angles", None) is not None:
+        angles = read_angles(args.angles)
+        return float(angles.min()), float(angles.max())
+    if getattr(args, "tilt_range", None) is not None:
+        lo, hi = (float(v) for v in args.tilt_range[:2])
+        check_angle_values([lo, hi], source="tilt range")
+        if hi <= lo:
+            raise DDWError(f"tilt range minimum {lo:g}° must be below its maximum {hi:g}°; "
+                           "give --tilt-range MIN MAX")
+        return lo, hi
+    raise DDWError("the tilt range is needed to know the missing wedge: give --angles FILE or "
+                   "--tilt-range MIN MAX (or mw_angle / tilt_range in --config)")

@@ -1,0 +1,296 @@
+"""Every option of ``deepdewedge``, each group defined once, and the parser built from them.
+
+An option is an :class:`Opt` (flags, destination, type, nargs, choices); a :class:`Group`
+bundles options under one help heading; a command lists its groups (:data:`COMMANDS`). The
+parser is built from these specs and config merging reads the same specs (``options_of``),
+so nothing reaches into argparse's private attributes. No torch import here.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import __version__
+
+PRESET_NAMES = ("fast", "balanced", "default")  # core.unet.PRESETS (checked in the tests)
+
+
+def _number(kind, ok, requirement: str):
+    """An argparse ``type`` that parses ``kind`` (int or float) and checks ``ok(value)``."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {noun}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {value}")
+        return value
+
+    parse.numeric = True  # config merging refuses YAML booleans for these
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "at least 1")
+non_negative_int = _number(int, lambda v: v >= 0, "0 or more")
+fraction = _number(float, lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+positive_float = _number(float, lambda v: v > 0, "positive")
+any_int = _number(int, lambda v: True, "a whole number")
+any_float = _number(float, lambda v: True, "a number")
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option. ``kind``: ``value`` (takes values), ``switch`` (``store_true``) or ``bool``
+    (``--x/--no-x``). A first flag without a leading ``-`` is a positional (``nargs='?'``)."""
+
+    flags: tuple[str, ...]
+    dest: str
+    help: str = ""
+    type: Callable | None = None
+    nargs: int | str | None = None
+    metavar: str | tuple | None = None
+    choices: tuple | None = None
+    kind: str = "value"
+    required: bool = False
+
+    @property
+    def positional(self) -> bool:
+        return not self.flags[0].startswith("-")
+
+    def add_to(self, target) -> None:
+        if self.positional:
+            target.add_argument(self.flags[0], nargs="?", metavar=self.metavar, help=self.help)
+            return
+        kw = dict(dest=self.dest, help=self.help)
+        if self.kind == "switch":
+            target.add_argument(*self.flags, action="store_true", **kw)
+            return
+        if self.kind == "bool":
+            target.add_argument(*self.flags, action=argparse.BooleanOptionalAction, default=None, **kw)
+            return
+        target.add_argument(*self.flags, type=self.type, nargs=self.nargs, metavar=self.metavar,
+                            choices=self.choices, default=None, required=self.required, **kw)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Options under one help heading; ``exclusive`` lists dests of which one at most is given."""
+
+    title: str | None
+    options: tuple[Opt, ...]
+    exclusive: tuple[str, ...] = ()
+
+    def add_to(self, parser) -> None:
+        target = parser.add_argument_group(self.title) if self.title else parser
+        either = target.add_mutually_exclusive_group() if self.exclusive else None
+        for opt in self.options:
+            opt.add_to(either if opt.dest in self.exclusive else target)
+
+
+# ----------------------------------------------------------------------------------------------
+# the option groups (each defined once)
+
+QUIET = Group(None, (Opt(("-q", "--quiet"), "quiet", "no progress bars or info lines", kind="switch"),))
+DEVICE = Group(None, (Opt(("--device",), "device", "auto, cpu, cuda, cuda:N or mps (default: auto = "
+                          "cuda → mps → cpu)", metavar="D"),))
+CONFIG = Group(None, (Opt(("--config",), "config", "YAML config (our flat layout or the original "
+                          "DeepDeWedge layout); explicit flags win", metavar="FILE.yaml"),))
+OVERWRITE = Group(None, (Opt(("--overwrite",), "overwrite", "replace output files that exist (for "
+                             "a fit: start afresh in a folder holding an earlier fit's "
+                             "checkpoints)", kind="switch"),))
+
+
+def out_option(metavar: str, help: str, *, required: bool = False) -> Group:
+    return Group(None, (Opt(("--out",), "out", help, metavar=metavar, required=required),))
+
+
+ANGLE_FILE = Opt(("--angles",), "angles", "IMOD .tlt/.rawtlt file (one angle per line, stack order)",
+                 metavar="FILE")
+
+STACK_INPUT = Group("tilt-series input (one stack, or two frame-half stacks)", (
+    Opt(("tiltseries",), "tiltseries", "aligned tilt series (.mrc .st .ali …); split into even/odd "
+        "halves by the parity of the angle-sorted index", metavar="TILTSERIES"),
+    Opt(("--even-odd",), "even_odd", "instead of TILTSERIES: two tilt series made from even and "
+        "odd movie frames (Warp/AreTomo *_EVN/*_ODD); each is reconstructed in full", nargs=2,
+        metavar=("EVN", "ODD")),
+    ANGLE_FILE,
+    Opt(("--tilt-range",), "tilt_range", "tilt angles MIN, MIN+STEP, …, MAX in degrees (default: "
+        "a .tlt/.rawtlt beside the stack with the same name)", type=any_float, nargs=3,
+        metavar=("MIN", "MAX", "STEP")),
+    Opt(("--tilt-axis-x",), "tilt_axis_x", "the tilt axis runs along X in the stack (it is "
+        "transposed to Y)", kind="switch"),
+), exclusive=("angles", "tilt_range"))
+
+
+def reconstruction_options(*, thickness_required: bool) -> Group:
+    return Group("reconstruction (weighted back-projection)", (
+        Opt(("--thickness",), "thickness", "tomogram thickness in output (binned) voxels",
+            type=positive_int, metavar="Z", required=thickness_required),
+        Opt(("--bin",), "bin", "bin the projections by N before reconstructing (default 1)",
+            type=positive_int, metavar="N"),
+        Opt(("--bin-mode",), "bin_mode", "binning by Fourier cropping or by averaging N×N pixels "
+            "(default fourier)", choices=("fourier", "average")),
+        Opt(("--full",), "full", "also write the reconstruction from all projections "
+            "(<stem>_full.mrc)", kind="switch"),
+    ))
+
+
+HALVES_INPUT = Group("inputs (or from --config)", (
+    Opt(("--even", "--tomo0"), "even", "tomogram of half 0", metavar="E.mrc"),
+    Opt(("--odd", "--tomo1"), "odd", "tomogram of half 1", metavar="O.mrc"),
+))
+
+WEDGE_INPUT = Group("missing wedge (or from --config)", (
+    Opt(ANGLE_FILE.flags, "angles", "the .tlt/.rawtlt of the tilt series; its min and max set the "
+        "wedge", metavar="FILE"),
+    Opt(("--tilt-range",), "tilt_range", "tilt range in degrees (asymmetric allowed, e.g. -54 62)",
+        type=any_float, nargs=2, metavar=("MIN", "MAX")),
+), exclusive=("angles", "tilt_range"))
+
+FITTING = Group("fitting (default: the --preset values, then core.fitting.FitConfig)", (
+    Opt(("--preset",), "preset", "fast (48³ cubes, 16 channels), balanced (96³, 32) or default "
+        "(96³, 64); default: 'default' on a CUDA GPU, 'fast' otherwise", metavar="NAME"),
+    Opt(("--subtomo-size",), "subtomo_size", "edge of the fitting cubes; a multiple of 2^depth",
+        type=positive_int, metavar="S"),
+    Opt(("--channels",), "channels", "U-Net channels at the first level", type=positive_int,
+        metavar="C"),
+    Opt(("--depth",), "depth", "U-Net levels (down-samplings)", type=positive_int, metavar="D"),
+    Opt(("--epochs",), "epochs", "", type=positive_int, metavar="N"),
+    Opt(("--batch-size",), "batch_size", "", type=positive_int, metavar="B"),
+    Opt(("--lr",), "lr", "Adam learning rate (default 4e-4)", type=positive_float, metavar="LR"),
+    Opt(("--val-fraction",), "val_fraction", "fraction of cubes held out for validation "
+        "(default 0.1)", type=fraction, metavar="F"),
+    Opt(("--update-every",), "update_every", "update the input cubes' missing wedges every N "
+        "epochs (0 = never)", type=non_negative_int, metavar="N"),
+    Opt(("--validate-every",), "validate_every", "validation loss every N epochs",
+        type=positive_int, metavar="N"),
+    Opt(("--checkpoint-every",), "checkpoint_every", "keep a periodic checkpoint every N epochs "
+        "(0 = none)", type=non_negative_int, metavar="N"),
+    Opt(("--strides",), "strides", "cube grid strides (default: automatic)", type=positive_int,
+        nargs=3, metavar=("SZ", "SY", "SX")),
+    Opt(("--min-mask-fraction",), "min_mask_fraction", "with --mask: keep cubes with at least "
+        "this fraction inside (default 0.3)", type=fraction, metavar="F"),
+    Opt(("--mask",), "mask", "binary region-of-interest mask, same shape as the tomograms",
+        metavar="ROI.mrc"),
+    Opt(("--standardize",), "standardize", "standardize each half to zero mean / unit variance "
+        "(default on)", kind="bool"),
+    Opt(("--seed",), "seed", "random seed", type=any_int),
+    Opt(("--resume",), "resume", "continue fitting from a checkpoint (settings you do not give "
+        "again are the checkpoint's; see docs/cli.md for what may change)", metavar="CKPT"),
+))
+
+
+def refine_tiles(*batch_flags: str) -> Group:
+    return Group("refinement tiles", (
+        Opt(("--overlap",), "overlap", "overlap of the tiles in voxels (default ⌈S/3⌉)",
+            type=non_negative_int, metavar="O"),
+        Opt(batch_flags, "refine_batch_size", "tiles per batch (default 4)", type=positive_int,
+            metavar="B"),
+    ))
+
+
+REFINE_MODEL = Group(None, (
+    Opt(("--model",), "model", "checkpoint written by 'fit'", metavar="CKPT"),
+    Opt(("--halves",), "halves", "also write the two per-half results and their signed "
+        "difference (OUT_half0/_half1/_consistency.mrc)", kind="switch"),
+))
+NO_HALVES = Group(None, (Opt(("--no-halves",), "no_halves", "do not write the per-half results "
+                             "and their difference", kind="switch"),))
+DEMO = Group("demo", (
+    Opt(("--size",), "size", "phantom size: tiny (seconds, for tests), small (default; a few "
+        "minutes on a laptop CPU), medium", choices=("tiny", "small", "medium")),
+    Opt(("--phantom-seed",), "phantom_seed", "phantom seed (default: a held-out seed)", type=any_int),
+))
+NAPARI = Group(None, (
+    Opt(("--no-sample",), "no_sample", "start without the sample data", kind="switch"),
+    Opt(("--screenshot",), "screenshot", "save a screenshot of the window and close (for "
+        "documentation)", metavar="PNG"),
+))
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    description: str
+    groups: tuple[Group, ...]
+
+
+COMMANDS: dict[str, Command] = {
+    "reconstruct": Command(
+        "even/odd (and full) tomograms from a tilt series by weighted back-projection",
+        "Reconstruct the two half tomograms (DIR/<stem>_even.mrc, <stem>_odd.mrc) from one tilt "
+        "series (split by angle parity) or from two frame-half series (--even-odd EVN ODD, then "
+        "TILTSERIES is omitted).",
+        (STACK_INPUT, reconstruction_options(thickness_required=True), DEVICE,
+         out_option("DIR", "output folder", required=True), OVERWRITE, QUIET)),
+    "fit": Command(
+        "fit the U-Net on an even/odd tomogram pair (checkpoints + losses.csv)",
+        "Fit a 3D U-Net on sub-tomograms of the two half tomograms. Ctrl-C stops cleanly after "
+        "the current step with a 'stopped' checkpoint (exit 130); --resume continues. A folder "
+        "that holds an earlier fit's checkpoints is refused unless --resume or --overwrite. "
+        "Several GPUs: torchrun --nproc-per-node N -m napari_deepdewedge.cli -- fit …",
+        (HALVES_INPUT, WEDGE_INPUT, FITTING, CONFIG, DEVICE,
+         out_option("DIR", "folder for checkpoints and losses.csv (required, or from --config)"),
+         OVERWRITE, QUIET)),
+    "refine": Command(
+        "apply a fitted model to both halves and average (the refined tomogram)",
+        "Refine both half tomograms with a fitted model and average them. With --halves also "
+        "write OUT_half0.mrc, OUT_half1.mrc and OUT_consistency.mrc (the signed half0 − half1 "
+        "difference: where the model is not consistent).",
+        (HALVES_INPUT, REFINE_MODEL, refine_tiles("--batch-size", "--refine-batch-size"), CONFIG,
+         DEVICE, out_option("OUT.mrc", "refined tomogram"), OVERWRITE, QUIET)),
+    "run": Command(
+        "reconstruct + fit + refine in one go: DIR/<stem>_refined.mrc",
+        "The whole pipeline on one tilt series: DIR/<stem>_even.mrc, _odd.mrc, DIR/model/ "
+        "(checkpoints, losses.csv), DIR/<stem>_refined.mrc and the per-half results "
+        "(_refined_half0/_half1/_consistency.mrc).",
+        (STACK_INPUT, reconstruction_options(thickness_required=False), FITTING, CONFIG,
+         refine_tiles("--refine-batch-size"), NO_HALVES, DEVICE,
+         out_option("DIR", "output folder (required)"), OVERWRITE, QUIET)),
+    "demo": Command(
+        "the whole pipeline on a built-in synthetic phantom, with figures and metrics",
+        "Simulate a noisy tilt series of a synthetic phantom (a held-out seed), reconstruct, fit "
+        "(fast preset, small cubes), refine, and compare with the ground truth: MRC files, a PNG "
+        "figure and CC / FSC / wedge metrics.",
+        (DEMO, FITTING, CONFIG, refine_tiles("--refine-batch-size"), DEVICE,
+         out_option("DIR", "output folder", required=True),
+         OVERWRITE, QUIET)),
+    "napari": Command(
+        "open napari with the sample tilt series and the DeepDeWedge dock",
+        "Open napari with the DeepDeWedge dock, and the synthetic sample tilt series loaded "
+        "(needs a display).",
+        (NAPARI,)),
+}
+
+
+def options_of(command: str) -> dict[str, Opt]:
+    """``dest → Opt`` of one command (what config merging converts values with)."""
+    return {opt.dest: opt for group in COMMANDS[command].groups for opt in group.options}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepdewedge",
+        description="DeepDeWedge for cryo-ET: reconstruct even/odd tomograms, fit a 3D U-Net "
+                    "with a Fourier-masked Noise2Noise loss, refine (denoise + fill the missing "
+                    "wedge).",
+        epilog="Typical job:  deepdewedge run TS.mrc --thickness 300 --bin 4 --out job/\n"
+               "Try it:       deepdewedge demo --out demo/\n"
+               "Details:      deepdewedge COMMAND --help, docs/cli.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.description,
+                           formatter_class=_Formatter)
+        for group in command.groups:
+            group.add_to(p)
+    return parser
