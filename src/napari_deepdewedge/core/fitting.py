@@ -26,16 +26,20 @@ Several GPUs: launch with ``torchrun --nproc-per-node N -m napari_deepdewedge.cl
 The CLI calls :func:`init_distributed_from_env`; ``fit_iter`` then wraps the model in
 ``DistributedDataParallel`` and splits every batch across the ranks so that the *global* batch
 is ``batch_size`` (the result matches a single-process run with the same batch size).
+
+Where the pieces live: this module holds ``FitConfig``, the data pieces (standardized cube
+stores, input normalization, wedge updates), one fitting step, the validation loss and the
+loop (≈570 lines: they share the cube stores, masks and settings, and the loop reads as the
+method's recipe); events in ``fit_events.py``, the loss log in ``fit_log.py``, previews in
+``fit_preview.py``, checkpoint payloads in ``checkpoint.py``, devices/AMP/DDP in
+``fit_parallel.py``, the resume rule in ``resume.py``.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
 import math
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -47,7 +51,11 @@ from .fit_events import (  # noqa: F401  (re-exported: the engine's event names)
     CheckpointSaved, EpochDone, FitEvent, FitFinished, FitStarted, PreviewReady, StepDone, WedgesUpdated,
 )
 
-CSV_HEADER = ("epoch", "fit_loss", "val_loss", "seconds")
+from .fit_log import CSV_HEADER  # noqa: F401  (re-exported)
+from .fit_parallel import (  # noqa: F401  (amp_enabled … init_distributed_from_env: re-exported)
+    all_reduce_sum, amp_enabled, autocast, configure_backends, data_device, distributed_info, fit_device,
+    init_distributed_from_env,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,75 +160,6 @@ class FitConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# device, mixed precision, distributed
-# --------------------------------------------------------------------------------------------
-def amp_enabled(device) -> bool:
-    """Mixed precision (autocast float16 + GradScaler) is used on CUDA only."""
-    return torch.device(device).type == "cuda"
-
-
-def configure_backends(device) -> None:
-    """cuDNN autotuning on CUDA (fixed cube sizes make it pay off); nothing elsewhere."""
-    if torch.device(device).type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def distributed_info() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` unless ``torch.distributed`` is initialized."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed_from_env(backend: str | None = None) -> tuple[int, int]:
-    """Join the process group described by torchrun's environment (``WORLD_SIZE``, ``RANK``,
-    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``). Returns ``(rank, world_size)``.
-
-    Does nothing (returns ``(0, 1)``) when not launched by torchrun. Backend: NCCL with CUDA
-    (each process takes GPU ``LOCAL_RANK``), gloo otherwise.
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        if backend is None:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        try:
-            dist.init_process_group(backend=backend)
-        except Exception as exc:  # bad rendezvous settings are a user problem
-            raise DDWError(
-                f"could not join the torch.distributed process group ({exc}); launch with "
-                "`torchrun --nproc-per-node N -m napari_deepdewedge.cli fit ...`"
-            ) from None
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _fit_device(name, world: int):
-    from .device import pick_device
-
-    dev = pick_device(name)
-    if world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return dev
-
-
-def _all_reduce_sum(values: list[float], device, world: int) -> list[float]:
-    if world == 1:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-# --------------------------------------------------------------------------------------------
 # small pieces of the loop
 # --------------------------------------------------------------------------------------------
 def _standardize_pairs_(pairs: torch.Tensor, stats) -> torch.Tensor:
@@ -281,7 +220,7 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
             x = match_resampling(model_input(cube, mask_e))  # the statistics fitting inputs have
             if pad:
                 x = torch.nn.functional.pad(x, (0, pad, 0, pad, 0, pad), mode="reflect")
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 pred = model(x)
             pred = pred.float()[..., :E, :E, :E]
             specp = torch.fft.rfftn(pred, dim=(-3, -2, -1))
@@ -297,47 +236,166 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
     return fit0
 
 
-def _autocast(device, enabled: bool):
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+# --------------------------------------------------------------------------------------------
+# the pieces of the loop
+# --------------------------------------------------------------------------------------------
+def _check_inputs(tomo0, tomo1, mask):
+    """The halves as arrays (memory maps stay lazy) of one 3D shape, and the mask as an array."""
+    from .halves import check_same_shape
+
+    tomo0 = tomo0 if isinstance(tomo0, np.memmap) else np.asarray(tomo0)
+    tomo1 = tomo1 if isinstance(tomo1, np.memmap) else np.asarray(tomo1)
+    if tomo0.ndim != 3:
+        raise DDWError(f"the half tomograms must be 3D (Z, Y, X), got shape {tuple(tomo0.shape)}")
+    check_same_shape(tomo0, tomo1, what="half tomograms")
+    if mask is not None:
+        mask = np.asarray(mask)
+        check_same_shape(tomo0, mask, what="tomogram and ROI mask")
+    return tomo0, tomo1, mask
 
 
-def _data_device(device, nbytes: int):
-    """Keep the cubes on the fitting device when they take at most 40 % of its free memory."""
-    if device.type == "cuda":
+def _load_resume(resume, cfg: FitConfig):
+    """``(payload, config)`` to resume from (``(None, cfg)`` without ``resume``): a path or an
+    already loaded payload; every fixed setting must match (core.resume)."""
+    from . import checkpoint as ckpt
+    from .resume import resumed_config
+
+    if resume is None:
+        return None, cfg
+    if isinstance(resume, dict):  # loaded by pipeline.fit_events
+        payload, name = ckpt.check_payload(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS), "checkpoint"
+    else:
+        payload, name = ckpt.load_checkpoint(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS), Path(resume).name
+    return payload, resumed_config(cfg, payload, name=name)
+
+
+def _half_stats(cfg: FitConfig, payload, tomo0, tomo1):
+    """Per-half ``(mean, std)`` (the checkpoint's when resuming), or None without standardizing."""
+    from .refine import standardization_stats
+
+    if not cfg.standardize:
+        return None
+    if payload is not None and payload.get("standardization") is not None:
+        return [tuple(float(v) for v in st) for st in payload["standardization"]]
+    return [standardization_stats(tomo0), standardization_stats(tomo1)]
+
+
+def _restore_cubes(fit_pairs: torch.Tensor, payload) -> None:
+    """Put the checkpoint's wedge-updated cube0s into the pair store (in place)."""
+    saved = payload["fit0"]
+    if not isinstance(saved, torch.Tensor) or tuple(saved.shape) != tuple(fit_pairs[:, 0:1].shape):
+        raise CheckpointError(
+            f"cannot resume: the checkpoint's fitting cubes have shape {tuple(getattr(saved, 'shape', ()))} but "
+            f"these tomograms give {tuple(fit_pairs[:, 0:1].shape)}; resume with the same tomograms, mask and "
+            "settings"
+        )
+    fit_pairs[:, 0:1].copy_(saved)
+
+
+def _build_net(cfg: FitConfig, device, payload):
+    """The U-Net with seeded initial weights (without touching the caller's RNG), or the
+    checkpoint's weights."""
+    from .unet import UNet3D
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
+    net = net.to(device)
+    if payload is not None:
         try:
-            free, _ = torch.cuda.mem_get_info(device)
-        except Exception:
-            return torch.device("cpu")
-        return device if nbytes <= 0.4 * free else torch.device("cpu")
-    return device
+            net.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"cannot resume: checkpoint weights do not fit this U-Net ({str(exc)[:200]})") from None
+    return net
 
 
-def _write_csv(path: Path, rows) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(CSV_HEADER)
-        for row in rows:
-            w.writerow(_csv_row(row))
-    os.replace(tmp, path)
+def _stop_requested(should_stop, device, world: int) -> bool:
+    """``should_stop()`` (OR-ed across ranks)."""
+    flag = bool(should_stop()) if should_stop is not None else False
+    if world > 1:
+        flag = all_reduce_sum([1.0 if flag else 0.0], device, world)[0] > 0
+    return flag
 
 
-def _csv_row(row):
-    epoch, fit_loss, val_loss, seconds = row
-    return [int(epoch), repr(float(fit_loss)), "" if val_loss is None else repr(float(val_loss)), f"{seconds:.3f}"]
+@dataclass
+class _Cubes:
+    """The fitting and validation cube pairs, where they live and how to rotate them."""
+
+    fit_pairs: torch.Tensor   # (N, 2, E, E, E) channels-last, channel 0 = half 0
+    val_pairs: torch.Tensor
+    val_rot: torch.Tensor
+    s: int
+    device: torch.device      # the fitting device
+    in_place: bool            # stores on the fitting device: rotate straight out of them
+
+    def rotated(self, pairs: torch.Tensor, rotations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        from .rotation import rotate_center_crop
+
+        if self.in_place:
+            return rotate_center_crop(pairs, rotations, self.s, index=index)
+        return rotate_center_crop(pairs[index].to(self.device), rotations, self.s)
 
 
-def _append_csv(path: Path, row) -> None:
-    with open(path, "a", newline="") as fh:
-        csv.writer(fh).writerow(_csv_row(row))
+def _validation_loss(net, cubes: _Cubes, masks: dict, cfg: FitConfig, *, rank: int, world: int,
+                     amp: bool) -> float | None:
+    """Mean masked Fourier loss over the validation cubes (fixed rotations), or None."""
+    from .fourier import rotated_observed_masks
+    from .loss import masked_fourier_loss, model_input
+
+    n_val = int(cubes.val_pairs.shape[0])
+    if n_val == 0:
+        return None
+    s, device, B = cubes.s, cubes.device, cfg.batch_size
+    if "val" not in masks:
+        masks["val"] = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, cubes.val_rot,
+                                              device=device, rfft=True)
+    mine = list(range(rank, n_val, world))
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(mine), B):
+            idx = torch.tensor(mine[i:i + B], dtype=torch.long)
+            rot = cubes.rotated(cubes.val_pairs, cubes.val_rot[idx].to(device), idx)
+            x = model_input(rot[:, 0:1], masks["s"])
+            with autocast(device, amp):
+                pred = net(x)
+            loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks["s"], masks["val"][idx.to(device)],
+                                       wedge_weight=cfg.wedge_weight)
+            total += float(loss) * len(idx)
+    return all_reduce_sum([total], device, world)[0] / n_val
 
 
-def _default_slab(Z: int, s: int) -> tuple[int, int]:
-    t = min(Z, s)
-    z0 = max(0, Z // 2 - t // 2)
-    return z0, z0 + t
+def _fit_step(model, opt, scaler, cubes: _Cubes, masks: dict, idx: torch.Tensor, gen: torch.Generator,
+              cfg: FitConfig, *, rank: int, world: int, amp: bool) -> float:
+    """One optimizer step on the cubes ``idx`` (this rank's share of them); the batch's loss."""
+    from .fourier import rotated_observed_masks
+    from .loss import masked_fourier_loss, model_input
+    from .rotation import random_rotations
+
+    s, device = cubes.s, cubes.device
+    nb = len(idx)
+    rots = random_rotations(nb, generator=gen)
+    share = torch.tensor_split(torch.arange(nb), world)[rank] if world > 1 else torch.arange(nb)
+    n_local = len(share)
+    use = share if n_local > 0 else torch.arange(1)  # an empty share still joins the all-reduce
+    sel = idx[use]
+    r_local = rots[use].to(device)
+    rot = cubes.rotated(cubes.fit_pairs, r_local, sel)
+    x = model_input(rot[:, 0:1], masks["s"])
+    m_r = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, r_local, device=device, rfft=True)
+    with autocast(device, amp):
+        pred = model(x)
+    loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks["s"], m_r, wedge_weight=cfg.wedge_weight)
+    # DDP averages gradients over ranks: weight each rank by its share of the global batch
+    weight = n_local * world / nb
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss * weight).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        (loss * weight).backward()
+        opt.step()
+    return all_reduce_sum([float(loss.detach()) * n_local], device, world)[0] / nb
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,54 +408,28 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
 
     ``mask``: optional binary ROI (same shape) for cube selection. ``resume``: a checkpoint
     path (or its loaded payload) to continue from (exactly); every setting that
-    ``core.resume.RESUME_FIXED`` lists must match the checkpoint's. ``should_stop``: polled before every step; when it returns
-    True the loop saves ``stopped.pt`` (if ``out_dir``) and finishes. ``preview_slab()`` gives
-    the ``(z_start, z_stop)`` rows previewed every ``preview_every`` epochs (default: a central
-    slab of thickness ``subtomo_size``).
+    ``core.resume.RESUME_FIXED`` lists must match the checkpoint's. ``should_stop``: polled
+    before every step; when it returns True the loop saves ``stopped.pt`` (if ``out_dir``) and
+    finishes. ``preview_slab()`` gives the ``(z_start, z_stop)`` rows previewed every
+    ``preview_every`` epochs (default: a central slab of thickness ``subtomo_size``).
     """
     from . import checkpoint as ckpt
-    from .fourier import observed_mask, rotated_observed_masks
-    from .halves import check_same_shape
-    from .loss import masked_fourier_loss, model_input
-    from .refine import predict_tiled, prepare_half, standardization_stats
-    from .rotation import random_rotations, rotate_center_crop
+    from .fit_log import EpochRecord, EpochTally, LossLog
+    from .fit_preview import Previewer
+    from .fourier import observed_mask
     from .subtomos import extract_subtomos
-    from .unet import UNet3D
 
     cfg = dataclasses.replace(config).validate()
     rank, world = distributed_info()
     main = rank == 0
-    device = _fit_device(cfg.device, world)
+    device = fit_device(cfg.device, world)
     amp = amp_enabled(device)
     configure_backends(device)
-
-    tomo0 = tomo0 if isinstance(tomo0, np.memmap) else np.asarray(tomo0)
-    tomo1 = tomo1 if isinstance(tomo1, np.memmap) else np.asarray(tomo1)
-    if tomo0.ndim != 3:
-        raise DDWError(f"the half tomograms must be 3D (Z, Y, X), got shape {tuple(tomo0.shape)}")
-    check_same_shape(tomo0, tomo1, what="half tomograms")
-    if mask is not None:
-        mask = np.asarray(mask)
-        check_same_shape(tomo0, mask, what="tomogram and ROI mask")
-
-    payload = None
-    if resume is not None:  # a path, or a payload already loaded (pipeline.fit_events)
-        from .resume import resumed_config
-
-        if isinstance(resume, dict):
-            payload, name = ckpt.check_payload(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS), "checkpoint"
-        else:
-            payload, name = ckpt.load_checkpoint(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS), Path(resume).name
-        cfg = resumed_config(cfg, payload, name=name)  # every fixed setting must match (core.resume)
+    tomo0, tomo1, mask = _check_inputs(tomo0, tomo1, mask)
+    payload, cfg = _load_resume(resume, cfg)
 
     # ---- data ------------------------------------------------------------------------------
-    if cfg.standardize:
-        if payload is not None and payload.get("standardization") is not None:
-            stats = [tuple(float(v) for v in st) for st in payload["standardization"]]
-        else:
-            stats = [standardization_stats(tomo0), standardization_stats(tomo1)]
-    else:
-        stats = None
+    stats = _half_stats(cfg, payload, tomo0, tomo1)
     s = cfg.subtomo_size
     # cubes are cut from the raw halves and standardized afterwards: no full-size copies
     sub = extract_subtomos(tomo0, tomo1, s, strides=cfg.strides, mask=mask, min_mask_fraction=cfg.min_mask_fraction,
@@ -412,40 +444,18 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         raise DDWError("no fitting sub-tomograms could be extracted; use smaller strides, a smaller subtomo_size "
                        "or a larger ROI mask")
     if payload is not None:
-        saved = payload["fit0"]
-        if not isinstance(saved, torch.Tensor) or tuple(saved.shape) != tuple(fit_pairs[:, 0:1].shape):
-            raise CheckpointError(
-                f"cannot resume: the checkpoint's fitting cubes have shape {tuple(getattr(saved, 'shape', ()))} but "
-                f"these tomograms give {tuple(fit_pairs[:, 0:1].shape)}; resume with the same tomograms, mask and "
-                "settings"
-            )
-        fit_pairs[:, 0:1].copy_(saved)
+        _restore_cubes(fit_pairs, payload)
     E = int(fit_pairs.shape[-1])
-    ddev = _data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
-    fit_pairs, val_pairs = fit_pairs.to(ddev), val_pairs.to(ddev)
-    in_place = ddev == device  # rotate straight out of the stores (no batch copy)
-
-    def rotated(pairs, rotations, index):
-        if in_place:
-            return rotate_center_crop(pairs, rotations, s, index=index)
-        return rotate_center_crop(pairs[index].to(device), rotations, s)
-
-    mask_s = observed_mask((s, s, s), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)
-    mask_e = observed_mask((E, E, E), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)
-    val_masks = None
+    ddev = data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
+    cubes = _Cubes(fit_pairs.to(ddev), val_pairs.to(ddev), val_rot, s, device, in_place=ddev == device)
+    fit0 = cubes.fit_pairs[:, 0:1]
+    masks = {"s": observed_mask((s, s, s), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True),
+             "e": observed_mask((E, E, E), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)}
 
     # ---- model and optimizer ---------------------------------------------------------------
-    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
-        torch.manual_seed(cfg.seed)
-        net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
-    net = net.to(device)
-    if payload is not None:
-        try:
-            net.load_state_dict(payload["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"cannot resume: checkpoint weights do not fit this U-Net ({str(exc)[:200]})") from None
-    else:
-        net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device))
+    net = _build_net(cfg, device, payload)
+    if payload is None:
+        net.set_normalization(*input_normalization(fit0, masks["s"], s, device))
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -459,154 +469,80 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     B = cfg.batch_size
     steps = int(math.ceil(n_fit / B))
     epoch_done, step0, perm = 0, 0, None
-    partial = [0.0, 0.0, 0.0]  # loss·samples, samples, seconds of the unfinished epoch
+    tally = EpochTally()
     best = None
-    history: list[list] = []
+    history: list[EpochRecord] = []
     if payload is not None:
-        opt.load_state_dict(payload["optimizer"])
+        state = ckpt.parse_fit_payload(payload, n_fit)
+        opt.load_state_dict(state.optimizer)
         for group in opt.param_groups:
             group["lr"] = cfg.lr
-        if scaler is not None and payload.get("scaler"):
-            scaler.load_state_dict(payload["scaler"])
-        gen.set_state(payload["rng"]["generator"])
-        epoch_done, step0 = int(payload["epoch"]), int(payload["step"])
-        perm = payload.get("perm")  # set only for a mid-epoch (stopped) checkpoint
-        if perm is not None and len(perm) != n_fit or (step0 > 0 and perm is None):
-            raise CheckpointError("cannot resume: the checkpoint's mid-epoch state is incomplete; resume from latest.pt")
-        partial = [float(v) for v in payload.get("partial") or (0.0, 0.0, 0.0)]
-        best = payload.get("best_val_loss")
-        history = [list(r) for r in payload["history"]]
+        if scaler is not None and state.scaler:
+            scaler.load_state_dict(state.scaler)
+        gen.set_state(state.generator)
+        epoch_done, step0, perm = state.epoch, state.step, state.perm
+        tally, best, history = state.tally, state.best_val_loss, state.history
 
+    # ---- files -----------------------------------------------------------------------------
     out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-    csv_path = None
+    loss_log = None
     if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        csv_path = out_dir / "losses.csv"
-        _write_csv(csv_path, history)
+        loss_log = LossLog(out_dir / "losses.csv", history)
     latest_path = best_path = None
     if out_dir is not None and payload is not None:
         latest_path = out_dir / "latest.pt" if (out_dir / "latest.pt").exists() else None
         best_path = out_dir / "best.pt" if (out_dir / "best.pt").exists() else None
+    previewer = None
+    if cfg.preview_every and main:
+        previewer = Previewer(tomo0, tomo1, subtomo_size=s, tilt_min=cfg.tilt_min, tilt_max=cfg.tilt_max,
+                              stats=stats, batch_size=B, device=device, slab=preview_slab)
 
-    def make_payload(epoch_completed: int, step: int, cur_perm, cur_partial) -> dict:
-        return {
-            "format": ckpt.FORMAT_TAG,
-            "version": ckpt.FORMAT_VERSION,
-            "arch": net.arch_dict(),
-            "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
-            "subtomo_size": s,
-            "tilt_min": float(cfg.tilt_min),
-            "tilt_max": float(cfg.tilt_max),
-            "voxel_size": [float(v) for v in cfg.voxel_size],
-            "standardization": None if stats is None else [list(st) for st in stats],
-            "epoch": int(epoch_completed),
-            "step": int(step),
-            "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": {"generator": gen.get_state()},  # the loop draws only from this generator
-            "fit0": fit_pairs[:, 0:1].detach().cpu().contiguous(),
-            "perm": None if cur_perm is None else cur_perm.clone(),
-            "partial": [float(v) for v in cur_partial],
-            "best_val_loss": best,
-            "history": [list(r) for r in history],
-            "config": cfg.to_dict(),
-            "n_fit_cubes": n_fit,
-            "n_val_cubes": n_val,
-        }
-
-    def save(kind: str, name: str, epoch_completed: int, step: int = 0, cur_perm=None, cur_partial=(0.0, 0.0, 0.0)):
-        path = ckpt.save_checkpoint(out_dir / name, make_payload(epoch_completed, step, cur_perm, cur_partial))
-        return CheckpointSaved(epoch=epoch_completed, path=path, kind=kind)
-
-    def stop_requested() -> bool:
-        flag = bool(should_stop()) if should_stop is not None else False
-        if world > 1:
-            flag = _all_reduce_sum([1.0 if flag else 0.0], device, world)[0] > 0
-        return flag
-
-    def validate() -> float | None:
-        nonlocal val_masks
-        if n_val == 0:
-            return None
-        if val_masks is None:
-            val_masks = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, val_rot, device=device,
-                                               rfft=True)
-        mine = list(range(rank, n_val, world))
-        total = 0.0
-        with torch.no_grad():
-            for i in range(0, len(mine), B):
-                idx = torch.tensor(mine[i:i + B], dtype=torch.long)
-                rot = rotated(val_pairs, val_rot[idx].to(device), idx)
-                x = model_input(rot[:, 0:1], mask_s)
-                with _autocast(device, amp):
-                    pred = net(x)
-                loss = masked_fourier_loss(pred.float(), rot[:, 1:2], mask_s, val_masks[idx.to(device)],
-                                           wedge_weight=cfg.wedge_weight)
-                total += float(loss) * len(idx)
-        return _all_reduce_sum([total], device, world)[0] / n_val
+    def save(kind: str, name: str, epoch_completed: int, step: int = 0, cur_perm=None, cur_tally=None):
+        payload_now = ckpt.build_fit_payload(
+            net=net, config=cfg, subtomo_size=s, stats=stats, epoch=epoch_completed, step=step,
+            optimizer=opt, scaler=scaler, generator=gen, fit0=fit0, perm=cur_perm,
+            tally=cur_tally or EpochTally(), best_val_loss=best, history=history, n_fit=n_fit, n_val=n_val)
+        return CheckpointSaved(epoch=epoch_completed, path=ckpt.save_checkpoint(out_dir / name, payload_now), kind=kind)
 
     yield FitStarted(n_fit_cubes=n_fit, n_val_cubes=n_val, steps_per_epoch=steps, device=str(device), config=cfg)
 
-    preview_cache: dict = {}
     model.train()
     for epoch in range(epoch_done + 1, cfg.epochs + 1):
         if perm is None:  # a new epoch (not one a stopped checkpoint was in the middle of)
             perm = torch.randperm(n_fit, generator=gen)
-            partial = [0.0, 0.0, 0.0]
-        t_start = time.perf_counter() - partial[2]
+            tally = EpochTally()
+        t_start = time.perf_counter() - tally.seconds
         for step in range(step0, steps):
-            if stop_requested():
-                partial[2] = time.perf_counter() - t_start
+            if _stop_requested(should_stop, device, world):
+                tally.seconds = time.perf_counter() - t_start
                 stopped_path = None
                 if out_dir is not None and main:
-                    ev = save("stopped", "stopped.pt", epoch - 1, step, perm, partial)
+                    ev = save("stopped", "stopped.pt", epoch - 1, step, perm, tally)
                     stopped_path = ev.path
                     yield ev
                 yield FitFinished(epochs_done=epoch - 1, stopped=True,
                                   latest_path=stopped_path or latest_path, best_path=best_path)
                 return
             idx = perm[step * B:(step + 1) * B]
-            nb = len(idx)
-            rots = random_rotations(nb, generator=gen)
-            share = torch.tensor_split(torch.arange(nb), world)[rank] if world > 1 else torch.arange(nb)
-            n_local = len(share)
-            use = share if n_local > 0 else torch.arange(1)  # an empty share still joins the all-reduce
-            sel = idx[use]
-            r_local = rots[use].to(device)
-            rot = rotated(fit_pairs, r_local, sel)
-            x = model_input(rot[:, 0:1], mask_s)
-            m_r = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, r_local, device=device, rfft=True)
-            with _autocast(device, amp):
-                pred = model(x)
-            loss = masked_fourier_loss(pred.float(), rot[:, 1:2], mask_s, m_r, wedge_weight=cfg.wedge_weight)
-            # DDP averages gradients over ranks: weight each rank by its share of the global batch
-            weight = n_local * world / nb
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss * weight).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                (loss * weight).backward()
-                opt.step()
-            batch_loss = _all_reduce_sum([float(loss.detach()) * n_local], device, world)[0] / nb
-            partial[0] += batch_loss * nb
-            partial[1] += nb
+            batch_loss = _fit_step(model, opt, scaler, cubes, masks, idx, gen, cfg, rank=rank, world=world, amp=amp)
+            tally.add(batch_loss, len(idx))
             yield StepDone(epoch=epoch, step=step + 1, steps_per_epoch=steps, loss=batch_loss)
         step0, perm = 0, None
-        fit_loss = partial[0] / max(partial[1], 1)
+        fit_loss = tally.mean_loss()
 
-        val_loss = validate() if (epoch % cfg.validate_every == 0 or epoch == cfg.epochs) else None
+        validated = epoch % cfg.validate_every == 0 or epoch == cfg.epochs
+        val_loss = _validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp) if validated else None
         updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
         if updated:
-            update_wedges(net, fit_pairs[:, 0:1], mask_e, cfg.depth, device, B, rank=rank, world=world, amp=amp)
-            net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device))
-        seconds = time.perf_counter() - t_start
-        history.append([epoch, fit_loss, val_loss, seconds])
-        partial = [0.0, 0.0, 0.0]
-        if csv_path is not None:
-            _append_csv(csv_path, history[-1])
-        yield EpochDone(epoch=epoch, fit_loss=fit_loss, val_loss=val_loss, seconds=seconds)
+            update_wedges(net, fit0, masks["e"], cfg.depth, device, B, rank=rank, world=world, amp=amp)
+            net.set_normalization(*input_normalization(fit0, masks["s"], s, device))
+        record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - t_start)
+        history.append(record)
+        tally = EpochTally()
+        if loss_log is not None:
+            loss_log.append(record)
+        yield EpochDone(epoch=epoch, fit_loss=fit_loss, val_loss=val_loss, seconds=record.seconds)
         if updated:
             yield WedgesUpdated(epoch=epoch)
 
@@ -625,29 +561,10 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
                 path = ckpt.copy_checkpoint(latest_path, out_dir / f"epoch_{epoch:04d}.pt")
                 yield CheckpointSaved(epoch=epoch, path=path, kind="periodic")
 
-        if cfg.preview_every and epoch % cfg.preview_every == 0 and main:
-            Z = int(tomo0.shape[0])
-            z0, z1 = preview_slab() if preview_slab is not None else _default_slab(Z, s)
-            z0, z1 = int(z0), int(z1)
-            if not 0 <= z0 < z1 <= Z:
-                raise DDWError(f"preview slab ({z0}, {z1}) is outside the tomogram's 0..{Z} rows; pick rows inside it")
-            ov = int(math.ceil(s / 3))
-            za, zb = max(0, z0 - ov), min(Z, z1 + ov)
-            if preview_cache.get("rows") != (za, zb):  # masked slabs, reused while the slab stays
-                preview_cache = {"rows": (za, zb)}
-            vols = []
-            for h, t in enumerate((tomo0, tomo1)):
-                if h not in preview_cache:
-                    preview_cache[h] = prepare_half(t, cfg.tilt_min, cfg.tilt_max, None if stats is None else stats[h],
-                                                    z_range=(za, zb))
-                out = predict_tiled(net, preview_cache[h], s, overlap=ov, batch_size=B, device=device,
-                                    match_resampling=True)
-                out = out[z0 - za:z1 - za]
-                if stats is not None:
-                    out = out * np.float32(stats[h][1]) + np.float32(stats[h][0])
-                vols.append(out)
+        if previewer is not None and epoch % cfg.preview_every == 0:
+            preview = previewer(net, epoch)
             model.train()
-            yield PreviewReady(epoch=epoch, z_start=z0, z_stop=z1, volume=(vols[0] + vols[1]) * np.float32(0.5))
+            yield preview
 
     yield FitFinished(epochs_done=cfg.epochs, stopped=False, latest_path=latest_path, best_path=best_path)
 
