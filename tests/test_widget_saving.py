@@ -130,3 +130,16 @@ def test_a_new_fit_into_an_earlier_fits_folder_asks_first(make_napari_viewer, qt
     qtbot.waitUntil(lambda: not fit.busy, timeout=WAIT_MS)
     assert fit.finished is not None and fit.finished.epochs_done == 1
     assert (folder / "latest.pt").read_bytes() != b"an earlier fit"
+
+    # Resume follows the pipeline's one rule (plan_fit): the checkpoint's fixed settings (the
+    # cube size typed since is not used, and the form shows the checkpoint's), the form's
+    # changeable ones (more epochs)
+    from napari_deepdewedge.pipeline import FitResumed
+
+    fit.size.setValue(16)
+    fit.epochs.setValue(2)
+    assert fit.resume(str(folder / "latest.pt"))
+    qtbot.waitUntil(lambda: not fit.busy, timeout=WAIT_MS)
+    assert isinstance(fit.events[0], FitResumed) and fit.events[0].config.subtomo_size == 8
+    assert fit.size.value() == 8
+    assert fit.finished is not None and fit.finished.epochs_done == 2
