@@ -33,14 +33,17 @@ def grid_of(viewer):
 
 
 def _compare_job(job, items):
-    """Worker generator: x–z spectra of the compared volumes (and CC against the truth)."""
+    """Worker generator: the x–z spectra of the compared volumes and one set of contrast limits
+    from their pooled values (everything read here, off the GUI thread)."""
     from ..core.fourier import xz_log_power
 
-    spectra = {}
-    for i, (name, array) in enumerate(items):
+    spectra, samples = {}, []
+    for i, (name, source) in enumerate(items):
         yield Progress(f"spectrum of {name}", i, len(items))
-        spectra[name] = xz_log_power(read_array(array))
-    return spectra
+        volume = read_array(source)
+        spectra[name] = xz_log_power(volume)
+        samples.append(volume[:: max(1, volume.shape[0] // 24)].ravel()[::7])
+    return spectra, percentile_limits(np.concatenate(samples))
 
 
 class CompareWidget(DDWPanel):
@@ -124,9 +127,10 @@ class CompareWidget(DDWPanel):
         items = [(n, layer_source(find_layer(self.viewer, n))) for n in names]
         return partial(_compare_job, items=items)
 
-    def _on_done(self, spectra):
-        if not spectra:
+    def _on_done(self, value):
+        if not value:
             return
+        spectra, limits = value
         viewer = self.viewer
         layers = [find_layer(viewer, n) for n in self.compared]
         if any(layer is None for layer in layers):
@@ -135,11 +139,6 @@ class CompareWidget(DDWPanel):
         if self._saved_visibility is None:
             self._saved_visibility = {layer.name: layer.visible for layer in viewer.layers}
         # identical contrast limits from the pooled values of all compared volumes
-        pooled = np.concatenate([
-            np.asarray(layer.data[:: max(1, layer.data.shape[0] // 24)]).ravel()[::7]
-            for layer in layers
-        ])
-        limits = percentile_limits(pooled)
         for layer in layers:
             layer.contrast_limits_range = (min(limits[0], layer.contrast_limits_range[0]),
                                            max(limits[1], layer.contrast_limits_range[1]))
