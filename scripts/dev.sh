@@ -56,7 +56,8 @@ case "${1:-}" in
     if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
       deepdewedge napari "$@"          # a display: napari with the sample and the dock
     else
-      deepdewedge demo --out "${DEMO_OUT:-demo_out}" "$@"   # headless: the whole pipeline
+      # headless: the whole pipeline; demo_out/ is this script's own output, so a rerun replaces it
+      deepdewedge demo --out "${DEMO_OUT:-demo_out}" --overwrite "$@"
     fi ;;
   *) echo "usage: bash scripts/dev.sh {demo|test|setup} [extra args]" >&2; exit 2 ;;
 esac

@@ -596,3 +596,55 @@ def test_progress_bar_on_a_terminal_and_lines_per_tenth_elsewhere():
         for done in range(1, 201):
             progress(done, 200)
     assert "\r" in tty.getvalue() and "200/200" in tty.getvalue()  # a tqdm bar
+
+
+def test_parity_cli_and_pipeline_write_the_same_files(tilt_stack, tmp_path, capsys):
+    """The CLI adds nothing to the pipeline's jobs: reconstruct (binning 2), fit a tiny model and
+    refine with per-half outputs through the CLI and through pipeline calls (what the docks
+    call) give the same file names, shapes, voxel sizes and bit-identical contents (CPU, one
+    thread, same seed)."""
+    import torch
+
+    from napari_deepdewedge.core.fitting import FitConfig
+    from napari_deepdewedge.core.io import load_tilt_series
+    from napari_deepdewedge.pipeline import (FitRequest, HalvesRequest, RefineRequest, fit_events,
+                                             reconstruct_halves, refine, write_halves,
+                                             write_refined)
+
+    by_cli, by_api = tmp_path / "cli", tmp_path / "api"
+    assert cli.main(["reconstruct", str(tilt_stack), "--thickness", "12", "--bin", "2", "--full",
+                     "--device", "cpu", "--out", str(by_cli), "-q"]) == 0
+    fit_flags = ["--subtomo-size", "8", "--channels", "4", "--depth", "2", "--epochs", "2",
+                 "--batch-size", "2", "--strides", "4", "4", "4", "--device", "cpu", "--seed", "1"]
+    assert cli.main(["fit", "--even", str(by_cli / "TS_even.mrc"), "--odd", str(by_cli / "TS_odd.mrc"),
+                     "--angles", str(tilt_stack.with_suffix(".tlt")), "--out", str(by_cli / "model"),
+                     "-q", *fit_flags]) == 0
+    assert cli.main(["refine", "--even", str(by_cli / "TS_even.mrc"), "--odd", str(by_cli / "TS_odd.mrc"),
+                     "--model", str(by_cli / "model" / "best.pt"), "--out", str(by_cli / "TS_refined.mrc"),
+                     "--halves", "--device", "cpu", "-q"]) == 0
+
+    series = load_tilt_series(tilt_stack)
+    halves = reconstruct_halves(HalvesRequest(series=series, thickness=12, binning=2, want_full=True,
+                                              device="cpu"))
+    write_halves(by_api, halves.stem, halves)
+    config = FitConfig.from_preset("fast", subtomo_size=8, channels=4, depth=2, epochs=2, batch_size=2,
+                                   strides=(4, 4, 4), device="cpu", seed=1,
+                                   tilt_min=halves.tilt_range[0], tilt_max=halves.tilt_range[1],
+                                   out_dir=str(by_api / "model"), voxel_size=halves.voxel_size)
+    finished = list(fit_events(FitRequest(even=halves.even, odd=halves.odd, config=config)))[-1]
+    result = refine(RefineRequest(model=finished.best_path, even=halves.even, odd=halves.odd,
+                                  device="cpu", keep_halves=True))
+    write_refined(by_api / "TS_refined.mrc", result, halves.voxel_size, halves.origin)
+
+    names = sorted(p.name for p in by_cli.glob("*.mrc"))
+    assert names == sorted(p.name for p in by_api.glob("*.mrc")) == [
+        "TS_even.mrc", "TS_full.mrc", "TS_odd.mrc", "TS_refined.mrc", "TS_refined_consistency.mrc",
+        "TS_refined_half0.mrc", "TS_refined_half1.mrc"]
+    for name in names:
+        a, b = read_mrc(by_cli / name, mmap=False), read_mrc(by_api / name, mmap=False)
+        assert a.data.shape == b.data.shape and a.data.shape[0] == 12, name
+        assert np.allclose(a.voxel_size, (2 * PIXEL,) * 3) and np.allclose(b.voxel_size, a.voxel_size)
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    weights = [torch.load(d / "model" / "best.pt", weights_only=True)["state_dict"] for d in (by_cli, by_api)]
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key

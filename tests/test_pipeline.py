@@ -256,6 +256,8 @@ def test_fit_events_resume_inherits_unset_fixed_settings_then_refine(tmp_path, o
     events = list(fit_events(request))
     assert isinstance(events[0], FitResumed)
     assert (events[0].config.channels, events[0].config.seed, events[0].epoch) == (4, 3, 1)
+    assert [record.epoch for record in events[0].history] == [1]
+    assert events[0].history[0].fit_loss > 0
     assert [e.epoch for e in events if isinstance(e, EpochDone)] == [2]
     assert events[-1].epochs_done == 2
     with pytest.raises(CheckpointError, match="channels"):

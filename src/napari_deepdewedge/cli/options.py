@@ -158,8 +158,10 @@ FITTING = Group("fitting (default: the --preset values, then core.fitting.FitCon
     Opt(("--channels",), "channels", "U-Net channels at the first level", type=positive_int,
         metavar="C"),
     Opt(("--depth",), "depth", "U-Net levels (down-samplings)", type=positive_int, metavar="D"),
-    Opt(("--epochs",), "epochs", "", type=positive_int, metavar="N"),
-    Opt(("--batch-size",), "batch_size", "", type=positive_int, metavar="B"),
+    Opt(("--epochs",), "epochs", "fitting epochs (default 50; with --resume the new total)",
+        type=positive_int, metavar="N"),
+    Opt(("--batch-size",), "batch_size", "cubes per optimizer step (default 5)", type=positive_int,
+        metavar="B"),
     Opt(("--lr",), "lr", "Adam learning rate (default 4e-4)", type=positive_float, metavar="LR"),
     Opt(("--val-fraction",), "val_fraction", "fraction of cubes held out for validation "
         "(default 0.1)", type=fraction, metavar="F"),
@@ -177,7 +179,7 @@ FITTING = Group("fitting (default: the --preset values, then core.fitting.FitCon
         metavar="ROI.mrc"),
     Opt(("--standardize",), "standardize", "standardize each half to zero mean / unit variance "
         "(default on)", kind="bool"),
-    Opt(("--seed",), "seed", "random seed", type=any_int),
+    Opt(("--seed",), "seed", "random seed (default 0)", type=any_int),
     Opt(("--resume",), "resume", "continue fitting from a checkpoint (settings you do not give "
         "again are the checkpoint's; see docs/cli.md for what may change)", metavar="CKPT"),
 ))
@@ -271,10 +273,6 @@ def options_of(command: str) -> dict[str, Opt]:
     return {opt.dest: opt for group in COMMANDS[command].groups for opt in group.options}
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepdewedge",
@@ -290,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.description,
-                           formatter_class=_Formatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         for group in command.groups:
             group.add_to(p)
     return parser

@@ -21,7 +21,25 @@ def is_terminal(stream) -> bool:
         return False
 
 
-class Progress:
+class _BarOwner:
+    """Closes its tqdm bar (if it made one) on ``close()`` and at the end of a ``with``."""
+
+    bar = None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class Progress(_BarOwner):
     """An engine ``progress(done, total)`` callback that shows a bar or plain lines."""
 
     def __init__(self, label: str, *, quiet: bool = False, unit: str | None = "it", stream=None,
@@ -65,20 +83,8 @@ class Progress:
         print(f"{self.label}: {100 * done // total:3d} % ({count}"
               f"{time.perf_counter() - self.t0:.0f} s)", file=self.stream, flush=True)
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-class FitReport:
+class FitReport(_BarOwner):
     """Shows fitting events: a bar over epochs on a terminal, else one line per epoch."""
 
     def __init__(self, *, quiet: bool = False, stream=None):
@@ -135,15 +141,3 @@ class FitReport:
     def _on_CheckpointSaved(self, event) -> None:
         if event.kind == "stopped":
             self._print(f"saved {event.path}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..core.fit_events import FitEvent
+from ..core.fit_log import EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.fitting import FitConfig
@@ -24,6 +25,12 @@ def _load_resume(resume) -> dict:
     return ckpt.load_checkpoint(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
 
 
+def _plan(requested: "FitConfig", payload: dict, given, name: str) -> "FitConfig":
+    from ..core.resume import resumed_config
+
+    return resumed_config(requested, payload, given=given, name=name).validate()
+
+
 def plan_fit(requested: "FitConfig", resume, *, given=None) -> "FitConfig":
     """The ``FitConfig`` a fit will run with.
 
@@ -33,13 +40,10 @@ def plan_fit(requested: "FitConfig", resume, *, given=None) -> "FitConfig":
     ``given is None``) that differs from the checkpoint's raises ``CheckpointError``, as does
     asking for no more epochs than the checkpoint has done.
     """
-    from ..core.resume import resumed_config
-
     if resume is None:
         return requested.validate()
     name = "checkpoint" if isinstance(resume, dict) else Path(resume).name
-    payload = _load_resume(resume)
-    return resumed_config(requested, payload, given=given, name=name).validate()
+    return _plan(requested, _load_resume(resume), given, name)
 
 
 @dataclass(kw_only=True)
@@ -57,11 +61,12 @@ class FitRequest:
 
 @dataclass
 class FitResumed(FitEvent):
-    """First event of a resumed fit: the planned settings and the checkpoint's history."""
+    """First event of a resumed fit: the planned settings, the checkpoint's completed epochs
+    and its loss history (one ``EpochRecord`` per epoch)."""
 
     config: "FitConfig"
     epoch: int
-    history: list = field(default_factory=list)
+    history: list[EpochRecord] = field(default_factory=list)
 
 
 def fit_events(request: FitRequest, *, should_stop: Callable[[], bool] | None = None,
@@ -78,11 +83,8 @@ def fit_events(request: FitRequest, *, should_stop: Callable[[], bool] | None = 
     config, payload = request.config, None
     if request.resume is not None:
         payload = _load_resume(request.resume)
-        name = Path(request.resume).name
-        from ..core.resume import resumed_config
-
-        config = resumed_config(request.config, payload, given=request.given, name=name).validate()
+        config = _plan(request.config, payload, request.given, Path(request.resume).name)
         yield FitResumed(config=config, epoch=int(payload["epoch"]),
-                         history=[list(row) for row in payload.get("history") or []])
+                         history=[EpochRecord.from_list(row) for row in payload.get("history") or []])
     yield from fit_iter(request.even, request.odd, config, mask=request.mask, resume=payload,
                         should_stop=should_stop, preview_slab=preview_slab)
