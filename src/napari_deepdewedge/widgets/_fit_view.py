@@ -34,10 +34,9 @@ class FitEventsView:
         if isinstance(event, FitResumed):
             cfg = event.config
             self.loss_plot.clear()
-            for row in event.history:
-                epoch, fit_loss, val_loss = int(row[0]), row[1], row[2]
-                if epoch <= event.epoch:
-                    self.loss_plot.add_epoch(epoch, fit_loss, val_loss)
+            for record in event.history:  # core.fit_log.EpochRecord
+                if record.epoch <= event.epoch:
+                    self.loss_plot.add_epoch(record.epoch, record.fit_loss, record.val_loss)
             self._show_config(cfg)
             self.status.setText(f"Resuming after epoch {event.epoch} of {cfg.epochs}…")
         elif isinstance(event, F.FitStarted):
