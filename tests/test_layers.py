@@ -90,3 +90,15 @@ def test_pipeline_import_does_not_load_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
     assert res.stdout.strip() == "False", res.stderr[-2000:]
+
+
+def test_no_module_reaches_into_argparse_private_attributes():
+    """Config merging reads the CLI's own option specs, not argparse internals."""
+    private = {"_actions", "_SubParsersAction", "_option_string_actions", "_StoreAction",
+               "_action_groups", "_mutually_exclusive_groups", "_defaults"}
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                bad.append(f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}")
+    assert not bad, bad

@@ -198,6 +198,12 @@ def test_plan_fit_refuses_and_accepts_per_the_rule():
     # a fixed setting named in given is compared even then
     with pytest.raises(CheckpointError, match="channels=4"):
         plan_fit(dataclasses.replace(more, channels=8), payload, given={"channels"})
+    # an older checkpoint without 'residual' in its config: the network's arch tells
+    older = dict(payload, config={k: v for k, v in payload["config"].items() if k != "residual"},
+                 arch={"residual": True})
+    assert plan_fit(more, older, given={"epochs"}).residual is True
+    with pytest.raises(CheckpointError, match="residual=True"):
+        plan_fit(more, older)
     # epochs must go beyond what the checkpoint has done
     with pytest.raises(CheckpointError, match="raise epochs above 3"):
         plan_fit(saved, payload)

@@ -72,6 +72,9 @@ def resumed_config(requested, payload: dict, *, given=None, name: str = "checkpo
     requested number of epochs.
     """
     saved = dict(payload.get("config") or {})
+    arch = payload.get("arch")
+    if "residual" not in saved and isinstance(arch, dict) and "residual" in arch:
+        saved["residual"] = arch["residual"]  # older checkpoints: the network says what it is
     fixed = {}
     for key in RESUME_FIXED:
         if key not in saved:  # an older checkpoint that did not store it: nothing to compare
