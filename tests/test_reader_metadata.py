@@ -162,6 +162,9 @@ def test_dock_shows_the_summary_and_drops_excluded_views_the_layer_holds(make_na
     assert widget.angle_summary.text() == layer.metadata["tilt_metadata"]["summary"]
     assert "views 1,21 excluded (dropped from the stack)" in widget.angle_summary.text()
     _layer, inputs, _params = widget._validate()
-    assert inputs["data"].shape[0] == 19
-    np.testing.assert_array_equal(inputs["data"][:, 0, 0], np.arange(1, 20))
+    from napari_deepdewedge.widgets._reconstruct_job import read_stacks
+
+    (data,) = read_stacks(inputs)  # what the worker reconstructs (the GUI thread reads nothing)
+    assert data.shape[0] == 19
+    np.testing.assert_array_equal(data[:, 0, 0], np.arange(1, 20))
     np.testing.assert_allclose(inputs["angles"], SORTED[1:-1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-from ._common import DDWPanel
+from ._panel import DDWPanel
 from ._compare import CompareWidget
 from ._fit import FitWidget
 from ._inspector import FourierInspectorWidget

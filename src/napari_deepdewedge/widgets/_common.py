@@ -1,26 +1,22 @@
 """Pieces shared by the dock widgets: layer pickers, form rows with tooltips, notifications,
-output layers that keep the input's geometry, and the panel base class that owns workers."""
+and output layers that keep the input's geometry. The panel base class that owns the jobs is
+in :mod:`._panel`, the even/odd picker in :mod:`._halves`, shared names in :mod:`._names`."""
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
-from qtpy.QtCore import QEvent, Qt, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
-    QVBoxLayout,
     QWidget,
 )
 
-from ._state import state_for
-from ._workers import Job, Outcome
+from ._names import is_tilt_series
 
 NONE_TEXT = "(none)"
 ANGSTROM_UNITS = ("angstrom", "angstrom", "angstrom")
@@ -75,12 +71,22 @@ def geometry(layer) -> tuple[tuple, tuple]:
     return scale, translate
 
 
-def layer_array(layer) -> np.ndarray:
-    """The layer's data as a numpy array (dask/zarr/memmap are read here)."""
+def layer_source(layer):
+    """The layer's full-resolution data object, NOT read: a memory-mapped, dask or zarr array
+    stays lazy. Call this in the GUI thread and hand the result to a job, which reads it with
+    :func:`read_array` on its worker thread (the GUI never waits for a file or a dask graph)."""
     data = layer.data
     if isinstance(data, (list, tuple)):  # multiscale: the full resolution level
         data = data[0]
-    return np.asarray(data)
+    return data
+
+
+def read_array(source, dtype=None) -> np.ndarray:
+    """The data of :func:`layer_source` as a numpy array; for worker threads only (reads a
+    memory map, computes a dask array). ``dtype`` converts (no copy if it already has it)."""
+    compute = getattr(source, "compute", None)  # dask: one compute, not element by element
+    array = compute() if callable(compute) and not isinstance(source, np.ndarray) else source
+    return np.asarray(array, dtype=dtype)
 
 
 def percentile_limits(data, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
@@ -136,8 +142,9 @@ def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), met
 class LayerCombo(QComboBox):
     """A drop-down of the viewer's layers of one kind, kept up to date by name.
 
-    ``kind``: "image" (3D grey-value images by default) or "labels". ``allow_none`` adds an
-    entry "(none)" first.
+    ``kind``: "image" (3D grey-value images by default), "tomogram" (3D images that are not tilt
+    series, see :func:`._names.is_tilt_series`) or "labels". ``allow_none`` adds an entry
+    "(none)" first (and keeps it chosen until a layer is picked).
     """
 
     layerChanged = Signal(str)
@@ -162,6 +169,8 @@ class LayerCombo(QComboBox):
     def _accepts(self, layer) -> bool:
         if self._kind == "labels":
             ok = is_labels(layer)
+        elif self._kind == "tomogram":
+            ok = is_image(layer) and not is_tilt_series(layer)
         else:
             ok = is_image(layer)
         return ok and (self._ndim is None or layer.ndim == self._ndim)
@@ -321,116 +330,3 @@ DEVICE_TIP = (
     "Where the computation runs: auto picks a CUDA GPU if there is one, then Apple MPS, "
     "else the CPU."
 )
-
-
-# ----------------------------------------------------------------------------- base panel
-class DDWPanel(QWidget):
-    """Base of every DeepDeWedge dock widget: viewer, shared state, and background jobs.
-
-    Jobs are stopped when the panel is closed or taken out of its dock, and when napari's main
-    window closes (napari also quits every worker it started; a quit fit still ends cleanly and
-    saves a checkpoint, see ``Job(finish_on_quit=True)``).
-    """
-
-    title = "DeepDeWedge"
-
-    def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        self.viewer = napari_viewer
-        self.state = state_for(napari_viewer)
-        self._jobs: list[Job] = []
-        self._filtered_window = None  # weak reference to the main window we watch
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
-
-    # -- layout helpers
-    def make_progress(self) -> tuple[QProgressBar, QLabel]:
-        bar = QProgressBar()
-        bar.setRange(0, 1)
-        bar.setValue(0)
-        bar.setTextVisible(True)
-        label = QLabel("")
-        label.setWordWrap(True)
-        return bar, label
-
-    @staticmethod
-    def vbox(widget: QWidget) -> QVBoxLayout:
-        lay = QVBoxLayout(widget)
-        lay.setContentsMargins(4, 4, 4, 4)
-        lay.setSpacing(6)
-        return lay
-
-    # -- jobs
-    @property
-    def busy(self) -> bool:
-        """A job of this panel has not yet been reported back in the GUI thread."""
-        return any(not job.gui_done for job in self._jobs)
-
-    def start_job(self, job: Job, on_yield, on_done) -> Job:
-        """Start ``job``; ``on_yield(msg)`` and ``on_done(outcome)`` run in the GUI thread."""
-        self._jobs = [j for j in self._jobs if not j.gui_done]
-        self._jobs.append(job)
-        job.gui_done = False
-
-        def yielded(message):
-            try:
-                on_yield(message)
-            except RuntimeError as exc:  # the dock was deleted (napari closed): drop it
-                if "deleted" not in str(exc):
-                    raise
-
-        def returned(value):
-            try:
-                on_done(value if isinstance(value, Outcome) else Outcome(cancelled=True))
-            except RuntimeError as exc:
-                if "deleted" not in str(exc):
-                    raise
-            finally:
-                job.gui_done = True
-
-        job.worker.yielded.connect(yielded)
-
-        def finished():
-            if not job.gui_done:  # quit before returning: report it as cancelled
-                returned(None)
-
-        job.worker.returned.connect(returned)
-        job.worker.finished.connect(finished)
-        job.start()
-        return job
-
-    def shutdown(self, wait: float = 10.0) -> None:
-        """Stop every job of this panel and of the panels inside it."""
-        for job in list(self._jobs):
-            job.shutdown(wait=wait)
-        for child in self.findChildren(DDWPanel):
-            if child is not self:
-                for job in list(child._jobs):
-                    job.shutdown(wait=wait)
-
-    # -- lifecycle
-    def closeEvent(self, event):
-        self.shutdown()
-        super().closeEvent(event)
-
-    def showEvent(self, event):
-        super().showEvent(event)
-        window = self.window()
-        watched = self._filtered_window() if self._filtered_window is not None else None
-        if window is not self and window is not watched:
-            window.installEventFilter(self)
-            self._filtered_window = weakref.ref(window)
-
-    def changeEvent(self, event):
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self._jobs:
-            self.shutdown()  # napari removed the dock widget
-        super().changeEvent(event)
-
-    def eventFilter(self, obj, event):
-        watched = self._filtered_window() if self._filtered_window is not None else None
-        if obj is watched and event.type() == QEvent.Type.Close:
-            if event.spontaneous():
-                pass  # napari may still ask the user; its own task manager quits the workers
-            else:
-                self.shutdown()
-        return False
-

@@ -2,26 +2,27 @@
 mode, with identical contrast limits and their Fourier x–z slices in the row below."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from qtpy.QtWidgets import QLabel, QPushButton
 
 from ._common import (
-    DDWPanel,
     LayerCombo,
     add_row,
     find_layer,
     form_layout,
     geometry,
     hbox,
-    layer_array,
-    notify_error,
+    layer_source,
     percentile_limits,
+    read_array,
     show_image,
     tip,
 )
-from ._workers import Job, Progress
-
-SPECTRUM_SUFFIX = " x–z power"
+from ._names import SPECTRUM_SUFFIX
+from ._panel import DDWPanel
+from ._workers import Progress
 
 
 def grid_of(viewer):
@@ -32,14 +33,17 @@ def grid_of(viewer):
 
 
 def _compare_job(job, items):
-    """Worker generator: x–z spectra of the compared volumes (and CC against the truth)."""
+    """Worker generator: the x–z spectra of the compared volumes and one set of contrast limits
+    from their pooled values (everything read here, off the GUI thread)."""
     from ..core.fourier import xz_log_power
 
-    spectra = {}
-    for i, (name, array) in enumerate(items):
+    spectra, samples = {}, []
+    for i, (name, source) in enumerate(items):
         yield Progress(f"spectrum of {name}", i, len(items))
-        spectra[name] = xz_log_power(array)
-    return spectra
+        volume = read_array(source)
+        spectra[name] = xz_log_power(volume)
+        samples.append(volume[:: max(1, volume.shape[0] // 24)].ravel()[::7])
+    return spectra, percentile_limits(np.concatenate(samples))
 
 
 class CompareWidget(DDWPanel):
@@ -49,18 +53,18 @@ class CompareWidget(DDWPanel):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._job = None
         self._saved_visibility: dict[str, bool] | None = None
         self.compared: list[str] = []
         self.spectrum_layers: list[str] = []
         lay = self.vbox(self)
         form = form_layout()
-        self.before = LayerCombo(self.viewer, "image", ndim=3)
+        # tomograms only (never a tilt series), nothing chosen until there is something to compare
+        self.before = LayerCombo(self.viewer, "tomogram", ndim=3, allow_none=True)
         add_row(form, "Before", self.before,
                 "The plain reconstruction: the full-series FBP from step 1 (or a half).")
-        self.after = LayerCombo(self.viewer, "image", ndim=3)
+        self.after = LayerCombo(self.viewer, "tomogram", ndim=3, allow_none=True)
         add_row(form, "After", self.after, "The refined tomogram from step 4.")
-        self.truth = LayerCombo(self.viewer, "image", ndim=3, allow_none=True)
+        self.truth = LayerCombo(self.viewer, "tomogram", ndim=3, allow_none=True)
         add_row(form, "Ground truth", self.truth,
                 "Optional: the true volume, when you have one (the sample data does).")
         lay.addLayout(form)
@@ -103,40 +107,30 @@ class CompareWidget(DDWPanel):
 
     def compare(self) -> bool:
         """Arrange the chosen volumes side by side; False (and a notification) if refused."""
+        return self.launch("compare", self._prepare, on_done=self._on_done,
+                           controls=(self.compare_button,), failed="Failed",
+                           start_text="Computing spectra…")
+
+    def _prepare(self):
         from ..core.errors import DDWError
 
         names = [n for n in (self.before.layer_name(), self.after.layer_name(),
                              self.truth.layer_name()) if n]
-        try:
-            if len(names) < 2 or len(set(names)) != len(names):
-                raise DDWError("choose two different volumes to compare (Before and After), "
-                               "e.g. the FBP and the refined tomogram")
-            for name in names:
-                layer = find_layer(self.viewer, name)
-                if layer is None or layer.ndim != 3:
-                    raise DDWError(f"'{name}' is not a 3D volume; choose tomogram layers")
-        except DDWError as exc:
-            notify_error(str(exc))
-            return False
-        if self.busy:
-            return False
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise DDWError("choose two different volumes to compare (Before and After), "
+                           "e.g. the FBP and the refined tomogram")
+        for name in names:
+            layer = find_layer(self.viewer, name)
+            if layer is None or layer.ndim != 3:
+                raise DDWError(f"'{name}' is not a 3D volume; choose tomogram layers")
         self.compared = names
-        items = [(n, layer_array(find_layer(self.viewer, n))) for n in names]
-        self.status.setText("Computing spectra…")
-        self.compare_button.setEnabled(False)
-        self._job = self.start_job(Job("compare", _compare_job, items), lambda m: None,
-                                   self._on_done)
-        return True
+        items = [(n, layer_source(find_layer(self.viewer, n))) for n in names]
+        return partial(_compare_job, items=items)
 
-    def _on_done(self, outcome):
-        self.compare_button.setEnabled(True)
-        if outcome.error:
-            notify_error(outcome.error)
-            self.status.setText("Failed: see the notification.")
+    def _on_done(self, value):
+        if not value:
             return
-        if outcome.cancelled or not outcome.value:
-            return
-        spectra = outcome.value
+        spectra, limits = value
         viewer = self.viewer
         layers = [find_layer(viewer, n) for n in self.compared]
         if any(layer is None for layer in layers):
@@ -145,11 +139,6 @@ class CompareWidget(DDWPanel):
         if self._saved_visibility is None:
             self._saved_visibility = {layer.name: layer.visible for layer in viewer.layers}
         # identical contrast limits from the pooled values of all compared volumes
-        pooled = np.concatenate([
-            np.asarray(layer.data[:: max(1, layer.data.shape[0] // 24)]).ravel()[::7]
-            for layer in layers
-        ])
-        limits = percentile_limits(pooled)
         for layer in layers:
             layer.contrast_limits_range = (min(limits[0], layer.contrast_limits_range[0]),
                                            max(limits[1], layer.contrast_limits_range[1]))

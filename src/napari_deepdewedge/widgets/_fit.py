@@ -2,65 +2,51 @@
 live preview of the refined view, Stop (saves a checkpoint) and Resume."""
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
+from ..pipeline import FitResumed
 from ._common import (
     DEVICE_TIP,
-    DDWPanel,
     LayerCombo,
     add_row,
     compact,
     device_choices,
-    find_layer,
     form_layout,
     geometry,
     hbox,
-    layer_array,
+    layer_source,
     notify_error,
-    notify_info,
     path_field,
-    show_image,
+    read_array,
     tip,
 )
+from ._halves import HalvesPicker
+from ._names import PREVIEW_NAME
+from ._fit_view import FitEventsView
+from ._panel import DDWPanel
 from ._plots import LossPlot
 
-PREVIEW_NAME = "DDW preview"
-# what may differ between the run that saved a checkpoint and the run resuming from it
-RESUME_EDITABLE = ("epochs", "lr", "update_every", "validate_every", "checkpoint_every",
-                   "preview_every", "device", "out_dir")
-
-
-@dataclass
-class Resumed:
-    """First message of a resumed fit: the settings and loss history of the checkpoint."""
-
-    config: object
-    epoch: int
-    history: list
+# The first event of a resumed fit (the planned settings and the checkpoint's loss history).
+Resumed = FitResumed
 
 
 def _fit_job(job, tomo0, tomo1, mask, config, resume, slab):
-    """Worker generator: the engine's ``fit_iter``, one event per optimizer step at least."""
-    from ..core.fitting import FitConfig, fit_iter
+    """Worker generator: the pipeline's fit_events (as `deepdewedge fit`), one event per
+    optimizer step at least. A resume follows the pipeline's one rule (``plan_fit``): the
+    checkpoint's fixed settings, the form's changeable ones (``given=frozenset()``: the form's
+    fixed fields are not compared; the dock shows the checkpoint's values when it resumes)."""
+    from ..pipeline import FitRequest, fit_events
 
-    if resume:
-        from ..core.checkpoint import MODEL_KEYS, RESUME_KEYS, load_checkpoint
-
-        payload = load_checkpoint(resume, require=MODEL_KEYS + RESUME_KEYS)
-        saved = FitConfig.from_dict(payload.get("config") or {})
-        config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RESUME_EDITABLE})
-        history = [list(row) for row in payload.get("history") or []]
-        epoch = int(payload.get("epoch", 0))
-        del payload
-        yield Resumed(config=config, epoch=epoch, history=history)
+    tomo0, tomo1 = read_array(tomo0), read_array(tomo1)  # on the worker thread
+    if mask is not None:
+        mask = read_array(mask) > 0
+    request = FitRequest(even=tomo0, odd=tomo1, config=config, mask=mask, resume=resume or None,
+                         given=frozenset() if resume else None)
     last = None
-    for event in fit_iter(tomo0, tomo1, config, mask=mask, resume=resume or None,
-                          should_stop=job.stop.is_set, preview_slab=slab):
+    for event in fit_events(request, should_stop=job.stop.is_set, preview_slab=slab):
         last = event
         yield event
     return last
@@ -76,14 +62,13 @@ def _spin(lo, hi, value, step=1, suffix=""):
     return box
 
 
-class FitWidget(DDWPanel):
+class FitWidget(FitEventsView, DDWPanel):
     """Fit: learn denoising and wedge filling from the two halves (Noise2Noise, Fourier masks)."""
 
     title = "Fit"
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._job = None
         self._slab = None  # (z0, z1) of the live preview, read by the worker thread
         self._z_size = 0
         self._out_dir_edited = False
@@ -92,12 +77,13 @@ class FitWidget(DDWPanel):
         lay = self.vbox(self)
 
         form = form_layout()
-        self.even = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Even half", self.even,
-                "Tomogram of the even half (from step 1). The network learns to predict the odd "
-                "half from it, with rotations, so noise and the missing wedge are learned away.")
-        self.odd = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Odd half", self.odd, "Tomogram of the odd half; same size as the even one.")
+        self.halves = HalvesPicker(
+            self.viewer, form, parent=self,
+            even_tip="Tomogram of the even half (from step 1). The network learns to predict "
+                     "the odd half from it, with rotations, so noise and the missing wedge are "
+                     "learned away.",
+            odd_tip="Tomogram of the odd half; same size as the even one.")
+        self.even, self.odd = self.halves.even, self.halves.odd
         self.mask = LayerCombo(self.viewer, "labels", ndim=3, allow_none=True)
         add_row(form, "ROI mask", self.mask,
                 "Optional Labels layer (same size as the halves) marking the sample: training "
@@ -228,10 +214,7 @@ class FitWidget(DDWPanel):
 
     def _on_halves(self, *_):
         state = self.state
-        if state.even:
-            self.even.set_layer_name(state.even)
-        if state.odd:
-            self.odd.set_layer_name(state.odd)
+        self.halves.set_pair(state.even, state.odd)
         self.tilt_min.setValue(state.tilt_min)
         self.tilt_max.setValue(state.tilt_max)
         if state.source and not self._out_dir_edited:
@@ -245,10 +228,6 @@ class FitWidget(DDWPanel):
         if "tilt_min" in meta and "tilt_max" in meta:
             self.tilt_min.setValue(float(meta["tilt_min"]))
             self.tilt_max.setValue(float(meta["tilt_max"]))
-        if name.endswith(" even"):
-            partner = name[: -len(" even")] + " odd"
-            if find_layer(self.viewer, partner) is not None:
-                self.odd.set_layer_name(partner)
         self._update_slab()
 
     def config(self):
@@ -297,51 +276,69 @@ class FitWidget(DDWPanel):
 
     # ------------------------------------------------------------------ actions
     def _inputs(self):
-        """Arrays for the engine, or raise DDWError naming what is wrong."""
+        """Lazy sources for the engine (read by the worker), or raise DDWError naming what is
+        wrong."""
         from ..core.errors import DDWError
         from ..core.halves import check_same_shape
 
-        even, odd = self.even.layer(), self.odd.layer()
-        if even is None or odd is None:
-            raise DDWError("choose the two halves (even and odd tomograms); make them in step 1 "
-                           "'Tilt series → halves'")
-        if even.name == odd.name:
-            raise DDWError("the even and odd halves must be two different layers")
-        for layer in (even, odd):
-            if layer.ndim != 3:
-                raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; halves are 3D tomograms")
-        check_same_shape(even.data, odd.data, what="halves")
+        even, odd = self.halves.layers()
         mask = None
         mask_layer = self.mask.layer()
         if mask_layer is not None:
             check_same_shape(even.data, mask_layer.data, what="halves and ROI mask")
-            mask = layer_array(mask_layer) > 0
+            mask = layer_source(mask_layer)
         smallest = min(even.data.shape)
         if self.size.value() > smallest:
             raise DDWError(f"cube size {self.size.value()} is larger than the halves "
                            f"({'×'.join(map(str, even.data.shape))}); choose a cube size of at "
                            f"most {smallest // 8 * 8}")
-        return even, layer_array(even), layer_array(odd), mask
+        return even, layer_source(even), layer_source(odd), mask
 
-    def start(self, resume: str | None = None) -> bool:
-        """Start fitting (or resume); False (and a notification) if the input is refused."""
+    def start(self, resume: str | None = None, *, overwrite: bool = False) -> bool:
+        """Start fitting (or resume); False (and a notification) if the input is refused.
+
+        A new fit into a folder that holds an earlier fit's checkpoints would replace them: the
+        user is asked first (``self.question``), and 'Resume from' is set to the checkpoint to
+        continue instead; the fit starts only once they choose to start afresh."""
+        if resume is None and not overwrite and not self.busy and self._ask_if_earlier_fit():
+            return False
+        return self.launch(
+            "fit", lambda: self._prepare(resume), on_done=self._on_done,
+            on_event=self._on_event, on_cancelled=self._show_end, on_end=self._on_end,
+            controls=(self.start_button, self.resume_button), cancel=self.stop_button,
+            busy="A fit is already running; press Stop first.", failed="Fitting failed",
+            start_text="Preparing sub-tomograms…", finish_on_quit=True)
+
+    def _ask_if_earlier_fit(self) -> bool:
+        from ..pipeline import OutputExists, refuse_earlier_fit
+
+        folder = self.out_dir.text().strip()
+        try:
+            if folder:
+                refuse_earlier_fit(folder)
+        except OutputExists as exc:
+            if exc.resume_from is not None:
+                self.resume_path.setText(str(exc.resume_from))
+            self.status.setText("This folder holds an earlier fit: Resume continues it.")
+            self.ask("Earlier fit in this folder",
+                     f"{folder} already holds checkpoints of an earlier fit "
+                     f"({', '.join(p.name for p in exc.paths[:3])}).\n\nStart a new fit and "
+                     "replace them? (Cancel, then Resume, continues the earlier fit.)",
+                     lambda: self.start(overwrite=True), yes_text="Start afresh")
+            return True
+        return False
+
+    def _prepare(self, resume):
         from ..core.errors import DDWError
 
-        if self.busy:
-            notify_error("A fit is already running; press Stop first.")
-            return False
-        try:
-            even, tomo0, tomo1, mask = self._inputs()
-            cfg = self.config()
-            if cfg.out_dir is None:
-                raise DDWError("choose an output folder for the checkpoints (Resume and Refine "
-                               "need them)")
-            if resume is not None and not Path(resume).is_file():
-                raise DDWError(f"checkpoint {resume} not found; choose stopped.pt or latest.pt of "
-                               "an earlier fit under 'Resume from'")
-        except DDWError as exc:
-            notify_error(str(exc))
-            return False
+        even, tomo0, tomo1, mask = self._inputs()
+        cfg = self.config()
+        if cfg.out_dir is None:
+            raise DDWError("choose an output folder for the checkpoints (Resume and Refine "
+                           "need them)")
+        if resume is not None and not Path(resume).is_file():
+            raise DDWError(f"checkpoint {resume} not found; choose stopped.pt or latest.pt of "
+                           "an earlier fit under 'Resume from'")
         self._even_name = even.name
         self._geometry = geometry(even)
         self._update_slab()
@@ -350,20 +347,10 @@ class FitWidget(DDWPanel):
         if resume is None:
             self.loss_plot.clear()
         self._total_steps = None
-        self.bar.setRange(0, 1000)
-        self.bar.setValue(0)
         self.bar.setFormat("%p%")
-        self.status.setText("Preparing sub-tomograms…")
-        self.start_button.setEnabled(False)
-        self.resume_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
         self.state.fitting = True
-        from ._workers import Job
-
-        job = Job("fit", _fit_job, tomo0, tomo1, mask, cfg, resume, self._preview_slab,
-                  finish_on_quit=True)
-        self._job = self.start_job(job, self._on_event, self._on_done)
-        return True
+        return partial(_fit_job, tomo0=tomo0, tomo1=tomo1, mask=mask, config=cfg,
+                       resume=resume, slab=self._preview_slab)
 
     def resume(self, path: str | None = None) -> bool:
         """Continue from ``path`` (default: the 'Resume from' field, else the output folder)."""
@@ -384,101 +371,10 @@ class FitWidget(DDWPanel):
     def stop(self):
         """Ask the fit to stop after the current step (it saves stopped.pt first)."""
         if self.running:
-            self._job.request_stop()
+            self.cancel("Stopping after this step; saving a checkpoint…")
             self.stop_button.setEnabled(False)
-            self.status.setText("Stopping after this step; saving a checkpoint…")
 
     @property
     def running(self) -> bool:
         """A fit runs or its end has not been shown yet."""
         return self._job is not None and not getattr(self._job, "gui_done", True)
-
-    # ------------------------------------------------------------------ events
-    def _on_event(self, event):
-        from ..core import fitting as F
-
-        self.events.append(event)
-        if isinstance(event, Resumed):
-            cfg = event.config
-            self.loss_plot.clear()
-            for row in event.history:
-                epoch, fit_loss, val_loss = int(row[0]), row[1], row[2]
-                if epoch <= event.epoch:
-                    self.loss_plot.add_epoch(epoch, fit_loss, val_loss)
-            self.status.setText(f"Resuming after epoch {event.epoch} of {cfg.epochs}…")
-        elif isinstance(event, F.FitStarted):
-            self._epochs = event.config.epochs
-            self._steps = max(event.steps_per_epoch, 1)
-            self._total_steps = self._epochs * self._steps
-            self.status.setText(
-                f"{event.n_fit_cubes} training + {event.n_val_cubes} validation cubes, "
-                f"{event.steps_per_epoch} steps per epoch on {event.device}.")
-        elif isinstance(event, F.StepDone):
-            if self._total_steps:
-                done = (event.epoch - 1) * self._steps + event.step
-                self.bar.setValue(int(1000 * done / self._total_steps))
-                self.bar.setFormat(f"epoch {event.epoch}/{self._epochs}")
-            self._last_step = event
-        elif isinstance(event, F.EpochDone):
-            self.loss_plot.truncate_from(event.epoch)
-            self.loss_plot.add_epoch(event.epoch, event.fit_loss, event.val_loss)
-            remaining = (self._epochs - event.epoch) * event.seconds
-            val = "" if event.val_loss is None else f", validation {event.val_loss:.4g}"
-            self.status.setText(f"Epoch {event.epoch}/{self._epochs}: loss {event.fit_loss:.4g}"
-                                f"{val}; {event.seconds:.1f} s/epoch, about {_duration(remaining)} "
-                                "left.")
-        elif isinstance(event, F.PreviewReady):
-            self._show_preview(event)
-        elif isinstance(event, F.CheckpointSaved):
-            if event.kind in ("latest", "stopped"):
-                self.resume_path.setText(str(event.path))
-        elif isinstance(event, F.FitFinished):
-            self.finished = event
-
-    def _show_preview(self, event):
-        scale, translate = self._geometry
-        shifted = (translate[0] + event.z_start * scale[0], translate[1], translate[2])
-        layer = show_image(self.viewer, event.volume, PREVIEW_NAME, scale=scale, translate=shifted,
-                           metadata={"ddw_role": "preview", "epoch": event.epoch,
-                                     "z_range": (event.z_start, event.z_stop)})
-        layer.metadata["epoch"] = event.epoch
-
-    def _on_done(self, outcome):
-        for event in getattr(self._job, "drained", ()):  # a quit fit still reports its end
-            self._on_event(event)
-        self.start_button.setEnabled(True)
-        self.resume_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-        self.state.fitting = False
-        if outcome.error:
-            self.status.setText("Fitting failed: see the notification.")
-            notify_error(outcome.error)
-            return
-        finished = self.finished
-        if finished is None:
-            self.status.setText("Fitting ended.")
-            return
-        model = finished.latest_path or finished.best_path
-        if finished.stopped:
-            self.status.setText(f"Stopped after epoch {finished.epochs_done}; Resume continues "
-                                "from the saved checkpoint.")
-        else:
-            self.bar.setValue(1000)
-            self.status.setText(f"Finished {finished.epochs_done} epochs. Next: Refine.")
-        if model is not None:
-            self.resume_path.setText(str(model))
-            self.state.out_dir = str(Path(model).parent)
-            self.state.checkpoint = str(model)
-            self.state.model_version += 1
-            if not finished.stopped:
-                notify_info(f"Fitting finished; the model is in {Path(model).parent}.")
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds) or seconds < 0:
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -14,7 +14,6 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import (
-    DDWPanel,
     add_row,
     compact,
     find_layer,
@@ -22,11 +21,14 @@ from ._common import (
     geometry,
     hbox,
     is_image,
-    layer_array,
+    layer_source,
     notify_error,
     notify_warning,
+    read_array,
     tip,
 )
+from ._names import is_tilt_series
+from ._panel import DDWPanel
 from ._plots import WEDGE_COLOUR, SpectraPanel
 from ._workers import Job, Progress
 
@@ -42,7 +44,7 @@ def _spectra_job(job, items):
         if job.stop.is_set():
             return None
         yield Progress(f"spectrum of {name}", i, len(items))
-        results.append((name, key, xz_log_power(array)))
+        results.append((name, key, xz_log_power(read_array(array))))
     return results
 
 
@@ -117,16 +119,9 @@ class FourierInspectorWidget(DDWPanel):
 
     # ------------------------------------------------------------------ selection
     def _volume_names(self) -> list[str]:
-        """3D image layers that are volumes (tilt series, which carry angles but no role, are
-        left out)."""
-        names = []
-        for layer in self.viewer.layers:
-            if not (is_image(layer) and layer.ndim == 3):
-                continue
-            meta = layer.metadata or {}
-            if "ddw_role" in meta or "tilt_angles" not in meta:
-                names.append(layer.name)
-        return names
+        """3D image layers that are volumes (tilt series are left out)."""
+        return [layer.name for layer in self.viewer.layers
+                if is_image(layer) and layer.ndim == 3 and not is_tilt_series(layer)]
 
     def _fill_list(self, checked: set[str] | None = None):
         if checked is None:
@@ -203,7 +198,7 @@ class FourierInspectorWidget(DDWPanel):
                 continue
             key = self._key(layer)
             if key not in self._cache:
-                todo.append((name, key, layer_array(layer)))
+                todo.append((name, key, layer_source(layer)))
         if self._job is not None and self._job.running:
             self._job.request_stop()
         self._generation += 1

@@ -2,6 +2,7 @@
 disagreement ("consistency"); save as MRC with the voxel size."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,43 +10,34 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QPushButton, QSpinBox
 
 from ._common import (
     DEVICE_TIP,
-    DDWPanel,
-    LayerCombo,
     add_row,
     device_choices,
     find_layer,
     form_layout,
     geometry,
     hbox,
-    layer_array,
+    layer_source,
     notify_error,
-    notify_info,
     path_field,
+    read_array,
     show_image,
     tip,
 )
-from ._fit import PREVIEW_NAME
-from ._tiltseries import base_name
-from ._workers import Job, Progress, run_with_progress
+from ._halves import HalvesPicker
+from ._names import PREVIEW_NAME, layer_stem
+from ._panel import DDWPanel
+from ._workers import Progress, run_with_progress
 
 
 def _refine_job(job, model_path, tomo0, tomo1, params):
-    from ..core.refine import refine_halves
+    """Worker generator: the pipeline's refine (as `deepdewedge refine`)."""
+    from ..pipeline import RefineRequest, refine
 
     yield Progress("Loading the model", 0, 1)
-    result = yield from run_with_progress(refine_halves, job.stop, "Refining", model_path,
-                                          tomo0, tomo1, **params)
+    request = RefineRequest(model=model_path, even=read_array(tomo0), odd=read_array(tomo1),
+                            **params)  # the halves are read here, on the worker thread
+    result = yield from run_with_progress(refine, job.stop, "Refining", request)
     return result
-
-
-def _save_job(job, items):
-    from ..core.io import write_mrc
-
-    written = []
-    for i, (path, data, scale, translate) in enumerate(items):
-        yield Progress(f"Writing {Path(path).name}", i, len(items))
-        written.append(str(write_mrc(path, data, voxel_size=scale, origin=translate)))
-    return written
 
 
 class RefineWidget(DDWPanel):
@@ -55,14 +47,15 @@ class RefineWidget(DDWPanel):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._job = None
         self.outputs: dict[str, str] = {}  # role → layer name of the last refinement
+        self.result = None  # the last RefineResult (pipeline.refine)
         lay = self.vbox(self)
         form = form_layout()
-        self.even = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Even half", self.even, "Tomogram of the even half (the one fitted on).")
-        self.odd = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Odd half", self.odd, "Tomogram of the odd half; same size.")
+        self.halves = HalvesPicker(
+            self.viewer, form, parent=self,
+            even_tip="Tomogram of the even half (the one fitted on).",
+            odd_tip="Tomogram of the odd half; same size.")
+        self.even, self.odd = self.halves.even, self.halves.odd
         row, self.model_path = path_field(
             "model checkpoint (.pt)",
             "The fitted model: filled in with the model just fitted (latest.pt); pick best.pt "
@@ -107,45 +100,26 @@ class RefineWidget(DDWPanel):
         self.run_button.clicked.connect(lambda: self.refine())
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(lambda: self.save())
-        self.even.layerChanged.connect(self._on_even_changed)
         self.state.events.halves_version.connect(self._on_halves)
         self.state.events.model_version.connect(self._on_model)
         self._on_halves()
         self._on_model()
 
     def _on_halves(self, *_):
-        if self.state.even:
-            self.even.set_layer_name(self.state.even)
-        if self.state.odd:
-            self.odd.set_layer_name(self.state.odd)
+        self.halves.set_pair(self.state.even, self.state.odd)
 
     def _on_model(self, *_):
         if self.state.checkpoint:
             self.model_path.setText(self.state.checkpoint)
 
-    def _on_even_changed(self, name: str):
-        if name.endswith(" even"):
-            partner = name[: -len(" even")] + " odd"
-            if find_layer(self.viewer, partner) is not None:
-                self.odd.set_layer_name(partner)
-
     # ------------------------------------------------------------------ refine
     def _inputs(self):
         from ..core.errors import DDWError
-        from ..core.halves import check_same_shape
 
         if self.state.fitting:
             raise DDWError("a fit is still running; wait for it to finish (or Stop it) before "
                            "refining")
-        even, odd = self.even.layer(), self.odd.layer()
-        if even is None or odd is None:
-            raise DDWError("choose the two halves (even and odd tomograms) to refine")
-        if even.name == odd.name:
-            raise DDWError("the even and odd halves must be two different layers")
-        for layer in (even, odd):
-            if layer.ndim != 3:
-                raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; halves are 3D tomograms")
-        check_same_shape(even.data, odd.data, what="halves")
+        even, odd = self.halves.layers()
         path = self.model_path.text().strip()
         if not path:
             raise DDWError("no model chosen; fit one in step 3 or pick a checkpoint (.pt) file")
@@ -155,54 +129,25 @@ class RefineWidget(DDWPanel):
 
     def refine(self) -> bool:
         """Start the refinement worker; False (and a notification) if the input is refused."""
-        from ..core.errors import DDWError
+        return self.launch(
+            "refinement", self._prepare, on_done=self._on_done,
+            controls=(self.run_button,), cancel=self.cancel_button,
+            busy="A refinement is already running; wait for it or press Cancel.",
+            start_text="Loading the model…", progress_unit="batch")
 
-        if self.busy:
-            notify_error("A refinement is already running; wait for it or press Cancel.")
-            return False
-        try:
-            even, odd, path = self._inputs()
-        except DDWError as exc:
-            notify_error(str(exc))
-            return False
+    def _prepare(self):
+        even, odd, path = self._inputs()
         meta = even.metadata or {}
-        self._base = str(meta.get("ddw_source") or base_name(even.name))
+        self._base = str(meta.get("ddw_source") or layer_stem(even.name))
         self._geometry = geometry(even)
         self._keep = self.keep_halves.isChecked()
         params = dict(overlap=self.overlap.value() or None, batch_size=self.batch.value(),
                       device=self.device.currentText(), keep_halves=self._keep)
-        self.bar.setRange(0, 1000)
-        self.bar.setValue(0)
-        self.status.setText("Loading the model…")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._job = self.start_job(
-            Job("refinement", _refine_job, path, layer_array(even), layer_array(odd), params),
-            self._on_progress, self._on_done)
-        return True
+        return partial(_refine_job, model_path=path, tomo0=layer_source(even),
+                       tomo1=layer_source(odd), params=params)
 
-    def cancel(self):
-        if self._job is not None:
-            self._job.request_stop()
-            self.status.setText("Cancelling…")
-
-    def _on_progress(self, msg):
-        if isinstance(msg, Progress) and msg.total > 0:
-            self.bar.setValue(int(1000 * msg.done / msg.total))
-            self.status.setText(f"{msg.stage}: batch {msg.done}/{msg.total}")
-
-    def _on_done(self, outcome):
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if outcome.cancelled:
-            self.status.setText("Cancelled.")
-            self.bar.setValue(0)
-            return
-        if outcome.error:
-            self.status.setText("Refinement failed: see the notification.")
-            notify_error(outcome.error)
-            return
-        result = outcome.value
+    def _on_done(self, result):
+        self.result = result  # what Save… writes (the signed difference included)
         scale, translate = self._geometry
         base = self._base
         common = {"voxel_size": scale, "tilt_min": self.state.tilt_min,
@@ -221,7 +166,7 @@ class RefineWidget(DDWPanel):
         self.outputs["refined"] = refined_name
         if self._keep and result.difference is not None:
             name = f"{base} consistency"
-            disagreement = np.abs(result.difference)
+            disagreement = np.abs(result.difference)  # shown unsigned; the file is signed
             hi = float(np.percentile(disagreement[:: max(1, disagreement.shape[0] // 16)], 99.5))
             show_image(self.viewer, disagreement, name, scale=scale, translate=translate,
                        metadata={**common, "ddw_role": "consistency",
@@ -242,44 +187,27 @@ class RefineWidget(DDWPanel):
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | None = None) -> bool:
-        """Write the refined tomogram (plus per-half results, if any) as MRC with voxel size."""
-        refined = find_layer(self.viewer, self.outputs.get("refined", ""))
-        if refined is None:
+        """Write the last refinement with the pipeline's write_refined, under the CLI's names:
+        ``OUT.mrc`` and, with per-half results, ``OUT_half0.mrc``, ``OUT_half1.mrc`` and
+        ``OUT_consistency.mrc`` (the SIGNED half0 − half1; the layer shows its absolute value),
+        with the voxel size and origin of the halves. Existing files are replaced only after
+        the user confirms."""
+        from ..pipeline import write_refined
+
+        result = self.result
+        if result is None:
             notify_error("Nothing to save yet: run Refine first.")
             return False
         if path is None:
             from qtpy.QtWidgets import QFileDialog
 
             folder = self.state.out_dir or str(Path.home())
-            suggestion = str(Path(folder) / f"{refined.name.replace(' ', '_')}.mrc")
+            suggestion = str(Path(folder) / f"{self._base.replace(' ', '_')}_refined.mrc")
             path, _ = QFileDialog.getSaveFileName(self, "Save the refined tomogram", suggestion,
                                                   "MRC (*.mrc)")
             if not path:
                 return False
-        target = Path(path)
-        if target.suffix.lower() != ".mrc":
-            target = target.with_suffix(".mrc")
-        items = []
-        for role, name in self.outputs.items():
-            layer = find_layer(self.viewer, name)
-            if layer is None:
-                continue
-            scale, translate = geometry(layer)
-            suffix = "" if role == "refined" else "_" + role.replace("refined ", "").replace(" ", "_")
-            items.append((str(target.with_name(target.stem + suffix + ".mrc")),
-                          layer_array(layer), scale, translate))
-        self.status.setText(f"Writing {target.name}…")
-        self.save_button.setEnabled(False)
-
-        def done(outcome):
-            self.save_button.setEnabled(True)
-            if outcome.error:
-                notify_error(outcome.error)
-                self.status.setText("Saving failed: see the notification.")
-            elif outcome.value:
-                self.saved = outcome.value
-                self.status.setText("Saved " + ", ".join(Path(p).name for p in outcome.value))
-                notify_info(f"Saved {len(outcome.value)} file(s) to {target.parent}")
-
-        self.start_job(Job("save", _save_job, items), lambda msg: None, done)
-        return True
+        scale, translate = self._geometry
+        return self.save_files("refined tomogram",
+                               partial(write_refined, path, result, scale, translate),
+                               controls=(self.save_button,))

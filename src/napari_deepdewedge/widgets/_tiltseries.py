@@ -1,7 +1,13 @@
-"""Step 1: tilt series → two independent half-tomograms (even/odd), with the engine's FBP."""
+"""Step 1: tilt series → two independent half-tomograms (even/odd), through the pipeline's
+reconstruct_halves (the same call as `deepdewedge reconstruct`). The "two tomograms" mode is in
+:mod:`._tomograms`, the worker side in :mod:`._reconstruct_job`.
+
+Slightly over 400 lines: most of it is the form (input stacks, three angle sources, binning,
+thickness, filter, device) with the help text of every field, which reads best in one place."""
 from __future__ import annotations
 
-import re
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -17,22 +23,24 @@ from qtpy.QtWidgets import (
 
 from ._common import (
     DEVICE_TIP,
-    DDWPanel,
     LayerCombo,
     add_row,
     compact,
     device_choices,
+    find_layer,
     form_layout,
     geometry,
     hbox,
-    layer_array,
+    layer_source,
     notify_error,
-    notify_info,
     path_field,
     show_image,
     tip,
 )
-from ._workers import Job, Progress, part_of, run_with_progress
+from ._names import layer_stem
+from ._panel import DDWPanel
+from ._reconstruct_job import pixel_size_of, reconstruct_job
+from ._tomograms import TomogramsMode
 
 MODE_SPLIT = "One tilt series → even/odd"
 MODE_FRAMES = "Two frame-half tilt series"
@@ -44,64 +52,13 @@ ANGLE_FILE_FILTER = ("Tilt angles (*.tlt *.rawtlt *.mdoc *.aln *.xml *.tomostar 
                      "All files (*)")
 ANGLES_RANGE = "Range: min, max, step"
 
-_SUFFIXES = re.compile(r"([ _.-]*(tilt[ _-]?series|evn|even|odd|ts))+$", re.IGNORECASE)
-
-
-def base_name(name: str) -> str:
-    """``"phantom tilt series"`` → ``"phantom"``, ``"TS_01_EVN"`` → ``"TS_01"``."""
-    stripped = _SUFFIXES.sub("", name).strip(" _.-")
-    return stripped or name
-
-
-def pixel_size_of(layer) -> float:
-    """Projection pixel size in Å: layer metadata if given, else the layer's X scale."""
-    try:
-        value = float((layer.metadata or {}).get("pixel_size", 0.0))
-    except (TypeError, ValueError):
-        value = 0.0
-    return value if value > 0 else float(layer.scale[-1])
-
-
-def _reconstruct_job(job, inputs, params):
-    """Worker generator: split (if asked) and back-project each half (and the full series)."""
-    from ..core.halves import frame_half_series, split_even_odd
-    from ..core.io import TiltSeries
-    from ..core.reconstruction import fbp
-
-    mode = inputs["mode"]
-    series = TiltSeries(data=inputs["data"], angles=inputs["angles"], name="series")
-    if mode == MODE_SPLIT:
-        even, odd = split_even_odd(series)
-    else:
-        other = TiltSeries(data=inputs["data_odd"], angles=inputs["angles"], name="odd")
-        even, odd = frame_half_series(series, other)
-    stacks = [("even", even), ("odd", odd)]
-    if params.pop("full", False):
-        if mode == MODE_SPLIT:
-            stacks.append(("FBP", series))
-        else:  # frame halves: their mean, on the scale of each half and of the refined mean
-            # (FBP is linear: the same as the CLI's mean of the two half reconstructions)
-            mean = (np.asarray(even.data, dtype=np.float32) + np.asarray(odd.data, dtype=np.float32)) * 0.5
-            stacks.append(("FBP", TiltSeries(data=mean, angles=even.angles)))
-    results = {}
-    for index, (key, stack) in enumerate(stacks):
-        label = f"Back-projecting {key} ({index + 1}/{len(stacks)})"
-        yield Progress(label, index, len(stacks))
-        results[key] = yield from part_of(run_with_progress(
-            fbp, job.stop, label, np.asarray(stack.data), np.asarray(stack.angles), **params
-        ), index, len(stacks))
-        results[key + " angles"] = np.asarray(stack.angles, dtype=float)
-    return results
-
-
-class TiltSeriesWidget(DDWPanel):
+class TiltSeriesWidget(TomogramsMode, DDWPanel):
     """Tilt series → halves: reconstruct the even and odd half-tomograms (or pick two)."""
 
     title = "Tilt series → halves"
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._job = None
         lay = self.vbox(self)
 
         form = form_layout()
@@ -126,9 +83,15 @@ class TiltSeriesWidget(DDWPanel):
                               "appear as '<name> even' and '<name> odd' layers.")
         self.cancel_button = tip(QPushButton("Cancel"), "Stop the reconstruction.")
         self.cancel_button.setEnabled(False)
+        self.save_button = tip(QPushButton("Save…"),
+                               "Write the even and odd tomograms (and the full FBP) into a "
+                               "folder as <name>_even.mrc, <name>_odd.mrc, <name>_full.mrc, "
+                               "the files 'deepdewedge reconstruct' writes.")
+        self.save_button.setEnabled(False)
         self.use_button = tip(QPushButton("Use as halves"),
                               "Take the two chosen tomograms as the even/odd halves for fitting.")
-        lay.addWidget(hbox(self.run_button, self.cancel_button, self.use_button))
+        lay.addWidget(hbox(self.run_button, self.cancel_button, self.save_button,
+                           self.use_button))
         lay.addWidget(self.bar)
         lay.addWidget(self.status)
 
@@ -193,13 +156,6 @@ class TiltSeriesWidget(DDWPanel):
         tip(self.axis_x, "Tick if the tilt axis of your stack runs along X (horizontal) instead "
                          "of Y; the stack is transposed before reconstruction.")
         form.addRow(self.axis_x)
-        self.thickness = QSpinBox()
-        self.thickness.setRange(1, 100000)
-        self.thickness.setValue(256)
-        self.thickness.setSuffix(" px")
-        add_row(form, "Thickness", self.thickness,
-                "Height (Z) of the tomogram in unbinned pixels; a bit more than the sample's "
-                "thickness. It is divided by the binning.")
         self.binning = QSpinBox()
         self.binning.setRange(1, 32)
         self.binning.setValue(1)
@@ -210,6 +166,18 @@ class TiltSeriesWidget(DDWPanel):
         add_row(form, "Binning", hbox(self.binning, self.bin_mode),
                 "Shrink the projections by this factor before reconstructing: 2 makes the "
                 "tomogram 8× smaller and everything after much faster.")
+        # thickness in OUTPUT (binned) voxels: the same number means the same tomogram here
+        # and in `deepdewedge reconstruct --thickness` (pipeline.HalvesRequest.thickness)
+        self.thickness = QSpinBox()
+        self.thickness.setRange(1, 100000)
+        self.thickness.setValue(256)
+        self._auto_thickness = None  # (unbinned thickness from the layer, value it gave)
+        add_row(form, "Thickness", hbox(self.thickness, QLabel("binned voxels"),
+                                        stretch_last=True),
+                "Height (Z) of the tomogram in binned voxels (after binning), as "
+                "'deepdewedge reconstruct --thickness'; a bit more than the sample's "
+                "thickness. Filled in from the layer when it says how thick the sample is.")
+        self.binning.valueChanged.connect(self._update_auto_thickness)
         self.apodization = QComboBox()
         self.apodization.addItems(["cosine", "hamming", "none"])
         add_row(form, "Filter", self.apodization,
@@ -223,24 +191,6 @@ class TiltSeriesWidget(DDWPanel):
         tip(self.full, "Also reconstruct all projections together: the usual tomogram, "
                        "useful to compare with the refined result.")
         form.addRow(self.full)
-        return page
-
-    def _build_tomo_page(self) -> QWidget:
-        page = QWidget()
-        form = form_layout()
-        page.setLayout(form)
-        self.tomo_even = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Even half", self.tomo_even,
-                "Tomogram reconstructed from the even projections (or even frames).")
-        self.tomo_odd = LayerCombo(self.viewer, "image", ndim=3)
-        add_row(form, "Odd half", self.tomo_odd,
-                "Tomogram reconstructed from the odd projections (or odd frames); same size.")
-        self.tomo_min = self._angle_box(-60.0, "Most negative tilt angle of the data, degrees.")
-        self.tomo_max = self._angle_box(60.0, "Most positive tilt angle of the data, degrees.")
-        add_row(form, "Tilt range", hbox(self.tomo_min, self.tomo_max),
-                "The tilt range the tomograms were reconstructed from; it defines the missing "
-                "wedge.")
-        self.tomo_even.layerChanged.connect(self._on_tomo_changed)
         return page
 
     @staticmethod
@@ -266,6 +216,7 @@ class TiltSeriesWidget(DDWPanel):
         self._set_row_visible(self.series_odd, mode == MODE_FRAMES)
         self.run_button.setVisible(not tomos)
         self.cancel_button.setVisible(not tomos)
+        self.save_button.setVisible(not tomos)
         self.use_button.setVisible(tomos)
         self._update_angle_summary()
 
@@ -275,32 +226,31 @@ class TiltSeriesWidget(DDWPanel):
             self._update_angle_summary()
             return
         meta = layer.metadata or {}
-        if "thickness" in meta:
-            try:
-                self.thickness.setValue(int(meta["thickness"]))
-            except (TypeError, ValueError):
-                pass
+        try:
+            unbinned = int(meta["thickness"]) if "thickness" in meta else None
+        except (TypeError, ValueError):
+            unbinned = None
+        if unbinned:
+            self._auto_thickness = (unbinned, None)
+            self._update_auto_thickness()
         if "tilt_angles" in meta:
             self.angle_source.setCurrentText(ANGLES_LAYER)
         elif meta.get("angle_file"):
             self.angle_file.setText(str(meta["angle_file"]))
         self._update_angle_summary()
 
-    def _on_tomo_changed(self, name: str):
-        layer = self.tomo_even.layer()
-        if layer is None:
+    def _update_auto_thickness(self, *_):
+        """Keep a thickness taken from the layer (in unbinned pixels) right for the binning,
+        unless the user has typed another value since."""
+        if self._auto_thickness is None:
             return
-        meta = layer.metadata or {}
-        if "tilt_min" in meta and "tilt_max" in meta:
-            self.tomo_min.setValue(float(meta["tilt_min"]))
-            self.tomo_max.setValue(float(meta["tilt_max"]))
-        partner = None
-        if name.endswith(" even"):
-            partner = name[: -len(" even")] + " odd"
-        elif name.lower().endswith("_evn"):
-            partner = name[:-4] + name[-4:].replace("EVN", "ODD").replace("evn", "odd")
-        if partner and self.tomo_odd.findText(partner) >= 0:
-            self.tomo_odd.set_layer_name(partner)
+        unbinned, given = self._auto_thickness
+        if given is not None and self.thickness.value() != given:
+            self._auto_thickness = None  # the user chose a thickness: leave it alone
+            return
+        value = max(1, -(-unbinned // self.binning.value()))
+        self.thickness.setValue(value)
+        self._auto_thickness = (unbinned, value)
 
     def _open_file(self):
         from qtpy.QtWidgets import QFileDialog
@@ -384,101 +334,66 @@ class TiltSeriesWidget(DDWPanel):
         if layer.ndim != 3:
             raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; a tilt series is a 3D stack "
                            "(projections × Y × X)")
-        data = layer_array(layer)
+        data = layer_source(layer)  # not read here: the worker reads it
         odd = None
         if mode == MODE_FRAMES:
             odd_layer = self.series_odd.layer()
             if odd_layer is None or odd_layer.name == layer.name:
                 raise DDWError("choose two different tilt series: the EVN one under "
                                "'Tilt series' and the ODD one under 'ODD series'")
-            odd = layer_array(odd_layer)
+            odd = layer_source(odd_layer)
             check_same_shape(data, odd, what="frame-half tilt series")
         found = self._tilt_metadata_for(layer, int(data.shape[0]))
         angles = found.angles
-        if found.keep is not None:  # the stack still holds views the metadata excludes
-            data = np.asarray(data[found.keep])
-            odd = None if odd is None else np.asarray(odd[found.keep])
-        if self.axis_x.isChecked():
-            data = np.swapaxes(data, 1, 2)
-            odd = None if odd is None else np.swapaxes(odd, 1, 2)
+        keep = found.keep  # views the metadata excludes but the stack still holds: the worker drops them
+        axis_x = self.axis_x.isChecked()
+        ny, nx = (data.shape[2], data.shape[1]) if axis_x else data.shape[1:]
         binning = self.binning.value()
-        if min(data.shape[1:]) // binning < 4:
+        if min(ny, nx) // binning < 4:
             raise DDWError(f"binning {binning} leaves fewer than 4 pixels of the "
-                           f"{data.shape[1]}×{data.shape[2]} projections; use less binning")
-        thickness = max(1, int(round(self.thickness.value() / binning)))
+                           f"{ny}×{nx} projections; use less binning")
         apod = self.apodization.currentText()
-        params = dict(
-            thickness=thickness, binning=binning, bin_mode=self.bin_mode.currentText(),
+        params = dict(  # a pipeline.HalvesRequest: the same fields as the CLI's options
+            thickness=self.thickness.value(),  # binned voxels, as the CLI's --thickness
+            binning=binning, bin_mode=self.bin_mode.currentText(),
             apodization=None if apod == "none" else apod, device=self.device.currentText(),
-            full=self.full.isChecked(),
+            want_full=self.full.isChecked(),
         )
-        inputs = dict(mode=mode, data=data, data_odd=odd, angles=angles)
+        names = [layer_stem(layer.name)] if odd is None else [layer.name, odd_layer.name]
+        inputs = dict(data=data, data_odd=odd, angles=angles, keep=keep, axis_x=axis_x, names=names,
+                      pixel_size=pixel_size_of(layer), origin=geometry(layer)[1])
         return layer, inputs, params
 
     def reconstruct(self) -> bool:
         """Start the reconstruction worker; False (and a notification) if the input is refused."""
-        from ..core.errors import DDWError
+        return self.launch(
+            "reconstruction", self._prepare, on_done=self._on_done,
+            controls=(self.run_button,), cancel=self.cancel_button,
+            busy="A reconstruction is already running; wait for it or press Cancel.",
+            failed="Failed")
 
-        if self.busy:
-            notify_error("A reconstruction is already running; wait for it or press Cancel.")
-            return False
-        try:
-            layer, inputs, params = self._validate()
-        except DDWError as exc:
-            notify_error(str(exc))
-            return False
+    def _prepare(self):
+        layer, inputs, params = self._validate()
         self._source = layer
-        scale, translate = geometry(layer)
-        voxel = pixel_size_of(layer) * params["binning"]
-        self._out_scale = (voxel, voxel, voxel)
-        self._out_translate = (0.0, translate[1], translate[2])
-        self._base = base_name(layer.name)
-        self.bar.setRange(0, 1000)
-        self.bar.setValue(0)
-        self.status.setText("Starting…")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self._job = self.start_job(Job("reconstruction", _reconstruct_job, inputs, params),
-                                   self._on_progress, self._on_done)
-        return True
+        return partial(reconstruct_job, inputs=inputs, params=params)
 
-    def cancel(self):
-        if self._job is not None:
-            self._job.request_stop()
-            self.status.setText("Cancelling…")
-
-    def _on_progress(self, msg):
-        if isinstance(msg, Progress) and msg.total > 0:
-            self.bar.setValue(int(1000 * msg.done / msg.total))
-            self.status.setText(msg.stage)
-
-    def _on_done(self, outcome):
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if outcome.cancelled:
-            self.status.setText("Cancelled.")
-            self.bar.setValue(0)
-            return
-        if outcome.error:
-            self.status.setText("Failed: see the notification.")
-            notify_error(outcome.error)
-            return
-        results = outcome.value
-        angles_all = np.concatenate([results["even angles"], results["odd angles"]])
-        tmin, tmax = float(angles_all.min()), float(angles_all.max())
+    def _on_done(self, halves):
+        """Show the pipeline's Halves as layers ``"<stem> even"``, ``"<stem> odd"`` (and
+        ``"<stem> FBP"``) with its voxel size and origin; Save… writes them."""
+        self.halves_result = halves
+        base = layer_stem(halves.stem)
+        tmin, tmax = (float(v) for v in halves.tilt_range)
+        scale = tuple(float(v) for v in halves.voxel_size)
+        translate = tuple(float(v) for v in halves.origin)
         names = {}
-        for key in ("even", "odd", "FBP"):
-            if key not in results:
+        for key, data in (("even", halves.even), ("odd", halves.odd), ("FBP", halves.full)):
+            if data is None:
                 continue
-            name = f"{self._base} {key}"
-            meta = {
-                "tilt_min": tmin, "tilt_max": tmax,
-                "tilt_angles": results[key + " angles"].tolist(),
-                "voxel_size": self._out_scale, "ddw_role": key.lower(),
-                "ddw_source": self._base,
-            }
-            show_image(self.viewer, results[key], name, scale=self._out_scale,
-                       translate=self._out_translate, metadata=meta, visible=(key == "even"))
+            name = f"{base} {key}"
+            meta = {"tilt_min": tmin, "tilt_max": tmax, "voxel_size": scale,
+                    "ddw_role": key.lower(), "ddw_source": base}
+            show_image(self.viewer, data, name, scale=scale, translate=translate, metadata=meta,
+                       visible=(key == "even"))
             names[key] = name
         try:
             self._source.visible = False
@@ -486,19 +401,39 @@ class TiltSeriesWidget(DDWPanel):
             pass
         self._centre_view(names["even"])
         state = self.state
-        state.source = self._base
+        state.source = base
         state.tilt_min, state.tilt_max = tmin, tmax
         state.fbp = names.get("FBP", "")
         state.even, state.odd = names["even"], names["odd"]
         state.halves_version += 1  # observers preselect the new halves
         self.bar.setValue(1000)
-        shape = results["even"].shape
+        self.save_button.setEnabled(True)
+        shape = halves.even.shape
         self.status.setText(f"Done: '{names['even']}' and '{names['odd']}', "
-                            f"{shape[0]}×{shape[1]}×{shape[2]} voxels of {self._out_scale[0]:.3g} Å.")
+                            f"{shape[0]}×{shape[1]}×{shape[2]} voxels of {scale[0]:.3g} Å. "
+                            "Save… writes them as MRC.")
+
+    def save(self, folder: str | None = None) -> bool:
+        """Write the halves (and the full FBP) into ``folder`` as ``<stem>_even.mrc``,
+        ``<stem>_odd.mrc``, ``<stem>_full.mrc`` — the names of `deepdewedge reconstruct`. An
+        existing file is replaced only after the user confirms."""
+        halves = getattr(self, "halves_result", None)
+        if halves is None:
+            notify_error("Nothing to save yet: press Reconstruct first.")
+            return False
+        if folder is None:
+            from qtpy.QtWidgets import QFileDialog
+
+            folder = QFileDialog.getExistingDirectory(self, "Save the halves into",
+                                                      self.state.out_dir or str(Path.home()))
+            if not folder:
+                return False
+        from ..pipeline import write_halves
+
+        return self.save_files("halves", partial(write_halves, folder, halves.stem, halves),
+                               controls=(self.save_button,))
 
     def _centre_view(self, name: str):
-        from ._common import find_layer
-
         layer = find_layer(self.viewer, name)
         if layer is None:
             return
@@ -510,34 +445,3 @@ class TiltSeriesWidget(DDWPanel):
             self.viewer.dims.point = point
         except Exception:  # a viewer with other dimensions: leave the slider alone
             pass
-
-    def use_tomograms(self) -> bool:
-        """Mode 'two tomograms': take the chosen layers as halves (no worker needed)."""
-        from ..core.errors import DDWError
-        from ..core.halves import check_same_shape
-
-        even, odd = self.tomo_even.layer(), self.tomo_odd.layer()
-        try:
-            if even is None or odd is None:
-                raise DDWError("choose two tomogram layers: the even half and the odd half")
-            if even.name == odd.name:
-                raise DDWError("the even and odd halves must be two different layers")
-            for layer in (even, odd):
-                if layer.ndim != 3:
-                    raise DDWError(f"layer '{layer.name}' is {layer.ndim}D; halves are 3D tomograms")
-            check_same_shape(even.data, odd.data, what="halves")
-            if not self.tomo_min.value() < self.tomo_max.value():
-                raise DDWError("the tilt range minimum must be below its maximum")
-        except DDWError as exc:
-            notify_error(str(exc))
-            return False
-        for layer in (even, odd):
-            layer.metadata["tilt_min"] = self.tomo_min.value()
-            layer.metadata["tilt_max"] = self.tomo_max.value()
-        state = self.state
-        state.source = base_name(even.name)
-        state.tilt_min, state.tilt_max = self.tomo_min.value(), self.tomo_max.value()
-        state.even, state.odd = even.name, odd.name
-        state.halves_version += 1
-        notify_info(f"Halves set: '{even.name}' and '{odd.name}'.")
-        return True

@@ -130,6 +130,19 @@ def part_of(gen, index: int, count: int):
         gen.close()
 
 
+def write_job(job, write: Callable, overwrite: bool):
+    """Job generator: ``write(overwrite=overwrite)`` (a pipeline writer) → the written paths as
+    strings. A refusal because a file exists (``pipeline.OutputExists``) is RETURNED, not
+    raised, so that the dock can ask the user before writing again with ``overwrite=True``."""
+    from ..pipeline import OutputExists
+
+    yield Progress("Writing", 0, 1)
+    try:
+        return [str(path) for path in write(overwrite=overwrite)]
+    except OutputExists as exc:
+        return exc
+
+
 class Job:
     """One background job of a widget: its napari worker, stop flag and done flag."""
 

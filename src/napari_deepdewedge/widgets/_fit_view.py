@@ -1,0 +1,114 @@
+"""How the Fit dock shows a running fit: the pipeline's fit events → progress bar, status line,
+loss plot, live preview layer, and the end of the fit (stopped, finished or quit).
+
+A mixin of :class:`._fit.FitWidget` (it uses the dock's form fields, bar, status and state);
+kept apart so that the dock module holds the form and the actions only.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..pipeline import FitResumed
+from ._common import notify_info, show_image
+from ._names import PREVIEW_NAME
+
+
+class FitEventsView:
+    """Event handlers of the Fit dock (``launch(on_event=…, on_done=…, on_cancelled=…)``)."""
+
+    # ------------------------------------------------------------------ events
+    def _show_config(self, cfg) -> None:
+        """Show the settings a resumed fit runs with (its fixed ones come from the checkpoint,
+        pipeline.plan_fit), so the form never claims what is not running."""
+        for box, value in ((self.size, cfg.subtomo_size), (self.channels, cfg.channels),
+                           (self.depth, cfg.depth), (self.batch, cfg.batch_size),
+                           (self.val_fraction, cfg.val_fraction), (self.tilt_min, cfg.tilt_min),
+                           (self.tilt_max, cfg.tilt_max)):
+            box.setValue(value)
+
+    def _on_event(self, event):
+        from ..core import fitting as F
+
+        self.events.append(event)
+        if isinstance(event, FitResumed):
+            cfg = event.config
+            self.loss_plot.clear()
+            for record in event.history:  # core.fit_log.EpochRecord
+                if record.epoch <= event.epoch:
+                    self.loss_plot.add_epoch(record.epoch, record.fit_loss, record.val_loss)
+            self._show_config(cfg)
+            self.status.setText(f"Resuming after epoch {event.epoch} of {cfg.epochs}…")
+        elif isinstance(event, F.FitStarted):
+            self._epochs = event.config.epochs
+            self._steps = max(event.steps_per_epoch, 1)
+            self._total_steps = self._epochs * self._steps
+            self.status.setText(
+                f"{event.n_fit_cubes} training + {event.n_val_cubes} validation cubes, "
+                f"{event.steps_per_epoch} steps per epoch on {event.device}.")
+        elif isinstance(event, F.StepDone):
+            if self._total_steps:
+                done = (event.epoch - 1) * self._steps + event.step
+                self.bar.setValue(int(1000 * done / self._total_steps))
+                self.bar.setFormat(f"epoch {event.epoch}/{self._epochs}")
+            self._last_step = event
+        elif isinstance(event, F.EpochDone):
+            self.loss_plot.truncate_from(event.epoch)
+            self.loss_plot.add_epoch(event.epoch, event.fit_loss, event.val_loss)
+            remaining = (self._epochs - event.epoch) * event.seconds
+            val = "" if event.val_loss is None else f", validation {event.val_loss:.4g}"
+            self.status.setText(f"Epoch {event.epoch}/{self._epochs}: loss {event.fit_loss:.4g}"
+                                f"{val}; {event.seconds:.1f} s/epoch, about {_duration(remaining)} "
+                                "left.")
+        elif isinstance(event, F.PreviewReady):
+            self._show_preview(event)
+        elif isinstance(event, F.CheckpointSaved):
+            if event.kind in ("latest", "stopped"):
+                self.resume_path.setText(str(event.path))
+        elif isinstance(event, F.FitFinished):
+            self.finished = event
+
+    def _show_preview(self, event):
+        scale, translate = self._geometry
+        shifted = (translate[0] + event.z_start * scale[0], translate[1], translate[2])
+        layer = show_image(self.viewer, event.volume, PREVIEW_NAME, scale=scale, translate=shifted,
+                           metadata={"ddw_role": "preview", "epoch": event.epoch,
+                                     "z_range": (event.z_start, event.z_stop)})
+        layer.metadata["epoch"] = event.epoch
+
+    def _on_end(self):
+        self.state.fitting = False
+
+    def _on_done(self, _last_event):
+        self._show_end()
+
+    def _show_end(self):
+        """The end of a fit, stopped, finished or quit (its events were all handled)."""
+        finished = self.finished
+        if finished is None:
+            self.status.setText("Fitting ended.")
+            return
+        model = finished.latest_path or finished.best_path
+        if finished.stopped:
+            self.status.setText(f"Stopped after epoch {finished.epochs_done}; Resume continues "
+                                "from the saved checkpoint.")
+        else:
+            self.bar.setValue(1000)
+            self.status.setText(f"Finished {finished.epochs_done} epochs. Next: Refine.")
+        if model is not None:
+            self.resume_path.setText(str(model))
+            self.state.out_dir = str(Path(model).parent)
+            self.state.checkpoint = str(model)
+            self.state.model_version += 1
+            if not finished.stopped:
+                notify_info(f"Fitting finished; the model is in {Path(model).parent}.")
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

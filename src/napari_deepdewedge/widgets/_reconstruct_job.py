@@ -1,0 +1,48 @@
+"""The worker side of step 1 (Tilt series → halves): read the stacks, run the pipeline."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import read_array
+from ._workers import Progress, run_with_progress
+
+
+def pixel_size_of(layer) -> float:
+    """Projection pixel size in Å: layer metadata if given, else the layer's X scale."""
+    try:
+        value = float((layer.metadata or {}).get("pixel_size", 0.0))
+    except (TypeError, ValueError):
+        value = 0.0
+    return value if value > 0 else float(layer.scale[-1])
+
+
+def read_stacks(inputs) -> list[np.ndarray]:
+    """The stack(s) the job reconstructs: read, the excluded views dropped, the tilt axis on Y."""
+    stacks = [read_array(inputs["data"])]
+    if inputs["data_odd"] is not None:
+        stacks.append(read_array(inputs["data_odd"]))
+    if inputs.get("keep") is not None:  # views the tilt metadata excludes but the stack holds
+        stacks = [stack[inputs["keep"]] for stack in stacks]
+    if inputs["axis_x"]:
+        stacks = [np.swapaxes(stack, 1, 2) for stack in stacks]
+    return stacks
+
+
+def reconstruct_job(job, inputs, params):
+    """Worker generator: read the stack(s) here, then the pipeline's reconstruct_halves (the
+    same call as `deepdewedge reconstruct`)."""
+    from ..core.io import TiltSeries
+    from ..pipeline import HalvesRequest, reconstruct_halves
+
+    stacks = read_stacks(inputs)  # here, on the worker thread: the GUI never waits
+    series = [TiltSeries(data=stack, angles=inputs["angles"], pixel_size=inputs["pixel_size"],
+                         origin=inputs["origin"], name=name)
+              for stack, name in zip(stacks, inputs["names"])]
+    if len(series) == 1:
+        request = HalvesRequest(series=series[0], **params)
+    else:
+        request = HalvesRequest(frame_halves=(series[0], series[1]), **params)
+    yield Progress("Back-projecting", 0, 1)
+    halves = yield from run_with_progress(reconstruct_halves, job.stop, "Back-projecting",
+                                          request)
+    return halves
