@@ -80,6 +80,9 @@ class FitConfig:
     # tuning phantom, 64×160×160, s=32, 16 ch: CC vs truth at epoch 20 0.595 without vs 0.532
     # with the residual (oracle Gaussian 0.569); see bench/quality.py
     residual: bool = False
+    # torch.compile the U-Net: honoured on CUDA for long runs only (core.perf.decide_compile;
+    # on the CPU it costs 100 s and gains 3 %, so it is never used there)
+    compile: bool = False
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
@@ -208,8 +211,11 @@ class FitFinished:
 # device, mixed precision, distributed
 # --------------------------------------------------------------------------------------------
 def amp_enabled(device) -> bool:
-    """Mixed precision (autocast float16 + GradScaler) is used on CUDA only."""
-    return torch.device(device).type == "cuda"
+    """Mixed precision: fp16 autocast + GradScaler on CUDA, bf16 autocast on a CPU whose quick
+    probe finds it faster (``core.perf.pick_autocast``), fp32 otherwise."""
+    from .perf import pick_autocast
+
+    return pick_autocast(device) is not None
 
 
 def configure_backends(device) -> None:
@@ -351,9 +357,9 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
 
 
 def _autocast(device, enabled: bool):
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    from .perf import autocast, pick_autocast
+
+    return autocast(device, pick_autocast(device)) if enabled else contextlib.nullcontext()
 
 
 def _data_device(device, nbytes: int):
@@ -429,6 +435,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     slab of thickness ``subtomo_size``).
     """
     from . import checkpoint as ckpt
+    from . import perf
     from .fourier import observed_mask, rotated_observed_masks
     from .halves import check_same_shape
     from .loss import masked_fourier_loss, model_input
@@ -443,6 +450,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     device = _fit_device(cfg.device, world)
     amp = amp_enabled(device)
     configure_backends(device)
+    perf.limit_cpu_threads(device)
 
     tomo0 = tomo0 if isinstance(tomo0, np.memmap) else np.asarray(tomo0)
     tomo1 = tomo1 if isinstance(tomo1, np.memmap) else np.asarray(tomo1)
@@ -506,7 +514,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
-    net = net.to(device)
+    net = perf.to_channels_last(net.to(device), device)
     if payload is not None:
         try:
             net.load_state_dict(payload["state_dict"])
@@ -514,13 +522,13 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             raise CheckpointError(f"cannot resume: checkpoint weights do not fit this U-Net ({str(exc)[:200]})") from None
     else:
         net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device))
-    model = net
+    model = perf.maybe_compile(net, device, cfg.epochs * int(math.ceil(n_fit / cfg.batch_size)), cfg.compile)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    scaler = torch.amp.GradScaler("cuda") if amp and perf.needs_grad_scaler(perf.pick_autocast(device)) else None
     gen = torch.Generator(device="cpu")
     gen.manual_seed(cfg.seed)
 
@@ -605,7 +613,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             for i in range(0, len(mine), B):
                 idx = torch.tensor(mine[i:i + B], dtype=torch.long)
                 rot = rotated(val_pairs, val_rot[idx].to(device), idx)
-                x = model_input(rot[:, 0:1], mask_s)
+                x = perf.as_input(model_input(rot[:, 0:1], mask_s), device)
                 with _autocast(device, amp):
                     pred = net(x)
                 loss = masked_fourier_loss(pred.float(), rot[:, 1:2], mask_s, val_masks[idx.to(device)],
@@ -642,7 +650,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             sel = idx[use]
             r_local = rots[use].to(device)
             rot = rotated(fit_pairs, r_local, sel)
-            x = model_input(rot[:, 0:1], mask_s)
+            x = perf.as_input(model_input(rot[:, 0:1], mask_s), device)
             m_r = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, r_local, device=device, rfft=True)
             with _autocast(device, amp):
                 pred = model(x)
