@@ -18,7 +18,7 @@ its ``prepare_data`` lays them out), ``SubtomoDataset`` (rotation, masks), ``Une
     Ours and theirs alternate ``--rounds`` times (the machine is shared); the median round
     counts. Also printed: the network+loss+Adam part alone (the original's step minus its
     loader; ours on ready inputs), so the two sources of the ratio are visible.
-(2) ``--levers``: our step with each lever off, in the same rounds: ``today`` (contiguous
+(2) ``--levers``: our step with each lever off, in the same rounds (s = 32 config): ``today`` (contiguous
     NCDHW, torch's InstanceNorm3d), ``+channels_last`` only, ``+spatial IN`` only, ``now``
     (both, the default), plus 1 thread vs all, and the bf16 probe's verdict.
 (3) ``--refine``: refinement of one (Z, Y, X) half with an untrained model of each side
@@ -113,7 +113,7 @@ def fitting_comparison(ddw: OriginalDDW, names, steps: int, rounds: int, with_le
         s, ch, b = CONFIGS[name]
         h0, h1 = halves_for(s)
         variants = {"now": dict()}
-        if with_levers:
+        if with_levers and name == "ddw-cpu":  # levers at the original's settings only (time)
             variants = {"today": dict(channels_last=False, spatial_in=False),
                         "+channels_last": dict(channels_last=True, spatial_in=False),
                         "+spatial IN": dict(channels_last=False, spatial_in=True),

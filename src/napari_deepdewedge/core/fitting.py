@@ -83,6 +83,10 @@ class FitConfig:
     # torch.compile the U-Net: honoured on CUDA for long runs only (core.perf.decide_compile;
     # on the CPU it costs 100 s and gains 3 %, so it is never used there)
     compile: bool = False
+    # time-to-quality levers (core/schedule.py); the defaults keep the original's behaviour
+    lr_schedule: str = "constant"   # or "warmup_cosine"
+    warmup_epochs: int = 0
+    early_stop_patience: int = 0    # epochs without a lower validation loss; 0 = never stop early
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
@@ -127,7 +131,7 @@ class FitConfig:
 
         for name in ("subtomo_size", "channels", "depth", "epochs", "batch_size", "validate_every"):
             positive_int(name)
-        for name in ("update_every", "checkpoint_every", "preview_every"):
+        for name in ("update_every", "checkpoint_every", "preview_every", "warmup_epochs", "early_stop_patience"):
             positive_int(name, 0)
         m = required_multiple(self.depth)
         if self.subtomo_size % m:
@@ -136,6 +140,10 @@ class FitConfig:
                 f"subtomo_size {self.subtomo_size} must be a multiple of {m} (2**depth for depth {self.depth}); "
                 f"use e.g. {lo} or {lo + m}"
             )
+        from .schedule import SCHEDULES
+
+        if self.lr_schedule not in SCHEDULES:
+            raise DDWError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DDWError(f"learning rate must be a positive number, got {self.lr}; the default is 4e-4")
         if not 0 <= self.val_fraction < 1:
@@ -441,6 +449,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     from .loss import masked_fourier_loss, model_input
     from .refine import predict_tiled, prepare_half, standardization_stats
     from .rotation import random_rotations, rotate_center_crop
+    from .schedule import lr_at, should_stop_early
     from .subtomos import extract_subtomos
     from .unet import UNet3D
 
@@ -657,6 +666,9 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             loss = masked_fourier_loss(pred.float(), rot[:, 1:2], mask_s, m_r, wedge_weight=cfg.wedge_weight)
             # DDP averages gradients over ranks: weight each rank by its share of the global batch
             weight = n_local * world / nb
+            if cfg.lr_schedule != "constant":
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg.lr, cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs, epoch, step, steps)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss * weight).backward()
@@ -724,6 +736,10 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
                 vols.append(out)
             model.train()
             yield PreviewReady(epoch=epoch, z_start=z0, z_stop=z1, volume=(vols[0] + vols[1]) * np.float32(0.5))
+
+        if should_stop_early(history, cfg.early_stop_patience) and epoch < cfg.epochs:
+            yield FitFinished(epochs_done=epoch, stopped=False, latest_path=latest_path, best_path=best_path)
+            return
 
     yield FitFinished(epochs_done=cfg.epochs, stopped=False, latest_path=latest_path, best_path=best_path)
 
