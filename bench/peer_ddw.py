@@ -28,7 +28,6 @@ its ``prepare_data`` lays them out), ``SubtomoDataset`` (rotation, masks), ``Une
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from levers import levers  # noqa: E402
 from peers.ddw import OriginalDDW  # noqa: E402
 
 from napari_deepdewedge.core import perf  # noqa: E402
@@ -46,20 +46,12 @@ from napari_deepdewedge.core import unet as unet_mod  # noqa: E402
 from napari_deepdewedge.core.fitting import FitConfig, StepDone, fit_iter  # noqa: E402
 
 CONFIGS = {"ddw-cpu": (32, 16, 4), "s48": (48, 16, 4)}
+CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
+clock_name = "cpu"  # set by --clock
 
 
-@contextlib.contextmanager
-def levers(channels_last: bool = True, spatial_in: bool = True):
-    """Switch our levers off for a measurement (monkeypatching, restored on exit)."""
-    saved = perf.use_channels_last, unet_mod.InstanceNorm3d.forward
-    try:
-        if not channels_last:
-            perf.use_channels_last = lambda device_type: False
-        if not spatial_in:
-            unet_mod.InstanceNorm3d.forward = torch.nn.InstanceNorm3d.forward
-        yield
-    finally:
-        perf.use_channels_last, unet_mod.InstanceNorm3d.forward = saved
+def now() -> float:
+    return CLOCK[clock_name]()
 
 
 def ours_fit_rate(half0, half1, s: int, channels: int, batch: int, steps: int, *, depth: int = 3,
@@ -71,7 +63,7 @@ def ours_fit_rate(half0, half1, s: int, channels: int, batch: int, steps: int, *
     stamps: list[float] = []
     for ev in fit_iter(half0, half1, cfg, should_stop=lambda: len(stamps) > steps):
         if isinstance(ev, StepDone):
-            stamps.append(time.perf_counter())
+            stamps.append(now())
     return batch * steps / (stamps[steps] - stamps[0])
 
 
@@ -90,11 +82,11 @@ def ours_network_rate(s: int, channels: int, batch: int, steps: int, depth: int 
     m_r = rotated_observed_masks((s, s, s), -60, 60, random_rotations(batch), rfft=True)
     times = []
     for i in range(steps + 1):
-        t = time.perf_counter()
+        t = now()
         opt.zero_grad(set_to_none=True)
         masked_fourier_loss(net(x), y, mask, m_r).backward()
         opt.step()
-        times.append(time.perf_counter() - t)
+        times.append(now() - t)
     return batch * steps / sum(times[1:])
 
 
@@ -125,8 +117,8 @@ def fitting_comparison(ddw: OriginalDDW, names, steps: int, rounds: int, with_le
                     rates[k].append(ours_fit_rate(h0, h1, s, ch, b, steps, strides=(s, s, s)))
             run = ddw.fit(h0, h1, subtomo_size=s, channels=ch, depth=3, batch_size=b, steps=steps + 1,
                           strides=(s, s, s), update_every=0, validate=False, normalization_batches=1)
-            rates["original"].append(run.samples_per_second(skip=1))
-            rates["original net"].append(run.samples_per_second(skip=1, compute_only=True))
+            rates["original"].append(run.samples_per_second(skip=1, clock=clock_name))
+            rates["original net"].append(run.samples_per_second(skip=1, compute_only=True, clock=clock_name))
             rates["ours net"].append(ours_network_rate(s, ch, b, steps))
             print(f"  [{name} round {r + 1}/{rounds}] " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()),
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
@@ -153,17 +145,17 @@ def refine_comparison(ddw: OriginalDDW, shape, batch: int) -> None:
     h0, h1 = halves_for(s)
     run = ddw.fit(h0, h1, subtomo_size=s, channels=ch, depth=3, batch_size=batch, steps=1, strides=(s, s, s),
                   update_every=0, validate=False, normalization_batches=1)
-    _, their_s = ddw.refine(run, tomo, overlap=-(-s // 3), batch_size=batch)
+    _, their_s = ddw.refine(run, tomo, overlap=-(-s // 3), batch_size=batch, clock=clock_name)
     torch.manual_seed(0)
     net = UNet3D(channels=ch, depth=3, residual=False)
     nvox = float(np.prod(shape))
-    t = time.perf_counter()
+    t = now()
     with levers(channels_last=False, spatial_in=False):
         refine_tomogram(net, tomo, -60, 60, subtomo_size=s, batch_size=batch, device="cpu", tile_size=s)
-    today_s = time.perf_counter() - t
-    t = time.perf_counter()
+    today_s = now() - t
+    t = now()
     refine_tomogram(net, tomo, -60, 60, subtomo_size=s, batch_size=batch, device="cpu")
-    now_s = time.perf_counter() - t
+    now_s = now() - t
     print(f"\n  refinement of {shape} (s={s}, {ch} channels), Mvoxels/s: original {nvox / their_s / 1e6:.3f}, "
           f"ours today {nvox / today_s / 1e6:.3f}, ours now {nvox / now_s / 1e6:.3f} → ×{their_s / now_s:.2f} vs "
           f"original, ×{today_s / now_s:.2f} vs today (load {os.getloadavg()[0]:.1f})")
@@ -180,11 +172,16 @@ def main(argv=None) -> None:
     ap.add_argument("--levers", action="store_true")
     ap.add_argument("--refine", action="store_true")
     ap.add_argument("--refine-shape", type=int, nargs=3, default=(64, 256, 256))
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="process CPU time (default; with --threads 1 the unloaded wall time of a shared "
+                         "machine) or wall time")
     args = ap.parse_args(argv)
+    global clock_name
+    clock_name = args.clock
     threads = args.threads or perf.usable_cores()
     torch.set_num_threads(threads)
     probe = perf.probe_bf16_cpu()
-    print(f"torch {torch.__version__}, {threads} threads on {perf.usable_cores()} usable cores, "
+    print(f"clock: {args.clock} time; torch {torch.__version__}, {threads} threads on {perf.usable_cores()} usable cores, "
           f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"bf16 probe: supported={probe.supported}, fp32 {probe.fp32_seconds * 1e3:.1f} ms, bf16 "
           f"{probe.bf16_seconds * 1e3:.1f} ms, rel. error {probe.rel_error:.3g} → "
@@ -200,8 +197,8 @@ def main(argv=None) -> None:
                 torch.set_num_threads(n)
                 one.append(ours_fit_rate(h0, h1, s, ch, b, args.steps, strides=(s, s, s)))
             torch.set_num_threads(threads)
-            print(f"\n  threads (ours now, ddw-cpu): 1 thread {one[0]:.2f}, {threads} threads {one[1]:.2f} samples/s "
-                  f"(×{one[1] / one[0]:.2f})")
+            print(f"\n  threads (ours now, ddw-cpu, samples per {clock_name} second): 1 thread {one[0]:.2f}, "
+                  f"{threads} threads {one[1]:.2f} (×{one[1] / one[0]:.2f}; use --clock wall on an idle machine)")
         if args.refine:
             print("\n(3) refinement")
             refine_comparison(ddw, tuple(args.refine_shape), 4)

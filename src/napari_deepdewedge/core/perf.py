@@ -2,22 +2,30 @@
 
 Every decision is a small pure function of facts (device type, probe outcome, planned steps)
 so that CPU tests can exercise the CUDA side of each branch without a GPU. Figures measured on
-the 2-core development machine (AMD EPYC, AVX2, no AVX-512/AMX; load average 1–3 from other
-jobs; ratios from interleaved runs of ``bench/fit.py --levers``):
+the 2-core development machine (AMD EPYC, AVX2, no AVX-512/AMX; load average 2–13 from other
+jobs; ratios from interleaved runs in one process):
 
-- channels_last_3d memory format (with :class:`core.unet.InstanceNorm3d`, which keeps the
-  format): fitting step at s = 32 / 16 channels / batch 4 ≈ 1.6× faster than contiguous
-  NCDHW (oneDNN's 3D convolution backward is 3–5× faster on channels-last tensors). KEPT on
-  CPU and CUDA; not on MPS (no channels-last 3D convolutions there).
+- channels_last_3d memory format with :class:`core.unet.InstanceNorm3d` (a group norm with one
+  channel per group, which keeps the format): fitting step at s = 32 / 16 channels / batch 4,
+  process CPU time on one thread, interleaved with the old path in one run: ×1.23
+  (bench/peer_ddw.py --levers; channels-last alone ×1.07, the new norm alone ×0.98 — the two
+  only pay together) and ×1.17 (a later run at load 12.6); with two threads on a quiet moment
+  of the machine (wall time) 0.398 → 0.243 s per sample (×1.6), since oneDNN's 3D convolution
+  backward is 3–5× faster on channels-last tensors. KEPT on CPU and CUDA; not on MPS.
 - bf16 autocast on the CPU: only where :func:`probe_bf16_cpu` finds it both supported and
-  faster than fp32 on a small convolution (this CPU: no bf16 instructions → fp32). CUDA: fp16
+  faster than fp32 on a small convolution (this CPU runs it, 12–20× SLOWER: 1.5–1.8 s vs
+  74–155 ms → fp32). CUDA: fp16
   autocast with a GradScaler (as before).
 - ``torch.compile`` of the U-Net on the CPU: 100 s to compile the first step, then 3 % faster
   (0.234 vs 0.241 s per sample): it would pay for itself after ~14 000 samples, far beyond the
   first epochs → DROPPED on the CPU. On CUDA only when asked for (``FitConfig.compile``) and
   the run is long enough (:func:`decide_compile`); not measured (no GPU here).
 - threads: torch's default is the machine's cores; more threads than usable cores
-  (``sched_getaffinity``) only oversubscribes, so :func:`limit_cpu_threads` lowers it.
+  (``sched_getaffinity``) only oversubscribes, so :func:`limit_cpu_threads` lowers it. On a
+  machine shared with other jobs even the cores are too many: at load average 10 on 2 cores a
+  fitting step took 25 s wall / 9 s CPU with 2 threads and 4.6 s / 1.8 s with 1 (OpenMP's
+  spinning waits; ``OMP_WAIT_POLICY=PASSIVE``: 7.7 s / 2.2 s). Not automated (it depends on
+  other people's load): use 1 thread (``torch.set_num_threads(1)``) on a busy shared machine.
 """
 from __future__ import annotations
 

@@ -43,23 +43,17 @@ def required_multiple(depth: int) -> int:
 
 class InstanceNorm3d(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` (same parameters, state-dict keys and result to float rounding)
-    computed with reductions over the spatial axes, so that a channels_last_3d tensor stays
-    channels-last: torch's own reshapes to ``(1, N·C, …)`` and copies to contiguous NCDHW, which
-    forces a layout change around every convolution. Measured (bench/fit.py --levers, s = 32,
-    16 channels, batch 4, CPU): fitting step 0.29 → 0.24 s per sample with channels_last_3d."""
+    computed as a group normalization with one channel per group, whose CPU kernels keep a
+    channels_last_3d tensor channels-last. torch's instance norm reshapes to ``(1, N·C, …)``
+    and returns contiguous NCDHW, forcing a layout change around every convolution.
+    Measured (process CPU time, one thread, s = 32, 16 channels, 4 cubes, forward + backward of
+    one layer): 42 ms vs 73 ms for the same statistics written with ``var_mean`` in autograd."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5 or self.track_running_stats:
             return super().forward(x)
-        # statistics in fp32 even under autocast (bf16/fp16 sums over 10⁵ voxels lose digits)
-        var, mean = torch.var_mean(x.float(), dim=(2, 3, 4), unbiased=False, keepdim=True)
-        scale = torch.rsqrt(var + self.eps)
-        if self.affine:
-            scale = scale * self.weight.view(1, -1, 1, 1, 1)
-            shift = self.bias.view(1, -1, 1, 1, 1) - mean * scale
-        else:
-            shift = -mean * scale
-        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+        return nn.functional.group_norm(x, x.shape[1], self.weight if self.affine else None,
+                                        self.bias if self.affine else None, self.eps)
 
 
 def _conv_block(c_in: int, c_out: int, *, kernel: int = 3, stride: int = 1) -> nn.Sequential:
