@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,8 +102,7 @@ def fit_original(ddw, tomo0, tomo1, truth, args):
     for epoch in epochs:
         r0, _ = ddw.refine(run, tomo0, epoch=epoch, batch_size=4)
         r1, _ = ddw.refine(run, tomo1, epoch=epoch, batch_size=4)
-        # the original refines standardized halves; rescale to ours (CC and wedge correlation
-        # are scale-invariant, so this only keeps the numbers readable)
+        # the original returns standardized values; CC and wedge correlation are scale-invariant
         rows.append((epoch, cpu_at[epoch], *score(0.5 * (r0 + r1), truth)))
     return rows
 

@@ -531,13 +531,16 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             raise CheckpointError(f"cannot resume: checkpoint weights do not fit this U-Net ({str(exc)[:200]})") from None
     else:
         net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device))
-    model = perf.maybe_compile(net, device, cfg.epochs * int(math.ceil(n_fit / cfg.batch_size)), cfg.compile)
+    planned_steps = cfg.epochs * int(math.ceil(n_fit / cfg.batch_size))
+    model = perf.maybe_compile(net, device, planned_steps, cfg.compile)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda") if amp and perf.needs_grad_scaler(perf.pick_autocast(device)) else None
+    scaler = None
+    if amp and perf.needs_grad_scaler(perf.pick_autocast(device)):
+        scaler = torch.amp.GradScaler("cuda")
     gen = torch.Generator(device="cpu")
     gen.manual_seed(cfg.seed)
 
