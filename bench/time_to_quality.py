@@ -92,9 +92,13 @@ def fit_ours(tomo0, tomo1, truth, args, out_dir: Path, overrides: dict):
 
 
 def fit_original(ddw, tomo0, tomo1, truth, args):
+    from napari_deepdewedge.core.subtomos import default_strides
+
     epochs = list(range(args.every, args.epochs + 1, args.every))
+    # the same extraction strides as ours (its own default would be one cube edge: ~4× fewer cubes)
+    strides = default_strides(tomo0.shape, args.subtomo_size)
     run = ddw.fit(tomo0, tomo1, subtomo_size=args.subtomo_size, channels=16, depth=3, batch_size=4,
-                  epochs=args.epochs, val_fraction=0.1, update_every=10, snapshot_epochs=epochs)
+                  epochs=args.epochs, val_fraction=0.1, update_every=10, snapshot_epochs=epochs, strides=strides)
     for e in run.epochs:
         print(f"    original epoch {e['epoch']}: fit {e['fit_loss']:.4f} ({e['cpu_end']:.0f} CPU s)", flush=True)
     cpu_at = {e["epoch"]: e["cpu_end"] + run.extra["normalization_seconds"] for e in run.epochs}
