@@ -1,8 +1,13 @@
-"""Refinement throughput: voxels/s for one half-tomogram through ``core.refine.refine_tomogram``.
+"""Refinement throughput: voxels/s for one half-tomogram, ours before vs after issue 10 (and the
+original DeepDeWedge's ``_refine_single_tomogram`` with ``--ddw-path``), ratios in one run.
 
 Run:  python bench/refine.py                         (128×512×512, fast preset, CPU)
       python bench/refine.py --shape 64 256 256      (quicker)
+      python bench/refine.py --ddw-path /path/to/DeepDeWedge   (+ the original, its venv)
       python bench/refine.py --device cuda --preset default --batch 8
+
+"before": tiles of the fitting cube, contiguous NCDHW, torch's InstanceNorm3d (bench/levers.py);
+"after": the defaults (larger tiles, core.refine.tile_shape; channels-last; memory-bounded batch).
 
 The model is an untrained U-Net of the preset (the cost does not depend on the weights).
 Printed: the statistics pass, the tiled pass (bands of rows standardized + wedge-masked, network, blend), the total, voxels/s, the
@@ -12,21 +17,41 @@ accumulator are one float32 volume each, plus one band of s rows; one batch of t
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from napari_deepdewedge.core.device import pick_device
-from napari_deepdewedge.core.refine import RowPreparer, n_tiles, predict_tiled, standardization_stats
-from napari_deepdewedge.core.unet import PRESETS, UNet3D
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from levers import today  # noqa: E402
+
+from napari_deepdewedge.core.refine import (RowPreparer, n_tiles, predict_tiled,  # noqa: E402
+                                            standardization_stats, tile_shape)
+from napari_deepdewedge.core.subtomos import extraction_size  # noqa: E402
+from napari_deepdewedge.core.unet import PRESETS, UNet3D  # noqa: E402
 
 
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def run_refine(model, tomo, s, overlap, batch, device, tile_size=None, progress=None):
+    """One refinement pass (statistics, bands, network, blend); returns (seconds, output)."""
+    t0 = time.perf_counter()
+    stats = standardization_stats(tomo)
+    prep = RowPreparer((tomo.shape[0], tomo.shape[2]), -60, 60, stats)
+    out = predict_tiled(model, tomo, s, overlap=overlap, batch_size=batch, device=device, progress=progress,
+                        rows=prep, tile_size=tile_size)
+    _sync(device)
+    out *= np.float32(stats[1])
+    out += np.float32(stats[0])
+    return time.perf_counter() - t0, out
 
 
 def main(argv=None) -> None:
@@ -35,8 +60,12 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--overlap", type=int, default=None, help="default ceil(s/3)")
+    ap.add_argument("--tile", type=int, default=None, help="refinement tile edge (default: core.refine's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--no-before", action="store_true", help="skip today's (before issue 10) pass")
+    ap.add_argument("--ddw-path", default=None, help="also time the original DeepDeWedge's refinement")
+    ap.add_argument("--ddw-python", default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -44,40 +73,51 @@ def main(argv=None) -> None:
     p = PRESETS[args.preset]
     s = p["subtomo_size"]
     shape = tuple(args.shape)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"preset '{args.preset}' (s={s}, {p['channels']} channels, depth {p['depth']}), batch {args.batch}")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.1f}; preset '{args.preset}' (s={s}, {p['channels']} channels, depth {p['depth']}), "
+          f"batch {args.batch}")
     rng = np.random.default_rng(0)
     tomo = rng.standard_normal(shape, dtype=np.float32)
     torch.manual_seed(0)
-    model = UNet3D(channels=p["channels"], depth=p["depth"]).to(device).eval()
-    tiles = n_tiles(shape, s, args.overlap)
-    print(f"tomogram {shape} = {np.prod(shape) / 1e6:.1f} Mvoxels, {tiles} tiles of {s}³")
-
-    t0 = time.perf_counter()
-    stats = standardization_stats(tomo)
-    prep = RowPreparer((shape[0], shape[2]), -60, 60, stats)
-    t1 = time.perf_counter()
-    last = [t1]
+    model = UNet3D(channels=p["channels"], depth=p["depth"], residual=False).to(device).eval()
+    ov = args.overlap if args.overlap is not None else -(-s // 3)
+    tile = tile_shape(shape, s, ov, args.tile, 2 ** p["depth"])
+    nvox = float(np.prod(shape))
+    print(f"tomogram {shape} = {nvox / 1e6:.1f} Mvoxels; before: {n_tiles(shape, s, ov, tile_size=s)} tiles of {s}³, "
+          f"after: {n_tiles(shape, s, ov, args.tile, 2 ** p['depth'])} tiles of {tile}")
+    last = [time.perf_counter()]
 
     def progress(done, total):
         now = time.perf_counter()
         if now - last[0] > 30 or done == total:
-            print(f"  {done}/{total} batches, {now - t1:.0f} s", file=sys.stderr, flush=True)
+            print(f"  {done}/{total} batches", file=sys.stderr, flush=True)
             last[0] = now
 
-    out = predict_tiled(model, tomo, s, overlap=args.overlap, batch_size=args.batch, device=device,
-                        progress=progress, rows=prep)
-    _sync(device)
-    out *= np.float32(stats[1])
-    out += np.float32(stats[0])
-    t2 = time.perf_counter()
-    nvox = float(np.prod(shape))
+    rates = {}
+    if not args.no_before:
+        with today():
+            sec, _ = run_refine(model, tomo, s, ov, args.batch, device, tile_size=s, progress=progress)
+        rates["ours before"] = nvox / sec
+        print(f"ours before (tiles {s}³, NCDHW): {sec:8.1f} s  {nvox / sec / 1e6:.3f} Mvoxels/s", flush=True)
+    sec, _ = run_refine(model, tomo, s, ov, args.batch, device, tile_size=args.tile, progress=progress)
+    rates["ours after"] = nvox / sec
+    print(f"ours after  (tiles {tile}, channels-last): {sec:8.1f} s  {nvox / sec / 1e6:.3f} Mvoxels/s", flush=True)
+    if args.ddw_path:
+        from peers.ddw import OriginalDDW
+
+        with OriginalDDW(args.ddw_path, python=args.ddw_python, threads=torch.get_num_threads()) as ddw:
+            h = rng.standard_normal((extraction_size(s) + s,) * 3, dtype=np.float32)
+            run = ddw.fit(h, h, subtomo_size=s, channels=p["channels"], depth=p["depth"], batch_size=args.batch,
+                          steps=1, strides=(s, s, s), update_every=0, validate=False, normalization_batches=1)
+            _, sec = ddw.refine(run, tomo, overlap=ov, batch_size=args.batch)
+        rates["original"] = nvox / sec
+        print(f"original (tiles {s}³):          {sec:8.1f} s  {nvox / sec / 1e6:.3f} Mvoxels/s", flush=True)
+    after = rates["ours after"]
+    print("ratios: " + ", ".join(f"after/{k.replace('ours ', '')} ×{after / v:.2f}" for k, v in rates.items()
+                                 if k != "ours after"))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux → MB
-    print(f"statistics:               {t1 - t0:7.2f} s")
-    print(f"bands: mask + network + blend {t2 - t1:7.2f} s  ({tiles / (t2 - t1):.2f} tiles/s)")
-    print(f"total:                    {t2 - t0:7.2f} s  → {nvox / (t2 - t0) / 1e6:.3f} Mvoxels/s per half "
-          f"(refine_halves does two halves)")
-    print(f"peak resident memory:     {peak:7.0f} MB (tomogram {nvox * 4 / 2**20:.0f} MB per float32 copy)")
+    print(f"peak resident memory: {peak:.0f} MB (tomogram {nvox * 4 / 2**20:.0f} MB per float32 copy); "
+          f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ from .errors import DDWError
 
 
 def amp_enabled(device) -> bool:
-    """Mixed precision (autocast float16 + GradScaler) is used on CUDA only."""
-    return torch.device(device).type == "cuda"
+    """Mixed precision: fp16 autocast + GradScaler on CUDA, bf16 autocast on a CPU whose quick
+    probe finds it faster (``core.perf.pick_autocast``), fp32 otherwise."""
+    from .perf import pick_autocast
+
+    return pick_autocast(device) is not None
 
 
 def configure_backends(device) -> None:
@@ -83,10 +86,11 @@ def all_reduce_sum(values: list[float], device, world: int) -> list[float]:
 
 
 def autocast(device, enabled: bool):
-    """float16 autocast on CUDA when enabled; a no-op context elsewhere."""
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    """The autocast ``core.perf.pick_autocast`` chooses (fp16 on CUDA, bf16 on a CPU that the
+    probe finds faster with it) when enabled; a no-op context otherwise."""
+    from .perf import autocast as perf_autocast, pick_autocast
+
+    return perf_autocast(device, pick_autocast(device)) if enabled else contextlib.nullcontext()
 
 
 def data_device(device, nbytes: int):

@@ -52,6 +52,8 @@ from .fit_events import (  # noqa: F401  (re-exported: the engine's event names)
 )
 
 from .fit_log import CSV_HEADER  # noqa: F401  (re-exported)
+from .perf import as_input, limit_cpu_threads, maybe_compile, needs_grad_scaler, pick_autocast
+from .schedule import lr_at, should_stop_early
 from .fit_parallel import (  # noqa: F401  (amp_enabled … init_distributed_from_env: re-exported)
     all_reduce_sum, amp_enabled, autocast, configure_backends, data_device, distributed_info, fit_device,
     init_distributed_from_env,
@@ -91,6 +93,13 @@ class FitConfig:
     # tuning phantom, 64×160×160, s=32, 16 ch: CC vs truth at epoch 20 0.595 without vs 0.532
     # with the residual (oracle Gaussian 0.569); see bench/quality.py
     residual: bool = False
+    # torch.compile the U-Net: honoured on CUDA for long runs only (core.perf.decide_compile;
+    # on the CPU it costs 100 s and gains 3 %, so it is never used there)
+    compile: bool = False
+    # time-to-quality levers (core/schedule.py); the defaults keep the original's behaviour
+    lr_schedule: str = "constant"   # or "warmup_cosine"
+    warmup_epochs: int = 0
+    early_stop_patience: int = 0    # epochs without a lower validation loss; 0 = never stop early
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
@@ -135,7 +144,7 @@ class FitConfig:
 
         for name in ("subtomo_size", "channels", "depth", "epochs", "batch_size", "validate_every"):
             positive_int(name)
-        for name in ("update_every", "checkpoint_every", "preview_every"):
+        for name in ("update_every", "checkpoint_every", "preview_every", "warmup_epochs", "early_stop_patience"):
             positive_int(name, 0)
         m = required_multiple(self.depth)
         if self.subtomo_size % m:
@@ -144,6 +153,10 @@ class FitConfig:
                 f"subtomo_size {self.subtomo_size} must be a multiple of {m} (2**depth for depth {self.depth}); "
                 f"use e.g. {lo} or {lo + m}"
             )
+        from .schedule import SCHEDULES
+
+        if self.lr_schedule not in SCHEDULES:
+            raise DDWError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DDWError(f"learning rate must be a positive number, got {self.lr}; the default is 4e-4")
         if not 0 <= self.val_fraction < 1:
@@ -300,7 +313,9 @@ def _build_net(cfg: FitConfig, device, payload):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
-    net = net.to(device)
+    from . import perf
+
+    net = perf.to_channels_last(net.to(device), device)
     if payload is not None:
         try:
             net.load_state_dict(payload["state_dict"])
@@ -365,7 +380,7 @@ def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank:
         for i in range(0, len(mine), B):
             idx = torch.tensor(mine[i:i + B], dtype=torch.long)
             rot = cubes.rotated(cubes.val_pairs, cubes.val_rot[idx].to(device), idx)
-            x = model_input(rot[:, 0:1], masks.s)
+            x = as_input(model_input(rot[:, 0:1], masks.s), device)
             with autocast(device, amp):
                 pred = net(x)
             loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks.s, masks.val[idx.to(device)],
@@ -390,7 +405,7 @@ def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tenso
     sel = idx[use]
     r_local = rots[use].to(device)
     rot = cubes.rotated(cubes.fit_pairs, r_local, sel)
-    x = model_input(rot[:, 0:1], masks.s)
+    x = as_input(model_input(rot[:, 0:1], masks.s), device)
     m_r = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, r_local, device=device, rfft=True)
     with autocast(device, amp):
         pred = model(x)
@@ -435,6 +450,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     device = fit_device(cfg.device, world)
     amp = amp_enabled(device)
     configure_backends(device)
+    limit_cpu_threads(device)
     tomo0, tomo1, mask = _check_inputs(tomo0, tomo1, mask)
     payload, cfg = _load_resume(resume, cfg)
 
@@ -466,13 +482,13 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     net = _build_net(cfg, device, payload)
     if payload is None:
         net.set_normalization(*input_normalization(fit0, masks.s, s, device))
-    model = net
+    model = maybe_compile(net, device, cfg.epochs * int(math.ceil(n_fit / cfg.batch_size)), cfg.compile)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    scaler = torch.amp.GradScaler("cuda") if amp and needs_grad_scaler(pick_autocast(device)) else None
     gen = torch.Generator(device="cpu")
     gen.manual_seed(cfg.seed)
 
@@ -535,6 +551,9 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
                                   latest_path=stopped_path or latest_path, best_path=best_path)
                 return
             idx = perm[step * B:(step + 1) * B]
+            if cfg.lr_schedule != "constant":
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg.lr, cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs, epoch, step, steps)
             batch_loss = _fit_step(model, opt, scaler, cubes, masks, idx, gen, cfg, rank=rank, world=world, amp=amp)
             tally.add(batch_loss, len(idx))
             yield StepDone(epoch=epoch, step=step + 1, steps_per_epoch=steps, loss=batch_loss)
@@ -575,6 +594,10 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             preview = previewer(net, epoch)
             model.train()
             yield preview
+
+        if should_stop_early([r.as_list() for r in history], cfg.early_stop_patience) and epoch < cfg.epochs:
+            yield FitFinished(epochs_done=epoch, stopped=False, latest_path=latest_path, best_path=best_path)
+            return
 
     yield FitFinished(epochs_done=cfg.epochs, stopped=False, latest_path=latest_path, best_path=best_path)
 

@@ -48,6 +48,10 @@ RESUME_CHANGEABLE = {
     "preview_every": "previews from now on",
     "device": "where to run",
     "out_dir": "where files go",
+    "compile": "a speed setting (core.perf.decide_compile)",
+    "lr_schedule": "the learning-rate schedule from now on",
+    "warmup_epochs": "the learning-rate schedule from now on",
+    "early_stop_patience": "when to stop early from now on",
 }
 
 

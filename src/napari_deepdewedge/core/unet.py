@@ -7,7 +7,8 @@ Layout, for ``depth`` levels with first-level width ``channels`` (level ``i`` ha
                           │ strided conv3³ (stride 2)                      ↑ transposed conv (×2)
                           [3 × conv] ── ... ── [2 × conv bottleneck] ── ... ┘
 
-Every convolution is followed by ``InstanceNorm3d(affine=True)`` and ``LeakyReLU(0.05)``,
+Every convolution is followed by ``InstanceNorm3d(affine=True)`` (:class:`InstanceNorm3d`,
+torch's computed so that channels_last_3d tensors keep their layout) and ``LeakyReLU(0.05)``,
 except the final 1³ convolution. With ``residual=True`` the network predicts a correction to
 its (normalized) input, so a model whose final convolution is zero is the identity.
 
@@ -40,10 +41,25 @@ def required_multiple(depth: int) -> int:
     return 2 ** int(depth)
 
 
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` (same parameters, state-dict keys and result to float rounding)
+    computed as a group normalization with one channel per group, whose CPU kernels keep a
+    channels_last_3d tensor channels-last. torch's instance norm reshapes to ``(1, N·C, …)``
+    and returns contiguous NCDHW, forcing a layout change around every convolution.
+    Measured (process CPU time, one thread, s = 32, 16 channels, 4 cubes, forward + backward of
+    one layer): 42 ms vs 73 ms for the same statistics written with ``var_mean`` in autograd."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5 or self.track_running_stats:
+            return super().forward(x)
+        return nn.functional.group_norm(x, x.shape[1], self.weight if self.affine else None,
+                                        self.bias if self.affine else None, self.eps)
+
+
 def _conv_block(c_in: int, c_out: int, *, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv3d(c_in, c_out, kernel_size=kernel, stride=stride, padding=kernel // 2),
-        nn.InstanceNorm3d(c_out, affine=True),
+        InstanceNorm3d(c_out, affine=True),
         nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
     )
 
@@ -94,7 +110,7 @@ class UNet3D(nn.Module):
             self.ups.append(
                 nn.Sequential(
                     nn.ConvTranspose3d(widths[i + 1], widths[i], kernel_size=2, stride=2),
-                    nn.InstanceNorm3d(widths[i], affine=True),
+                    InstanceNorm3d(widths[i], affine=True),
                     nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
                 )
             )
