@@ -368,13 +368,16 @@ def _data_device(device, nbytes: int):
 
 
 def _write_csv(path: Path, rows) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(CSV_HEADER)
-        for row in rows:
-            w.writerow(_csv_row(row))
-    os.replace(tmp, path)
+    from .storage import atomic_write
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(CSV_HEADER)
+            for row in rows:
+                w.writerow(_csv_row(row))
+
+    atomic_write(path, write, what="loss log")
 
 
 def _csv_row(row):
@@ -383,8 +386,9 @@ def _csv_row(row):
 
 
 def _append_csv(path: Path, row) -> None:
-    with open(path, "a", newline="") as fh:
-        csv.writer(fh).writerow(_csv_row(row))
+    from .storage import append_line
+
+    append_line(path, ",".join(str(v) for v in _csv_row(row)) + "\r\n", what="loss log")
 
 
 #: config fields that must match for a resume (they define data, model or sampling)
@@ -583,7 +587,9 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         }
 
     def save(kind: str, name: str, epoch_completed: int, step: int = 0, cur_perm=None, cur_partial=(0.0, 0.0, 0.0)):
-        path = ckpt.save_checkpoint(out_dir / name, make_payload(epoch_completed, step, cur_perm, cur_partial))
+        # latest.pt keeps its predecessor as latest.prev.pt: one corrupt file is survivable
+        write = ckpt.save_rotating if kind == "latest" else ckpt.save_checkpoint
+        path = write(out_dir / name, make_payload(epoch_completed, step, cur_perm, cur_partial))
         return CheckpointSaved(epoch=epoch_completed, path=path, kind=kind)
 
     def stop_requested() -> bool:

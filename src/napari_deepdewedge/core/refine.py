@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DDWError
+from .oom import BatchRunner, is_out_of_memory, release_device_memory, smaller_tile, warn_user
 
 #: voxels per chunk when masking a large tomogram (float + complex intermediates ~ 200 MB)
 _MASK_CHUNK_VOXELS = 8 * 1024 * 1024
@@ -193,7 +194,8 @@ def _amp_context(device):
 def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None, batch_size: int = 4,
                   device=None, progress: Callable[[int, int], None] | None = None,
                   amp: bool | None = None, rows: Callable[[np.ndarray], np.ndarray] | None = None,
-                  match_resampling: bool = False) -> np.ndarray:
+                  match_resampling: bool = False, out: np.ndarray | None = None,
+                  report: Callable[[str], None] | None = None) -> np.ndarray:
     """Run ``model`` over overlapping cubes of ``volume`` and blend; float32 array of its shape.
 
     Works through one band of ``s`` Y rows at a time (rows past the far edge reflected): the
@@ -204,7 +206,10 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     model may be any module mapping ``(B, 1, s, s, s)`` to the same shape. With
     ``match_resampling`` every tile goes through :func:`core.rotation.match_resampling` before
     the model (a network fitted on rotated cubes needs it; see there).
-    ``progress(done, total)`` after every batch.
+    ``progress(done, total)`` after every batch. ``out``: a float32 array of the volume's shape
+    to write into (e.g. a memory-mapped output file, so that not even the output is held in
+    memory); its rows are cleared band by band. On an out-of-memory error the batch is split
+    (:class:`BatchRunner`; ``report(message)``, default a ``DDWWarning``).
     """
     import torch
 
@@ -229,7 +234,11 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     tiles = [(a, c) for a in range(len(zst)) for c in range(len(xst))]  # tiles of one band
     per_band = int(math.ceil(len(tiles) / batch_size))
     total = len(yst) * per_band
-    out = np.zeros(shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif tuple(out.shape) != shape or out.dtype != np.float32:
+        raise DDWError(f"output array must be float32 of shape {shape}, got {out.dtype} {tuple(out.shape)}")
+    cleared = 0  # rows [0, cleared) of out are zeroed/accumulating
 
     def axis_sel(st, idx, n, t):
         s0 = st[t]
@@ -253,6 +262,7 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
                 return model(x)
         return model(x)
 
+    runner = BatchRunner(run, batch_size, dev, report or warn_user)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -263,11 +273,13 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
                 band = vol[:, axis_sel(yst, yi, shape[1], j), :]
                 band = rows(band) if rows is not None else np.asarray(band, dtype=np.float32)
                 ky = min(s, shape[1] - y0)
+                out[:, cleared:y0 + ky] = 0
+                cleared = max(cleared, y0 + ky)
                 wy = yw[j][None, :ky, None]
                 for b in range(per_band):
                     batch = tiles[b * batch_size:(b + 1) * batch_size]
                     x = np.stack([read_tile(band, a, c) for a, c in batch])[:, None]
-                    y = run(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev))
+                    y = runner(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev))
                     y = y.float().cpu().numpy()[:, 0]
                     for (a, c), pred in zip(batch, y):
                         z0, x0 = zst[a], xst[c]
@@ -302,7 +314,7 @@ def _resolve_stats(tomo, standardize):
 
 def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=None, batch_size=4,
                     device=None, progress=None, standardize=True, amp=None,
-                    match_resampling=True) -> np.ndarray:
+                    match_resampling=True, out=None, report=None) -> np.ndarray:
     """Refine one half-tomogram with a fitted model (DESIGN §2.8); float32 ``(Z, Y, X)``.
 
     ``standardize``: ``True`` (default) standardizes with the tomogram's own mean/std and
@@ -310,15 +322,42 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
     model fitted with ``FitConfig(standardize=False)``). ``match_resampling`` (default on) gives
     the network the noise statistics of its rotated fitting cubes
     (:func:`core.rotation.match_resampling`). ``progress(done, total)`` per batch.
+    ``out``: optional float32 array (e.g. ``np.memmap``) receiving the result.
+
+    Out of memory on the device (CUDA/MPS): the batch is halved down to one cube, then the tile
+    edge is halved (down to ``2**depth``; the overlap scales with it) and the half restarts;
+    each decision goes to ``report(message)`` (default: a ``DDWWarning``). Out of memory with
+    the smallest tile is a ``DDWError`` naming the fix.
     """
     tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
     if tomo.ndim != 3:
         raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(tomo.shape)}")
     stats = _resolve_stats(tomo, standardize)
     prep = RowPreparer((tomo.shape[0], tomo.shape[2]), tilt_min, tilt_max, stats)
-    out = predict_tiled(model, tomo, subtomo_size, overlap=overlap, batch_size=batch_size,
-                        device=device, progress=progress, amp=amp, rows=prep,
-                        match_resampling=match_resampling)
+    report = report or warn_user
+    s = int(subtomo_size)
+    while True:
+        try:
+            out = predict_tiled(model, tomo, s, overlap=overlap, batch_size=batch_size, device=device,
+                                progress=progress, amp=amp, rows=prep, match_resampling=match_resampling,
+                                out=out, report=report)
+            break
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            smaller = smaller_tile(model, s)
+            if smaller is None:
+                raise DDWError(
+                    f"out of memory on the device even with one sub-tomogram of {s}³ voxels per batch; free "
+                    "device memory (close other programs using the GPU) or refine on the CPU (--device cpu)"
+                ) from None
+            from .device import pick_device
+
+            release_device_memory(pick_device(device))
+            if overlap is not None:
+                overlap = min(smaller - 1, int(overlap) * smaller // s)
+            report(f"out of memory with one {s}³ tile per batch; restarting this half with {smaller}³ tiles")
+            s = smaller
     if stats is not None:
         out *= np.float32(stats[1])
         out += np.float32(stats[0])
@@ -349,14 +388,15 @@ def _resolve_model(model_or_checkpoint, device):
 
 def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size=4, device=None,
                   keep_halves=False, progress=None, subtomo_size=None, tilt_min=None, tilt_max=None,
-                  standardize=None, match_resampling=True) -> RefineResult:
+                  standardize=None, match_resampling=True, report=None) -> RefineResult:
     """Refine both halves and average them.
 
     ``model_or_checkpoint``: a checkpoint path or payload (subtomo size, tilt range and whether
     to standardize come from it), a ``(model, meta)`` pair as returned by ``load_model``, or a
     bare module (then ``subtomo_size``, ``tilt_min`` and ``tilt_max`` are required).
     Keyword arguments override the checkpoint's values. ``progress(done, total)`` counts
-    batches over both halves.
+    batches over both halves. ``report(message)``: out-of-memory retries (see
+    :func:`refine_tomogram`; default a ``DDWWarning``).
     """
     from .device import pick_device
     from .halves import check_same_shape
@@ -385,7 +425,7 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
         return lambda done, total: progress(h * total + done, 2 * total)
 
     kw = dict(subtomo_size=int(s), overlap=ov, batch_size=batch_size, device=dev, standardize=standardize,
-              match_resampling=match_resampling)
+              match_resampling=match_resampling, report=report)
     r0 = refine_tomogram(model, tomo0, tmin, tmax, progress=half_progress(0), **kw)
     r1 = refine_tomogram(model, tomo1, tmin, tmax, progress=half_progress(1), **kw)
     if keep_halves:
