@@ -63,8 +63,35 @@ def save_checkpoint(path, payload: dict, *, before_replace=None) -> Path:
     payload = dict(payload)
     payload.setdefault("format", FORMAT_TAG)
     payload.setdefault("version", FORMAT_VERSION)
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp), what="checkpoint",
-                        before_replace=before_replace)
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            sink = _ErrorKeepingWriter(fh)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is not None:  # torch reports a full disk as "unexpected pos ..."
+                    raise sink.error from None
+                raise
+
+    return atomic_write(path, write, what="checkpoint", before_replace=before_replace)
+
+
+class _ErrorKeepingWriter:
+    """A file wrapper that remembers the first ``OSError`` of ``write`` (``torch.save`` turns
+    it into a ``RuntimeError`` that no longer says "No space left on device")."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data):
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
 
 
 def previous_path(path) -> Path:
@@ -87,6 +114,10 @@ def save_rotating(path, payload: dict) -> Path:
     """
     path = Path(path)
     prev = previous_path(path)
+    # temporaries of checkpoint writes a kill interrupted (best.pt, epoch_NNNN.pt, ...): only
+    # one fitting process writes this folder, and it is here, between writes
+    for stale in path.parent.glob(f".*.pt.*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
 
     def keep_current_as_prev():
         if not path.exists():

@@ -90,6 +90,27 @@ def fsync_file(path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (Linux); 0o022 where it cannot be read."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _final_mode(path: Path) -> int:
+    """Permissions the written file gets: those of the file it replaces, else 0o666 & ~umask
+    (the temporary is created 0o600; a result only its owner can read would surprise)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path, write: Callable[[str], None], *, what: str = "file",
                  before_replace: Callable[[], None] | None = None) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary beside it, which is fsynced
@@ -107,6 +128,7 @@ def atomic_write(path, write: Callable[[str], None], *, what: str = "file",
         raise write_error(path, exc, what) from None
     try:
         write(tmp)
+        os.chmod(tmp, _final_mode(path))
         fsync_file(tmp)
         if before_replace is not None:
             before_replace()
