@@ -49,7 +49,9 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     t0, t1 = worker.tiny_halves()
     list(ft.fit_iter(t0, t1, worker.tiny_config(out, **FIT)))
-    return ckpt.load_checkpoint(out / "latest.pt", fallback=False)
+    payload = ckpt.load_checkpoint(out / "latest.pt", fallback=False)
+    payload["best"] = ckpt.load_checkpoint(out / "best.pt", fallback=False)
+    return payload
 
 
 def _same_weights(a: dict, b: dict) -> None:
@@ -295,3 +297,20 @@ def test_corrupt_latest_resumes_from_previous_to_identical_weights(tmp_path, ref
     resumed = ckpt.load_checkpoint(out / "latest.pt", fallback=False)
     _same_weights(resumed["state_dict"], reference["state_dict"])
     assert [line.split(",")[0] for line in (out / "losses.csv").read_text().splitlines()[1:]] == ["1", "2", "3", "4"]
+
+
+def test_kill_between_latest_and_best_is_repaired_on_resume(tmp_path, reference):
+    t0, t1 = worker.tiny_halves()
+    out = tmp_path / "fit"
+    events = list(ft.fit_iter(t0, t1, worker.tiny_config(out, **dict(FIT, epochs=2))))
+    best_epochs = [e.epoch for e in events if isinstance(e, ft.CheckpointSaved) and e.kind == "best"]
+    assert best_epochs[-1] == 2  # epoch 2 improved: best.pt was copied from latest.pt
+    ckpt.copy_checkpoint(ckpt.previous_path(out / "latest.pt"), out / "best.pt")  # as if killed before that copy
+    assert ckpt.load_checkpoint(out / "best.pt")["epoch"] == 1
+    resumed = ft.fit_iter(t0, t1, worker.tiny_config(out, **FIT), resume=out / "latest.pt")
+    assert isinstance(next(resumed), ft.FitStarted)  # best.pt is repaired before the first step
+    assert (out / "best.pt").read_bytes() == (out / "latest.pt").read_bytes()
+    list(resumed)
+    best = ckpt.load_checkpoint(out / "best.pt", fallback=False)
+    assert best["epoch"] == reference["best"]["epoch"]
+    _same_weights(best["state_dict"], reference["best"]["state_dict"])

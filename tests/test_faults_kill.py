@@ -158,5 +158,9 @@ def test_sigkill_at_random_points_and_inside_checkpoint_writes_resumes_bit_ident
         assert torch.equal(value, resumed["state_dict"][name]), name
     assert torch.equal(reference["fit0"], resumed["fit0"])  # the wedge-updated cubes too
     assert rows == ref_rows  # epoch, fit loss, validation loss: identical, no gaps or repeats
+    best, ref_best = (ckpt.load_checkpoint(d / "best.pt", fallback=False) for d in (out, ref_dir))
+    assert best["epoch"] == ref_best["epoch"]  # even when a kill came between latest.pt and best.pt
+    for name, value in ref_best["state_dict"].items():
+        assert torch.equal(value, best["state_dict"][name]), name
     assert _temporaries(out) == set()  # stale temporaries of killed writes were cleaned up
     assert ckpt.load_checkpoint(ckpt.previous_path(out / "latest.pt"), fallback=False)["epoch"] == EPOCHS - 1

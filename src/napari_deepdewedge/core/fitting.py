@@ -412,6 +412,18 @@ def _check_resume(payload: dict, cfg: FitConfig, name: str) -> None:
         )
 
 
+def _resumed_state_is_best(payload: dict, n_val: int) -> bool:
+    """True when the checkpoint resumed from holds the best state so far (its epoch set the
+    best score), so that best.pt must be that state — the run that wrote it may have been killed
+    between writing latest.pt and copying it to best.pt."""
+    history = payload.get("history") or []
+    if int(payload.get("step", 0)) != 0 or not history or payload.get("best_val_loss") is None:
+        return False
+    last = history[-1]
+    score = last[2] if n_val > 0 else last[1]
+    return int(last[0]) == int(payload["epoch"]) and score is not None and float(score) == float(payload["best_val_loss"])
+
+
 def _default_slab(Z: int, s: int) -> tuple[int, int]:
     t = min(Z, s)
     z0 = max(0, Z // 2 - t // 2)
@@ -559,6 +571,8 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     if out_dir is not None and payload is not None:
         latest_path = out_dir / "latest.pt" if (out_dir / "latest.pt").exists() else None
         best_path = out_dir / "best.pt" if (out_dir / "best.pt").exists() else None
+        if main and _resumed_state_is_best(payload, n_val):  # a kill may have come before best.pt's copy
+            best_path = ckpt.copy_checkpoint(payload.get("loaded_from") or resume, out_dir / "best.pt")
 
     def make_payload(epoch_completed: int, step: int, cur_perm, cur_partial) -> dict:
         return {
