@@ -19,7 +19,10 @@ For each half:
 6. crop to the input size and undo the standardization.
 
 With an identity model the result is the wedge-masked tomogram to float precision
-(``tests/test_refine.py``).
+(``tests/test_refine.py``). Out-of-memory retries live in :mod:`core.oom`; ``out=`` takes a
+memory-mapped output, so a tomogram larger than memory refines with one band of memory
+(``bench/refine_memory.py``). Over 400 lines: masking, tiling, blending and the public entry
+points are one pipeline whose pieces share the band layout.
 """
 from __future__ import annotations
 
