@@ -299,18 +299,37 @@ def test_corrupt_latest_resumes_from_previous_to_identical_weights(tmp_path, ref
     assert [line.split(",")[0] for line in (out / "losses.csv").read_text().splitlines()[1:]] == ["1", "2", "3", "4"]
 
 
-def test_kill_between_latest_and_best_is_repaired_on_resume(tmp_path, reference):
+class _Killed(BaseException):
+    """Stands for SIGKILL inside the process (not an Exception: nothing may catch it)."""
+
+
+def test_kill_between_the_best_and_latest_writes_never_leaves_a_stale_best(tmp_path, reference, monkeypatch):
     t0, t1 = worker.tiny_halves()
     out = tmp_path / "fit"
-    events = list(ft.fit_iter(t0, t1, worker.tiny_config(out, **dict(FIT, epochs=2))))
-    best_epochs = [e.epoch for e in events if isinstance(e, ft.CheckpointSaved) and e.kind == "best"]
-    assert best_epochs[-1] == 2  # epoch 2 improved: best.pt was copied from latest.pt
-    ckpt.copy_checkpoint(ckpt.previous_path(out / "latest.pt"), out / "best.pt")  # as if killed before that copy
-    assert ckpt.load_checkpoint(out / "best.pt")["epoch"] == 1
-    resumed = ft.fit_iter(t0, t1, worker.tiny_config(out, **FIT), resume=out / "latest.pt")
-    assert isinstance(next(resumed), ft.FitStarted)  # best.pt is repaired before the first step
-    assert (out / "best.pt").read_bytes() == (out / "latest.pt").read_bytes()
-    list(resumed)
+    armed, writes = [False], []
+    real_fsync = storage.fsync_file
+
+    def fsync_then_maybe_die(path):
+        real_fsync(path)
+        if armed[0]:
+            writes.append(path)
+            if len(writes) == 2:
+                raise _Killed  # the second checkpoint write of epoch 2, before its rename
+
+    monkeypatch.setattr(storage, "fsync_file", fsync_then_maybe_die)
+    events = []
+    with pytest.raises(_Killed):
+        for event in ft.fit_iter(t0, t1, worker.tiny_config(out, **FIT)):
+            events.append(event)
+            armed[0] = armed[0] or (isinstance(event, ft.EpochDone) and event.epoch == 2)
+    monkeypatch.undo()
+    assert ft.EpochDone in {type(e) for e in events}
+    assert reference["best"]["epoch"] >= 2  # epoch 2 improved in the straight run: both files are written
+    best = ckpt.load_checkpoint(out / "best.pt", fallback=False)
+    latest = ckpt.load_checkpoint(out / "latest.pt", fallback=False)
+    assert best["epoch"] >= latest["epoch"]  # best.pt may be ahead (redone on resume), never behind
+    list(ft.fit_iter(t0, t1, worker.tiny_config(out, **FIT), resume=out / "latest.pt"))
     best = ckpt.load_checkpoint(out / "best.pt", fallback=False)
     assert best["epoch"] == reference["best"]["epoch"]
     _same_weights(best["state_dict"], reference["best"]["state_dict"])
+    _same_weights(ckpt.load_checkpoint(out / "latest.pt")["state_dict"], reference["state_dict"])

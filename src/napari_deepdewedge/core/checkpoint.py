@@ -112,10 +112,14 @@ def save_rotating(path, payload: dict) -> Path:
     ``path`` or ``path.prev``, and :func:`load_checkpoint` falls back to ``path.prev`` when
     ``path`` is missing or unreadable.
     """
-    path = Path(path)
+    return save_checkpoint(path, payload, before_replace=_keep_previous(Path(path)))
+
+
+def _keep_previous(path: Path):
+    """The ``before_replace`` step of a rotating write of ``path`` (see :func:`save_rotating`).
+    Also removes temporaries of killed checkpoint writes in the folder (best.pt, epoch_NNNN.pt,
+    ...): only one fitting process writes a folder, and this runs between its writes."""
     prev = previous_path(path)
-    # temporaries of checkpoint writes a kill interrupted (best.pt, epoch_NNNN.pt, ...): only
-    # one fitting process writes this folder, and it is here, between writes
     for stale in path.parent.glob(f".*.pt.*{TEMP_SUFFIX}"):
         stale.unlink(missing_ok=True)
 
@@ -131,19 +135,22 @@ def save_rotating(path, payload: dict) -> Path:
             return
         os.replace(link, prev)
 
-    return save_checkpoint(path, payload, before_replace=keep_current_as_prev)
+    return keep_current_as_prev
 
 
-def copy_checkpoint(src, dst) -> Path:
+def copy_checkpoint(src, dst, *, keep_previous: bool = False) -> Path:
     """Copy a saved checkpoint file atomically (``best``/periodic files are byte copies of the
-    ``latest`` one written in the same epoch — no second serialization)."""
+    one written in the same epoch — no second serialization). ``keep_previous``: rotate like
+    :func:`save_rotating`."""
     import shutil
+
+    dst = Path(dst)
 
     def copy(tmp):
         with open(tmp, "wb") as out, open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, length=16 * 1024 * 1024)
 
-    return atomic_write(Path(dst), copy, what="checkpoint")
+    return atomic_write(dst, copy, what="checkpoint", before_replace=_keep_previous(dst) if keep_previous else None)
 
 
 def load_checkpoint(path, map_location="cpu", *, require=MODEL_KEYS, fallback: bool = True) -> dict:

@@ -412,18 +412,6 @@ def _check_resume(payload: dict, cfg: FitConfig, name: str) -> None:
         )
 
 
-def _resumed_state_is_best(payload: dict, n_val: int) -> bool:
-    """True when the checkpoint resumed from holds the best state so far (its epoch set the
-    best score), so that best.pt must be that state — the run that wrote it may have been killed
-    between writing latest.pt and copying it to best.pt."""
-    history = payload.get("history") or []
-    if int(payload.get("step", 0)) != 0 or not history or payload.get("best_val_loss") is None:
-        return False
-    last = history[-1]
-    score = last[2] if n_val > 0 else last[1]
-    return int(last[0]) == int(payload["epoch"]) and score is not None and float(score) == float(payload["best_val_loss"])
-
-
 def _default_slab(Z: int, s: int) -> tuple[int, int]:
     t = min(Z, s)
     z0 = max(0, Z // 2 - t // 2)
@@ -571,8 +559,6 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     if out_dir is not None and payload is not None:
         latest_path = out_dir / "latest.pt" if (out_dir / "latest.pt").exists() else None
         best_path = out_dir / "best.pt" if (out_dir / "best.pt").exists() else None
-        if main and _resumed_state_is_best(payload, n_val):  # a kill may have come before best.pt's copy
-            best_path = ckpt.copy_checkpoint(payload.get("loaded_from") or resume, out_dir / "best.pt")
 
     def make_payload(epoch_completed: int, step: int, cur_perm, cur_partial) -> dict:
         return {
@@ -703,11 +689,16 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         if improved:
             best = float(score)
         if out_dir is not None and main:
-            ev = save("latest", "latest.pt", epoch)
-            latest_path = ev.path
-            yield ev
-            if improved:  # same state as latest.pt: a byte copy
-                best_path = ckpt.copy_checkpoint(latest_path, out_dir / "best.pt")
+            # best.pt before latest.pt (its byte copy): a kill between the two leaves best.pt one
+            # epoch ahead, and the resumed run redoes that epoch to the same state — the other
+            # order could leave a stale best.pt for good
+            if improved:
+                best_path = save("best", "best.pt", epoch).path
+                latest_path = ckpt.copy_checkpoint(best_path, out_dir / "latest.pt", keep_previous=True)
+            else:
+                latest_path = save("latest", "latest.pt", epoch).path
+            yield CheckpointSaved(epoch=epoch, path=latest_path, kind="latest")
+            if improved:
                 yield CheckpointSaved(epoch=epoch, path=best_path, kind="best")
             if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
                 path = ckpt.copy_checkpoint(latest_path, out_dir / f"epoch_{epoch:04d}.pt")
