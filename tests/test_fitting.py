@@ -224,7 +224,8 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     got = torch.load(tmp_path / "result.pt", weights_only=True)
     assert got["world"] == 2
     # only rank 0 wrote files
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "latest.pt", "losses.csv"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "latest.prev.pt", "latest.pt",
+                                                                    "losses.csv"]
     epochs, steps = worker.run(out_dir=tmp_path / "single")
     # Adam turns float-rounding differences (summation order across ranks, like a change of
     # thread count) into growing differences after a few steps, so the first steps are compared

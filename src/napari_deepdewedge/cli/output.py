@@ -26,15 +26,17 @@ def info(args, message: str) -> None:
 
 @contextlib.contextmanager
 def engine_warnings_as_lines():
-    """The engine's file warnings (an unusual MRC header, no voxel size) as ``warning:`` lines."""
+    """The engine's warnings (an unusual MRC header, no voxel size, a fallback to the previous
+    checkpoint, an out-of-memory retry) as one ``warning:`` line each."""
     import warnings
 
+    from ..core.errors import DDWWarning
     from ..core.io import MRCHeaderWarning, VoxelSizeWarning
 
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (MRCHeaderWarning, VoxelSizeWarning)):
+        if issubclass(category, (MRCHeaderWarning, VoxelSizeWarning, DDWWarning)):
             warn(str(message))
         else:
             default(message, category, filename, lineno, file, line)

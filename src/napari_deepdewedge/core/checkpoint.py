@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DDWWarning
 from .fit_log import EpochRecord, EpochTally
+from .storage import TEMP_SUFFIX, atomic_write, remove_stale_temps, temp_prefix
 
 FORMAT_TAG = "napari-deepdewedge-checkpoint"
 FORMAT_VERSION = 1
@@ -48,11 +49,13 @@ MODEL_KEYS = ("format", "version", "arch", "state_dict", "subtomo_size", "tilt_m
 RESUME_KEYS = ("epoch", "step", "optimizer", "rng", "fit0", "config", "history", "best_val_loss", "standardization")
 
 
-def save_checkpoint(path, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, then rename).
+def save_checkpoint(path, payload: dict, *, before_replace=None) -> Path:
+    """Write ``payload`` to ``path`` atomically (temporary file in the same folder, fsync, then
+    rename; :func:`core.storage.atomic_write`).
 
     A reader never sees a half-written checkpoint, and an interrupted save leaves the previous
-    file intact.
+    file intact; a full disk or another ``OSError`` raises one ``WriteError`` naming the path and
+    the free space.
     """
     import torch
 
@@ -62,62 +65,152 @@ def save_checkpoint(path, payload: dict) -> Path:
     payload = dict(payload)
     payload.setdefault("format", FORMAT_TAG)
     payload.setdefault("version", FORMAT_VERSION)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            sink = _ErrorKeepingWriter(fh)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is not None:  # torch reports a full disk as "unexpected pos ..."
+                    raise sink.error from None
+                raise
+
+    return atomic_write(path, write, what="checkpoint", before_replace=before_replace)
+
+
+class _ErrorKeepingWriter:
+    """A file wrapper that remembers the first ``OSError`` of ``write`` (``torch.save`` turns
+    it into a ``RuntimeError`` that no longer says "No space left on device")."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data):
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
 
 
-def copy_checkpoint(src, dst) -> Path:
+def previous_path(path) -> Path:
+    """Where :func:`save_rotating` keeps the checkpoint it replaced: ``latest.pt`` →
+    ``latest.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_rotating(path, payload: dict) -> Path:
+    """Save like :func:`save_checkpoint`, keeping the file it replaces as
+    :func:`previous_path` — the last two good checkpoints are always on disk.
+
+    Order: the new payload is written and fsynced under a temporary name; then the current
+    ``path`` becomes ``path.prev`` (a hard link renamed into place, so ``path`` itself never
+    disappears; where hard links are not supported, a rename); then the temporary is renamed
+    onto ``path``. A kill between any two steps leaves at least one complete checkpoint under
+    ``path`` or ``path.prev``, and :func:`load_checkpoint` falls back to ``path.prev`` when
+    ``path`` is missing or unreadable.
+    """
+    return save_checkpoint(path, payload, before_replace=_keep_previous(Path(path)))
+
+
+def _keep_previous(path: Path):
+    """The ``before_replace`` step of a rotating write of ``path`` (see :func:`save_rotating`).
+    Also removes temporaries of killed checkpoint writes in the folder (best.pt, epoch_NNNN.pt,
+    ...): only one fitting process writes a folder, and this runs between its writes."""
+    prev = previous_path(path)
+    for stale in path.parent.glob(f".*.pt.*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+
+    def keep_current_as_prev():
+        if not path.exists():
+            return
+        remove_stale_temps(prev)
+        link = prev.with_name(f"{temp_prefix(prev)}link{TEMP_SUFFIX}")
+        try:
+            os.link(path, link)
+        except OSError:  # no hard links here (e.g. FAT, some network shares): move it
+            os.replace(path, prev)
+            return
+        os.replace(link, prev)
+
+    return keep_current_as_prev
+
+
+def copy_checkpoint(src, dst, *, keep_previous: bool = False) -> Path:
     """Copy a saved checkpoint file atomically (``best``/periodic files are byte copies of the
-    ``latest`` one written in the same epoch — no second serialization)."""
+    one written in the same epoch — no second serialization). ``keep_previous``: rotate like
+    :func:`save_rotating`."""
     import shutil
 
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+    dst = Path(dst)
+
+    def copy(tmp):
+        with open(tmp, "wb") as out, open(src, "rb") as inp:
             shutil.copyfileobj(inp, out, length=16 * 1024 * 1024)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return dst
+
+    return atomic_write(dst, copy, what="checkpoint", before_replace=_keep_previous(dst) if keep_previous else None)
 
 
-def load_checkpoint(path, map_location="cpu", *, require=MODEL_KEYS) -> dict:
+def load_checkpoint(path, map_location="cpu", *, require=MODEL_KEYS, fallback: bool = True) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; refuse anything else.
 
     Raises :class:`CheckpointError` for a missing file, a file that is not a torch checkpoint
-    (or is truncated), a file whose pickle holds arbitrary objects (refused by
+    (or is truncated, or whose bytes no longer match the CRC-32 checksums the zip container
+    stores — a flipped bit on disk), a file whose pickle holds arbitrary objects (refused by
     ``weights_only=True`` — possibly tampered with), a foreign format tag, a newer format
     version, or missing keys (``require``).
+
+    With ``fallback`` (default), when ``path`` is missing or fails any of these checks and the
+    checkpoint it replaced (:func:`previous_path`, kept by :func:`save_rotating`) exists and
+    loads, that one is returned instead, with a :class:`DDWWarning` naming both files and the
+    problem. The returned payload then holds ``"loaded_from"``: the file actually read.
     """
+    path = Path(path)
+    try:
+        return _load_one(path, map_location, require)
+    except CheckpointError as exc:
+        prev = previous_path(path)
+        if not fallback or not prev.is_file():
+            raise
+        try:
+            payload = _load_one(prev, map_location, require)
+        except CheckpointError:
+            raise exc from None
+        warnings.warn(
+            f"{path.name} cannot be used ({exc}); loaded the previous checkpoint {prev.name} instead "
+            f"(epoch {payload.get('epoch', '?')})", DDWWarning, stacklevel=2)
+        payload["loaded_from"] = str(prev)
+        return payload
+
+
+def verify_zip(path: Path) -> str | None:
+    """Name of the first member of a torch zip checkpoint whose CRC-32 does not match (torch
+    itself does not check them: a flipped byte in the weights would load silently), else None."""
+    with zipfile.ZipFile(path) as zf:
+        return zf.testzip()
+
+
+def _load_one(path: Path, map_location, require) -> dict:
     import torch
 
-    path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found; check the path (fitting writes latest.pt and best.pt "
                               "into its output folder)")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file; pick e.g. {path / 'best.pt'}")
+    try:
+        bad = verify_zip(path) if zipfile.is_zipfile(path) else None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        bad = f"unreadable zip container: {_first_line(str(exc))}"
+    if bad is not None:
+        raise CheckpointError(
+            f"{path.name}: damaged on disk (checksum mismatch in {bad}); use the previous checkpoint "
+            f"({previous_path(path).name}, best.pt or a periodic one)"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

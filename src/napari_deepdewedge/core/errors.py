@@ -11,3 +11,12 @@ class DDWError(ValueError):
 
 class CheckpointError(DDWError):
     """A checkpoint that cannot be read, is not ours, or was tampered with."""
+
+
+class WriteError(DDWError):
+    """A file could not be written (full disk, no permission, ...); names path and free space."""
+
+
+class DDWWarning(UserWarning):
+    """Something the engine worked around and the user should know (e.g. a corrupt checkpoint
+    replaced by the previous one, a smaller refinement batch after running out of memory)."""

@@ -66,15 +66,20 @@ class LossLog:
     one row appended per finished epoch."""
 
     def __init__(self, path: Path, history: list[EpochRecord]):
+        from .storage import atomic_write
+
         self.path = Path(path)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(CSV_HEADER)
-            for record in history:
-                writer.writerow(record.csv_row())
-        os.replace(tmp, self.path)
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(CSV_HEADER)
+                for record in history:
+                    writer.writerow(record.csv_row())
+
+        atomic_write(self.path, write, what="loss log")  # a full disk: one WriteError, old file kept
 
     def append(self, record: EpochRecord) -> None:
-        with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow(record.csv_row())
+        from .storage import append_line
+
+        append_line(self.path, ",".join(str(v) for v in record.csv_row()) + "\r\n", what="loss log")

@@ -529,7 +529,9 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             net=net, config=cfg, subtomo_size=s, stats=stats, epoch=epoch_completed, step=step,
             optimizer=opt, scaler=scaler, generator=gen, fit0=fit0, perm=cur_perm,
             tally=cur_tally or EpochTally(), best_val_loss=best, history=history, n_fit=n_fit, n_val=n_val)
-        return CheckpointSaved(epoch=epoch_completed, path=ckpt.save_checkpoint(out_dir / name, payload_now), kind=kind)
+        # latest.pt keeps its predecessor as latest.prev.pt: one corrupt file is survivable
+        write = ckpt.save_rotating if kind == "latest" else ckpt.save_checkpoint
+        return CheckpointSaved(epoch=epoch_completed, path=write(out_dir / name, payload_now), kind=kind)
 
     yield FitStarted(n_fit_cubes=n_fit, n_val_cubes=n_val, steps_per_epoch=steps, device=str(device), config=cfg)
 
@@ -580,11 +582,16 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         if improved:
             best = float(score)
         if out_dir is not None and main:
-            ev = save("latest", "latest.pt", epoch)
-            latest_path = ev.path
-            yield ev
-            if improved:  # same state as latest.pt: a byte copy
-                best_path = ckpt.copy_checkpoint(latest_path, out_dir / "best.pt")
+            # best.pt before latest.pt (its byte copy): a kill between the two leaves best.pt one
+            # epoch ahead, and the resumed run redoes that epoch to the same state — the other
+            # order could leave a stale best.pt for good
+            if improved:
+                best_path = save("best", "best.pt", epoch).path
+                latest_path = ckpt.copy_checkpoint(best_path, out_dir / "latest.pt", keep_previous=True)
+            else:
+                latest_path = save("latest", "latest.pt", epoch).path
+            yield CheckpointSaved(epoch=epoch, path=latest_path, kind="latest")
+            if improved:
                 yield CheckpointSaved(epoch=epoch, path=best_path, kind="best")
             if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
                 path = ckpt.copy_checkpoint(latest_path, out_dir / f"epoch_{epoch:04d}.pt")

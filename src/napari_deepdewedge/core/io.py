@@ -6,13 +6,13 @@ voxel sizes are in Å and in (Z, Y, X) order; angles are in degrees, in stack or
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DDWError
+from .storage import atomic_write
 
 MRC_SUFFIXES = (".mrc", ".st", ".ali", ".rec", ".mrcs", ".map")
 ANGLE_SUFFIXES = (".tlt", ".rawtlt")
@@ -220,13 +220,14 @@ def read_mrc(path, mmap: bool = True, voxel_size=None) -> Volume:
 def write_mrc(path, data, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> Path:
     """Write ``data`` as MRC with its voxel size (Å, (Z, Y, X) or one number), atomically.
 
-    The file is written under a temporary name in the target folder, then renamed, so a crash
-    never leaves a half-written file under the final name. float64 is stored as float32.
+    The file is written under a temporary name in the target folder, fsynced, then renamed
+    (:func:`core.storage.atomic_write`), so a crash never leaves a half-written file under the
+    final name and a failed write (full disk: one ``WriteError`` naming the path and the free
+    space) leaves the previous file intact. float64 is stored as float32.
     """
     import mrcfile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = np.asarray(data)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
@@ -236,18 +237,13 @@ def write_mrc(path, data, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) ->
         voxel_size = (float(voxel_size),) * 3
     vz, vy, vx = (float(v) for v in voxel_size)
     oz, oy, ox = (float(o) for o in origin)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    def write(tmp):
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(np.ascontiguousarray(array))
             mrc.voxel_size = (vx, vy, vz)
             mrc.header.origin = (ox, oy, oz)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write, what="volume")
     return path
 
 

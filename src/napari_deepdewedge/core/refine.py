@@ -19,7 +19,10 @@ For each half:
 6. crop to the input size and undo the standardization.
 
 With an identity model the result is the wedge-masked tomogram to float precision
-(``tests/test_refine.py``).
+(``tests/test_refine.py``). Out-of-memory retries live in :mod:`core.oom`; ``out=`` takes a
+memory-mapped output, so a tomogram larger than memory refines with one band of memory
+(``bench/refine_memory.py``). Over 400 lines: masking, tiling, blending and the public entry
+points are one pipeline whose pieces share the band layout.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DDWError
+from .oom import BatchRunner, is_out_of_memory, release_device_memory, smaller_tile, warn_user
 
 #: voxels per chunk when masking a large tomogram (float + complex intermediates ~ 200 MB)
 _MASK_CHUNK_VOXELS = 8 * 1024 * 1024
@@ -237,7 +241,8 @@ def _available_memory() -> int | None:
 def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None, batch_size: int = 4,
                   device=None, progress: Callable[[int, int], None] | None = None,
                   amp: bool | None = None, rows: Callable[[np.ndarray], np.ndarray] | None = None,
-                  match_resampling: bool = False, tile_size: int | None = None) -> np.ndarray:
+                  match_resampling: bool = False, tile_size: int | None = None,
+                  out: np.ndarray | None = None, report: Callable[[str], None] | None = None) -> np.ndarray:
     """Run ``model`` over overlapping tiles of ``volume`` and blend; float32 array of its shape.
 
     Tiles have edge ``tile_size`` (``None``: :data:`DEFAULT_TILE`; ``subtomo_size`` gives the
@@ -253,6 +258,10 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     :func:`core.perf.pick_autocast` when ``amp``, default on CUDA). With ``match_resampling``
     every tile goes through :func:`core.rotation.match_resampling` before the model (a network
     fitted on rotated cubes needs it; see there). ``progress(done, total)`` after every batch.
+    ``out``: a float32 array of the volume's shape to write into (e.g. a memory-mapped output
+    file, so that not even the output is held in memory); its rows are cleared band by band. On
+    an out-of-memory error the batch is split (:class:`core.oom.BatchRunner`; ``report(message)``,
+    default a ``DDWWarning``).
     """
     import torch
 
@@ -282,7 +291,11 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     tiles = [(a, c) for a in range(len(zst)) for c in range(len(xst))]  # tiles of one band
     per_band = int(math.ceil(len(tiles) / batch_size))
     total = len(yst) * per_band
-    out = np.zeros(shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif tuple(out.shape) != shape or out.dtype != np.float32:
+        raise DDWError(f"output array must be float32 of shape {shape}, got {out.dtype} {tuple(out.shape)}")
+    cleared = 0  # rows [0, cleared) of out are zeroed/accumulating
     if isinstance(model, torch.nn.Module):
         model = perf.to_channels_last(model, dev)
 
@@ -306,6 +319,7 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
         with perf.autocast(dev, dtype):
             return model(perf.as_input(x, dev))
 
+    runner = BatchRunner(run, batch_size, dev, report or warn_user)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -316,11 +330,13 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
                 band = vol[:, axis_sel(yst, yi, shape[1], j, ty), :]
                 band = rows(band) if rows is not None else np.asarray(band, dtype=np.float32)
                 ky = min(ty, shape[1] - y0)
+                out[:, cleared:y0 + ky] = 0
+                cleared = max(cleared, y0 + ky)
                 wy = yw[j][None, :ky, None]
                 for b in range(per_band):
                     batch = tiles[b * batch_size:(b + 1) * batch_size]
                     x = np.stack([read_tile(band, a, c) for a, c in batch])[:, None]
-                    y = run(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev))
+                    y = runner(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev))
                     y = y.float().cpu().numpy()[:, 0]
                     for (a, c), pred in zip(batch, y):
                         z0, x0 = zst[a], xst[c]
@@ -355,7 +371,7 @@ def _resolve_stats(tomo, standardize):
 
 def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=None, batch_size=4,
                     device=None, progress=None, standardize=True, amp=None,
-                    match_resampling=True, tile_size=None) -> np.ndarray:
+                    match_resampling=True, tile_size=None, out=None, report=None) -> np.ndarray:
     """Refine one half-tomogram with a fitted model (DESIGN §2.8); float32 ``(Z, Y, X)``.
 
     ``standardize``: ``True`` (default) standardizes with the tomogram's own mean/std and
@@ -363,16 +379,44 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
     model fitted with ``FitConfig(standardize=False)``). ``match_resampling`` (default on) gives
     the network the noise statistics of its rotated fitting cubes
     (:func:`core.rotation.match_resampling`). ``tile_size``: see :func:`predict_tiled`.
-    ``progress(done, total)`` per batch.
+    ``progress(done, total)`` per batch. ``out``: optional float32 array (e.g. ``np.memmap``)
+    receiving the result.
+
+    Out of memory on the device (CUDA/MPS): the batch is halved down to one tile, then the tile
+    edge is halved (down to ``2**depth``; the overlap scales with it) and the half restarts;
+    each decision goes to ``report(message)`` (default: a ``DDWWarning``). Out of memory with
+    the smallest tile is a ``DDWError`` naming the fix.
     """
     tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
     if tomo.ndim != 3:
         raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(tomo.shape)}")
     stats = _resolve_stats(tomo, standardize)
     prep = RowPreparer((tomo.shape[0], tomo.shape[2]), tilt_min, tilt_max, stats)
-    out = predict_tiled(model, tomo, subtomo_size, overlap=overlap, batch_size=batch_size,
-                        device=device, progress=progress, amp=amp, rows=prep,
-                        match_resampling=match_resampling, tile_size=tile_size)
+    report = report or warn_user
+    s = int(subtomo_size)
+    tile = max(s, int(tile_size) if tile_size else DEFAULT_TILE)
+    while True:
+        try:
+            out = predict_tiled(model, tomo, s, overlap=overlap, batch_size=batch_size, device=device,
+                                progress=progress, amp=amp, rows=prep, match_resampling=match_resampling,
+                                tile_size=tile, out=out, report=report)
+            break
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            smaller = smaller_tile(model, tile)
+            if smaller is None:
+                raise DDWError(
+                    f"out of memory on the device even with one tile of {tile}³ voxels per batch; free "
+                    "device memory (close other programs using the GPU) or refine on the CPU (--device cpu)"
+                ) from None
+            from .device import pick_device
+
+            release_device_memory(pick_device(device))
+            if overlap is not None:
+                overlap = min(smaller - 1, int(overlap) * smaller // tile)
+            report(f"out of memory with one {tile}³ tile per batch; restarting this half with {smaller}³ tiles")
+            tile, s = smaller, min(s, smaller)
     if stats is not None:
         out *= np.float32(stats[1])
         out += np.float32(stats[0])
@@ -403,14 +447,15 @@ def _resolve_model(model_or_checkpoint, device):
 
 def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size=4, device=None,
                   keep_halves=False, progress=None, subtomo_size=None, tilt_min=None, tilt_max=None,
-                  standardize=None, match_resampling=True, tile_size=None) -> RefineResult:
+                  standardize=None, match_resampling=True, tile_size=None, report=None) -> RefineResult:
     """Refine both halves and average them.
 
     ``model_or_checkpoint``: a checkpoint path or payload (subtomo size, tilt range and whether
     to standardize come from it), a ``(model, meta)`` pair as returned by ``load_model``, or a
     bare module (then ``subtomo_size``, ``tilt_min`` and ``tilt_max`` are required).
     Keyword arguments override the checkpoint's values. ``progress(done, total)`` counts
-    batches over both halves.
+    batches over both halves. ``report(message)``: out-of-memory retries (see
+    :func:`refine_tomogram`; default a ``DDWWarning``).
     """
     from .device import pick_device
     from .halves import check_same_shape
@@ -439,7 +484,7 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
         return lambda done, total: progress(h * total + done, 2 * total)
 
     kw = dict(subtomo_size=int(s), overlap=ov, batch_size=batch_size, device=dev, standardize=standardize,
-              match_resampling=match_resampling, tile_size=tile_size)
+              match_resampling=match_resampling, tile_size=tile_size, report=report)
     r0 = refine_tomogram(model, tomo0, tmin, tmax, progress=half_progress(0), **kw)
     r1 = refine_tomogram(model, tomo1, tmin, tmax, progress=half_progress(1), **kw)
     if keep_halves:

@@ -1,0 +1,63 @@
+"""Long runs (issue 12): 200 tiny fitting epochs with wedge updates, validation, checkpoints and
+previews, in this process. Memory must not grow (RSS sampled every 20 epochs after a 20-epoch
+warm-up: growth < 5 %) and no file handle may leak (/proc/self/fd counted at the same points
+and after the run)."""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_deepdewedge.core import fitting as ft
+
+HERE = Path(__file__).parent
+_spec = importlib.util.spec_from_file_location("ddp_worker", HERE / "ddp_worker.py")
+worker = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(worker)
+
+EPOCHS, EVERY, WARM_UP = 200, 20, 20
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+def test_200_epochs_do_not_grow_memory_or_leak_file_handles(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0, t1 = worker.tiny_halves(shape=(24, 32, 40))  # 6 cubes: 5 fitting (2 steps), 1 validation
+        config = worker.tiny_config(tmp_path / "soak", epochs=EPOCHS, update_every=5, validate_every=2,
+                                    checkpoint_every=50, preview_every=50)
+        fds_before = _open_fds()
+        rss, fds, kinds = {}, {}, set()
+        for event in ft.fit_iter(t0, t1, config):
+            kinds.add(type(event).__name__)
+            if isinstance(event, ft.EpochDone) and event.epoch % EVERY == 0:
+                gc.collect()
+                rss[event.epoch], fds[event.epoch] = _rss(), _open_fds()
+        gc.collect()
+        fds_after = _open_fds()
+    finally:
+        torch.set_num_threads(threads)
+    assert {"WedgesUpdated", "CheckpointSaved", "PreviewReady", "FitFinished"} <= kinds
+    base = rss[WARM_UP]
+    growth = {e: (r - base) / base for e, r in rss.items() if e > WARM_UP}
+    print("RSS MB:", {e: round(r / 2**20, 1) for e, r in rss.items()}, "growth %:",
+          {e: round(100 * g, 2) for e, g in growth.items()}, "fds:", fds_before, fds, fds_after)
+    assert len(growth) == (EPOCHS - WARM_UP) // EVERY
+    assert max(growth.values()) < 0.05, growth
+    assert set(fds.values()) == {fds_before} and fds_after == fds_before, (fds_before, fds, fds_after)
