@@ -282,7 +282,7 @@ def test_both_config_layouts_give_the_same_fit_config(tmp_path, capsys):
     configs = []
     for text in (FLAT_YAML, DDW_YAML):
         args = _fit_args(tmp_path, text)
-        assert args.even == "e.mrc" and args.odd == "o.mrc"
+        assert args.even == ["e.mrc"] and args.odd == ["o.mrc"]  # fit takes lists of pairs
         cfg = cli.fit_config(args, tilt_range=cli.tilt_range_for_fit(args), out_dir="o",
                               voxel_size=(1, 1, 1))
         configs.append(cfg)
@@ -331,9 +331,9 @@ def test_bad_configs_are_error_lines(tmp_path, capsys):
     _assert_one_error(capsys, rc, "epochs")
 
     two = tmp_path / "two.yaml"
-    two.write_text("shared:\n  tomo0_files: [a.mrc, b.mrc]\n")
+    two.write_text("shared:\n  tomo0_files: [a.mrc, b.mrc]\n  tomo1_files: [c.mrc]\n")
     rc = cli.main(["fit", "--config", str(two), "--out", str(tmp_path / "o")])
-    _assert_one_error(capsys, rc, "tomo0_files")
+    _assert_one_error(capsys, rc, "--even is given 2 times but --odd 1 times")
 
     rc = cli.main(["fit", "--config", str(tmp_path / "absent.yaml"), "--out", str(tmp_path)])
     _assert_one_error(capsys, rc, "absent.yaml")

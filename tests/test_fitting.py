@@ -133,12 +133,18 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
     orig = extract_subtomos((t0 - st[0][0]) / st[0][1], (t1 - st[1][0]) / st[1][1], 16, strides=(8, 8, 8),
                             val_fraction=0.2, seed=3, depth=2).fit0
     m = observed_mask((24, 24, 24), -60, 60, rfft=True)
-    f_new, f_old = torch.fft.rfftn(p["fit0"], dim=(-3, -2, -1)), torch.fft.rfftn(orig, dim=(-3, -2, -1))
+    # the wedge-updated cubes live in the fitting-state file the checkpoint names
+    from napari_deepdewedge.core.fit_state import resume_cubes
+
+    assert p["fit_state"] == "fit_state_0002.pt" and "fit0" not in p
+    assert sorted(q.name for q in tmp_path.glob("fit_state_*.pt")) == ["fit_state_0002.pt"]
+    fit0 = resume_cubes(p, tmp_path)
+    f_new, f_old = torch.fft.rfftn(fit0, dim=(-3, -2, -1)), torch.fft.rfftn(orig, dim=(-3, -2, -1))
     scale = f_old.abs().max()
     assert float(((f_new - f_old) * m).abs().max()) < 1e-4 * scale
     assert float(((f_new - f_old) * (1 - m)).abs().max()) > 1e-2 * scale
     # the stored normalization is that of the model inputs after the update
-    loc, sc = ft.input_normalization(p["fit0"], observed_mask((16, 16, 16), -60, 60, rfft=True), 16, "cpu")
+    loc, sc = ft.input_normalization(fit0, observed_mask((16, 16, 16), -60, 60, rfft=True), 16, "cpu")
     assert abs(float(p["state_dict"]["loc"]) - loc) < 1e-6 and abs(float(p["state_dict"]["scale"]) - sc) < 1e-6
     model, meta = ckpt.load_model(tmp_path / "best.pt", device="cpu")
     assert meta["subtomo_size"] == 16 and meta["tilt_min"] == -60.0 and not model.training
@@ -223,9 +229,13 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "result.pt", weights_only=True)
     assert got["world"] == 2
-    # only rank 0 wrote files
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "latest.prev.pt", "latest.pt",
-                                                                    "losses.csv"]
+    # only rank 0 wrote files; fitting-state files only while a checkpoint refers to them
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert [n for n in names if not n.startswith("fit_state_")] == ["best.pt", "latest.prev.pt", "latest.pt",
+                                                                   "losses.csv"]
+    refs = {torch.load(tmp_path / "run" / n, weights_only=True)["fit_state"]
+            for n in ("best.pt", "latest.pt", "latest.prev.pt")}
+    assert {n for n in names if n.startswith("fit_state_")} == refs and "fit_state_0002.pt" in refs
     epochs, steps = worker.run(out_dir=tmp_path / "single")
     # Adam turns float-rounding differences (summation order across ranks, like a change of
     # thread count) into growing differences after a few steps, so the first steps are compared

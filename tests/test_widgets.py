@@ -105,6 +105,7 @@ def test_manifest_widgets_dock_through_plugin_system(make_napari_viewer):
         "Fit": widgets.FitWidget,
         "Refine": widgets.RefineWidget,
         "Compare": widgets.CompareWidget,
+        "Refine many": widgets.BatchRefineWidget,
     }
     assert set(names) == set(expected)
     viewer = make_napari_viewer()

@@ -2,6 +2,7 @@
 function over the pipeline (``demo`` is in :mod:`.demo`)."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from .fitting import (
     report_fit,
     run_fit,
 )
-from .inputs import halves_request, read_mask, read_pair, tilt_range_for_fit
+from .inputs import halves_request, read_mask, read_pair
 from .output import info
+from .pairs import load_pairs, memory_line
 from .progress import Progress
 
 EXIT_INTERRUPTED = 130
@@ -54,19 +56,24 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def fit_request(args, out: Path) -> FitRequest:
+    """The fit the command line (flags, --pairs, --config) asks for: its half pairs, settings,
+    and the checkpoint to resume or to start from."""
+    pairs = load_pairs(args)
+    config = fit_config(args, tilt_range=pairs[0].tilt_range, out_dir=out, voxel_size=pairs[0].voxel_size)
+    return FitRequest(config=config, pairs=pairs, resume=args.resume, init_from=args.init_from,
+                      given=given_fields(args))
+
+
 def cmd_fit(args) -> int:
     joined = maybe_init_distributed()
     try:
         out = fit_out_dir(args)
-        tilt_range = tilt_range_for_fit(args)
-        even, odd = read_pair(args.even, args.odd)
-        mask = read_mask(args.mask, even.data.shape)
-        config = fit_config(args, tilt_range=tilt_range, out_dir=out, voxel_size=even.voxel_size)
+        request = fit_request(args, out)
         claim_fit_folder(args, out)
+        info(args, memory_line(request.pairs, request.config))
         t0 = time.perf_counter()  # the engine reads the (memory-mapped) halves itself
-        finished, interrupted = run_fit(args, FitRequest(
-            even=even.data, odd=odd.data, config=config, mask=mask, resume=args.resume,
-            given=given_fields(args)))
+        finished, interrupted = run_fit(args, request)
         report_fit(args, finished, time.perf_counter() - t0)
         return EXIT_INTERRUPTED if finished is not None and finished.stopped and interrupted else 0
     finally:
@@ -91,10 +98,22 @@ def refine_output(args) -> Path:
     if out is None and args.config_values.get("output_dir"):
         from ..pipeline import stem_of
 
-        out = Path(args.config_values["output_dir"]) / f"{stem_of(args.even)}_refined.mrc"
+        out = Path(args.config_values["output_dir"]) / f"{stem_of(args.even[0])}_refined.mrc"
     if out is None:
         raise DDWError("no output: give --out OUT.mrc")
     return Path(out)
+
+
+def is_batch(args) -> bool:
+    """Many pairs (repeated --even, a glob, --pairs) or --out naming a folder: a batch."""
+    from ..pipeline.batch import expand
+
+    evens = args.even or []
+    if args.pairs is not None or len(evens) != 1 or len(expand(evens[0])) != 1:
+        return True
+    out = args.out
+    return out is not None and (Path(out).is_dir() or str(out).endswith(("/", "\\"))
+                                or Path(out).suffix.lower() != ".mrc")
 
 
 def cmd_refine(args) -> int:
@@ -102,10 +121,16 @@ def cmd_refine(args) -> int:
         raise DDWError("no model: give --model CKPT (a checkpoint written by 'deepdewedge fit')")
     if not Path(args.model).exists():
         raise DDWError(f"{args.model}: checkpoint not found; check the path")
+    if args.even and args.odd and len(args.even) == 1 == len(args.odd) and not is_batch(args):
+        return refine_one(args)
+    return refine_many(args)
+
+
+def refine_one(args) -> int:
     from ..core.checkpoint import load_model
     from ..core.device import pick_device
 
-    even, odd = read_pair(args.even, args.odd)
+    even, odd = read_pair(args.even[0], args.odd[0])
     out = refine_output(args)
     model = load_model(args.model, device=pick_device(args.device))  # a bad file fails here
     for path in refine_and_write(args, model, even.data, odd.data, out, keep_halves=args.halves,
@@ -115,11 +140,49 @@ def cmd_refine(args) -> int:
     return 0
 
 
+def refine_many(args) -> int:
+    """One model over many pairs: DIR/<stem>_refined.mrc each (pipeline.batch)."""
+    from ..pipeline.batch import BatchRefineRequest, distributed_rank, find_pairs, refine_batch
+    from .output import is_rank_zero
+    from .progress import BatchReport
+
+    out_dir = args.out or args.config_values.get("output_dir")
+    if out_dir is None or Path(out_dir).suffix.lower() == ".mrc":
+        raise DDWError("many tomograms need an output folder: give --out DIR (one "
+                       "<stem>_refined.mrc per tomogram)")
+    pairs = find_pairs(args.even or [], args.odd or [], args.pairs)
+    rank, world = distributed_rank()
+    request = BatchRefineRequest(model=args.model, pairs=pairs, out_dir=Path(out_dir),
+                                 overlap=args.overlap, batch_size=args.refine_batch_size or 4,
+                                 device=args.device, keep_halves=args.halves,
+                                 overwrite=args.overwrite, rank=rank, world=world)
+    if world > len(pairs) and is_rank_zero():
+        info(args, f"{world} processes for {len(pairs)} tomograms: {world - len(pairs)} will "
+                   "idle (the unit of work is one tomogram)")
+    t0 = time.perf_counter()
+    with BatchReport(quiet=args.quiet) as report:
+        result = refine_batch(request, report=report)
+    for name in result.refined:
+        print(result.outputs[name])
+    info(args, f"rank {rank}: refined {len(result.refined)}, kept {len(result.skipped)} finished "
+               f"of {len(pairs)} in {time.perf_counter() - t0:.1f} s" if world > 1 else
+               f"refined {len(result.refined)}, kept {len(result.skipped)} finished of "
+               f"{len(pairs)} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def cmd_run(args) -> int:
     if args.out is None:
         raise DDWError("no output folder: give --out DIR")
     if args.thickness is None:
         raise DDWError("give the tomogram thickness: --thickness Z (in output voxels)")
+    from ..pipeline.project import is_project_input
+
+    if args.tiltseries is not None and is_project_input(args.tiltseries):
+        return run_many(args)
+    if args.fit_on is not None:
+        raise DDWError("--fit-on chooses among several tilt series: give a folder, a quoted "
+                       "glob or a list file instead of one stack")
     out = Path(args.out)
     request = halves_request(args, want_full=args.full)
     # a resumed run continues its own job: its halves and refined files may be replaced
@@ -149,6 +212,63 @@ def cmd_run(args) -> int:
                                  origin=halves.origin, overwrite=overwrite):
         print(path)
     info(args, f"done in {time.perf_counter() - t_start:.0f} s (model: {model_path})")
+    return 0
+
+
+def run_many(args) -> int:
+    """A project: a folder/glob/list of tilt series; DIR/job.json records what is finished,
+    so the same command continues an interrupted job (pipeline.project)."""
+    from ..pipeline.project import ProjectRequest, discover_series, run_project
+    from .fitting import StopOnCtrlC
+    from .progress import BatchReport, FitReport, ProjectReport
+
+    for flag, value in (("--even-odd", args.even_odd), ("--angles", args.angles),
+                        ("--tilt-range", args.tilt_range), ("--resume", args.resume),
+                        ("--mask", args.mask)):
+        if value is not None:
+            raise DDWError(f"{flag} is for one tilt series; a project finds each stack's angle "
+                           "file beside it and continues its own fit from DIR/job.json")
+    if args.overwrite:
+        raise DDWError("a project folder continues its job (DIR/job.json); to start afresh give "
+                       "another --out")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise DDWError("a project run is one process (its job file has one writer); under "
+                       "torchrun run 'fit' and 'refine' over the project's halves instead")
+    out = Path(args.out)
+    series = discover_series(args.tiltseries, out_dir=out)
+    config = fit_config(args, tilt_range=(-60.0, 60.0), out_dir=out / "model",
+                        voxel_size=(1.0, 1.0, 1.0))  # tilt range and voxel size: from the data
+    request = ProjectRequest(
+        series=series, out_dir=out, thickness=args.thickness, fit_config=config,
+        fit_on=args.fit_on, binning=args.bin or 1, bin_mode=args.bin_mode or "fourier",
+        tilt_axis_x=args.tilt_axis_x, device=args.device, given=given_fields(args),
+        overlap=args.overlap, refine_batch_size=args.refine_batch_size or 4,
+        keep_halves=not args.no_halves)
+    info(args, f"project of {len(series)} tilt series in {out} (state: {out / 'job.json'})")
+    t0 = time.perf_counter()
+    stopper = StopOnCtrlC()
+    with stopper, FitReport(quiet=args.quiet) as fit_report, \
+            BatchReport(quiet=args.quiet) as batch_report, \
+            ProjectReport(quiet=args.quiet) as project_report:
+        def report(event):
+            kind = type(event).__name__
+            if kind == "ProjectStep":
+                project_report(event)
+            elif kind.startswith("Tomogram") or kind == "VoxelSizeWarning":
+                batch_report(event)
+            else:
+                fit_report(event)
+                return  # the fit polls should_stop itself
+            if stopper.requested:  # Ctrl-C outside the fit: stop between steps
+                raise KeyboardInterrupt
+
+        result = run_project(request, report, should_stop=stopper)
+    if not result.finished:
+        info(args, "stopped; run the same command again to continue where it stopped")
+        return EXIT_INTERRUPTED
+    for path in result.outputs.values():
+        print(path)
+    info(args, f"done in {time.perf_counter() - t0:.0f} s (model: {result.checkpoint})")
     return 0
 
 

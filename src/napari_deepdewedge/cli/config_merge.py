@@ -35,6 +35,8 @@ def coerce(opt: Opt, key: str, value, source: str):
         except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
             raise DDWError(f"{source}: {key} = {v!r} is not valid ({exc})") from None
 
+    if opt.kind == "append":  # one value or a list of them
+        return [one(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
     if opt.kind in ("switch", "bool"):
         if not isinstance(value, bool):
             raise DDWError(f"{source}: {key} must be true or false, got {value!r}")

@@ -78,8 +78,8 @@ def claim_fit_folder(args, out_dir) -> None:
             f"{resume_command(args, exc.resume_from)} ; or add --overwrite to start afresh"
         ) from None
     if args.overwrite and args.resume is None and is_rank_zero():
-        for path in earlier_checkpoints(out_dir):
-            path.unlink()
+        for path in [*earlier_checkpoints(out_dir), *sorted(Path(out_dir).glob("fit_state_*.pt"))]:
+            path.unlink()  # the earlier fit's checkpoints and the fitting-state files they named
 
 
 class StopOnCtrlC:

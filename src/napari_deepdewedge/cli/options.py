@@ -43,8 +43,8 @@ any_float = _number(float, lambda v: True, "a number")
 
 @dataclass(frozen=True)
 class Opt:
-    """One option. ``kind``: ``value`` (takes values), ``switch`` (``store_true``) or ``bool``
-    (``--x/--no-x``). A first flag without a leading ``-`` is a positional (``nargs='?'``)."""
+    """One option. ``kind``: ``value`` (takes values), ``append`` (repeatable: a list of
+    values), ``switch`` (``store_true``) or ``bool`` (``--x/--no-x``). A first flag without a leading ``-`` is a positional (``nargs='?'``)."""
 
     flags: tuple[str, ...]
     dest: str
@@ -70,6 +70,10 @@ class Opt:
             return
         if self.kind == "bool":
             target.add_argument(*self.flags, action=argparse.BooleanOptionalAction, default=None, **kw)
+            return
+        if self.kind == "append":
+            target.add_argument(*self.flags, action="append", type=self.type, metavar=self.metavar,
+                                default=None, **kw)
             return
         target.add_argument(*self.flags, type=self.type, nargs=self.nargs, metavar=self.metavar,
                             choices=self.choices, default=None, required=self.required, **kw)
@@ -157,6 +161,30 @@ WEDGE_INPUT = Group("missing wedge (or from --config)", (
         type=any_float, nargs=2, metavar=("MIN", "MAX")),
 ), exclusive=("angles", "tilt_range"))
 
+FIT_HALVES_INPUT = Group("inputs: one or more half pairs (or from --config)", (
+    Opt(("--even", "--tomo0"), "even", "tomogram of half 0; repeat for several tomograms (paired in "
+        "order with --odd)", metavar="E.mrc", kind="append"),
+    Opt(("--odd", "--tomo1"), "odd", "tomogram of half 1; repeat like --even", metavar="O.mrc",
+        kind="append"),
+    Opt(("--pairs",), "pairs", "instead of --even/--odd: a text file with one pair per line, "
+        "'EVEN ODD [ANGLES.tlt | MIN,MAX]' (paths relative to the file; # comments)",
+        metavar="LIST.txt"),
+    Opt(("--mask",), "mask", "binary region-of-interest mask, same shape as its tomograms; one for "
+        "each pair (repeat, in --even order) or none", metavar="ROI.mrc", kind="append"),
+    Opt(("--init-from",), "init_from", "start from the weights of a fitted model (fine-tuning: "
+        "fresh optimizer and schedule, same U-Net; unlike --resume, which continues a run)",
+        metavar="MODEL.pt"),
+))
+
+MASK_OPTION = Opt(("--mask",), "mask", "binary region-of-interest mask, same shape as the tomograms",
+                  metavar="ROI.mrc")
+
+
+def fitting_options(*, with_mask: bool) -> "Group":
+    """The fitting settings (``with_mask``: include the single-pair ``--mask``)."""
+    return Group(FITTING.title, tuple(o for o in FITTING.options if with_mask or o.dest != "mask"))
+
+
 FITTING = Group("fitting (default: the --preset values, then core.fitting.FitConfig)", (
     Opt(("--preset",), "preset", "fast (48³ cubes, 16 channels), balanced (96³, 32) or default "
         "(96³, 64); default: 'default' on a CUDA GPU, 'fast' otherwise", metavar="NAME"),
@@ -182,8 +210,7 @@ FITTING = Group("fitting (default: the --preset values, then core.fitting.FitCon
         nargs=3, metavar=("SZ", "SY", "SX")),
     Opt(("--min-mask-fraction",), "min_mask_fraction", "with --mask: keep cubes with at least "
         "this fraction inside (default 0.3)", type=fraction, metavar="F"),
-    Opt(("--mask",), "mask", "binary region-of-interest mask, same shape as the tomograms",
-        metavar="ROI.mrc"),
+    MASK_OPTION,
     Opt(("--standardize",), "standardize", "standardize each half to zero mean / unit variance "
         "(default on)", kind="bool"),
     Opt(("--seed",), "seed", "random seed (default 0)", type=any_int),
@@ -200,6 +227,21 @@ def refine_tiles(*batch_flags: str) -> Group:
             metavar="B"),
     ))
 
+
+PROJECT = Group("a project: TILTSERIES a folder, a quoted glob or a list file (.txt)", (
+    Opt(("--fit-on",), "fit_on", "fit on these tilt series only (stems 'TS_01,TS_04' or a glob "
+        "over stems 'TS_0*'); every tomogram is refined. Default: all", metavar="STEMS"),
+))
+
+REFINE_INPUT = Group("inputs: one pair, or many refined with one model (or from --config)", (
+    Opt(("--even", "--tomo0"), "even", "tomogram of half 0; repeat it, or give a quoted glob "
+        "('rec/*_even.mrc'), for many", metavar="E.mrc", kind="append"),
+    Opt(("--odd", "--tomo1"), "odd", "tomogram of half 1 (repeatable); left out: found beside "
+        "each even file by its stem (_even → _odd, _EVN → _ODD)", metavar="O.mrc", kind="append"),
+    Opt(("--pairs",), "pairs", "a text file with one pair per line, 'EVEN [ODD [ANGLES.tlt | "
+        "MIN,MAX]]' (as for fit; the angles set that tomogram's wedge instead of the model's; # "
+        "comments, paths relative to the file)", metavar="LIST.txt"),
+))
 
 REFINE_MODEL = Group(None, (
     Opt(("--model",), "model", "checkpoint written by 'fit'", metavar="CKPT"),
@@ -236,27 +278,37 @@ COMMANDS: dict[str, Command] = {
         (STACK_INPUT, reconstruction_options(thickness_required=True), DEVICE,
          out_option("DIR", "output folder", required=True), OVERWRITE, QUIET)),
     "fit": Command(
-        "fit the U-Net on an even/odd tomogram pair (checkpoints + losses.csv)",
-        "Fit a 3D U-Net on sub-tomograms of the two half tomograms. Ctrl-C stops cleanly after "
+        "fit the U-Net on one or more even/odd tomogram pairs (checkpoints + losses.csv)",
+        "Fit one 3D U-Net on sub-tomograms of one or more half-tomogram pairs (repeat --even/--odd, "
+        "or --pairs LIST, or file lists in --config); each pair keeps its own tilt range (--angles/"
+        "--tilt-range for all, else a .tlt beside each pair), standardization and mask. Ctrl-C stops cleanly after "
         "the current step with a 'stopped' checkpoint (exit 130); --resume continues. A folder "
         "that holds an earlier fit's checkpoints is refused unless --resume or --overwrite. "
         "Several GPUs: torchrun --nproc-per-node N -m napari_deepdewedge.cli -- fit …",
-        (HALVES_INPUT, WEDGE_INPUT, FITTING, CONFIG, DEVICE,
+        (FIT_HALVES_INPUT, WEDGE_INPUT, fitting_options(with_mask=False), CONFIG, DEVICE,
          out_option("DIR", "folder for checkpoints and losses.csv (required, or from --config)"),
          OVERWRITE, QUIET)),
     "refine": Command(
         "apply a fitted model to both halves and average (the refined tomogram)",
         "Refine both half tomograms with a fitted model and average them. With --halves also "
         "write OUT_half0.mrc, OUT_half1.mrc and OUT_consistency.mrc (the signed half0 − half1 "
-        "difference: where the model is not consistent).",
-        (HALVES_INPUT, REFINE_MODEL, refine_tiles("--batch-size", "--refine-batch-size"), CONFIG,
-         DEVICE, out_option("OUT.mrc", "refined tomogram"), OVERWRITE, QUIET)),
+        "difference: where the model is not consistent). Many pairs (repeated --even/--odd, a "
+        "glob, --pairs): one model for all, DIR/<stem>_refined.mrc each; finished outputs are "
+        "skipped (a stopped batch continues), --overwrite redoes them. Several processes: "
+        "torchrun --nproc-per-node N -m napari_deepdewedge.cli -- refine … (each takes its "
+        "share of the tomograms).",
+        (REFINE_INPUT, REFINE_MODEL, refine_tiles("--batch-size", "--refine-batch-size"), CONFIG,
+         DEVICE, out_option("OUT.mrc|DIR", "refined tomogram (one pair), or the folder of "
+                    "<stem>_refined.mrc files (many)"), OVERWRITE, QUIET)),
     "run": Command(
         "reconstruct + fit + refine in one go: DIR/<stem>_refined.mrc",
         "The whole pipeline on one tilt series: DIR/<stem>_even.mrc, _odd.mrc, DIR/model/ "
         "(checkpoints, losses.csv), DIR/<stem>_refined.mrc and the per-half results "
-        "(_refined_half0/_half1/_consistency.mrc).",
-        (STACK_INPUT, reconstruction_options(thickness_required=False), FITTING, CONFIG,
+        "(_refined_half0/_half1/_consistency.mrc). TILTSERIES a folder, quoted glob or list "
+        "file: a project — every stack reconstructed (angle file beside it), one fit on all or "
+        "--fit-on, every tomogram refined; DIR/job.json records each step, so the same command "
+        "continues an interrupted project without redoing finished work.",
+        (STACK_INPUT, PROJECT, reconstruction_options(thickness_required=False), FITTING, CONFIG,
          refine_tiles("--refine-batch-size"), NO_HALVES, DEVICE,
          out_option("DIR", "output folder (required)"), OVERWRITE, QUIET)),
     "demo": Command(

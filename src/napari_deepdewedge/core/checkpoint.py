@@ -21,7 +21,10 @@ written by fitting, needed only to resume:
 ``step``              optimizer steps done in the epoch after ``epoch`` (0 = epoch boundary)
 ``optimizer``         Adam state dict
 ``rng``               ``{"generator": uint8 tensor}`` (the loop's seeded CPU torch.Generator)
-``fit0``              the wedge-updated fitting cubes (n, 1, E, E, E), float32
+``fit_state``         name of the fitting-state file (same folder) holding the wedge-updated
+                      cubes, or ``None`` before the first wedge update (core.fit_state)
+``inputs``            the half pairs fitted on: ``[{name, even_path, odd_path, shape,
+                      tilt_range, voxel_size, standardization}, ...]``
 ``perm``              this epoch's cube order (int64), ``partial`` running sums of the epoch
 ``best_val_loss``     best validation loss so far (or ``None``)
 ``history``           ``[[epoch, fit_loss, val_loss or None, seconds], ...]``
@@ -46,7 +49,7 @@ FORMAT_VERSION = 1
 #: keys every checkpoint must have to build the model and refine with it
 MODEL_KEYS = ("format", "version", "arch", "state_dict", "subtomo_size", "tilt_min", "tilt_max")
 #: keys a checkpoint needs in addition to resume fitting exactly
-RESUME_KEYS = ("epoch", "step", "optimizer", "rng", "fit0", "config", "history", "best_val_loss", "standardization")
+RESUME_KEYS = ("epoch", "step", "optimizer", "rng", "config", "history", "best_val_loss", "standardization")
 
 
 def save_checkpoint(path, payload: dict, *, before_replace=None) -> Path:
@@ -311,13 +314,14 @@ def load_model(path_or_payload, device=None):
 # the payload of a fitting run (built by fit_iter, parsed when it resumes)
 # --------------------------------------------------------------------------------------------
 def build_fit_payload(*, net, config, subtomo_size: int, stats, epoch: int, step: int, optimizer,
-                      scaler, generator, fit0, perm, tally, best_val_loss, history, n_fit: int,
-                      n_val: int) -> dict:
+                      scaler, generator, fit_state, perm, tally, best_val_loss, history, n_fit: int,
+                      n_val: int, inputs=None) -> dict:
     """The checkpoint of a fit after ``epoch`` completed epochs and ``step`` steps of the next.
 
     ``net``: the bare ``UNet3D`` (not a DDP wrapper); ``config``: the ``FitConfig``; ``stats``:
     per-half ``(mean, std)`` or None; ``generator``: the loop's CPU ``torch.Generator``;
-    ``fit0``: the wedge-updated fitting cubes; ``perm``: this epoch's order (mid-epoch only);
+    ``fit_state``: the name of the fitting-state file (core.fit_state) or None; ``inputs``: the
+    half pairs' records (``fit_data.HalfPair.record``); ``perm``: this epoch's order (mid-epoch only);
     ``tally``: ``fit_log.EpochTally``; ``history``: ``fit_log.EpochRecord`` list.
     """
     return {
@@ -335,7 +339,8 @@ def build_fit_payload(*, net, config, subtomo_size: int, stats, epoch: int, step
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": {"generator": generator.get_state()},  # the loop draws only from this generator
-        "fit0": fit0.detach().cpu().contiguous(),
+        "fit_state": fit_state,
+        "inputs": list(inputs or []),
         "perm": None if perm is None else perm.clone(),
         "partial": tally.as_list(),
         "best_val_loss": best_val_loss,

@@ -163,16 +163,14 @@ def _device_from_gpu(gpu, source: str) -> str:
     return "cpu" if gpu < 0 else f"cuda:{gpu}"
 
 
-def _single_file(key: str, value, source: str):
+def _file_list(key: str, value, source: str):
+    """One file as a string, several as a list of strings (``fit`` takes several pairs), none as None."""
     if isinstance(value, (list, tuple)):
+        if any(not isinstance(v, (str, Path)) for v in value):
+            raise DDWError(f"{source}: {key} must list file paths, got {value!r}")
         if len(value) == 0:
             return None
-        if len(value) > 1:
-            raise DDWError(
-                f"{source}: {key} lists {len(value)} files; this tool fits one tomogram pair per "
-                "job; give one file (run one job per tomogram)"
-            )
-        value = value[0]
+        return str(value[0]) if len(value) == 1 else [str(v) for v in value]
     return None if value is None else str(value)
 
 
@@ -195,7 +193,7 @@ def _from_ddw(raw: dict, source: str) -> LoadedConfig:
             elif key == "batch_size":
                 values["refine_batch_size" if section == "refine_tomogram" else "batch_size"] = value
             elif key in _DDW_FILE_LISTS:
-                path = _single_file(key, value, source)
+                path = _file_list(key, value, source)
                 if path is not None:
                     values[_DDW_FILE_LISTS[key]] = path
             elif key == "mw_angle":

@@ -20,7 +20,11 @@ Files (``out_dir``, written by rank 0 only): ``latest.pt`` (every epoch), ``best
 validation loss; lowest fitting loss without validation cubes), ``epoch_NNNN.pt`` (every
 ``checkpoint_every`` epochs), ``stopped.pt`` (when ``should_stop()`` fired) and ``losses.csv``
 (``epoch,fit_loss,val_loss,seconds``). Resuming from any of them continues exactly
-(mid-epoch for ``stopped.pt``).
+(mid-epoch for ``stopped.pt``). The checkpoints hold no cubes: the wedge-updated cube0s go to
+``fit_state_NNNN.pt`` at each wedge update, named by the checkpoints (core.fit_state).
+
+Several tomograms: ``pairs=[HalfPair, ...]`` — pooled cubes, each masked with its own pair's
+wedge (core.fit_data); one pair is exactly the single-pair fit.
 
 Several GPUs: launch with ``torchrun --nproc-per-node N -m napari_deepdewedge.cli fit ...``.
 The CLI calls :func:`init_distributed_from_env`; ``fit_iter`` then wraps the model in
@@ -29,7 +33,7 @@ is ``batch_size`` (the result matches a single-process run with the same batch s
 
 Where the pieces live: this module holds ``FitConfig``, the data pieces (standardized cube
 stores, input normalization, wedge updates), one fitting step, the validation loss and the
-loop (≈570 lines: they share the cube stores, masks and settings, and the loop reads as the
+loop (≈670 lines: they share the cube stores, masks and settings, and the loop reads as the
 method's recipe); events in ``fit_events.py``, the loss log in ``fit_log.py``, previews in
 ``fit_preview.py``, checkpoint payloads in ``checkpoint.py``, devices/AMP/DDP in
 ``fit_parallel.py``, the resume rule in ``resume.py``.
@@ -175,23 +179,16 @@ class FitConfig:
 # --------------------------------------------------------------------------------------------
 # small pieces of the loop
 # --------------------------------------------------------------------------------------------
-def _standardize_pairs_(pairs: torch.Tensor, stats) -> torch.Tensor:
-    """In place: channel h of the ``(N, 2, E, E, E)`` pair store ← (x − mean_h) / std_h."""
-    if stats is not None:
-        for h in (0, 1):
-            pairs[:, h].sub_(float(stats[h][0])).div_(float(stats[h][1]))
-    return pairs
-
-
 def _center_crop(cubes: torch.Tensor, s: int) -> torch.Tensor:
     E = cubes.shape[-1]
     a = E // 2 - s // 2
     return cubes[..., a:a + s, a:a + s, a:a + s]
 
 
-def input_normalization(fit0: torch.Tensor, mask_s: torch.Tensor, s: int, device, chunk: int = 8):
+def input_normalization(fit0: torch.Tensor, mask_s, s: int, device, chunk: int = 8, *, mask_of=None):
     """``(loc, scale)`` of the model inputs: mean of per-cube means and √(mean of per-cube
-    variances) of ``F⁻¹(M·F(centre crop of cube0))`` over all fitting cubes."""
+    variances) of ``F⁻¹(M·F(centre crop of cube0))`` over all fitting cubes. ``mask_of(index)``
+    (optional) gives the masks of the cubes ``index`` (several pairs) instead of ``mask_s``."""
     from .loss import model_input
     from .rotation import match_resampling
 
@@ -199,7 +196,8 @@ def input_normalization(fit0: torch.Tensor, mask_s: torch.Tensor, s: int, device
     with torch.no_grad():
         for i in range(0, fit0.shape[0], chunk):
             # un-rotated crops, filtered to the noise statistics of the rotated fitting inputs
-            x = match_resampling(model_input(_center_crop(fit0[i:i + chunk], s).to(device), mask_s))
+            m = mask_s if mask_of is None else mask_of(torch.arange(i, min(i + chunk, fit0.shape[0])))
+            x = match_resampling(model_input(_center_crop(fit0[i:i + chunk], s).to(device), m))
             flat = x.reshape(x.shape[0], -1).double()
             means.append(flat.mean(dim=1))
             variances.append(flat.var(dim=1, unbiased=False))
@@ -208,15 +206,16 @@ def input_normalization(fit0: torch.Tensor, mask_s: torch.Tensor, s: int, device
     return loc, scale
 
 
-def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, device, batch_size: int,
-                  *, rank: int = 0, world: int = 1, amp: bool = False) -> torch.Tensor:
+def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_size: int,
+                  *, rank: int = 0, world: int = 1, amp: bool = False, mask_of=None) -> torch.Tensor:
     """Replace the unobserved frequencies of every (un-rotated) cube0 by the model's prediction:
     ``cube0 ← F⁻¹(M·F(cube0) + (1 − M)·F(f(M·cube0)))``. Cubes whose edge is not a multiple
     of ``2**depth`` are reflect-padded at the far side for the model and cropped back.
     ``fit0`` (``(N, 1, E, E, E)``, possibly a view of the pair store) is updated in place and
     returned. Each cube depends only on itself, so one process overwrites batch by batch; with
     several ranks each computes a share, the shares are summed across ranks (exact: the others
-    are zero) and copied in. ``mask_e`` is the rfft-layout mask of the cube size."""
+    are zero) and copied in. ``mask_e`` is the rfft-layout mask of the cube size; ``mask_of(index)``
+    (optional, several pairs) gives each cube's own mask instead."""
     from .loss import model_input
     from .rotation import match_resampling
 
@@ -229,15 +228,16 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
         for i in range(0, len(mine), batch_size):
             idx = torch.tensor(mine[i:i + batch_size], dtype=torch.long)
             cube = fit0[idx].to(device)
+            me = mask_e if mask_of is None else mask_of(idx)
             spec0 = torch.fft.rfftn(cube, dim=(-3, -2, -1))
-            x = match_resampling(model_input(cube, mask_e))  # the statistics fitting inputs have
+            x = match_resampling(model_input(cube, me))  # the statistics fitting inputs have
             if pad:
                 x = torch.nn.functional.pad(x, (0, pad, 0, pad, 0, pad), mode="reflect")
             with autocast(device, amp):
                 pred = model(x)
             pred = pred.float()[..., :E, :E, :E]
             specp = torch.fft.rfftn(pred, dim=(-3, -2, -1))
-            spec = mask_e * spec0 + (1 - mask_e) * specp
+            spec = me * spec0 + (1 - me) * specp
             out = torch.fft.irfftn(spec, s=(E, E, E), dim=(-3, -2, -1))
             new[idx] = out.to(new.device, new.dtype)
     if world > 1:
@@ -252,21 +252,6 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
 # --------------------------------------------------------------------------------------------
 # the pieces of the loop
 # --------------------------------------------------------------------------------------------
-def _check_inputs(tomo0, tomo1, mask):
-    """The halves as arrays (memory maps stay lazy) of one 3D shape, and the mask as an array."""
-    from .halves import check_same_shape
-
-    tomo0 = tomo0 if isinstance(tomo0, np.memmap) else np.asarray(tomo0)
-    tomo1 = tomo1 if isinstance(tomo1, np.memmap) else np.asarray(tomo1)
-    if tomo0.ndim != 3:
-        raise DDWError(f"the half tomograms must be 3D (Z, Y, X), got shape {tuple(tomo0.shape)}")
-    check_same_shape(tomo0, tomo1, what="half tomograms")
-    if mask is not None:
-        mask = np.asarray(mask)
-        check_same_shape(tomo0, mask, what="tomogram and ROI mask")
-    return tomo0, tomo1, mask
-
-
 def _load_resume(resume, cfg: FitConfig):
     """``(payload, config)`` to resume from (``(None, cfg)`` without ``resume``): a path or an
     already loaded payload; every fixed setting must match (core.resume)."""
@@ -282,20 +267,44 @@ def _load_resume(resume, cfg: FitConfig):
     return payload, resumed_config(cfg, payload, name=name)
 
 
-def _half_stats(cfg: FitConfig, payload, tomo0, tomo1):
-    """Per-half ``(mean, std)`` (the checkpoint's when resuming), or None without standardizing."""
-    from .refine import standardization_stats
+def _pair_stats(cfg: FitConfig, payload, pairs) -> list:
+    """Per pair, per half ``(mean, std)`` (the checkpoint's when resuming), or None each."""
+    from .fit_data import pair_stats
 
     if not cfg.standardize:
-        return None
-    if payload is not None and payload.get("standardization") is not None:
-        return [tuple(float(v) for v in st) for st in payload["standardization"]]
-    return [standardization_stats(tomo0), standardization_stats(tomo1)]
+        return [None] * len(pairs)
+    if payload is not None:
+        saved = [rec.get("standardization") for rec in payload.get("inputs") or []]
+        if len(saved) == len(pairs) and all(st is not None for st in saved):
+            return [[tuple(float(v) for v in h) for h in st] for st in saved]
+        if len(pairs) == 1 and payload.get("standardization") is not None:
+            return [[tuple(float(v) for v in st) for st in payload["standardization"]]]
+    return [pair_stats(pair, True) for pair in pairs]
 
 
-def _restore_cubes(fit_pairs: torch.Tensor, payload) -> None:
-    """Put the checkpoint's wedge-updated cube0s into the pair store (in place)."""
-    saved = payload["fit0"]
+def _check_resume_inputs(payload, pairs) -> None:
+    """The checkpoint's recorded inputs must be as many pairs of the same shapes and wedges."""
+    saved = payload.get("inputs")
+    if not saved:
+        return
+    now = [pair.record() for pair in pairs]
+    if len(saved) != len(now):
+        raise CheckpointError(f"cannot resume: the checkpoint was fitted on {len(saved)} half pairs but this run "
+                              f"has {len(now)}; resume with the same tomograms")
+    for k, (old, new) in enumerate(zip(saved, now)):
+        for key in ("shape", "tilt_range"):
+            if [float(v) for v in old[key]] != [float(v) for v in new[key]]:
+                raise CheckpointError(f"cannot resume: pair {k + 1} ({new['name'] or old['name']}) has {key} "
+                                      f"{new[key]} but the checkpoint's has {old[key]}; resume with the same tomograms")
+
+
+def _restore_cubes(fit_pairs: torch.Tensor, payload, folder) -> None:
+    """Put the checkpoint's wedge-updated cube0s (its fitting-state file) into the pair store."""
+    from .fit_state import resume_cubes
+
+    saved = resume_cubes(payload, folder)
+    if saved is None:  # no wedge update yet: the extracted cubes are the state
+        return
     if not isinstance(saved, torch.Tensor) or tuple(saved.shape) != tuple(fit_pairs[:, 0:1].shape):
         raise CheckpointError(
             f"cannot resume: the checkpoint's fitting cubes have shape {tuple(getattr(saved, 'shape', ()))} but "
@@ -305,14 +314,37 @@ def _restore_cubes(fit_pairs: torch.Tensor, payload) -> None:
     fit_pairs[:, 0:1].copy_(saved)
 
 
-def _build_net(cfg: FitConfig, device, payload):
-    """The U-Net with seeded initial weights (without touching the caller's RNG), or the
-    checkpoint's weights."""
+def _init_weights(init_from, net) -> None:
+    """Fine-tuning: load another fit's weights (a path or payload) into ``net``; its
+    architecture must be ``net``'s (DDWError naming every difference)."""
+    from . import checkpoint as ckpt
+
+    if isinstance(init_from, dict):
+        source, name = ckpt.check_payload(init_from), "the initial model"
+    else:
+        source, name = ckpt.load_checkpoint(init_from), Path(init_from).name
+    theirs, ours = dict(source["arch"] or {}), net.arch_dict()
+    diffs = [f"{k}={theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(set(theirs) | set(ours))
+             if theirs.get(k) != ours.get(k)]
+    if diffs:
+        raise DDWError(f"cannot start from {name}: its U-Net differs from this fit's ({'; '.join(diffs)}); "
+                       "fit with the same channels/depth/residual (or preset) as that model, or drop --init-from")
+    try:
+        net.load_state_dict(source["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"cannot start from {name}: its weights do not fit its U-Net ({str(exc)[:200]})") from None
+
+
+def _build_net(cfg: FitConfig, device, payload, init_from=None):
+    """The U-Net with seeded initial weights (without touching the caller's RNG), the
+    checkpoint's weights (resume) or another fit's weights (``init_from``: fine-tuning)."""
     from .unet import UNet3D
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
+    if init_from is not None and payload is None:
+        _init_weights(init_from, net)
     from . import perf
 
     net = perf.to_channels_last(net.to(device), device)
@@ -334,37 +366,46 @@ def _stop_requested(should_stop, device, world: int) -> bool:
 
 @dataclass
 class _Cubes:
-    """The fitting and validation cube pairs, where they live and how to rotate them."""
+    """The pooled fitting and validation cube pairs of all half pairs, the pair of each cube,
+    each cube's wedge masks, where the cubes live and how to rotate them."""
 
     fit_pairs: torch.Tensor   # (N, 2, E, E, E) channels-last, channel 0 = half 0
     val_pairs: torch.Tensor
     val_rot: torch.Tensor
+    fit_index: torch.Tensor   # (N,) pair of each fitting cube
+    val_index: torch.Tensor   # (Nv,)
+    wedges: object            # fit_data.WedgeMasks
     s: int
     device: torch.device      # the fitting device
     in_place: bool            # stores on the fitting device: rotate straight out of them
+    feeders: dict | None = None  # host stores: fit_data.CubeFeeder per store
 
     def rotated(self, pairs: torch.Tensor, rotations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         from .rotation import rotate_center_crop
 
         if self.in_place:
             return rotate_center_crop(pairs, rotations, self.s, index=index)
-        return rotate_center_crop(pairs[index].to(self.device), rotations, self.s)
+        feeder = self.feeders.get(id(pairs)) if self.feeders else None
+        batch = feeder.take(index) if feeder is not None else pairs[index].to(self.device)
+        return rotate_center_crop(batch, rotations, self.s)
+
+    def prefetch(self, index: torch.Tensor) -> None:
+        """Start moving the fitting cubes ``index`` to the device (host stores under CUDA)."""
+        if not self.in_place and self.feeders:
+            self.feeders[id(self.fit_pairs)].prefetch(index)
 
 
 @dataclass
 class _Masks:
-    """The observed-frequency masks (rfft layout): of the cube size ``s``, of the extraction
-    size ``E`` (wedge updates), and of the validation cubes' fixed rotations (made on first use)."""
+    """The validation cubes' rotated observed-masks (rfft layout, each cube with its own pair's
+    wedge), made on first use; the fitting cubes' masks come from ``_Cubes.wedges`` per batch."""
 
-    s: torch.Tensor
-    e: torch.Tensor
     val: torch.Tensor | None = None
 
 
 def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank: int, world: int,
                      amp: bool) -> float | None:
     """Mean masked Fourier loss over the validation cubes (fixed rotations), or None."""
-    from .fourier import rotated_observed_masks
     from .loss import masked_fourier_loss, model_input
 
     n_val = int(cubes.val_pairs.shape[0])
@@ -372,18 +413,18 @@ def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank:
         return None
     s, device, B = cubes.s, cubes.device, cfg.batch_size
     if masks.val is None:
-        masks.val = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, cubes.val_rot,
-                                              device=device, rfft=True)
+        masks.val = cubes.wedges.rotated(cubes.val_index, cubes.val_rot)
     mine = list(range(rank, n_val, world))
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(mine), B):
             idx = torch.tensor(mine[i:i + B], dtype=torch.long)
             rot = cubes.rotated(cubes.val_pairs, cubes.val_rot[idx].to(device), idx)
-            x = as_input(model_input(rot[:, 0:1], masks.s), device)
+            m = cubes.wedges.crop(cubes.val_index[idx])
+            x = as_input(model_input(rot[:, 0:1], m), device)
             with autocast(device, amp):
                 pred = net(x)
-            loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks.s, masks.val[idx.to(device)],
+            loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)],
                                        wedge_weight=cfg.wedge_weight)
             total += float(loss) * len(idx)
     return all_reduce_sum([total], device, world)[0] / n_val
@@ -392,11 +433,10 @@ def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank:
 def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tensor, gen: torch.Generator,
               cfg: FitConfig, *, rank: int, world: int, amp: bool) -> float:
     """One optimizer step on the cubes ``idx`` (this rank's share of them); the batch's loss."""
-    from .fourier import rotated_observed_masks
     from .loss import masked_fourier_loss, model_input
     from .rotation import random_rotations
 
-    s, device = cubes.s, cubes.device
+    device = cubes.device
     nb = len(idx)
     rots = random_rotations(nb, generator=gen)
     share = torch.tensor_split(torch.arange(nb), world)[rank] if world > 1 else torch.arange(nb)
@@ -405,11 +445,13 @@ def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tenso
     sel = idx[use]
     r_local = rots[use].to(device)
     rot = cubes.rotated(cubes.fit_pairs, r_local, sel)
-    x = as_input(model_input(rot[:, 0:1], masks.s), device)
-    m_r = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, r_local, device=device, rfft=True)
+    pair_of = cubes.fit_index[sel]          # each cube's own wedge: M and M_R of its pair
+    m = cubes.wedges.crop(pair_of)
+    x = as_input(model_input(rot[:, 0:1], m), device)
+    m_r = cubes.wedges.rotated(pair_of, r_local)
     with autocast(device, amp):
         pred = model(x)
-    loss = masked_fourier_loss(pred.float(), rot[:, 1:2], masks.s, m_r, wedge_weight=cfg.wedge_weight)
+    loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, m_r, wedge_weight=cfg.wedge_weight)
     # DDP averages gradients over ranks: weight each rank by its share of the global batch
     weight = n_local * world / nb
     opt.zero_grad(set_to_none=True)
@@ -426,62 +468,95 @@ def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tenso
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
-def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
-             should_stop: Callable[[], bool] | None = None,
+def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=None, resume_dir=None,
+             init_from=None, should_stop: Callable[[], bool] | None = None,
              preview_slab: Callable[[], tuple[int, int]] | None = None) -> Iterator[FitEvent]:
-    """Fit a U-Net to the half tomograms ``tomo0``/``tomo1`` (DESIGN §2.4–2.7), yielding events.
+    """Fit a U-Net to one or more half pairs (DESIGN §2.4–2.7), yielding events.
 
-    ``mask``: optional binary ROI (same shape) for cube selection. ``resume``: a checkpoint
-    path (or its loaded payload) to continue from (exactly); every setting that
-    ``core.resume.RESUME_FIXED`` lists must match the checkpoint's. ``should_stop``: polled
-    before every step; when it returns True the loop saves ``stopped.pt`` (if ``out_dir``) and
-    finishes. ``preview_slab()`` gives the ``(z_start, z_stop)`` rows previewed every
-    ``preview_every`` epochs (default: a central slab of thickness ``subtomo_size``).
+    One pair: ``tomo0``/``tomo1`` with ``config.tilt_min/tilt_max`` and the optional ROI
+    ``mask``. Several: ``pairs`` (a list of :class:`core.fit_data.HalfPair`, ``tomo0``/``tomo1``
+    None); each pair keeps its own tilt range, standardization, ROI and validation share
+    (core.fit_data); ``config``'s tilt range and voxel size become pair 0's. ``resume``: a
+    checkpoint path (or its loaded payload, then ``resume_dir`` is its folder) to continue from
+    (exactly); every setting that ``core.resume.RESUME_FIXED`` lists must match the
+    checkpoint's. ``init_from``: a checkpoint (path or payload) whose weights start a new fit
+    (fine-tuning: fresh optimizer, schedule and normalization; same architecture).
+    ``should_stop``: polled before every step; when it returns True the loop saves
+    ``stopped.pt`` (if ``out_dir``) and finishes. ``preview_slab()`` gives the
+    ``(z_start, z_stop)`` rows of pair 0 previewed every ``preview_every`` epochs (default: a
+    central slab of thickness ``subtomo_size``).
     """
     from . import checkpoint as ckpt
+    from .fit_data import CubeFeeder, HalfPair, WedgeMasks, check_pairs, pool_cubes
     from .fit_log import EpochRecord, EpochTally, LossLog
     from .fit_preview import Previewer
-    from .fourier import observed_mask
-    from .subtomos import extract_subtomos
+    from .fit_state import carry_state, prune_states, save_fit_state
 
     cfg = dataclasses.replace(config).validate()
+    if pairs is None:
+        pairs = [HalfPair(even=tomo0, odd=tomo1, tilt_range=(cfg.tilt_min, cfg.tilt_max), mask=mask,
+                          voxel_size=cfg.voxel_size)]
+    elif tomo0 is not None or tomo1 is not None or mask is not None:
+        raise DDWError("give either tomo0/tomo1 (and mask) or pairs, not both")
+    pairs = check_pairs(pairs)
+    cfg = dataclasses.replace(cfg, tilt_min=pairs[0].tilt_range[0], tilt_max=pairs[0].tilt_range[1],
+                              voxel_size=tuple(pairs[0].voxel_size))
     rank, world = distributed_info()
     main = rank == 0
     device = fit_device(cfg.device, world)
     amp = amp_enabled(device)
     configure_backends(device)
     limit_cpu_threads(device)
-    tomo0, tomo1, mask = _check_inputs(tomo0, tomo1, mask)
     payload, cfg = _load_resume(resume, cfg)
+    if payload is not None:
+        _check_resume_inputs(payload, pairs)
+        if resume_dir is None and not isinstance(resume, dict):
+            resume_dir = Path(resume).parent
 
     # ---- data ------------------------------------------------------------------------------
-    stats = _half_stats(cfg, payload, tomo0, tomo1)
+    stats = _pair_stats(cfg, payload, pairs)
     s = cfg.subtomo_size
-    # cubes are cut from the raw halves and standardized afterwards: no full-size copies
-    sub = extract_subtomos(tomo0, tomo1, s, strides=cfg.strides, mask=mask, min_mask_fraction=cfg.min_mask_fraction,
-                           val_fraction=cfg.val_fraction, seed=cfg.seed, depth=cfg.depth)
+    # cubes are cut from the raw halves and standardized afterwards: no full-size copies;
     # (N, 2, E, E, E) channels-last stores, channel 0 = half 0; cube0s are updated in place
-    fit_pairs = _standardize_pairs_(sub.fit_pairs, stats)
-    val_pairs = _standardize_pairs_(sub.val_pairs, stats)
-    val_rot = sub.val_rotations.float()
-    del sub
+    pooled = pool_cubes(pairs, cfg, stats)
+    fit_pairs, val_pairs = pooled.fit_pairs, pooled.val_pairs
     n_fit, n_val = int(fit_pairs.shape[0]), int(val_pairs.shape[0])
     if n_fit == 0:
         raise DDWError("no fitting sub-tomograms could be extracted; use smaller strides, a smaller subtomo_size "
                        "or a larger ROI mask")
+    state_ref = None  # the fitting-state file the cubes are in (None: as extracted)
     if payload is not None:
-        _restore_cubes(fit_pairs, payload)
+        _restore_cubes(fit_pairs, payload, resume_dir)
+        state_ref = payload.get("fit_state")
     E = int(fit_pairs.shape[-1])
     ddev = data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
-    cubes = _Cubes(fit_pairs.to(ddev), val_pairs.to(ddev), val_rot, s, device, in_place=ddev == device)
+    in_place = ddev == device
+    fit_store, val_store = fit_pairs.to(ddev), val_pairs.to(ddev)
+    feeders = None
+    if not in_place:  # host stores (pinned under CUDA, next batch copied while this one runs)
+        fit_feed, val_feed = CubeFeeder(fit_store, device), CubeFeeder(val_store, device)
+        fit_store, val_store = fit_feed.store, val_feed.store
+        feeders = {id(fit_store): fit_feed, id(val_store): val_feed}
+    wedges = WedgeMasks([pair.tilt_range for pair in pairs], s, E, device)
+    cubes = _Cubes(fit_store, val_store, pooled.val_rot, pooled.fit_index, pooled.val_index, wedges, s, device,
+                   in_place=in_place, feeders=feeders)
+    del pooled, fit_pairs, val_pairs
     fit0 = cubes.fit_pairs[:, 0:1]
-    masks = _Masks(s=observed_mask((s, s, s), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True),
-                   e=observed_mask((E, E, E), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True))
+    masks = _Masks()  # the validation cubes' rotated masks, built once
+
+    def crop_masks(index):
+        return wedges.crop(cubes.fit_index[index])
+
+    def extraction_masks(index):
+        return wedges.extraction(cubes.fit_index[index])
+
+    inputs = [dict(pair.record(), standardization=None if st is None else [list(h) for h in st])
+              for pair, st in zip(pairs, stats)]
 
     # ---- model and optimizer ---------------------------------------------------------------
-    net = _build_net(cfg, device, payload)
+    net = _build_net(cfg, device, payload, init_from)
     if payload is None:
-        net.set_normalization(*input_normalization(fit0, masks.s, s, device))
+        net.set_normalization(*input_normalization(fit0, None, s, device, mask_of=crop_masks))
     model = maybe_compile(net, device, cfg.epochs * int(math.ceil(n_fit / cfg.batch_size)), cfg.compile)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -515,22 +590,30 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
         loss_log = LossLog(out_dir / "losses.csv", history)
+        carry_state(state_ref, resume_dir, out_dir)  # resumed into another folder
+    states_written: set[str] = set()
+    state_refs: dict[str, str | None] = {}  # checkpoint file → the state file it refers to
     latest_path = best_path = None
     if out_dir is not None and payload is not None:
         latest_path = out_dir / "latest.pt" if (out_dir / "latest.pt").exists() else None
         best_path = out_dir / "best.pt" if (out_dir / "best.pt").exists() else None
     previewer = None
     if cfg.preview_every and main:
-        previewer = Previewer(tomo0, tomo1, subtomo_size=s, tilt_min=cfg.tilt_min, tilt_max=cfg.tilt_max,
-                              stats=stats, batch_size=B, device=device, slab=preview_slab)
+        previewer = Previewer(pairs[0].even, pairs[0].odd, subtomo_size=s, tilt_min=cfg.tilt_min,
+                              tilt_max=cfg.tilt_max, stats=stats[0], batch_size=B, device=device, slab=preview_slab)
 
     def save(kind: str, name: str, epoch_completed: int, step: int = 0, cur_perm=None, cur_tally=None):
         payload_now = ckpt.build_fit_payload(
-            net=net, config=cfg, subtomo_size=s, stats=stats, epoch=epoch_completed, step=step,
-            optimizer=opt, scaler=scaler, generator=gen, fit0=fit0, perm=cur_perm,
-            tally=cur_tally or EpochTally(), best_val_loss=best, history=history, n_fit=n_fit, n_val=n_val)
-        # latest.pt keeps its predecessor as latest.prev.pt: one corrupt file is survivable
+            net=net, config=cfg, subtomo_size=s, stats=stats[0], epoch=epoch_completed, step=step,
+            optimizer=opt, scaler=scaler, generator=gen, fit_state=state_ref, perm=cur_perm,
+            tally=cur_tally or EpochTally(), best_val_loss=best, history=history, n_fit=n_fit, n_val=n_val,
+            inputs=inputs)
+        # latest.pt keeps its predecessor as latest.prev.pt: one corrupt file is survivable (and the
+        # fitting state the predecessor refers to is kept with it)
+        if kind == "latest":
+            state_refs["latest.prev.pt"] = state_refs.get("latest.pt")
         write = ckpt.save_rotating if kind == "latest" else ckpt.save_checkpoint
+        state_refs[name] = state_ref
         return CheckpointSaved(epoch=epoch_completed, path=write(out_dir / name, payload_now), kind=kind)
 
     yield FitStarted(n_fit_cubes=n_fit, n_val_cubes=n_val, steps_per_epoch=steps, device=str(device), config=cfg)
@@ -556,6 +639,8 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             if cfg.lr_schedule != "constant":
                 for group in opt.param_groups:
                     group["lr"] = lr_at(cfg.lr, cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs, epoch, step, steps)
+            if step + 1 < steps:
+                cubes.prefetch(perm[(step + 1) * B:(step + 2) * B])
             batch_loss = _fit_step(model, opt, scaler, cubes, masks, idx, gen, cfg, rank=rank, world=world, amp=amp)
             tally.add(batch_loss, len(idx))
             yield StepDone(epoch=epoch, step=step + 1, steps_per_epoch=steps, loss=batch_loss)
@@ -566,8 +651,12 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         val_loss = _validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp) if validated else None
         updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
         if updated:
-            update_wedges(net, fit0, masks.e, cfg.depth, device, B, rank=rank, world=world, amp=amp)
-            net.set_normalization(*input_normalization(fit0, masks.s, s, device))
+            update_wedges(net, fit0, None, cfg.depth, device, B, rank=rank, world=world, amp=amp,
+                          mask_of=extraction_masks)
+            net.set_normalization(*input_normalization(fit0, None, s, device, mask_of=crop_masks))
+            if out_dir is not None and main:  # the cubes changed: the one time they are written
+                state_ref = save_fit_state(out_dir, epoch, fit0)
+                states_written.add(state_ref)
         record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - t_start)
         history.append(record)
         tally = EpochTally()
@@ -587,15 +676,21 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             # order could leave a stale best.pt for good
             if improved:
                 best_path = save("best", "best.pt", epoch).path
+                state_refs["latest.prev.pt"] = state_refs.get("latest.pt")
+                state_refs["latest.pt"] = state_ref
                 latest_path = ckpt.copy_checkpoint(best_path, out_dir / "latest.pt", keep_previous=True)
             else:
                 latest_path = save("latest", "latest.pt", epoch).path
             yield CheckpointSaved(epoch=epoch, path=latest_path, kind="latest")
             if improved:
                 yield CheckpointSaved(epoch=epoch, path=best_path, kind="best")
+            if improved:
+                state_refs["best.pt"] = state_ref
             if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
                 path = ckpt.copy_checkpoint(latest_path, out_dir / f"epoch_{epoch:04d}.pt")
+                state_refs[path.name] = state_ref
                 yield CheckpointSaved(epoch=epoch, path=path, kind="periodic")
+            prune_states(out_dir, states_written, set(state_refs.values()))
 
         if previewer is not None and epoch % cfg.preview_every == 0:
             preview = previewer(net, epoch)

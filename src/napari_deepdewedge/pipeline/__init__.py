@@ -8,8 +8,12 @@ from .halves import Halves, HalvesRequest, halves_paths, reconstruct_halves, wri
 from .names import common_stem, stem_of
 from .outputs import OutputExists, earlier_checkpoints, refuse_earlier_fit, refuse_existing
 from .refining import RefineRequest, refine, refined_paths, write_refined
+from .batch import BatchRefineRequest, RefinePair, find_pairs, refine_batch
+from .project import ProjectRequest, run_project
 
 __all__ = [
+    "BatchRefineRequest", "ProjectRequest", "RefinePair", "find_pairs", "refine_batch",
+    "run_project",
     "FitRequest", "FitResumed", "Halves", "HalvesRequest", "OutputExists", "RefineRequest",
     "common_stem", "earlier_checkpoints", "fit_events", "halves_paths", "plan_fit",
     "reconstruct_halves", "refine", "refined_paths", "refuse_earlier_fit",

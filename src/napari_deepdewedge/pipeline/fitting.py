@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from ..core.pairs import HalfPair  # noqa: F401  (the contract's pipeline.fitting.HalfPair)
 from ..core.fit_events import FitEvent
 from ..core.fit_log import EpochRecord
 
@@ -48,15 +49,41 @@ def plan_fit(requested: "FitConfig", resume, *, given=None) -> "FitConfig":
 
 @dataclass(kw_only=True)
 class FitRequest:
-    """One fit: the two half tomograms ``(Z, Y, X)``, the requested settings, an optional ROI
-    mask and checkpoint to resume from (``given``: see :func:`plan_fit`)."""
+    """One fit: the half pairs (``pairs``, each with its own tilt range, ROI mask and
+    standardization) — or one pair as ``even``/``odd`` ``(Z, Y, X)`` + optional ROI ``mask``
+    with the config's tilt range —, the requested settings, an optional checkpoint to resume
+    from (``given``: see :func:`plan_fit`) or to start from (``init_from``: fine-tuning, weights
+    only, fresh optimizer and schedule, same architecture)."""
 
-    even: object
-    odd: object
     config: "FitConfig"
+    even: object = None
+    odd: object = None
     mask: object = None
+    pairs: list[HalfPair] | None = None
     resume: str | Path | None = None
+    init_from: str | Path | None = None
     given: frozenset | None = None
+
+    def half_pairs(self) -> list[HalfPair]:
+        """The pairs this request fits on (the single-pair fields turned into one pair)."""
+        if self.pairs:
+            if self.even is not None or self.odd is not None or self.mask is not None:
+                from ..core.errors import DDWError
+
+                raise DDWError("a fit request takes either pairs or even/odd (and mask), not both")
+            return list(self.pairs)
+        c = self.config
+        return [HalfPair(even=self.even, odd=self.odd, tilt_range=(c.tilt_min, c.tilt_max), mask=self.mask,
+                         voxel_size=tuple(c.voxel_size))]
+
+    def planned_config(self) -> "FitConfig":
+        """``config`` with pair 0's tilt range and voxel size (what the engine fits with)."""
+        import dataclasses
+
+        first = self.half_pairs()[0]
+        return dataclasses.replace(self.config, tilt_min=float(first.tilt_range[0]),
+                                   tilt_max=float(first.tilt_range[1]),
+                                   voxel_size=tuple(float(v) for v in first.voxel_size))
 
 
 @dataclass
@@ -80,11 +107,16 @@ def fit_events(request: FitRequest, *, should_stop: Callable[[], bool] | None = 
     """
     from ..core.fitting import fit_iter
 
-    config, payload = request.config, None
+    if request.resume is not None and request.init_from is not None:
+        from ..core.errors import DDWError
+
+        raise DDWError("give either a checkpoint to resume (--resume) or one to start from (--init-from), not both")
+    config, payload, resume_dir = request.planned_config(), None, None
     if request.resume is not None:
         payload = _load_resume(request.resume)
-        config = _plan(request.config, payload, request.given, Path(request.resume).name)
+        config = _plan(config, payload, request.given, Path(request.resume).name)
+        resume_dir = Path(request.resume).parent
         yield FitResumed(config=config, epoch=int(payload["epoch"]),
                          history=[EpochRecord.from_list(row) for row in payload.get("history") or []])
-    yield from fit_iter(request.even, request.odd, config, mask=request.mask, resume=payload,
-                        should_stop=should_stop, preview_slab=preview_slab)
+    yield from fit_iter(None, None, config, pairs=request.half_pairs(), resume=payload, resume_dir=resume_dir,
+                        init_from=request.init_from, should_stop=should_stop, preview_slab=preview_slab)

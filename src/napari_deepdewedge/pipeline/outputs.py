@@ -54,6 +54,15 @@ def earlier_checkpoints(out_dir) -> list[Path]:
     return found
 
 
+def resume_point(out_dir) -> Path | None:
+    """The checkpoint an interrupted fit in ``out_dir`` continues from: ``stopped.pt`` when it
+    is newer than ``latest.pt`` (an interrupted fit continues exactly from it), else
+    ``latest.pt``; ``None`` when there is neither."""
+    folder = Path(out_dir)
+    candidates = [folder / n for n in ("latest.pt", "stopped.pt") if (folder / n).exists()]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else None
+
+
 def refuse_earlier_fit(out_dir, *, resume=None, overwrite: bool = False) -> None:
     """A new fit (no ``resume``) into a folder holding an earlier fit's checkpoints is refused
     unless ``overwrite``: its checkpoints would be replaced epoch by epoch.
@@ -67,8 +76,7 @@ def refuse_earlier_fit(out_dir, *, resume=None, overwrite: bool = False) -> None
     if not found:
         return
     folder = Path(out_dir)
-    candidates = [folder / n for n in ("latest.pt", "stopped.pt") if (folder / n).exists()]
-    resume_from = max(candidates, key=lambda p: p.stat().st_mtime_ns) if candidates else found[0]
+    resume_from = resume_point(folder) or found[0]
     raise OutputExists(
         f"{folder} already holds checkpoints of an earlier fit ({', '.join(p.name for p in found[:3])}"
         f"{', …' if len(found) > 3 else ''}); continue it by resuming from {resume_from}, or start "

@@ -59,7 +59,7 @@ def write_refined(out_path, result, voxel_size, origin=(0.0, 0.0, 0.0), *,
                   overwrite: bool = False) -> list[Path]:
     """Write a ``RefineResult`` under the one set of names (see the module docstring).
 
-    The per-half files are written when the result holds them. Refuses (``OutputExists``)
+    The per-half files are written when the result holds them, before the main file. Refuses (``OutputExists``)
     before writing anything if one of the files exists, unless ``overwrite``.
     """
     from ..core.io import write_mrc
@@ -71,4 +71,8 @@ def write_refined(out_path, result, voxel_size, origin=(0.0, 0.0, 0.0), *,
         difference = result.difference if result.difference is not None \
             else result.half0 - result.half1
         volumes += [result.half0, result.half1, difference]
-    return [write_mrc(path, volume, voxel_size, origin) for path, volume in zip(paths, volumes)]
+    # the main file last: a set whose main file exists is complete (each file is written
+    # atomically), which is how a stopped batch knows what it finished (pipeline.batch)
+    for path, volume in list(zip(paths, volumes))[::-1]:
+        write_mrc(path, volume, voxel_size, origin)
+    return paths

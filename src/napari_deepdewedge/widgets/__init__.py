@@ -3,6 +3,7 @@
 Every computation goes through :mod:`napari_deepdewedge.core`. The widgets share one small
 evented state per viewer (:mod:`._state`) instead of calling each other.
 """
+from ._batch_refine import BatchRefineWidget
 from ._combined import DeepDeWedgeWidget
 from ._compare import CompareWidget
 from ._fit import FitWidget
@@ -12,6 +13,7 @@ from ._state import DDWState, state_for
 from ._tiltseries import TiltSeriesWidget
 
 __all__ = [
+    "BatchRefineWidget",
     "CompareWidget",
     "DDWState",
     "DeepDeWedgeWidget",
