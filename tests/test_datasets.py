@@ -201,6 +201,17 @@ fit_model:
 """)
     from_yaml = _request(["fit", "--config", str(ddw), "--out", str(tmp_path / "out")], tmp_path)
     _same_request(flags, from_yaml)
+    # the same file-list keys written flat (no sections), beside our own flat option names
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(f"""tomo0_files: [{tmp_path / 'ts01_even.mrc'}, {tmp_path / 'ts02_even.mrc'}]
+tomo1_files: [{tmp_path / 'ts01_odd.mrc'}, {tmp_path / 'ts02_odd.mrc'}]
+subtomo_size: 16
+channels: 4
+depth: 2
+epochs: 3
+device: cpu
+""")
+    _same_request(flags, _request(["fit", "--config", str(flat), "--out", str(tmp_path / "out")], tmp_path))
     # a pair list with its own tilt columns: the same request
     (tmp_path / "pairs.txt").write_text("# even odd range\nts01_even.mrc ts01_odd.mrc ts01.tlt\n"
                                         "ts02_even.mrc ts02_odd.mrc -48,64\n")
@@ -217,7 +228,7 @@ def test_cli_pair_errors_are_one_line(tmp_path, capsys):
     from napari_deepdewedge import cli
 
     _write_pair(tmp_path, "ts01", 7, (-60, 60))
-    (tmp_path / "bad.txt").write_text("ts01_even.mrc\n")
+    (tmp_path / "bad.txt").write_text("ts01_even.mrc ts01_odd.mrc -60,60 extra\n")
     rc = cli.main(["fit", "--pairs", str(tmp_path / "bad.txt"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "bad.txt line 1" in err[0]

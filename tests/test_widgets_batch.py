@@ -45,32 +45,32 @@ def test_stop_keeps_finished_outputs_and_a_second_run_continues(make_napari_view
     out = tmp_path / "refined"
     panel = _panel(make_napari_viewer, dataset, out)
     panel.start()
-    qtbot.waitUntil(lambda: panel.status.get("finished", 0) >= 1, timeout=120_000)
-    panel.stop()
+    qtbot.waitUntil(lambda: panel.progress_info.get("finished", 0) >= 1, timeout=120_000)
+    panel.stop_button.click()
     qtbot.waitUntil(lambda: not panel.busy, timeout=60_000)
-    assert panel.label.text().startswith("Stopped:"), panel.label.text()
+    assert panel.status.text().startswith("Stopped:"), panel.status.text()
     finished = sorted(p.name for p in out.glob("T*_refined.mrc"))
     assert "T0_refined.mrc" in finished and len(finished) < 3
     first_mtime = (out / "T0_refined.mrc").stat().st_mtime_ns
 
     panel.start()
     qtbot.waitUntil(lambda: not panel.busy, timeout=120_000)
-    assert panel.result is not None, panel.label.text()
+    assert panel.result is not None, panel.status.text()
     assert "T0" in panel.result.skipped
     assert sorted(panel.result.skipped + panel.result.refined) == ["T0", "T1", "T2"]
     assert (out / "T0_refined.mrc").stat().st_mtime_ns == first_mtime
     for k in range(3):
         assert read_mrc(out / f"T{k}_refined.mrc", mmap=False).data.shape == (24, 32, 32)
-    assert panel.label.text().startswith("Done:") and "of 3" in panel.label.text()
+    assert panel.status.text().startswith("Done:") and "of 3" in panel.status.text()
 
 
 def test_bad_input_is_one_notification(make_napari_viewer, dataset, tmp_path, monkeypatch):
-    from napari_deepdewedge.widgets import _batch_refine
+    from napari_deepdewedge.widgets import _panel as panel_module
 
     shown = []
-    monkeypatch.setattr(_batch_refine, "notify_error", shown.append)
+    monkeypatch.setattr(panel_module, "notify_error", shown.append)
     panel = _panel(make_napari_viewer, dataset, tmp_path / "x")
     panel.inputs.setText(str(tmp_path / "*_none.mrc"))
-    panel.start()
+    assert panel.start() is False
     assert len(shown) == 1 and "no file matches" in shown[0]
     assert not panel.busy

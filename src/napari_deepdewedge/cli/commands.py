@@ -71,7 +71,9 @@ def cmd_fit(args) -> int:
         out = fit_out_dir(args)
         request = fit_request(args, out)
         claim_fit_folder(args, out)
-        info(args, memory_line(request.pairs, request.config))
+        estimate = memory_line(request.pairs, request.config)
+        if estimate is not None:
+            info(args, estimate)
         t0 = time.perf_counter()  # the engine reads the (memory-mapped) halves itself
         finished, interrupted = run_fit(args, request)
         report_fit(args, finished, time.perf_counter() - t0)

@@ -16,42 +16,20 @@ from ..core.errors import DDWError
 
 @dataclass(frozen=True)
 class PairSpec:
-    """One pair as given: paths, its own angle file or (min, max) if any, its ROI mask if any."""
+    """One pair as given: paths, its own (min, max) tilt range if any, its ROI mask if any."""
 
     even: Path
     odd: Path
-    tilt: str | tuple[float, float] | None = None
+    tilt: tuple[float, float] | None = None
     mask: Path | None = None
 
 
-def _tilt_field(text: str, where: str, folder: Path):
-    if "," in text:
-        try:
-            lo, hi = (float(v) for v in text.split(","))
-        except ValueError:
-            raise DDWError(f"{where}: tilt range '{text}' is not MIN,MAX in degrees (e.g. -60,60)") from None
-        return (lo, hi)
-    return str(folder / text)
-
-
 def read_pair_list(path) -> list[PairSpec]:
-    """Pairs from a text file: ``EVEN ODD [ANGLES.tlt | MIN,MAX]`` per line (# comments)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DDWError(f"{path}: pair list not found; give a text file with lines 'EVEN ODD [ANGLES or MIN,MAX]'")
-    folder, specs = path.parent, []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        where = f"{path.name} line {number}"
-        if len(fields) not in (2, 3):
-            raise DDWError(f"{where}: expected 'EVEN ODD [ANGLES or MIN,MAX]', got {len(fields)} fields")
-        tilt = _tilt_field(fields[2], where, folder) if len(fields) == 3 else None
-        specs.append(PairSpec(folder / fields[0], folder / fields[1], tilt))
-    if not specs:
-        raise DDWError(f"{path}: the pair list holds no pairs; one line per pair: 'EVEN ODD [ANGLES or MIN,MAX]'")
-    return specs
+    """Pairs from a list file, parsed by the one reader the batch refinement uses too
+    (:func:`pipeline.batch.read_pair_list`: ``EVEN [ODD [ANGLES.tlt | MIN,MAX]]`` per line)."""
+    from ..pipeline.batch import read_pair_list as read_list
+
+    return [PairSpec(even, odd, tilt) for even, odd, tilt in read_list(path)]
 
 
 def pair_specs(args) -> list[PairSpec]:
@@ -101,10 +79,10 @@ def pair_tilt_range(spec: PairSpec, args) -> tuple[float, float]:
         if tilt is None:
             raise DDWError(f"no tilt range for {spec.even.name}: give --angles FILE or --tilt-range MIN MAX (for all "
                            "pairs), an angle column in --pairs, or put a .tlt beside it")
-    if isinstance(tilt, tuple):
+    if isinstance(tilt, tuple):  # from the list file
         lo, hi = tilt
         check_angle_values([lo, hi], source=f"tilt range of {spec.even.name}")
-    else:
+    else:  # an angle file beside the pair
         angles = read_angles(tilt)
         lo, hi = float(angles.min()), float(angles.max())
     if hi <= lo:
@@ -129,11 +107,14 @@ def load_pairs(args):
     return pairs
 
 
-def memory_line(pairs, config) -> str:
-    """The memory model's estimate for this fit, for the info line printed before it starts."""
+def memory_line(pairs, config) -> str | None:
+    """The memory model's estimate for this fit, for the info line printed before it starts
+    (``None`` when a tomogram holds no cube: the fit's own check then names the problem)."""
     from ..core.pairs import memory_estimate
 
     est = memory_estimate([p.even.shape for p in pairs], config.subtomo_size, config.strides)
+    if 0 in est["cubes"]:
+        return None
     mb = 1024 ** 2
     per = ", ".join(f"{p.name or k + 1}: {n} cubes {b / mb:.0f} MB"
                     for k, (p, n, b) in enumerate(zip(pairs, est["cubes"], est["bytes"])))

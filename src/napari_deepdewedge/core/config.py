@@ -121,6 +121,11 @@ def normalize_config(raw, known_keys=None, source: str = "config") -> LoadedConf
     values, warnings = {}, []
     for key, value in raw.items():
         name = str(key).replace("-", "_")
+        if name in _DDW_FILE_LISTS:  # the original tool's file-list names, written flat
+            path = _file_list(name, value, source)
+            if path is not None:
+                values[_DDW_FILE_LISTS[name]] = path
+            continue
         if known_keys is not None and name not in known_keys:
             warnings.append(f"{source}: unknown key '{key}' ignored")
             continue

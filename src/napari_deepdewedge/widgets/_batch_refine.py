@@ -3,21 +3,14 @@ or a pair list, one ``<stem>_refined.mrc`` each in an output folder; progress pe
 overall; Stop keeps every finished output (running it again skips them)."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from qtpy.QtWidgets import QCheckBox, QPushButton
 
-from ._common import (
-    DDWPanel,
-    add_row,
-    form_layout,
-    hbox,
-    notify_error,
-    notify_info,
-    path_field,
-    tip,
-)
-from ._workers import Job, run_with_progress
+from ._common import add_row, form_layout, hbox, notify_info, path_field, tip
+from ._panel import DDWPanel
+from ._workers import run_with_progress
 
 
 def _batch_job(job, request, status):
@@ -53,8 +46,7 @@ class BatchRefineWidget(DDWPanel):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
-        self._job = None
-        self.status: dict = {}
+        self.progress_info: dict = {}  # current tomogram and finished count, written by the job
         self.result = None
         lay = self.vbox(self)
         form = form_layout()
@@ -79,67 +71,68 @@ class BatchRefineWidget(DDWPanel):
         self.stop_button = tip(QPushButton("Stop"), "Stop; finished outputs are kept and "
                                "skipped when you run again.")
         self.stop_button.setEnabled(False)
-        self.run_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
+        self.run_button.clicked.connect(lambda: self.start())
+        self.stop_button.clicked.connect(lambda: self.cancel("Stopping after this tomogram's "
+                                                             "current tile…"))
         lay.addWidget(hbox(self.run_button, self.stop_button))
-        self.bar, self.label = self.make_progress()
-        lay.addWidget(self.bar)
-        lay.addWidget(self.label)
+        bar, label = self.make_progress()
+        lay.addWidget(bar)
+        lay.addWidget(label)
 
     def _request(self):
+        from ..core.errors import DDWError
         from ..pipeline.batch import BatchRefineRequest, find_pairs
 
         spec = self.inputs.text().strip()
+        if not spec:
+            raise DDWError("no tomograms given: enter a glob of even halves (rec/*_even.mrc) or a "
+                           "pair list (.txt)")
+        model = self.model_path.text().strip()
+        if not model or not Path(model).is_file():
+            raise DDWError(f"model checkpoint '{model}' not found; pick the .pt file of a fit")
+        if not self.out_dir.text().strip():
+            raise DDWError("no output folder chosen; pick one (finished outputs there are kept)")
         is_list = spec.lower().endswith((".txt", ".lst"))
         pairs = find_pairs(list_file=spec) if is_list else find_pairs([spec])
-        if not self.out_dir.text().strip():
-            raise ValueError("choose an output folder")
-        return BatchRefineRequest(model=self.model_path.text().strip(), pairs=pairs,
+        return BatchRefineRequest(model=model, pairs=pairs,
                                   out_dir=Path(self.out_dir.text().strip()),
                                   keep_halves=self.halves.isChecked(),
                                   overwrite=self.overwrite.isChecked())
 
-    def start(self) -> None:
-        from ..core.errors import DDWError
+    def start(self) -> bool:
+        """Refine every pair not finished yet; False (and a notification) if refused."""
+        return self.launch("batch refinement", self._prepare, on_done=self._on_done,
+                           on_event=self._on_progress, on_end=self._on_end,
+                           on_cancelled=self._on_stopped,
+                           controls=(self.run_button,), cancel=self.stop_button,
+                           busy="A batch is already running; wait for it or press Stop.",
+                           start_text="Loading the model…")
 
-        try:
-            request = self._request()
-        except (DDWError, ValueError) as exc:
-            notify_error(str(exc))
-            return
-        self.status = {"total": len(request.pairs), "finished": 0}
+    def _prepare(self):
+        request = self._request()
+        self.progress_info = {"total": len(request.pairs), "finished": 0}
         self.result = None
-        self.run_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
-        self._job = self.start_job(Job("refine many", _batch_job, request, self.status),
-                                   self._on_progress, self._on_done)
-
-    def stop(self) -> None:
-        if self._job is not None:
-            self._job.stop.set()
+        return partial(_batch_job, request=request, status=self.progress_info)
 
     def _on_progress(self, message) -> None:
-        if message.total > 0:
-            self.bar.setRange(0, message.total)
-            self.bar.setValue(message.done)
-        s = self.status
-        if "name" in s:
-            self.label.setText(f"tomogram {s['index'] + 1}/{s['total']}: {s['name']} · "
-                               f"{s.get('finished', 0)}/{s['total']} finished overall")
+        self.show_progress(message)
+        info = self.progress_info
+        if "name" in info:
+            self.set_status(f"tomogram {info['index'] + 1}/{info['total']}: {info['name']} · "
+                            f"{info.get('finished', 0)}/{info['total']} finished overall")
 
-    def _on_done(self, outcome) -> None:
-        self.run_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-        for warning in self.status.get("warnings", []):
+    def _on_end(self) -> None:
+        for warning in self.progress_info.get("warnings", []):
             notify_info(warning)
-        total, finished = self.status.get("total", 0), self.status.get("finished", 0)
-        if outcome.cancelled:
-            self.label.setText(f"Stopped: {finished} of {total} finished and kept; run again to "
-                               "continue")
-        elif outcome.error:
-            self.label.setText("Failed")
-            notify_error(outcome.error)
-        else:
-            self.result = outcome.value
-            self.label.setText(f"Done: {len(self.result.refined)} refined, "
-                               f"{len(self.result.skipped)} kept from before, of {total}")
+
+    def _on_stopped(self) -> None:
+        total, finished = self.progress_info.get("total", 0), self.progress_info.get("finished", 0)
+        self.set_status(f"Stopped: {finished} of {total} finished and kept; run again to continue")
+
+    def _on_done(self, result) -> None:
+        self.result = result
+        total = self.progress_info.get("total", 0)
+        if self.bar is not None:
+            self.bar.setValue(self.bar.maximum())
+        self.set_status(f"Done: {len(result.refined)} refined, {len(result.skipped)} kept from "
+                        f"before, of {total}")

@@ -24,7 +24,7 @@ from ._common import (
     tip,
 )
 from ._halves import HalvesPicker
-from ._names import PREVIEW_NAME
+from ._names import PREVIEW_NAME, layer_stem
 from ._fit_view import FitEventsView
 from ._panel import DDWPanel
 from ._plots import LossPlot
@@ -33,23 +33,38 @@ from ._plots import LossPlot
 Resumed = FitResumed
 
 
-def _fit_job(job, tomo0, tomo1, mask, config, resume, slab):
+def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None):
     """Worker generator: the pipeline's fit_events (as `deepdewedge fit`), one event per
     optimizer step at least. A resume follows the pipeline's one rule (``plan_fit``): the
     checkpoint's fixed settings, the form's changeable ones (``given=frozenset()``: the form's
-    fixed fields are not compared; the dock shows the checkpoint's values when it resumes)."""
+    fixed fields are not compared; the dock shows the checkpoint's values when it resumes).
+    ``source``: the pair's name and file paths, recorded in the checkpoint as the CLI does."""
     from ..pipeline import FitRequest, fit_events
+    from ..pipeline.fitting import HalfPair
 
     tomo0, tomo1 = read_array(tomo0), read_array(tomo1)  # on the worker thread
     if mask is not None:
         mask = read_array(mask) > 0
-    request = FitRequest(even=tomo0, odd=tomo1, config=config, mask=mask, resume=resume or None,
+    pair = HalfPair(even=tomo0, odd=tomo1, tilt_range=(config.tilt_min, config.tilt_max), mask=mask,
+                    voxel_size=tuple(config.voxel_size), **(source or {}))
+    request = FitRequest(pairs=[pair], config=config, resume=resume or None,
                          given=frozenset() if resume else None)
     last = None
     for event in fit_events(request, should_stop=job.stop.is_set, preview_slab=slab):
         last = event
         yield event
     return last
+
+
+def _pair_source(even, odd) -> dict:
+    """What the checkpoint records of the halves: their stem (the name the CLI records) and
+    their files when the layers were opened from files."""
+    def path_of(layer):
+        path = getattr(getattr(layer, "source", None), "path", None)
+        return str(path) if path else None
+
+    name = str((even.metadata or {}).get("ddw_source") or layer_stem(even.name))
+    return {"name": name, "even_path": path_of(even), "odd_path": path_of(odd)}
 
 
 def _spin(lo, hi, value, step=1, suffix=""):
@@ -292,7 +307,7 @@ class FitWidget(FitEventsView, DDWPanel):
             raise DDWError(f"cube size {self.size.value()} is larger than the halves "
                            f"({'×'.join(map(str, even.data.shape))}); choose a cube size of at "
                            f"most {smallest // 8 * 8}")
-        return even, layer_source(even), layer_source(odd), mask
+        return even, odd, layer_source(even), layer_source(odd), mask
 
     def start(self, resume: str | None = None, *, overwrite: bool = False) -> bool:
         """Start fitting (or resume); False (and a notification) if the input is refused.
@@ -331,7 +346,7 @@ class FitWidget(FitEventsView, DDWPanel):
     def _prepare(self, resume):
         from ..core.errors import DDWError
 
-        even, tomo0, tomo1, mask = self._inputs()
+        even, odd, tomo0, tomo1, mask = self._inputs()
         cfg = self.config()
         if cfg.out_dir is None:
             raise DDWError("choose an output folder for the checkpoints (Resume and Refine "
@@ -350,7 +365,7 @@ class FitWidget(FitEventsView, DDWPanel):
         self.bar.setFormat("%p%")
         self.state.fitting = True
         return partial(_fit_job, tomo0=tomo0, tomo1=tomo1, mask=mask, config=cfg,
-                       resume=resume, slab=self._preview_slab)
+                       resume=resume, slab=self._preview_slab, source=_pair_source(even, odd))
 
     def resume(self, path: str | None = None) -> bool:
         """Continue from ``path`` (default: the 'Resume from' field, else the output folder)."""
