@@ -17,11 +17,15 @@ Payload keys (``FORMAT_TAG``/``FORMAT_VERSION`` identify the file):
 ``standardization``   ``[[mean0, std0], [mean1, std1]]`` per half, or ``None`` (not standardized)
 ``epoch``             completed epochs
 ``config``            the ``FitConfig`` as a dict
+``resampling``        how fitting cubes were rotated (``"trilinear"``/``"bspline3"``); absent in
+                      checkpoints written before it was recorded, read as ``"trilinear"``
+``matching_filter``   the filter un-rotated inputs need (``"trilinear-3tap"``/``"bspline3-9tap"``)
 written by fitting, needed only to resume:
 ``step``              optimizer steps done in the epoch after ``epoch`` (0 = epoch boundary)
 ``optimizer``         Adam state dict
 ``rng``               ``{"generator": uint8 tensor}`` (the loop's seeded CPU torch.Generator)
 ``fit0``              the wedge-updated fitting cubes (n, 1, E, E, E), float32
+``val0``              the wedge-updated validation cubes (n, 1, E, E, E), float32
 ``perm``              this epoch's cube order (int64), ``partial`` running sums of the epoch
 ``best_val_loss``     best validation loss so far (or ``None``)
 ``history``           ``[[epoch, fit_loss, val_loss or None, seconds], ...]``
@@ -175,11 +179,25 @@ def _first_line(text: str) -> str:
 
 def model_meta(payload: dict) -> dict:
     """Everything in a payload except the big tensors (weights, optimizer, cubes, RNG)."""
-    skip = {"state_dict", "optimizer", "fit0", "rng", "perm"}
+    skip = {"state_dict", "optimizer", "fit0", "val0", "rng", "perm"}
     meta = {k: v for k, v in payload.items() if k not in skip}
     if "voxel_size" in meta and meta["voxel_size"] is not None:
         meta["voxel_size"] = tuple(float(v) for v in meta["voxel_size"])
     return meta
+
+
+def checkpoint_resampling(meta: dict) -> str:
+    """The resampling a checkpoint was fitted with; ``"trilinear"`` for checkpoints written
+    before it was recorded (all of them were fitted that way)."""
+    from .rotation import RESAMPLING_KINDS
+
+    kind = meta.get("resampling") or "trilinear"
+    if kind not in RESAMPLING_KINDS:
+        raise CheckpointError(
+            f"checkpoint was fitted with resampling '{kind}', which this version does not know "
+            f"({', '.join(RESAMPLING_KINDS)}); refine it with the version that fitted it"
+        )
+    return kind
 
 
 def load_model(path_or_payload, device=None):

@@ -80,6 +80,12 @@ class FitConfig:
     # tuning phantom, 64×160×160, s=32, 16 ch: CC vs truth at epoch 20 0.595 without vs 0.532
     # with the residual (oracle Gaussian 0.569); see bench/quality.py
     residual: bool = False
+    # how fitting cubes are rotated: "trilinear" (grid_sample) or "bspline3" (cubic B-spline,
+    # as the original); un-rotated inputs get the kind's matching filter (core.rotation)
+    resampling: str = "trilinear"
+    # validation cube0s get the same wedge updates as the fitting cube0s (as in the original),
+    # so the validation loss and best.pt see the inputs fitting sees
+    update_val_wedges: bool = True
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
@@ -143,6 +149,9 @@ class FitConfig:
             raise DDWError(
                 f"tilt range [{self.tilt_min}, {self.tilt_max}] is invalid: need -90 < tilt_min < tilt_max < 90 degrees"
             )
+        from .rotation import check_resampling
+
+        check_resampling(self.resampling)
         if self.strides is not None and (len(self.strides) != 3 or any(int(s) < 1 for s in self.strides)):
             raise DDWError(f"strides must be three positive integers (Z, Y, X), got {self.strides}")
         return self
@@ -290,9 +299,11 @@ def _center_crop(cubes: torch.Tensor, s: int) -> torch.Tensor:
     return cubes[..., a:a + s, a:a + s, a:a + s]
 
 
-def input_normalization(fit0: torch.Tensor, mask_s: torch.Tensor, s: int, device, chunk: int = 8):
+def input_normalization(fit0: torch.Tensor, mask_s: torch.Tensor, s: int, device, chunk: int = 8,
+                        resampling: str = "trilinear"):
     """``(loc, scale)`` of the model inputs: mean of per-cube means and √(mean of per-cube
-    variances) of ``F⁻¹(M·F(centre crop of cube0))`` over all fitting cubes."""
+    variances) of ``F⁻¹(M·F(centre crop of cube0))`` over all fitting cubes (through the
+    matching filter of ``resampling``)."""
     from .loss import model_input
     from .rotation import match_resampling
 
@@ -300,7 +311,7 @@ def input_normalization(fit0: torch.Tensor, mask_s: torch.Tensor, s: int, device
     with torch.no_grad():
         for i in range(0, fit0.shape[0], chunk):
             # un-rotated crops, filtered to the noise statistics of the rotated fitting inputs
-            x = match_resampling(model_input(_center_crop(fit0[i:i + chunk], s).to(device), mask_s))
+            x = match_resampling(model_input(_center_crop(fit0[i:i + chunk], s).to(device), mask_s), resampling)
             flat = x.reshape(x.shape[0], -1).double()
             means.append(flat.mean(dim=1))
             variances.append(flat.var(dim=1, unbiased=False))
@@ -310,14 +321,16 @@ def input_normalization(fit0: torch.Tensor, mask_s: torch.Tensor, s: int, device
 
 
 def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, device, batch_size: int,
-                  *, rank: int = 0, world: int = 1, amp: bool = False) -> torch.Tensor:
+                  *, rank: int = 0, world: int = 1, amp: bool = False, resampling: str = "trilinear") -> torch.Tensor:
     """Replace the unobserved frequencies of every (un-rotated) cube0 by the model's prediction:
     ``cube0 ← F⁻¹(M·F(cube0) + (1 − M)·F(f(M·cube0)))``. Cubes whose edge is not a multiple
     of ``2**depth`` are reflect-padded at the far side for the model and cropped back.
     ``fit0`` (``(N, 1, E, E, E)``, possibly a view of the pair store) is updated in place and
     returned. Each cube depends only on itself, so one process overwrites batch by batch; with
     several ranks each computes a share, the shares are summed across ranks (exact: the others
-    are zero) and copied in. ``mask_e`` is the rfft-layout mask of the cube size."""
+    are zero) and copied in. ``mask_e`` is the rfft-layout mask of the cube size. The model
+    input goes through the matching filter of ``resampling`` (the kind the model was fitted
+    with). Used for the fitting and (``FitConfig.update_val_wedges``) the validation cube0s."""
     from .loss import model_input
     from .rotation import match_resampling
 
@@ -331,7 +344,7 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
             idx = torch.tensor(mine[i:i + batch_size], dtype=torch.long)
             cube = fit0[idx].to(device)
             spec0 = torch.fft.rfftn(cube, dim=(-3, -2, -1))
-            x = match_resampling(model_input(cube, mask_e))  # the statistics fitting inputs have
+            x = match_resampling(model_input(cube, mask_e), resampling)  # the statistics fitting inputs have
             if pad:
                 x = torch.nn.functional.pad(x, (0, pad, 0, pad, 0, pad), mode="reflect")
             with _autocast(device, amp):
@@ -389,7 +402,7 @@ def _append_csv(path: Path, row) -> None:
 
 #: config fields that must match for a resume (they define data, model or sampling)
 _RESUME_FIXED = ("subtomo_size", "channels", "depth", "batch_size", "val_fraction", "strides",
-                 "min_mask_fraction", "tilt_min", "tilt_max", "standardize", "seed", "residual")
+                 "min_mask_fraction", "tilt_min", "tilt_max", "standardize", "seed", "residual", "resampling")
 
 
 def _check_resume(payload: dict, cfg: FitConfig, name: str) -> None:
@@ -433,7 +446,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     from .halves import check_same_shape
     from .loss import masked_fourier_loss, model_input
     from .refine import predict_tiled, prepare_half, standardization_stats
-    from .rotation import random_rotations, rotate_center_crop
+    from .rotation import MATCHING_FILTERS, bspline_prefilter, random_rotations, rotate_center_crop_kind
     from .subtomos import extract_subtomos
     from .unet import UNet3D
 
@@ -488,15 +501,29 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
                 "settings"
             )
         fit_pairs[:, 0:1].copy_(saved)
+        saved_val = payload.get("val0")  # absent in checkpoints from before validation updates
+        if isinstance(saved_val, torch.Tensor) and tuple(saved_val.shape) == tuple(val_pairs[:, 0:1].shape):
+            val_pairs[:, 0:1].copy_(saved_val)
     E = int(fit_pairs.shape[-1])
     ddev = _data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
     fit_pairs, val_pairs = fit_pairs.to(ddev), val_pairs.to(ddev)
     in_place = ddev == device  # rotate straight out of the stores (no batch copy)
+    kind = cfg.resampling
+    # what the rotations read: the pair stores (trilinear) or their cubic B-spline coefficients,
+    # recomputed whenever the cube0s change (a wedge update)
+    coef = {}
+
+    def refresh_coefficients():
+        if kind == "bspline3":
+            coef["fit"], coef["val"] = bspline_prefilter(fit_pairs), bspline_prefilter(val_pairs)
 
     def rotated(pairs, rotations, index):
+        store = coef["fit" if pairs is fit_pairs else "val"] if kind == "bspline3" else pairs
         if in_place:
-            return rotate_center_crop(pairs, rotations, s, index=index)
-        return rotate_center_crop(pairs[index].to(device), rotations, s)
+            return rotate_center_crop_kind(store, rotations, s, kind, index=index)
+        return rotate_center_crop_kind(store[index].to(device), rotations, s, kind)
+
+    refresh_coefficients()
 
     mask_s = observed_mask((s, s, s), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)
     mask_e = observed_mask((E, E, E), cfg.tilt_min, cfg.tilt_max, device=device, rfft=True)
@@ -513,7 +540,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         except RuntimeError as exc:
             raise CheckpointError(f"cannot resume: checkpoint weights do not fit this U-Net ({str(exc)[:200]})") from None
     else:
-        net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device))
+        net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device, resampling=kind))
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -573,6 +600,9 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": {"generator": gen.get_state()},  # the loop draws only from this generator
             "fit0": fit_pairs[:, 0:1].detach().cpu().contiguous(),
+            "val0": val_pairs[:, 0:1].detach().cpu().contiguous(),
+            "resampling": kind,
+            "matching_filter": MATCHING_FILTERS[kind],
             "perm": None if cur_perm is None else cur_perm.clone(),
             "partial": [float(v) for v in cur_partial],
             "best_val_loss": best,
@@ -667,8 +697,13 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
         val_loss = validate() if (epoch % cfg.validate_every == 0 or epoch == cfg.epochs) else None
         updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
         if updated:
-            update_wedges(net, fit_pairs[:, 0:1], mask_e, cfg.depth, device, B, rank=rank, world=world, amp=amp)
-            net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device))
+            update_wedges(net, fit_pairs[:, 0:1], mask_e, cfg.depth, device, B, rank=rank, world=world, amp=amp,
+                          resampling=kind)
+            if cfg.update_val_wedges and n_val:
+                update_wedges(net, val_pairs[:, 0:1], mask_e, cfg.depth, device, B, rank=rank, world=world,
+                              amp=amp, resampling=kind)
+            refresh_coefficients()
+            net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device, resampling=kind))
         seconds = time.perf_counter() - t_start
         history.append([epoch, fit_loss, val_loss, seconds])
         partial = [0.0, 0.0, 0.0]
@@ -709,7 +744,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
                     preview_cache[h] = prepare_half(t, cfg.tilt_min, cfg.tilt_max, None if stats is None else stats[h],
                                                     z_range=(za, zb))
                 out = predict_tiled(net, preview_cache[h], s, overlap=ov, batch_size=B, device=device,
-                                    match_resampling=True)
+                                    match_resampling=True, resampling=kind)
                 out = out[z0 - za:z1 - za]
                 if stats is not None:
                     out = out * np.float32(stats[h][1]) + np.float32(stats[h][0])

@@ -193,7 +193,7 @@ def _amp_context(device):
 def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None, batch_size: int = 4,
                   device=None, progress: Callable[[int, int], None] | None = None,
                   amp: bool | None = None, rows: Callable[[np.ndarray], np.ndarray] | None = None,
-                  match_resampling: bool = False) -> np.ndarray:
+                  match_resampling: bool = False, resampling: str = "trilinear") -> np.ndarray:
     """Run ``model`` over overlapping cubes of ``volume`` and blend; float32 array of its shape.
 
     Works through one band of ``s`` Y rows at a time (rows past the far edge reflected): the
@@ -202,8 +202,9 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     the band runs through the model in batches of ``batch_size``; only the current batch is on
     the device. Memory: the output plus one band. Without ``rows`` the volume is used as is. The
     model may be any module mapping ``(B, 1, s, s, s)`` to the same shape. With
-    ``match_resampling`` every tile goes through :func:`core.rotation.match_resampling` before
-    the model (a network fitted on rotated cubes needs it; see there).
+    ``match_resampling`` every tile goes through :func:`core.rotation.match_resampling` (the
+    filter of ``resampling``, the kind the model was fitted with) before the model (a network
+    fitted on rotated cubes needs it; see there).
     ``progress(done, total)`` after every batch.
     """
     import torch
@@ -247,7 +248,7 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
 
     def run(x):
         if match_resampling:
-            x = _match(x)
+            x = _match(x, resampling)
         if amp and dev.type == "cuda":
             with _amp_context(dev):
                 return model(x)
@@ -302,14 +303,15 @@ def _resolve_stats(tomo, standardize):
 
 def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=None, batch_size=4,
                     device=None, progress=None, standardize=True, amp=None,
-                    match_resampling=True) -> np.ndarray:
+                    match_resampling=True, resampling="trilinear") -> np.ndarray:
     """Refine one half-tomogram with a fitted model (DESIGN §2.8); float32 ``(Z, Y, X)``.
 
     ``standardize``: ``True`` (default) standardizes with the tomogram's own mean/std and
     undoes it afterwards; ``(mean, std)`` uses those; ``False`` leaves values unchanged (for a
     model fitted with ``FitConfig(standardize=False)``). ``match_resampling`` (default on) gives
     the network the noise statistics of its rotated fitting cubes
-    (:func:`core.rotation.match_resampling`). ``progress(done, total)`` per batch.
+    (:func:`core.rotation.match_resampling` of ``resampling``, the kind the model was fitted
+    with). ``progress(done, total)`` per batch.
     """
     tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
     if tomo.ndim != 3:
@@ -318,7 +320,7 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
     prep = RowPreparer((tomo.shape[0], tomo.shape[2]), tilt_min, tilt_max, stats)
     out = predict_tiled(model, tomo, subtomo_size, overlap=overlap, batch_size=batch_size,
                         device=device, progress=progress, amp=amp, rows=prep,
-                        match_resampling=match_resampling)
+                        match_resampling=match_resampling, resampling=resampling)
     if stats is not None:
         out *= np.float32(stats[1])
         out += np.float32(stats[0])
@@ -347,16 +349,37 @@ def _resolve_model(model_or_checkpoint, device):
     return model_or_checkpoint, {}
 
 
+def _resolve_resampling(meta: dict, requested) -> str:
+    """The matching filter's kind: the checkpoint's, unless ``requested`` says otherwise — which
+    is refused when it differs from the checkpoint's (the network would see other statistics)."""
+    from .checkpoint import checkpoint_resampling
+    from .rotation import check_resampling
+
+    fitted = checkpoint_resampling(meta)
+    if requested is None:
+        return fitted
+    check_resampling(requested)
+    if "resampling" in meta or "config" in meta or "arch" in meta:  # a checkpoint: compare
+        if requested != fitted:
+            raise DDWError(
+                f"the checkpoint was fitted with '{fitted}' resampling but refinement was asked to use "
+                f"'{requested}'; refine with resampling='{fitted}' (or None to follow the checkpoint)"
+            )
+    return requested
+
+
 def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size=4, device=None,
                   keep_halves=False, progress=None, subtomo_size=None, tilt_min=None, tilt_max=None,
-                  standardize=None, match_resampling=True) -> RefineResult:
+                  standardize=None, match_resampling=True, resampling=None) -> RefineResult:
     """Refine both halves and average them.
 
     ``model_or_checkpoint``: a checkpoint path or payload (subtomo size, tilt range and whether
     to standardize come from it), a ``(model, meta)`` pair as returned by ``load_model``, or a
     bare module (then ``subtomo_size``, ``tilt_min`` and ``tilt_max`` are required).
     Keyword arguments override the checkpoint's values. ``progress(done, total)`` counts
-    batches over both halves.
+    batches over both halves. ``resampling``: the kind of matching filter to use; ``None``
+    adapts to the checkpoint's (``"trilinear"`` for a bare module or an old checkpoint), and a
+    kind that differs from the checkpoint's raises :class:`DDWError` naming both.
     """
     from .device import pick_device
     from .halves import check_same_shape
@@ -372,6 +395,7 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
             f"refinement needs {', '.join(missing)}; pass a checkpoint (which stores them) or give them "
             "explicitly together with the model"
         )
+    kind = _resolve_resampling(meta, resampling)
     if standardize is None:
         standardize = meta.get("standardization", True) is not None  # checkpoint said: not standardized
     tomo0 = tomo0 if isinstance(tomo0, np.memmap) else np.asarray(tomo0)
@@ -385,7 +409,7 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
         return lambda done, total: progress(h * total + done, 2 * total)
 
     kw = dict(subtomo_size=int(s), overlap=ov, batch_size=batch_size, device=dev, standardize=standardize,
-              match_resampling=match_resampling)
+              match_resampling=match_resampling, resampling=kind)
     r0 = refine_tomogram(model, tomo0, tmin, tmax, progress=half_progress(0), **kw)
     r1 = refine_tomogram(model, tomo1, tmin, tmax, progress=half_progress(1), **kw)
     if keep_halves:
