@@ -500,3 +500,22 @@ def test_demo_tiny(tmp_path, capsys):
     for key in ("fbp_full", "fbp_even_odd_mean", "refined"):
         assert -1.0 <= figures["cc"][key] <= 1.0
     assert figures["cc"]["fbp_full"] > 0.1  # the reconstruction resembles the phantom
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_ddw_yaml_residual_reaches_fit_config(tmp_path, capsys, residual):
+    """unet_params_dict.residual of the original layout sets FitConfig.residual (both ways, so
+    neither the default nor a preset can pass for it)."""
+    text = DDW_YAML.replace("drop_prob: 0.0}", f"drop_prob: 0.0, residual: {str(residual).lower()}}}")
+    args = _fit_args(tmp_path, text)
+    cfg = cli._fit_config(args, tilt_range=cli._tilt_range_for_fit(args), out_dir="o", voxel_size=(1, 1, 1))
+    assert cfg.residual is residual
+    assert "residual" not in capsys.readouterr().err  # translated, not warned about as unknown
+
+
+def test_ddw_yaml_residual_must_be_boolean(tmp_path):
+    from napari_deepdewedge.core.config import normalize_config
+    from napari_deepdewedge.core.errors import DDWError
+
+    with pytest.raises(DDWError, match="residual must be true or false"):
+        normalize_config({"fit_model": {"unet_params_dict": {"residual": "yes"}}})

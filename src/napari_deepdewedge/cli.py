@@ -604,6 +604,7 @@ def _fit_config(args, *, tilt_range, out_dir, voxel_size):
         "update_every", "validate_every", "checkpoint_every", "min_mask_fraction", "standardize",
         "seed", "device", "strides")}
     options["tilt_range"] = list(tilt_range)
+    options["residual"] = getattr(args, "config_values", {}).get("residual")  # config only (no flag)
     return fit_config_from_options(options, preset=_pick_preset(args),
                                    out_dir=None if out_dir is None else str(out_dir),
                                    voxel_size=tuple(float(v) for v in voxel_size))
