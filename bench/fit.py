@@ -5,6 +5,8 @@ Run:  python bench/fit.py            (all parts, default sizes)
       python bench/fit.py --quick    (s = 48 only; seconds on a laptop CPU)
       python bench/fit.py --device cuda
       python bench/fit.py --threads 1   (the figure to quote on a shared machine)
+      python bench/fit.py --device cuda --tutorial   (= bench/gpu.sh: the original tutorial's job
+                                        size on a GPU; says so and exits 0 without one)
 
 (a) one batch of fitting samples as the fitting loop should make them: random rotation →
     rotate+centre-crop of cube0 and cube1 together, read in place from the channels-last pair
@@ -183,15 +185,92 @@ def bench_fit_step(s: int, channels: int, batch_size: int, reps: int, device) ->
     return batch_size / float(steps.min())
 
 
+#: the original DeepDeWedge tutorial's job: 144 fitting cubes of 96³, 64 channels, batch 5,
+#: 1000 epochs (14.5 h on one L40 with the original), refinement of a 300×1000×1000 tomogram
+TUTORIAL = dict(cubes=144, s=96, channels=64, depth=3, batch=5, epochs=1000, update_every=10,
+                refine_shape=(300, 1000, 1000), original_hours=14.5)
+
+
+def tutorial_job(device_name: str, epochs: int = 3) -> int:
+    """(d) The tutorial's job size on a CUDA GPU: a few epochs of ``fit_iter`` (AMP fp16 and
+    channels_last_3d, as it runs on CUDA), the epoch time extrapolated to 1000 epochs (with a
+    wedge update every 10), one refinement of a 300×1000×1000 tomogram, peak GPU memory.
+    Without a CUDA GPU it says so and returns 0."""
+    import numpy as np
+
+    from napari_deepdewedge.core import perf
+    from napari_deepdewedge.core.fitting import EpochDone, FitConfig, fit_iter
+    from napari_deepdewedge.core.refine import refine_tomogram
+
+    if not device_name.startswith("cuda") or not torch.cuda.is_available():
+        print(f"no CUDA GPU on this machine (device '{device_name}', torch.cuda.is_available() = "
+              f"{torch.cuda.is_available()}): the tutorial-size GPU benchmark needs one; nothing to do")
+        return 0
+    device = torch.device(device_name)
+    job = TUTORIAL
+    s, e = job["s"], extraction_size(job["s"])
+    # 4 × 6 × 6 = 144 cubes of edge e at stride s, no validation cubes
+    shape = (e + 3 * s, e + 5 * s, e + 5 * s)
+    rng = np.random.default_rng(0)
+    tomo0 = rng.standard_normal(shape, dtype=np.float32)
+    tomo1 = rng.standard_normal(shape, dtype=np.float32)
+    epochs = max(3, int(epochs))
+    cfg = FitConfig(subtomo_size=s, channels=job["channels"], depth=job["depth"], batch_size=job["batch"],
+                    epochs=epochs, strides=(s, s, s), val_fraction=0.0, update_every=2, validate_every=10**6,
+                    checkpoint_every=0, device=str(device), out_dir=None)
+    dtype = perf.pick_autocast(device)
+    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; autocast {dtype}, channels_last_3d "
+          f"{perf.use_channels_last(device.type)}; tomograms {shape}, {job['cubes']} cubes of {s}³ (from {e}³), "
+          f"{job['channels']} channels, batch {job['batch']}", flush=True)
+    torch.cuda.reset_peak_memory_stats(device)
+    times, n_fit = {}, None
+    for ev in fit_iter(tomo0, tomo1, cfg):
+        if type(ev).__name__ == "FitStarted":
+            n_fit = ev.n_fit_cubes
+        if isinstance(ev, EpochDone):
+            times[ev.epoch] = ev.seconds
+            print(f"  epoch {ev.epoch}: {ev.seconds:.1f} s ({n_fit / ev.seconds:.1f} samples/s)"
+                  + ("  [includes a wedge update]" if ev.epoch % 2 == 0 else "")
+                  + ("  [warm-up]" if ev.epoch == 1 else ""), flush=True)
+    fit_peak = torch.cuda.max_memory_allocated(device) / 2**30
+    plain = [times[k] for k in times if k > 1 and k % 2]
+    epoch_s = min(plain)
+    update_s = max(0.0, times[2] - epoch_s)
+    total_h = (job["epochs"] * epoch_s + job["epochs"] // job["update_every"] * update_s) / 3600
+    print(f"fitting: {n_fit / epoch_s:.1f} samples/s, {epoch_s:.1f} s per epoch, wedge update {update_s:.1f} s → "
+          f"{job['epochs']} epochs ≈ {total_h:.2f} h (the original: {job['original_hours']} h on one L40); "
+          f"peak GPU memory {fit_peak:.2f} GiB", flush=True)
+    del tomo0, tomo1
+    torch.manual_seed(0)
+    from napari_deepdewedge.core.unet import UNet3D
+
+    net = UNet3D(channels=job["channels"], depth=job["depth"], residual=False).to(device)
+    tomo = rng.standard_normal(job["refine_shape"], dtype=np.float32)
+    torch.cuda.reset_peak_memory_stats(device)
+    torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    refine_tomogram(net, tomo, -60, 60, subtomo_size=s, batch_size=8, device=device, amp=True)
+    torch.cuda.synchronize(device)
+    ref_s = time.perf_counter() - t
+    print(f"refinement of {job['refine_shape']}: {ref_s:.1f} s per half ({np.prod(job['refine_shape']) / ref_s / 1e6:.2f} "
+          f"Mvoxels/s), peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+    return 0
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tutorial", action="store_true",
+                    help="the original tutorial's job size on a CUDA GPU (bench/gpu.sh); exits 0 without a GPU")
+    ap.add_argument("--epochs", type=int, default=3, help="--tutorial: epochs to time (≥ 3)")
     ap.add_argument("--quick", action="store_true", help="s = 48 only")
     ap.add_argument("--batch", type=int, default=5)
     ap.add_argument("--reps", type=int, default=1, help="timed network steps per configuration")
     ap.add_argument("--no-network", action="store_true", help="skip (c), the slow part on a CPU")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.tutorial:
+        raise SystemExit(tutorial_job(args.device, args.epochs))
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -89,9 +89,9 @@ def test_progress_batches_and_bounded_batches():
     v = np.random.default_rng(0).standard_normal((20, 40, 40)).astype(np.float32)
     calls = []
     rec = Recorder()
-    rf.refine_tomogram(rec, v, -60, 60, subtomo_size=16, overlap=6, batch_size=4,
+    rf.refine_tomogram(rec, v, -60, 60, subtomo_size=16, overlap=6, batch_size=4, tile_size=16,
                        progress=lambda d, t: calls.append((d, t)))
-    n = rf.n_tiles(v.shape, 16, 6)
+    n = rf.n_tiles(v.shape, 16, 6, tile_size=16)
     assert n == 2 * 4 * 4
     assert calls == [(i + 1, 8) for i in range(8)]
     assert all(sz[0] <= 4 and sz[1:] == (1, 16, 16, 16) for sz in rec.sizes)
@@ -160,3 +160,49 @@ def test_chunked_masking_and_z_range_match_whole_volume():
     np.testing.assert_allclose(slab, whole[3:9], atol=1e-6)
     with pytest.raises(DDWError, match="outside"):
         rf.prepare_half(v, -45, 58, None, z_range=(10, 20))
+
+
+def test_tile_shape_known_answers():
+    # default tiles: larger than the fitting cube, shrunk to equal tiles per axis, multiples of 8
+    assert rf.tile_shape((64, 160, 160), 48, 16, None, 8) == (64, 88, 88)
+    assert rf.tile_shape((128, 512, 512), 48, 16, None, 8) == (72, 88, 88)
+    assert rf.tile_shape((128, 512, 512), 48, 16, 48, 8) == (48, 48, 48)  # today's tiling
+    assert rf.tile_shape((20, 50, 50), 48, 16, None, 8) == (48, 56, 56)  # never below the cube
+    for shape in [(37, 101, 64), (300, 1000, 1000)]:
+        tile = rf.tile_shape(shape, 32, 11, None, 8)
+        assert all(t % 8 == 0 and 32 <= t <= rf.DEFAULT_TILE for t in tile)
+    assert rf.n_tiles((128, 512, 512), 48, 16, multiple=8) == 2 * 7 * 7
+    assert rf.n_tiles((128, 512, 512), 48, 16, tile_size=48) == 4 * 16 * 16
+
+
+def test_tile_batch_size_by_memory():
+    tile = (96, 96, 96)
+    per_tile = 24 * 4 * 16 * 96**3
+    assert rf.tile_batch_size(tile, 16, 4, None) == 4
+    assert rf.tile_batch_size(tile, 16, 4, 10 * per_tile) == 4
+    assert rf.tile_batch_size(tile, 16, 4, 3 * per_tile) == 1
+    assert rf.tile_batch_size(tile, 16, 4, per_tile // 10) == 1
+
+
+def test_default_tiles_cover_short_axes_in_one_tile():
+    v = np.random.default_rng(0).standard_normal((20, 40, 40)).astype(np.float32)
+    rec = Recorder()
+    out = rf.refine_tomogram(rec, v, -60, 60, subtomo_size=16, overlap=6, batch_size=4, standardize=False,
+                             match_resampling=False)
+    assert [sz[1:] for sz in rec.sizes] == [(1, 20, 40, 40)]
+    np.testing.assert_allclose(out, _wedge_masked(v, -60, 60), atol=1e-5)
+
+
+def test_unet_tiles_blend_close_to_whole_volume():
+    # a U-Net's instance norm sees the tile: big tiles (default) stay close to one whole-volume pass
+    from napari_deepdewedge.core.unet import UNet3D
+
+    torch.manual_seed(0)
+    net = UNet3D(channels=4, depth=2).eval()
+    v = np.random.default_rng(3).standard_normal((16, 64, 64)).astype(np.float32)
+    with torch.inference_mode():
+        whole = net(torch.from_numpy(v)[None, None]).numpy()[0, 0]
+    big = rf.predict_tiled(net, v, 16, overlap=6, tile_size=48)
+    small = rf.predict_tiled(net, v, 16, overlap=6, tile_size=16)
+    err_big, err_small = (float(np.abs(x - whole).mean()) for x in (big, small))
+    assert err_big < err_small

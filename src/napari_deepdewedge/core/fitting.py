@@ -86,6 +86,13 @@ class FitConfig:
     # validation cube0s get the same wedge updates as the fitting cube0s (as in the original),
     # so the validation loss and best.pt see the inputs fitting sees
     update_val_wedges: bool = True
+    # torch.compile the U-Net: honoured on CUDA for long runs only (core.perf.decide_compile;
+    # on the CPU it costs 100 s and gains 3 %, so it is never used there)
+    compile: bool = False
+    # time-to-quality levers (core/schedule.py); the defaults keep the original's behaviour
+    lr_schedule: str = "constant"   # or "warmup_cosine"
+    warmup_epochs: int = 0
+    early_stop_patience: int = 0    # epochs without a lower validation loss; 0 = never stop early
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
@@ -130,7 +137,7 @@ class FitConfig:
 
         for name in ("subtomo_size", "channels", "depth", "epochs", "batch_size", "validate_every"):
             positive_int(name)
-        for name in ("update_every", "checkpoint_every", "preview_every"):
+        for name in ("update_every", "checkpoint_every", "preview_every", "warmup_epochs", "early_stop_patience"):
             positive_int(name, 0)
         m = required_multiple(self.depth)
         if self.subtomo_size % m:
@@ -139,6 +146,10 @@ class FitConfig:
                 f"subtomo_size {self.subtomo_size} must be a multiple of {m} (2**depth for depth {self.depth}); "
                 f"use e.g. {lo} or {lo + m}"
             )
+        from .schedule import SCHEDULES
+
+        if self.lr_schedule not in SCHEDULES:
+            raise DDWError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DDWError(f"learning rate must be a positive number, got {self.lr}; the default is 4e-4")
         if not 0 <= self.val_fraction < 1:
@@ -217,8 +228,11 @@ class FitFinished:
 # device, mixed precision, distributed
 # --------------------------------------------------------------------------------------------
 def amp_enabled(device) -> bool:
-    """Mixed precision (autocast float16 + GradScaler) is used on CUDA only."""
-    return torch.device(device).type == "cuda"
+    """Mixed precision: fp16 autocast + GradScaler on CUDA, bf16 autocast on a CPU whose quick
+    probe finds it faster (``core.perf.pick_autocast``), fp32 otherwise."""
+    from .perf import pick_autocast
+
+    return pick_autocast(device) is not None
 
 
 def configure_backends(device) -> None:
@@ -364,9 +378,9 @@ def update_wedges(model, fit0: torch.Tensor, mask_e: torch.Tensor, depth: int, d
 
 
 def _autocast(device, enabled: bool):
-    if enabled and torch.device(device).type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+    from .perf import autocast, pick_autocast
+
+    return autocast(device, pick_autocast(device)) if enabled else contextlib.nullcontext()
 
 
 def _data_device(device, nbytes: int):
@@ -442,11 +456,13 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     slab of thickness ``subtomo_size``).
     """
     from . import checkpoint as ckpt
+    from . import perf
     from .fourier import observed_mask, rotated_observed_masks
     from .halves import check_same_shape
     from .loss import masked_fourier_loss, model_input
     from .refine import predict_tiled, prepare_half, standardization_stats
     from .rotation import MATCHING_FILTERS, bspline_prefilter, random_rotations, rotate_center_crop_kind
+    from .schedule import lr_at, should_stop_early
     from .subtomos import extract_subtomos
     from .unet import UNet3D
 
@@ -456,6 +472,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     device = _fit_device(cfg.device, world)
     amp = amp_enabled(device)
     configure_backends(device)
+    perf.limit_cpu_threads(device)
 
     tomo0 = tomo0 if isinstance(tomo0, np.memmap) else np.asarray(tomo0)
     tomo1 = tomo1 if isinstance(tomo1, np.memmap) else np.asarray(tomo1)
@@ -533,7 +550,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
-    net = net.to(device)
+    net = perf.to_channels_last(net.to(device), device)
     if payload is not None:
         try:
             net.load_state_dict(payload["state_dict"])
@@ -541,13 +558,13 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             raise CheckpointError(f"cannot resume: checkpoint weights do not fit this U-Net ({str(exc)[:200]})") from None
     else:
         net.set_normalization(*input_normalization(fit_pairs[:, 0:1], mask_s, s, device, resampling=kind))
-    model = net
+    model = perf.maybe_compile(net, device, cfg.epochs * int(math.ceil(n_fit / cfg.batch_size)), cfg.compile)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
+    scaler = torch.amp.GradScaler("cuda") if amp and perf.needs_grad_scaler(perf.pick_autocast(device)) else None
     gen = torch.Generator(device="cpu")
     gen.manual_seed(cfg.seed)
 
@@ -635,7 +652,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             for i in range(0, len(mine), B):
                 idx = torch.tensor(mine[i:i + B], dtype=torch.long)
                 rot = rotated(val_pairs, val_rot[idx].to(device), idx)
-                x = model_input(rot[:, 0:1], mask_s)
+                x = perf.as_input(model_input(rot[:, 0:1], mask_s), device)
                 with _autocast(device, amp):
                     pred = net(x)
                 loss = masked_fourier_loss(pred.float(), rot[:, 1:2], mask_s, val_masks[idx.to(device)],
@@ -672,13 +689,16 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
             sel = idx[use]
             r_local = rots[use].to(device)
             rot = rotated(fit_pairs, r_local, sel)
-            x = model_input(rot[:, 0:1], mask_s)
+            x = perf.as_input(model_input(rot[:, 0:1], mask_s), device)
             m_r = rotated_observed_masks((s, s, s), cfg.tilt_min, cfg.tilt_max, r_local, device=device, rfft=True)
             with _autocast(device, amp):
                 pred = model(x)
             loss = masked_fourier_loss(pred.float(), rot[:, 1:2], mask_s, m_r, wedge_weight=cfg.wedge_weight)
             # DDP averages gradients over ranks: weight each rank by its share of the global batch
             weight = n_local * world / nb
+            if cfg.lr_schedule != "constant":
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(cfg.lr, cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs, epoch, step, steps)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss * weight).backward()
@@ -751,6 +771,10 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, resume=None,
                 vols.append(out)
             model.train()
             yield PreviewReady(epoch=epoch, z_start=z0, z_stop=z1, volume=(vols[0] + vols[1]) * np.float32(0.5))
+
+        if should_stop_early(history, cfg.early_stop_patience) and epoch < cfg.epochs:
+            yield FitFinished(epochs_done=epoch, stopped=False, latest_path=latest_path, best_path=best_path)
+            return
 
     yield FitFinished(epochs_done=cfg.epochs, stopped=False, latest_path=latest_path, best_path=best_path)
 

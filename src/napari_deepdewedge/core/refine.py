@@ -34,6 +34,8 @@ from .errors import DDWError
 
 #: voxels per chunk when masking a large tomogram (float + complex intermediates ~ 200 MB)
 _MASK_CHUNK_VOXELS = 8 * 1024 * 1024
+#: default refinement tile edge (see predict_tiled); chosen in bench/refine.py --quality
+DEFAULT_TILE = 96
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,41 +176,89 @@ def _check_overlap(size: int, overlap) -> int:
     return overlap
 
 
-def n_tiles(shape, subtomo_size: int, overlap=None) -> int:
-    """Number of cubes that :func:`predict_tiled` runs through the model for ``shape``."""
+def n_tiles(shape, subtomo_size: int, overlap=None, tile_size=None, multiple: int = 1) -> int:
+    """Number of tiles that :func:`predict_tiled` runs through the model for ``shape``
+    (``multiple``: the model's 2**depth)."""
     overlap = _check_overlap(int(subtomo_size), overlap)
-    return math.prod(len(tile_starts(int(n), int(subtomo_size), overlap)) for n in shape)
+    tile = tile_shape(shape, subtomo_size, overlap, tile_size, multiple)
+    return math.prod(len(tile_starts(int(n), t, overlap)) for n, t in zip(shape, tile))
 
 
-def _amp_context(device):
-    import contextlib
+def tile_shape(shape, subtomo_size: int, overlap: int, tile_size, multiple: int) -> tuple[int, int, int]:
+    """Per-axis tile edges for refinement: ``tile_size`` (``None``: :data:`DEFAULT_TILE`,
+    never below ``subtomo_size``), rounded down to a multiple of ``multiple`` (2**depth) and
+    shrunk on an axis that needs fewer voxels (the smallest multiple covering the axis, so a
+    short Z axis is one tile, not two overlapping ones); at least ``subtomo_size`` and more than
+    ``overlap``."""
+    s, m, ov = int(subtomo_size), max(1, int(multiple)), int(overlap)
+    t = max(s, int(tile_size) if tile_size else DEFAULT_TILE)
+    t = max(s, t // m * m)
+    out = []
+    for n in (int(v) for v in shape):
+        k = max(1, math.ceil((n - ov) / (t - ov)))  # tiles this axis needs at edge t
+        even = -(-(math.ceil((n - ov) / k) + ov) // m) * m  # the same count of equal, smaller tiles
+        out.append(max(s, min(t, even)))
+    return tuple(out)
 
-    import torch
 
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+def tile_batch_size(tile, channels: int, requested: int, available_bytes: int | None = None) -> int:
+    """Tiles per forward pass: ``requested``, lowered so that the activations (≈ 24 float32
+    feature maps of the first level per tile, the U-Net forward's peak) stay within half of
+    ``available_bytes`` (``None``: unknown → ``requested``)."""
+    if not available_bytes:
+        return max(1, int(requested))
+    per_tile = 24 * 4 * int(channels) * math.prod(int(n) for n in tile)
+    return max(1, min(int(requested), int(0.5 * available_bytes // per_tile)))
+
+
+def _free_memory(dev) -> int | None:
+    """Free memory of the device the tiles run on (``None``: unknown; then the requested batch)."""
+    if dev.type == "cuda":
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0])
+        except Exception:
+            return None
+    return _available_memory() if dev.type == "cpu" else None
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None, batch_size: int = 4,
                   device=None, progress: Callable[[int, int], None] | None = None,
                   amp: bool | None = None, rows: Callable[[np.ndarray], np.ndarray] | None = None,
-                  match_resampling: bool = False, resampling: str = "trilinear") -> np.ndarray:
-    """Run ``model`` over overlapping cubes of ``volume`` and blend; float32 array of its shape.
+                  match_resampling: bool = False, tile_size: int | None = None,
+                  resampling: str = "trilinear") -> np.ndarray:
+    """Run ``model`` over overlapping tiles of ``volume`` and blend; float32 array of its shape.
 
-    Works through one band of ``s`` Y rows at a time (rows past the far edge reflected): the
-    band is read, passed through ``rows`` when given (e.g. a :class:`RowPreparer`, so that
-    ``volume`` can be the raw tomogram and only one band is ever prepared), and every tile of
-    the band runs through the model in batches of ``batch_size``; only the current batch is on
-    the device. Memory: the output plus one band. Without ``rows`` the volume is used as is. The
-    model may be any module mapping ``(B, 1, s, s, s)`` to the same shape. With
-    ``match_resampling`` every tile goes through :func:`core.rotation.match_resampling` (the
-    filter of ``resampling``, the kind the model was fitted with) before the model (a network
-    fitted on rotated cubes needs it; see there).
-    ``progress(done, total)`` after every batch.
+    Tiles have edge ``tile_size`` (``None``: :data:`DEFAULT_TILE`; ``subtomo_size`` gives the
+    fitting cube as tiles), shrunk per axis to what the axis needs (:func:`tile_shape`), and
+    overlap by ``overlap`` voxels (default ``ceil(subtomo_size/3)``). Works through one band of
+    tile rows in Y at a time (rows past the far edge reflected): the band is read, passed through
+    ``rows`` when given (e.g. a :class:`RowPreparer`, so that ``volume`` can be the raw tomogram
+    and only one band is ever prepared), and every tile of the band runs through the model in
+    batches of at most ``batch_size`` (fewer when memory is short, :func:`tile_batch_size`);
+    only the current batch is on the device. Memory: the output plus one band. Without ``rows``
+    the volume is used as is. The model may be any module mapping ``(B, 1, z, y, x)`` to the
+    same shape (a :class:`core.unet.UNet3D` runs channels-last, under the autocast of
+    :func:`core.perf.pick_autocast` when ``amp``, default on CUDA). With ``match_resampling``
+    every tile goes through :func:`core.rotation.match_resampling` (the filter of ``resampling``,
+    the kind the model was fitted with) before the model (a network fitted on rotated cubes
+    needs it; see there). ``progress(done, total)`` after every batch.
     """
     import torch
 
+    from . import perf
     from .device import pick_device
 
     s = int(subtomo_size)
@@ -224,35 +274,39 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     dev = pick_device(device)
     if amp is None:
         amp = dev.type == "cuda"
+    dtype = perf.pick_autocast(dev) if amp else None
     shape = tuple(int(n) for n in vol.shape)
-    (zst, zw), (yst, yw), (xst, xw) = (axis_weights(n, s, overlap) for n in shape)
-    zi, yi, xi = (reflect_index(n, st[-1] + s) for n, st in zip(shape, (zst, yst, xst)))
+    depth = int(getattr(model, "depth", 0) or 0)
+    tz, ty, tx = tile = tile_shape(shape, s, overlap, tile_size, 2 ** depth if depth else 1)
+    batch_size = tile_batch_size(tile, int(getattr(model, "channels", 16)), batch_size, _free_memory(dev))
+    (zst, zw), (yst, yw), (xst, xw) = (axis_weights(n, t, overlap) for n, t in zip(shape, tile))
+    zi, yi, xi = (reflect_index(n, st[-1] + t) for n, st, t in zip(shape, (zst, yst, xst), tile))
     tiles = [(a, c) for a in range(len(zst)) for c in range(len(xst))]  # tiles of one band
     per_band = int(math.ceil(len(tiles) / batch_size))
     total = len(yst) * per_band
     out = np.zeros(shape, dtype=np.float32)
+    if isinstance(model, torch.nn.Module):
+        model = perf.to_channels_last(model, dev)
 
-    def axis_sel(st, idx, n, t):
+    def axis_sel(st, idx, n, t, size):
         s0 = st[t]
-        return slice(s0, s0 + s) if s0 + s <= n else idx[s0:s0 + s]
+        return slice(s0, s0 + size) if s0 + size <= n else idx[s0:s0 + size]
 
     def read_tile(band, a, c):
-        zs, xs = axis_sel(zst, zi, shape[0], a), axis_sel(xst, xi, shape[2], c)
+        zs, xs = axis_sel(zst, zi, shape[0], a, tz), axis_sel(xst, xi, shape[2], c, tx)
         if isinstance(zs, slice) and isinstance(xs, slice):
             return band[zs, :, xs]
         zs = np.arange(zs.start, zs.stop) if isinstance(zs, slice) else zs
         xs = np.arange(xs.start, xs.stop) if isinstance(xs, slice) else xs
-        return band[np.ix_(zs, np.arange(s), xs)]
+        return band[np.ix_(zs, np.arange(ty), xs)]
 
     from .rotation import match_resampling as _match
 
     def run(x):
         if match_resampling:
             x = _match(x, resampling)
-        if amp and dev.type == "cuda":
-            with _amp_context(dev):
-                return model(x)
-        return model(x)
+        with perf.autocast(dev, dtype):
+            return model(perf.as_input(x, dev))
 
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -261,9 +315,9 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     try:
         with torch.inference_mode():
             for j, y0 in enumerate(yst):
-                band = vol[:, axis_sel(yst, yi, shape[1], j), :]
+                band = vol[:, axis_sel(yst, yi, shape[1], j, ty), :]
                 band = rows(band) if rows is not None else np.asarray(band, dtype=np.float32)
-                ky = min(s, shape[1] - y0)
+                ky = min(ty, shape[1] - y0)
                 wy = yw[j][None, :ky, None]
                 for b in range(per_band):
                     batch = tiles[b * batch_size:(b + 1) * batch_size]
@@ -272,7 +326,7 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
                     y = y.float().cpu().numpy()[:, 0]
                     for (a, c), pred in zip(batch, y):
                         z0, x0 = zst[a], xst[c]
-                        kz, kx = min(s, shape[0] - z0), min(s, shape[2] - x0)
+                        kz, kx = min(tz, shape[0] - z0), min(tx, shape[2] - x0)
                         w = zw[a][:kz, None, None] * wy * xw[c][None, None, :kx]
                         out[z0:z0 + kz, y0:y0 + ky, x0:x0 + kx] += pred[:kz, :ky, :kx] * w
                     done += 1
@@ -303,7 +357,7 @@ def _resolve_stats(tomo, standardize):
 
 def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=None, batch_size=4,
                     device=None, progress=None, standardize=True, amp=None,
-                    match_resampling=True, resampling="trilinear") -> np.ndarray:
+                    match_resampling=True, tile_size=None, resampling="trilinear") -> np.ndarray:
     """Refine one half-tomogram with a fitted model (DESIGN §2.8); float32 ``(Z, Y, X)``.
 
     ``standardize``: ``True`` (default) standardizes with the tomogram's own mean/std and
@@ -311,7 +365,7 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
     model fitted with ``FitConfig(standardize=False)``). ``match_resampling`` (default on) gives
     the network the noise statistics of its rotated fitting cubes
     (:func:`core.rotation.match_resampling` of ``resampling``, the kind the model was fitted
-    with). ``progress(done, total)`` per batch.
+    with). ``tile_size``: see :func:`predict_tiled`. ``progress(done, total)`` per batch.
     """
     tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
     if tomo.ndim != 3:
@@ -320,7 +374,7 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
     prep = RowPreparer((tomo.shape[0], tomo.shape[2]), tilt_min, tilt_max, stats)
     out = predict_tiled(model, tomo, subtomo_size, overlap=overlap, batch_size=batch_size,
                         device=device, progress=progress, amp=amp, rows=prep,
-                        match_resampling=match_resampling, resampling=resampling)
+                        match_resampling=match_resampling, tile_size=tile_size, resampling=resampling)
     if stats is not None:
         out *= np.float32(stats[1])
         out += np.float32(stats[0])
@@ -370,7 +424,7 @@ def _resolve_resampling(meta: dict, requested) -> str:
 
 def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size=4, device=None,
                   keep_halves=False, progress=None, subtomo_size=None, tilt_min=None, tilt_max=None,
-                  standardize=None, match_resampling=True, resampling=None) -> RefineResult:
+                  standardize=None, match_resampling=True, tile_size=None, resampling=None) -> RefineResult:
     """Refine both halves and average them.
 
     ``model_or_checkpoint``: a checkpoint path or payload (subtomo size, tilt range and whether
@@ -409,7 +463,7 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
         return lambda done, total: progress(h * total + done, 2 * total)
 
     kw = dict(subtomo_size=int(s), overlap=ov, batch_size=batch_size, device=dev, standardize=standardize,
-              match_resampling=match_resampling, resampling=kind)
+              match_resampling=match_resampling, tile_size=tile_size, resampling=kind)
     r0 = refine_tomogram(model, tomo0, tmin, tmax, progress=half_progress(0), **kw)
     r1 = refine_tomogram(model, tomo1, tmin, tmax, progress=half_progress(1), **kw)
     if keep_halves:
