@@ -340,6 +340,25 @@ def print_table(phantom: str, rows: list[Row]) -> None:
             print(f"  {r.name:52s} {r.cc_slab:7.3f} {r.fsc143:10.1f} {r.wedge:10.3f} {cpu:>7s}  {r.note}")
 
 
+def markdown(results: dict) -> str:
+    """The README table of a run's JSON: one block of rows per phantom."""
+    run = results["run"]
+    lines = [f"Run {run['date']} on {run['machine']} ({run['cpu_count']} cores, {run['threads']} threads), "
+             f"{run['size']} size: {'×'.join(map(str, run['shape']))} voxels, s = {run['subtomo_size']}, "
+             f"{run['channels']} channels, depth {run['depth']}, batch {run['batch']}, {run['epochs']} epochs.", "",
+             "| phantom | method | CC in slab | FSC 0.143 (Å) | in-wedge CC | CPU s | note |",
+             "|---|---|---|---|---|---|---|"]
+    for name, ph in results["phantoms"].items():
+        label = f"{name} ({ph['tilt_range'][0]:g}…{ph['tilt_range'][1]:g}°)"
+        for method, r in ph["rows"].items():
+            if r["cc_slab"] is None:
+                lines.append(f"| {label} | {method} | — | — | — | — | {r['note']} |")
+            else:
+                lines.append(f"| {label} | {method} | {r['cc_slab']:.3f} | {r['fsc143']:.1f} | {r['wedge']:.3f} | "
+                             f"{r['cpu']:.0f} | {r['note']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=tuple(SIZES), default="full")
@@ -356,7 +375,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
     ap.add_argument("--figure", default=None, help="PNG of central slices and Fourier x–z slices (first phantom)")
+    ap.add_argument("--render", default=None, metavar="JSON", help="print a run's --json as a Markdown table; exit")
     args = ap.parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return {}
     import torch
 
     torch.set_num_threads(args.threads)

@@ -5,5 +5,5 @@ set -euo pipefail
 VENV=${1:-/work/peers/careamics-venv}
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q "torch==2.13.0"
-"$VENV/bin/pip" install -q careamics
+"$VENV/bin/pip" install -q careamics "torch==2.13.0"  # keep the CPU wheel (else pip pulls a CUDA torch)
 "$VENV/bin/python" -c "import careamics, torch; print('careamics', careamics.__version__, 'torch', torch.__version__)"
