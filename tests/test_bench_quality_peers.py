@@ -1,6 +1,6 @@
 """bench/quality_peers.py --quick: every row of every phantom is produced, measured numbers are
 finite, and a peer without its environment is reported as not run (with its set-up command)
-instead of failing the benchmark. Values are not checked (2 epochs on 32×64×64 mean nothing)."""
+instead of failing the benchmark. Values are not checked (1 epoch on 32×64×64 means nothing)."""
 import importlib.util
 import json
 import math
