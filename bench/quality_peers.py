@@ -36,7 +36,8 @@ cubes not wedge-updated (the refined tomogram comes from best.pt, which that cho
 
 Sizes: ``full`` 64×160×160, s = 32, 16 channels, depth 3, batch 4, 40 epochs (the original's
 CPU settings); ``reduced`` 32×96×96, s = 16, 8 channels, depth 2, batch 8, 10 epochs (what a
-shared 2-core machine finishes in tens of minutes);
+shared 2-core machine finishes in about an hour); ``small`` 32×64×64, same network, 6 epochs
+(what it finishes in tens of minutes under a load of 12);
 ``--quick`` 32×64×64, s = 16, 4 channels, depth 2, batch 4, 1 epoch with a wedge update (a smoke run: numbers
 without meaning). ``--json`` writes every figure; ``--figure`` the slice panel (bench/quality_figure.py).
 """
@@ -71,6 +72,7 @@ PHANTOMS = {  # name: (tilt min, max, step), SNR, slab fraction, particle densit
 SIZES = {  # shape, subtomo size, channels, depth, batch, epochs
     "full": ((64, 160, 160), 32, 16, 3, 4, 40),
     "reduced": ((32, 96, 96), 16, 8, 2, 8, 10),
+    "small": ((32, 64, 64), 16, 8, 2, 8, 6),
     "quick": ((32, 64, 64), 16, 4, 2, 4, 1),
 }
 ABLATIONS = ("residual", "matching", "bspline", "valupdate")
