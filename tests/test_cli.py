@@ -648,3 +648,23 @@ def test_parity_cli_and_pipeline_write_the_same_files(tilt_stack, tmp_path, caps
     weights = [torch.load(d / "model" / "best.pt", weights_only=True)["state_dict"] for d in (by_cli, by_api)]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+@pytest.mark.parametrize("residual", [True, False])
+def test_ddw_yaml_residual_reaches_fit_config(tmp_path, capsys, residual):
+    """unet_params_dict.residual of the original layout sets FitConfig.residual (both ways, so
+    neither the default nor a preset can pass for it)."""
+    text = DDW_YAML.replace("drop_prob: 0.0}", f"drop_prob: 0.0, residual: {str(residual).lower()}}}")
+    args = _fit_args(tmp_path, text)
+    from napari_deepdewedge.cli.fitting import fit_config
+    from napari_deepdewedge.cli.inputs import tilt_range_for_fit
+
+    cfg = fit_config(args, tilt_range=tilt_range_for_fit(args), out_dir="o", voxel_size=(1, 1, 1))
+    assert cfg.residual is residual
+    assert "residual" not in capsys.readouterr().err  # translated, not warned about as unknown
+
+
+def test_ddw_yaml_residual_must_be_boolean(tmp_path):
+    from napari_deepdewedge.core.config import normalize_config
+    from napari_deepdewedge.core.errors import DDWError
+
+    with pytest.raises(DDWError, match="residual must be true or false"):
+        normalize_config({"fit_model": {"unet_params_dict": {"residual": "yes"}}})

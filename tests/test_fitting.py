@@ -277,3 +277,59 @@ def test_quality_beats_fbp_on_held_out_phantom(tmp_path):
     print(f"CC FBP {cc_fbp:.3f} → refined {cc_ref:.3f}; wedge correlation {w_fbp:.3f} → {w_ref:.3f}")
     assert cc_ref > cc_fbp + 0.06
     assert w_ref > w_fbp + 0.15
+
+
+def _standardized_val0(t0, t1, payload):
+    from napari_deepdewedge.core.subtomos import extract_subtomos
+
+    st = payload["standardization"]
+    return extract_subtomos((t0 - st[0][0]) / st[0][1], (t1 - st[1][0]) / st[1][1], 16, strides=(8, 8, 8),
+                            val_fraction=0.2, seed=3, depth=2).val0
+
+
+@pytest.mark.parametrize("update_val", [True, False])
+def test_validation_cubes_get_the_wedge_updates(halves, tmp_path, update_val):
+    """As in the original, a wedge update also fills the validation cube0s' wedges (observed
+    frequencies kept); with update_val_wedges=False they stay as extracted."""
+    from napari_deepdewedge.core.fourier import observed_mask
+
+    t0, t1 = halves
+    cfg = worker.tiny_config(tmp_path, epochs=1, update_every=1, update_val_wedges=update_val)
+    _events(ft.fit_iter(t0, t1, cfg))
+    p = ckpt.load_checkpoint(tmp_path / "latest.pt", require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
+    orig = _standardized_val0(t0, t1, p)
+    assert p["val0"].shape == orig.shape == (2, 1, 24, 24, 24)
+    m = observed_mask((24, 24, 24), -60, 60, rfft=True)
+    f_new, f_old = torch.fft.rfftn(p["val0"], dim=(-3, -2, -1)), torch.fft.rfftn(orig, dim=(-3, -2, -1))
+    scale = f_old.abs().max()
+    assert float(((f_new - f_old) * m).abs().max()) < 1e-4 * scale
+    changed = float(((f_new - f_old) * (1 - m)).abs().max())
+    assert (changed > 1e-2 * scale) if update_val else (changed < 1e-6 * scale)
+
+
+@pytest.mark.parametrize("kind,filt", [("trilinear", "trilinear-3tap"), ("bspline3", "bspline3-9tap")])
+def test_checkpoint_records_resampling_and_refinement_checks_it(halves, tmp_path, kind, filt):
+    from napari_deepdewedge.core.refine import refine_halves
+
+    t0, t1 = halves
+    _events(ft.fit_iter(t0, t1, worker.tiny_config(tmp_path, epochs=1, resampling=kind)))
+    p = ckpt.load_checkpoint(tmp_path / "best.pt")
+    assert (p["resampling"], p["matching_filter"]) == (kind, filt)
+    other = "bspline3" if kind == "trilinear" else "trilinear"
+    with pytest.raises(DDWError, match=f"'{kind}'.*'{other}'"):
+        refine_halves(tmp_path / "best.pt", t0, t1, device="cpu", resampling=other)
+    # adapts by default: the same result as asking for the checkpoint's kind explicitly
+    a = refine_halves(tmp_path / "best.pt", t0, t1, device="cpu").refined
+    b = refine_halves(tmp_path / "best.pt", t0, t1, device="cpu", resampling=kind).refined
+    c = refine_halves(tmp_path / "best.pt", t0, t1, device="cpu", match_resampling=False).refined
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    if kind == "trilinear":  # a checkpoint from before the key existed reads as trilinear
+        old = {k: v for k, v in p.items() if k not in ("resampling", "matching_filter")}
+        assert np.array_equal(refine_halves(old, t0, t1, device="cpu").refined, a)
+        with pytest.raises(DDWError, match="'trilinear'.*'bspline3'"):
+            refine_halves(old, t0, t1, device="cpu", resampling="bspline3")
+
+
+def test_unknown_resampling_is_refused():
+    with pytest.raises(DDWError, match="unknown resampling 'cubic'"):
+        ft.FitConfig(resampling="cubic").validate()

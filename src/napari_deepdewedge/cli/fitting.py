@@ -36,6 +36,7 @@ def fit_config(args, *, tilt_range, out_dir, voxel_size):
 
     options = {k: getattr(args, k, None) for k in FIT_OPTION_KEYS}
     options["tilt_range"] = list(tilt_range)
+    options["residual"] = getattr(args, "config_values", {}).get("residual")  # config only (no flag)
     return fit_config_from_options(options, preset=pick_preset(args),
                                    out_dir=None if out_dir is None else str(out_dir),
                                    voxel_size=tuple(float(v) for v in voxel_size))

@@ -17,12 +17,16 @@ Payload keys (``FORMAT_TAG``/``FORMAT_VERSION`` identify the file):
 ``standardization``   ``[[mean0, std0], [mean1, std1]]`` per half, or ``None`` (not standardized)
 ``epoch``             completed epochs
 ``config``            the ``FitConfig`` as a dict
+``resampling``        how fitting cubes were rotated (``"trilinear"``/``"bspline3"``); absent in
+                      checkpoints written before it was recorded, read as ``"trilinear"``
+``matching_filter``   the filter un-rotated inputs need (``"trilinear-3tap"``/``"bspline3-9tap"``)
 written by fitting, needed only to resume:
 ``step``              optimizer steps done in the epoch after ``epoch`` (0 = epoch boundary)
 ``optimizer``         Adam state dict
 ``rng``               ``{"generator": uint8 tensor}`` (the loop's seeded CPU torch.Generator)
 ``fit_state``         name of the fitting-state file (same folder) holding the wedge-updated
-                      cubes, or ``None`` before the first wedge update (core.fit_state)
+                      fitting cubes ``fit0`` and validation cubes ``val0`` (n, 1, E, E, E),
+                      or ``None`` before the first wedge update (core.fit_state)
 ``inputs``            the half pairs fitted on: ``[{name, even_path, odd_path, shape,
                       tilt_range, voxel_size, standardization}, ...]``
 ``perm``              this epoch's cube order (int64), ``partial`` running sums of the epoch
@@ -273,11 +277,25 @@ def _first_line(text: str) -> str:
 
 def model_meta(payload: dict) -> dict:
     """Everything in a payload except the big tensors (weights, optimizer, cubes, RNG)."""
-    skip = {"state_dict", "optimizer", "fit0", "rng", "perm"}
+    skip = {"state_dict", "optimizer", "fit0", "val0", "rng", "perm"}
     meta = {k: v for k, v in payload.items() if k not in skip}
     if "voxel_size" in meta and meta["voxel_size"] is not None:
         meta["voxel_size"] = tuple(float(v) for v in meta["voxel_size"])
     return meta
+
+
+def checkpoint_resampling(meta: dict) -> str:
+    """The resampling a checkpoint was fitted with; ``"trilinear"`` for checkpoints written
+    before it was recorded (all of them were fitted that way)."""
+    from .rotation import RESAMPLING_KINDS
+
+    kind = meta.get("resampling") or "trilinear"
+    if kind not in RESAMPLING_KINDS:
+        raise CheckpointError(
+            f"checkpoint was fitted with resampling '{kind}', which this version does not know "
+            f"({', '.join(RESAMPLING_KINDS)}); refine it with the version that fitted it"
+        )
+    return kind
 
 
 def load_model(path_or_payload, device=None):
@@ -313,6 +331,13 @@ def load_model(path_or_payload, device=None):
 # --------------------------------------------------------------------------------------------
 # the payload of a fitting run (built by fit_iter, parsed when it resumes)
 # --------------------------------------------------------------------------------------------
+def matching_filter_of(kind: str) -> str:
+    """The name of the filter un-rotated inputs of a model fitted with ``kind`` need."""
+    from .rotation import MATCHING_FILTERS
+
+    return MATCHING_FILTERS[kind]
+
+
 def build_fit_payload(*, net, config, subtomo_size: int, stats, epoch: int, step: int, optimizer,
                       scaler, generator, fit_state, perm, tally, best_val_loss, history, n_fit: int,
                       n_val: int, inputs=None) -> dict:
@@ -341,6 +366,8 @@ def build_fit_payload(*, net, config, subtomo_size: int, stats, epoch: int, step
         "rng": {"generator": generator.get_state()},  # the loop draws only from this generator
         "fit_state": fit_state,
         "inputs": list(inputs or []),
+        "resampling": config.resampling,
+        "matching_filter": matching_filter_of(config.resampling),
         "perm": None if perm is None else perm.clone(),
         "partial": tally.as_list(),
         "best_val_loss": best_val_loss,

@@ -7,7 +7,8 @@ Two layouts are understood and told apart automatically:
 * **deepdewedge**: the layout of the original DeepDeWedge command-line tool (``ddw``), with the
   sections ``shared``, ``prepare_data``, ``fit_model`` and ``refine_tomogram``. Its keys are
   translated to ours (``mw_angle`` → a symmetric ``tilt_range``, ``unet_params_dict.chans`` →
-  ``channels``, ``num_downsample_layers`` → ``depth``, ``adam_params_dict.lr`` → ``lr``, …).
+  ``channels``, ``num_downsample_layers`` → ``depth``, ``unet_params_dict.residual`` →
+  ``residual``, ``adam_params_dict.lr`` → ``lr``, …).
 
 Unknown keys never stop a job: they come back as warning lines. A file that is not valid YAML,
 or values that cannot be used at all, raise :class:`~.errors.DDWError`.
@@ -224,6 +225,10 @@ def _unet_params(params, values, warnings, source, where):
             values["channels"] = value
         elif key == "num_downsample_layers":
             values["depth"] = value
+        elif key == "residual":  # the original's U-Net adds its normalized input to its output
+            if not isinstance(value, bool):
+                raise DDWError(f"{source}: {where}.residual must be true or false, got {value!r}")
+            values["residual"] = value
         elif key == "drop_prob":
             if value not in (None, 0, 0.0):
                 warnings.append(f"{source}: {where}.drop_prob={value} ignored (no dropout here)")
@@ -257,6 +262,7 @@ FIT_FIELDS = (
     "standardize",
     "seed",
     "device",
+    "residual",
 )
 
 

@@ -26,8 +26,10 @@ class Previewer:
     """
 
     def __init__(self, tomo0, tomo1, *, subtomo_size: int, tilt_min: float, tilt_max: float,
-                 stats, batch_size: int, device, slab: Callable[[], tuple[int, int]] | None = None):
+                 stats, batch_size: int, device, slab: Callable[[], tuple[int, int]] | None = None,
+                 resampling: str = "trilinear"):
         self.halves = (tomo0, tomo1)
+        self.resampling = resampling  # the matching filter of the fit's resampling kind
         self.s, self.tilt_min, self.tilt_max = subtomo_size, tilt_min, tilt_max
         self.stats, self.batch_size, self.device = stats, batch_size, device
         self.slab = slab
@@ -57,7 +59,8 @@ class Previewer:
             if h not in self.cache:
                 self.cache[h] = prepare_half(t, self.tilt_min, self.tilt_max, stats, z_range=(za, zb))
             out = predict_tiled(net, self.cache[h], s, overlap=ov, batch_size=self.batch_size,
-                                device=self.device, match_resampling=True)
+                                device=self.device, match_resampling=True,
+                                resampling=self.resampling)
             out = out[z0 - za:z1 - za]
             if stats is not None:
                 out = out * np.float32(stats[1]) + np.float32(stats[0])

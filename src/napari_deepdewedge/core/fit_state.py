@@ -6,8 +6,9 @@ largest part (67 of 90 MB for one 64×160×160 pair before this split) — live 
 ``fit_state_NNNN.pt`` in the same folder, written only when they change (at the wedge update
 of epoch NNNN) and referenced by name from the checkpoint's ``fit_state`` entry (``None``:
 no wedge update yet, the cubes are the freshly extracted ones). A state file is a
-``save_checkpoint`` payload (same format tag) with ``kind = "fitting-state"`` and ``fit0``
-``(N, 1, E, E, E)`` float32, read with ``weights_only=True``.
+``save_checkpoint`` payload (same format tag) with ``kind = "fitting-state"``, ``fit0``
+``(N, 1, E, E, E)`` float32 and ``val0`` (the validation cube0s, which get the same wedge
+updates; absent in states written before they did), read with ``weights_only=True``.
 
 Checkpoints of the earlier format carry ``fit0`` inline; :func:`resume_cubes` still reads them.
 """
@@ -24,23 +25,31 @@ def state_name(epoch: int) -> str:
     return f"fit_state_{int(epoch):04d}.pt"
 
 
-def save_fit_state(folder, epoch: int, fit0) -> str:
+def save_fit_state(folder, epoch: int, fit0, val0=None) -> str:
     """Write the cubes after the wedge update of ``epoch`` (atomically); returns the file name."""
     from .checkpoint import save_checkpoint
 
+    state = {"kind": STATE_KIND, "epoch": int(epoch), "fit0": fit0.detach().cpu().contiguous()}
+    if val0 is not None:
+        state["val0"] = val0.detach().cpu().contiguous()
     name = state_name(epoch)
-    save_checkpoint(Path(folder) / name, {"kind": STATE_KIND, "epoch": int(epoch),
-                                          "fit0": fit0.detach().cpu().contiguous()})
+    save_checkpoint(Path(folder) / name, state)
     return name
 
 
 def resume_cubes(payload: dict, folder):
-    """The wedge-updated cube0s a checkpoint refers to (``None``: the extracted cubes), loaded
-    from ``folder`` (the checkpoint's own folder)."""
+    """The wedge-updated fitting cube0s a checkpoint refers to (``None``: the extracted cubes)."""
+    state = resume_state(payload, folder)
+    return None if state is None else state["fit0"]
+
+
+def resume_state(payload: dict, folder) -> dict | None:
+    """``{"fit0", "val0" (may be absent)}``: the wedge-updated cube0s a checkpoint refers to
+    (``None``: the extracted cubes), loaded from ``folder`` (the checkpoint's own folder)."""
     from .checkpoint import load_checkpoint
 
     if payload.get("fit0") is not None:  # earlier format: inline
-        return payload["fit0"]
+        return {"fit0": payload["fit0"], "val0": payload.get("val0")}
     name = payload.get("fit_state")
     if name is None:
         return None
@@ -54,7 +63,7 @@ def resume_cubes(payload: dict, folder):
     state = load_checkpoint(path, require=("fit0",))
     if state.get("kind") != STATE_KIND:
         raise CheckpointError(f"{path.name} is not a fitting-state file")
-    return state["fit0"]
+    return {"fit0": state["fit0"], "val0": state.get("val0")}
 
 
 def carry_state(name: str | None, src_folder, dst_folder) -> None:

@@ -97,6 +97,14 @@ class FitConfig:
     # tuning phantom, 64×160×160, s=32, 16 ch: CC vs truth at epoch 20 0.595 without vs 0.532
     # with the residual (oracle Gaussian 0.569); see bench/quality.py
     residual: bool = False
+    # how fitting cubes are rotated: "trilinear" (grid_sample) or "bspline3" (cubic B-spline,
+    # as the original); un-rotated inputs get the kind's matching filter (core.rotation).
+    # Trilinear stays the default: bench/quality_peers.py small run (sym60, 32×64×64, s=16,
+    # 8 ch, 6 epochs) CC in slab / in-wedge CC 0.811 / 0.553 trilinear vs 0.794 / 0.425 bspline3
+    resampling: str = "trilinear"
+    # validation cube0s get the same wedge updates as the fitting cube0s (as in the original),
+    # so the validation loss and best.pt see the inputs fitting sees
+    update_val_wedges: bool = True
     # torch.compile the U-Net: honoured on CUDA for long runs only (core.perf.decide_compile;
     # on the CPU it costs 100 s and gains 3 %, so it is never used there)
     compile: bool = False
@@ -171,6 +179,9 @@ class FitConfig:
             raise DDWError(
                 f"tilt range [{self.tilt_min}, {self.tilt_max}] is invalid: need -90 < tilt_min < tilt_max < 90 degrees"
             )
+        from .rotation import check_resampling
+
+        check_resampling(self.resampling)
         if self.strides is not None and (len(self.strides) != 3 or any(int(s) < 1 for s in self.strides)):
             raise DDWError(f"strides must be three positive integers (Z, Y, X), got {self.strides}")
         return self
@@ -185,10 +196,12 @@ def _center_crop(cubes: torch.Tensor, s: int) -> torch.Tensor:
     return cubes[..., a:a + s, a:a + s, a:a + s]
 
 
-def input_normalization(fit0: torch.Tensor, mask_s, s: int, device, chunk: int = 8, *, mask_of=None):
+def input_normalization(fit0: torch.Tensor, mask_s, s: int, device, chunk: int = 8, *, mask_of=None,
+                        resampling: str = "trilinear"):
     """``(loc, scale)`` of the model inputs: mean of per-cube means and √(mean of per-cube
-    variances) of ``F⁻¹(M·F(centre crop of cube0))`` over all fitting cubes. ``mask_of(index)``
-    (optional) gives the masks of the cubes ``index`` (several pairs) instead of ``mask_s``."""
+    variances) of ``F⁻¹(M·F(centre crop of cube0))`` over all fitting cubes (through the
+    matching filter of ``resampling``). ``mask_of(index)`` (optional) gives the masks of the
+    cubes ``index`` (several pairs) instead of ``mask_s``."""
     from .loss import model_input
     from .rotation import match_resampling
 
@@ -197,7 +210,7 @@ def input_normalization(fit0: torch.Tensor, mask_s, s: int, device, chunk: int =
         for i in range(0, fit0.shape[0], chunk):
             # un-rotated crops, filtered to the noise statistics of the rotated fitting inputs
             m = mask_s if mask_of is None else mask_of(torch.arange(i, min(i + chunk, fit0.shape[0])))
-            x = match_resampling(model_input(_center_crop(fit0[i:i + chunk], s).to(device), m))
+            x = match_resampling(model_input(_center_crop(fit0[i:i + chunk], s).to(device), m), resampling)
             flat = x.reshape(x.shape[0], -1).double()
             means.append(flat.mean(dim=1))
             variances.append(flat.var(dim=1, unbiased=False))
@@ -207,7 +220,8 @@ def input_normalization(fit0: torch.Tensor, mask_s, s: int, device, chunk: int =
 
 
 def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_size: int,
-                  *, rank: int = 0, world: int = 1, amp: bool = False, mask_of=None) -> torch.Tensor:
+                  *, rank: int = 0, world: int = 1, amp: bool = False, mask_of=None,
+                  resampling: str = "trilinear") -> torch.Tensor:
     """Replace the unobserved frequencies of every (un-rotated) cube0 by the model's prediction:
     ``cube0 ← F⁻¹(M·F(cube0) + (1 − M)·F(f(M·cube0)))``. Cubes whose edge is not a multiple
     of ``2**depth`` are reflect-padded at the far side for the model and cropped back.
@@ -215,7 +229,9 @@ def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_s
     returned. Each cube depends only on itself, so one process overwrites batch by batch; with
     several ranks each computes a share, the shares are summed across ranks (exact: the others
     are zero) and copied in. ``mask_e`` is the rfft-layout mask of the cube size; ``mask_of(index)``
-    (optional, several pairs) gives each cube's own mask instead."""
+    (optional, several pairs) gives each cube's own mask instead. The model input goes through
+    the matching filter of ``resampling`` (the kind the model was fitted with). Used for the
+    fitting and (``FitConfig.update_val_wedges``) the validation cube0s."""
     from .loss import model_input
     from .rotation import match_resampling
 
@@ -230,7 +246,7 @@ def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_s
             cube = fit0[idx].to(device)
             me = mask_e if mask_of is None else mask_of(idx)
             spec0 = torch.fft.rfftn(cube, dim=(-3, -2, -1))
-            x = match_resampling(model_input(cube, me))  # the statistics fitting inputs have
+            x = match_resampling(model_input(cube, me), resampling)  # the statistics fitting inputs have
             if pad:
                 x = torch.nn.functional.pad(x, (0, pad, 0, pad, 0, pad), mode="reflect")
             with autocast(device, amp):
@@ -298,20 +314,26 @@ def _check_resume_inputs(payload, pairs) -> None:
                                       f"{new[key]} but the checkpoint's has {old[key]}; resume with the same tomograms")
 
 
-def _restore_cubes(fit_pairs: torch.Tensor, payload, folder) -> None:
-    """Put the checkpoint's wedge-updated cube0s (its fitting-state file) into the pair store."""
-    from .fit_state import resume_cubes
+def _restore_cubes(fit_pairs: torch.Tensor, val_pairs: torch.Tensor, payload, folder) -> None:
+    """Put the checkpoint's wedge-updated cube0s (its fitting-state file) into the pair stores:
+    the fitting cubes, and the validation cubes when the state holds them (states written
+    before validation cubes were updated do not: those keep their extracted values)."""
+    from .fit_state import resume_state
 
-    saved = resume_cubes(payload, folder)
+    saved = resume_state(payload, folder)
     if saved is None:  # no wedge update yet: the extracted cubes are the state
         return
-    if not isinstance(saved, torch.Tensor) or tuple(saved.shape) != tuple(fit_pairs[:, 0:1].shape):
+    fit0 = saved["fit0"]
+    if not isinstance(fit0, torch.Tensor) or tuple(fit0.shape) != tuple(fit_pairs[:, 0:1].shape):
         raise CheckpointError(
-            f"cannot resume: the checkpoint's fitting cubes have shape {tuple(getattr(saved, 'shape', ()))} but "
+            f"cannot resume: the checkpoint's fitting cubes have shape {tuple(getattr(fit0, 'shape', ()))} but "
             f"these tomograms give {tuple(fit_pairs[:, 0:1].shape)}; resume with the same tomograms, mask and "
             "settings"
         )
-    fit_pairs[:, 0:1].copy_(saved)
+    fit_pairs[:, 0:1].copy_(fit0)
+    val0 = saved.get("val0")
+    if isinstance(val0, torch.Tensor) and tuple(val0.shape) == tuple(val_pairs[:, 0:1].shape):
+        val_pairs[:, 0:1].copy_(val0)
 
 
 def _init_weights(init_from, net) -> None:
@@ -379,15 +401,30 @@ class _Cubes:
     device: torch.device      # the fitting device
     in_place: bool            # stores on the fitting device: rotate straight out of them
     feeders: dict | None = None  # host stores: fit_data.CubeFeeder per store
+    resampling: str = "trilinear"  # FitConfig.resampling
+    coefficients: dict | None = None  # "bspline3": id(store) → its B-spline coefficients
+
+    def refresh_coefficients(self) -> None:
+        """Cubic B-spline resampling reads coefficients, recomputed whenever the cube0s change
+        (at the start and after each wedge update); trilinear reads the stores themselves."""
+        if self.resampling == "bspline3":
+            from .rotation import bspline_prefilter
+
+            self.coefficients = {id(store): bspline_prefilter(store) for store in (self.fit_pairs, self.val_pairs)}
 
     def rotated(self, pairs: torch.Tensor, rotations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        from .rotation import rotate_center_crop
+        from .rotation import rotate_center_crop_kind
 
+        kind = self.resampling
+        if self.coefficients is not None:  # B-spline coefficients (same layout as the store)
+            pairs = self.coefficients[id(pairs)]
+        elif not self.in_place:
+            feeder = self.feeders.get(id(pairs)) if self.feeders else None
+            if feeder is not None:
+                return rotate_center_crop_kind(feeder.take(index), rotations, self.s, kind)
         if self.in_place:
-            return rotate_center_crop(pairs, rotations, self.s, index=index)
-        feeder = self.feeders.get(id(pairs)) if self.feeders else None
-        batch = feeder.take(index) if feeder is not None else pairs[index].to(self.device)
-        return rotate_center_crop(batch, rotations, self.s)
+            return rotate_center_crop_kind(pairs, rotations, self.s, kind, index=index)
+        return rotate_center_crop_kind(pairs[index].to(self.device), rotations, self.s, kind)
 
     def prefetch(self, index: torch.Tensor) -> None:
         """Start moving the fitting cubes ``index`` to the device (host stores under CUDA)."""
@@ -526,7 +563,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
                        "or a larger ROI mask")
     state_ref = None  # the fitting-state file the cubes are in (None: as extracted)
     if payload is not None:
-        _restore_cubes(fit_pairs, payload, resume_dir)
+        _restore_cubes(fit_pairs, val_pairs, payload, resume_dir)
         state_ref = payload.get("fit_state")
     E = int(fit_pairs.shape[-1])
     ddev = data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
@@ -538,10 +575,12 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
         fit_store, val_store = fit_feed.store, val_feed.store
         feeders = {id(fit_store): fit_feed, id(val_store): val_feed}
     wedges = WedgeMasks([pair.tilt_range for pair in pairs], s, E, device)
+    kind = cfg.resampling
     cubes = _Cubes(fit_store, val_store, pooled.val_rot, pooled.fit_index, pooled.val_index, wedges, s, device,
-                   in_place=in_place, feeders=feeders)
+                   in_place=in_place, feeders=feeders, resampling=kind)
+    cubes.refresh_coefficients()
     del pooled, fit_pairs, val_pairs
-    fit0 = cubes.fit_pairs[:, 0:1]
+    fit0, val0 = cubes.fit_pairs[:, 0:1], cubes.val_pairs[:, 0:1]
     masks = _Masks()  # the validation cubes' rotated masks, built once
 
     def crop_masks(index):
@@ -550,13 +589,16 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     def extraction_masks(index):
         return wedges.extraction(cubes.fit_index[index])
 
+    def val_extraction_masks(index):
+        return wedges.extraction(cubes.val_index[index])
+
     inputs = [dict(pair.record(), standardization=None if st is None else [list(h) for h in st])
               for pair, st in zip(pairs, stats)]
 
     # ---- model and optimizer ---------------------------------------------------------------
     net = _build_net(cfg, device, payload, init_from)
     if payload is None:
-        net.set_normalization(*input_normalization(fit0, None, s, device, mask_of=crop_masks))
+        net.set_normalization(*input_normalization(fit0, None, s, device, mask_of=crop_masks, resampling=kind))
     model = maybe_compile(net, device, cfg.epochs * int(math.ceil(n_fit / cfg.batch_size)), cfg.compile)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -600,7 +642,8 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     previewer = None
     if cfg.preview_every and main:
         previewer = Previewer(pairs[0].even, pairs[0].odd, subtomo_size=s, tilt_min=cfg.tilt_min,
-                              tilt_max=cfg.tilt_max, stats=stats[0], batch_size=B, device=device, slab=preview_slab)
+                              tilt_max=cfg.tilt_max, stats=stats[0], batch_size=B, device=device, slab=preview_slab,
+                              resampling=kind)
 
     def save(kind: str, name: str, epoch_completed: int, step: int = 0, cur_perm=None, cur_tally=None):
         payload_now = ckpt.build_fit_payload(
@@ -652,10 +695,14 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
         updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
         if updated:
             update_wedges(net, fit0, None, cfg.depth, device, B, rank=rank, world=world, amp=amp,
-                          mask_of=extraction_masks)
-            net.set_normalization(*input_normalization(fit0, None, s, device, mask_of=crop_masks))
+                          mask_of=extraction_masks, resampling=kind)
+            if cfg.update_val_wedges and n_val:  # as the original: validation sees what fitting sees
+                update_wedges(net, val0, None, cfg.depth, device, B, rank=rank, world=world, amp=amp,
+                              mask_of=val_extraction_masks, resampling=kind)
+            cubes.refresh_coefficients()
+            net.set_normalization(*input_normalization(fit0, None, s, device, mask_of=crop_masks, resampling=kind))
             if out_dir is not None and main:  # the cubes changed: the one time they are written
-                state_ref = save_fit_state(out_dir, epoch, fit0)
+                state_ref = save_fit_state(out_dir, epoch, fit0, val0)
                 states_written.add(state_ref)
         record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - t_start)
         history.append(record)

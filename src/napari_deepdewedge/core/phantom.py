@@ -338,6 +338,7 @@ def make_phantom(
     beads: int | None = None,
     pixel_size: float = 10.0,
     slab_fraction: float = 0.6,
+    particle_density: float = 1.0,
 ) -> np.ndarray:
     """A seeded cryo-ET-like density map ``(Z, Y, X)`` float32, positive = dense.
 
@@ -345,6 +346,7 @@ def make_phantom(
     ice, about one vesicle per (150 nm)², one filament per (100 nm)², a few gold beads; each at
     least one. Sizes are physical (nm) at ``pixel_size`` Å per voxel and shrink to fit thin
     slabs. The ice slab fills rows ``slab_extent(shape, slab_fraction)``; outside it is 0.
+    ``particle_density`` scales the default particle count (2.0: particles fill ~20 % of the ice).
     """
     Z, Y, X = _check_shape(shape)
     counts = {k: _check_count(v, k) for k, v in
@@ -401,7 +403,7 @@ def make_phantom(
     species = _particle_species(rng, int(rng.integers(2, 4)), diameter)
     vol_particle_nm3 = (math.pi / 6) * (diameter * px_nm) ** 3
     n_part = counts["particles"] if counts["particles"] is not None else max(
-        1, int(round(0.10 * slab_nm3 / vol_particle_nm3 * rng.uniform(0.8, 1.2))))
+        1, int(round(0.10 * float(particle_density) * slab_nm3 / vol_particle_nm3 * rng.uniform(0.8, 1.2))))
     for _ in range(n_part):
         c = placer.place(0.45 * diameter, margin=1.0)
         if c is None:

@@ -242,7 +242,8 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
                   device=None, progress: Callable[[int, int], None] | None = None,
                   amp: bool | None = None, rows: Callable[[np.ndarray], np.ndarray] | None = None,
                   match_resampling: bool = False, tile_size: int | None = None,
-                  out: np.ndarray | None = None, report: Callable[[str], None] | None = None) -> np.ndarray:
+                  out: np.ndarray | None = None, report: Callable[[str], None] | None = None,
+                  resampling: str = "trilinear") -> np.ndarray:
     """Run ``model`` over overlapping tiles of ``volume`` and blend; float32 array of its shape.
 
     Tiles have edge ``tile_size`` (``None``: :data:`DEFAULT_TILE`; ``subtomo_size`` gives the
@@ -256,8 +257,9 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     the volume is used as is. The model may be any module mapping ``(B, 1, z, y, x)`` to the
     same shape (a :class:`core.unet.UNet3D` runs channels-last, under the autocast of
     :func:`core.perf.pick_autocast` when ``amp``, default on CUDA). With ``match_resampling``
-    every tile goes through :func:`core.rotation.match_resampling` before the model (a network
-    fitted on rotated cubes needs it; see there). ``progress(done, total)`` after every batch.
+    every tile goes through :func:`core.rotation.match_resampling` (the filter of ``resampling``,
+    the kind the model was fitted with) before the model (a network fitted on rotated cubes
+    needs it; see there). ``progress(done, total)`` after every batch.
     ``out``: a float32 array of the volume's shape to write into (e.g. a memory-mapped output
     file, so that not even the output is held in memory); its rows are cleared band by band. On
     an out-of-memory error the batch is split (:class:`core.oom.BatchRunner`; ``report(message)``,
@@ -315,7 +317,7 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
 
     def run(x):
         if match_resampling:
-            x = _match(x)
+            x = _match(x, resampling)
         with perf.autocast(dev, dtype):
             return model(perf.as_input(x, dev))
 
@@ -371,16 +373,17 @@ def _resolve_stats(tomo, standardize):
 
 def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=None, batch_size=4,
                     device=None, progress=None, standardize=True, amp=None,
-                    match_resampling=True, tile_size=None, out=None, report=None) -> np.ndarray:
+                    match_resampling=True, tile_size=None, out=None, report=None,
+                    resampling="trilinear") -> np.ndarray:
     """Refine one half-tomogram with a fitted model (DESIGN §2.8); float32 ``(Z, Y, X)``.
 
     ``standardize``: ``True`` (default) standardizes with the tomogram's own mean/std and
     undoes it afterwards; ``(mean, std)`` uses those; ``False`` leaves values unchanged (for a
     model fitted with ``FitConfig(standardize=False)``). ``match_resampling`` (default on) gives
     the network the noise statistics of its rotated fitting cubes
-    (:func:`core.rotation.match_resampling`). ``tile_size``: see :func:`predict_tiled`.
-    ``progress(done, total)`` per batch. ``out``: optional float32 array (e.g. ``np.memmap``)
-    receiving the result.
+    (:func:`core.rotation.match_resampling` of ``resampling``, the kind the model was fitted
+    with). ``tile_size``: see :func:`predict_tiled`. ``progress(done, total)`` per batch.
+    ``out``: optional float32 array (e.g. ``np.memmap``) receiving the result.
 
     Out of memory on the device (CUDA/MPS): the batch is halved down to one tile, then the tile
     edge is halved (down to ``2**depth``; the overlap scales with it) and the half restarts;
@@ -399,7 +402,8 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
         try:
             out = predict_tiled(model, tomo, s, overlap=overlap, batch_size=batch_size, device=device,
                                 progress=progress, amp=amp, rows=prep, match_resampling=match_resampling,
-                                tile_size=tile, out=out, report=report)
+                                tile_size=tile, out=out, report=report,
+                                resampling=resampling)
             break
         except Exception as exc:
             if not is_out_of_memory(exc):
@@ -445,9 +449,29 @@ def _resolve_model(model_or_checkpoint, device):
     return model_or_checkpoint, {}
 
 
+def _resolve_resampling(meta: dict, requested) -> str:
+    """The matching filter's kind: the checkpoint's, unless ``requested`` says otherwise — which
+    is refused when it differs from the checkpoint's (the network would see other statistics)."""
+    from .checkpoint import checkpoint_resampling
+    from .rotation import check_resampling
+
+    fitted = checkpoint_resampling(meta)
+    if requested is None:
+        return fitted
+    check_resampling(requested)
+    if "resampling" in meta or "config" in meta or "arch" in meta:  # a checkpoint: compare
+        if requested != fitted:
+            raise DDWError(
+                f"the checkpoint was fitted with '{fitted}' resampling but refinement was asked to use "
+                f"'{requested}'; refine with resampling='{fitted}' (or None to follow the checkpoint)"
+            )
+    return requested
+
+
 def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size=4, device=None,
                   keep_halves=False, progress=None, subtomo_size=None, tilt_min=None, tilt_max=None,
-                  standardize=None, match_resampling=True, tile_size=None, report=None) -> RefineResult:
+                  standardize=None, match_resampling=True, tile_size=None, report=None,
+                  resampling=None) -> RefineResult:
     """Refine both halves and average them.
 
     ``model_or_checkpoint``: a checkpoint path or payload (subtomo size, tilt range and whether
@@ -455,7 +479,10 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
     bare module (then ``subtomo_size``, ``tilt_min`` and ``tilt_max`` are required).
     Keyword arguments override the checkpoint's values. ``progress(done, total)`` counts
     batches over both halves. ``report(message)``: out-of-memory retries (see
-    :func:`refine_tomogram`; default a ``DDWWarning``).
+    :func:`refine_tomogram`; default a ``DDWWarning``). ``resampling``: the kind of matching
+    filter to use; ``None`` adapts to the checkpoint's (``"trilinear"`` for a bare module or an
+    old checkpoint), and a kind that differs from the checkpoint's raises :class:`DDWError`
+    naming both.
     """
     from .device import pick_device
     from .halves import check_same_shape
@@ -471,6 +498,7 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
             f"refinement needs {', '.join(missing)}; pass a checkpoint (which stores them) or give them "
             "explicitly together with the model"
         )
+    kind = _resolve_resampling(meta, resampling)
     if standardize is None:
         standardize = meta.get("standardization", True) is not None  # checkpoint said: not standardized
     tomo0 = tomo0 if isinstance(tomo0, np.memmap) else np.asarray(tomo0)
@@ -484,7 +512,7 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
         return lambda done, total: progress(h * total + done, 2 * total)
 
     kw = dict(subtomo_size=int(s), overlap=ov, batch_size=batch_size, device=dev, standardize=standardize,
-              match_resampling=match_resampling, tile_size=tile_size, report=report)
+              match_resampling=match_resampling, tile_size=tile_size, report=report, resampling=kind)
     r0 = refine_tomogram(model, tomo0, tmin, tmax, progress=half_progress(0), **kw)
     r1 = refine_tomogram(model, tomo1, tmin, tmax, progress=half_progress(1), **kw)
     if keep_halves:

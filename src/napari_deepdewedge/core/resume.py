@@ -27,6 +27,8 @@ RESUME_FIXED = {
     "channels": "defines the U-Net",
     "depth": "defines the U-Net",
     "residual": "defines the U-Net",
+    "resampling": "defines how fitting cubes are rotated and the matching filter of its inputs",
+    "update_val_wedges": "defines the validation cubes (and so best.pt)",
     "batch_size": "defines the sampling order (exact resume)",
     "val_fraction": "defines which cubes are fitting and validation cubes",
     "strides": "defines the cube grid",
