@@ -96,7 +96,8 @@ def test_fits_on_the_layer_pair_and_a_glob_each_with_its_own_tilt_range(make_nap
     fit = _fit_dock(make_napari_viewer, rec, tmp_path / "run")
     fit.more_pairs.edit.setText(str(rec / "*_even.mrc"))  # matches T0 too: it is the picked pair
     fit.more_pairs.refresh()
-    assert fit.more_pairs.found.text() == "2 more tomograms: T1, T2"
+    assert fit.more_pairs.found.text() == ("2 more tomograms: T1, T2 (T0, the pair picked above, "
+                                           "is fitted once)")
     shown = _record_status(fit)
     notes = Notes()
     assert fit.start()
@@ -177,6 +178,9 @@ def test_a_missing_partner_is_named_in_the_row(make_napari_viewer, rec, tmp_path
     fit.more_pairs.edit.setText(str(lonely / "*_even.mrc"))
     fit.more_pairs.refresh()
     assert "T9_even.mrc: no odd partner found" in fit.more_pairs.found.text()
+    fit.more_pairs.edit.setText(str(rec / "T1_even.mrc"))
+    fit.more_pairs.refresh()
+    assert fit.more_pairs.found.text() == "1 more tomogram: T1"
     fit.more_pairs.edit.setText("")
     fit.more_pairs.refresh()
     assert fit.more_pairs.found.text() == ""

@@ -72,6 +72,12 @@ class MorePairsRow:
                         or tuple(float(v) for v in default_tilt))
                 for p in find_pairs_in(spec) if p.name != picked]
 
+    def _names_the_picked_pair(self) -> bool:
+        from ..pipeline.batch import find_pairs_in
+
+        picked = self._picked_name()
+        return bool(picked) and any(p.name == picked for p in find_pairs_in(self.edit.text()))
+
     def refresh(self) -> None:
         """Say what the field names: "3 more tomograms: TS_02, TS_03, TS_04" or the error."""
         from ..core.errors import DDWError
@@ -87,8 +93,10 @@ class MorePairsRow:
             return
         names = [p.name for p in pairs[:SHOWN_NAMES]] + (["…"] if len(pairs) > SHOWN_NAMES else [])
         count = f"{len(pairs)} more tomogram{'' if len(pairs) == 1 else 's'}"
-        self.found.setText(f"{count}: {', '.join(names)}" if pairs else
-                           "no more tomograms (only the pair picked above)")
+        text = f"{count}: {', '.join(names)}" if pairs else "no more tomograms"
+        if self._names_the_picked_pair():
+            text += f" ({self._picked_name()}, the pair picked above, is fitted once)"
+        self.found.setText(text)
 
 
 def pair_source(even, odd) -> dict:
