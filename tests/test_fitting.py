@@ -291,6 +291,7 @@ def _standardized_val0(t0, t1, payload):
 def test_validation_cubes_get_the_wedge_updates(halves, tmp_path, update_val):
     """As in the original, a wedge update also fills the validation cube0s' wedges (observed
     frequencies kept); with update_val_wedges=False they stay as extracted."""
+    from napari_deepdewedge.core.fit_state import resume_state
     from napari_deepdewedge.core.fourier import observed_mask
 
     t0, t1 = halves
@@ -298,9 +299,10 @@ def test_validation_cubes_get_the_wedge_updates(halves, tmp_path, update_val):
     _events(ft.fit_iter(t0, t1, cfg))
     p = ckpt.load_checkpoint(tmp_path / "latest.pt", require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
     orig = _standardized_val0(t0, t1, p)
-    assert p["val0"].shape == orig.shape == (2, 1, 24, 24, 24)
+    val0 = resume_state(p, tmp_path)["val0"]  # in the fitting-state file the checkpoint names
+    assert val0.shape == orig.shape == (2, 1, 24, 24, 24)
     m = observed_mask((24, 24, 24), -60, 60, rfft=True)
-    f_new, f_old = torch.fft.rfftn(p["val0"], dim=(-3, -2, -1)), torch.fft.rfftn(orig, dim=(-3, -2, -1))
+    f_new, f_old = torch.fft.rfftn(val0, dim=(-3, -2, -1)), torch.fft.rfftn(orig, dim=(-3, -2, -1))
     scale = f_old.abs().max()
     assert float(((f_new - f_old) * m).abs().max()) < 1e-4 * scale
     changed = float(((f_new - f_old) * (1 - m)).abs().max())

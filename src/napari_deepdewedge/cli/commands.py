@@ -18,6 +18,7 @@ from ..pipeline import (
     write_halves,
     write_refined,
 )
+from ..pipeline.fit_inputs import memory_line
 from .fitting import (
     claim_fit_folder,
     fit_config,
@@ -30,7 +31,7 @@ from .fitting import (
 )
 from .inputs import halves_request, read_mask, read_pair
 from .output import info
-from .pairs import load_pairs, memory_line
+from .pairs import load_pairs
 from .progress import Progress
 
 EXIT_INTERRUPTED = 130

@@ -55,70 +55,30 @@ def pair_specs(args) -> list[PairSpec]:
     return specs
 
 
-def _angle_file_beside(spec: PairSpec) -> Path | None:
-    from ..core.io import find_angle_file
-    from ..pipeline import stem_of
-
-    for candidate in (spec.even, spec.odd, spec.even.with_name(stem_of(spec.even) + ".mrc")):
-        found = find_angle_file(candidate)
-        if found is not None:
-            return found
-    return None
-
-
 def pair_tilt_range(spec: PairSpec, args) -> tuple[float, float]:
-    """This pair's tilt range (see the module doc for the order)."""
-    from ..core.io import check_angle_values, read_angles
+    """This pair's tilt range (see the module doc for the order; the pair's own part is
+    :func:`pipeline.fit_inputs.listed_or_beside_tilt_range`, shared with the Fit dock)."""
+    from ..pipeline.fit_inputs import listed_or_beside_tilt_range
     from .inputs import tilt_range_for_fit
 
-    tilt = spec.tilt
-    if tilt is None and (getattr(args, "angles", None) is not None or getattr(args, "tilt_range", None) is not None):
+    if spec.tilt is None and (getattr(args, "angles", None) is not None or getattr(args, "tilt_range", None) is not None):
         return tilt_range_for_fit(args)
+    tilt = listed_or_beside_tilt_range(spec.even, spec.odd, spec.tilt)
     if tilt is None:
-        tilt = _angle_file_beside(spec)
-        if tilt is None:
-            raise DDWError(f"no tilt range for {spec.even.name}: give --angles FILE or --tilt-range MIN MAX (for all "
-                           "pairs), an angle column in --pairs, or put a .tlt beside it")
-    if isinstance(tilt, tuple):  # from the list file
-        lo, hi = tilt
-        check_angle_values([lo, hi], source=f"tilt range of {spec.even.name}")
-    else:  # an angle file beside the pair
-        angles = read_angles(tilt)
-        lo, hi = float(angles.min()), float(angles.max())
-    if hi <= lo:
-        raise DDWError(f"tilt range of {spec.even.name}: minimum {lo:g}° must be below the maximum {hi:g}°")
-    return float(lo), float(hi)
+        raise DDWError(f"no tilt range for {spec.even.name}: give --angles FILE or --tilt-range MIN MAX (for all "
+                       "pairs), an angle column in --pairs, or put a .tlt beside it")
+    return tilt
 
 
 def load_pairs(args):
-    """``pipeline.HalfPair``s of the fit: memory-mapped halves, own tilt range, mask, metadata."""
-    from ..pipeline import stem_of
-    from ..pipeline.fitting import HalfPair
-    from .inputs import read_mask, read_pair
+    """``pipeline.HalfPair``s of the fit: memory-mapped halves, own tilt range, mask, metadata
+    (:func:`pipeline.fit_inputs.open_half_pair`, as the Fit dock opens its extra pairs)."""
+    from ..pipeline.fit_inputs import open_half_pair
+    from .inputs import read_mask
 
     pairs = []
     for spec in pair_specs(args):
-        tilt_range = pair_tilt_range(spec, args)
-        even, odd = read_pair(str(spec.even), str(spec.odd))
-        mask = read_mask(None if spec.mask is None else str(spec.mask), even.data.shape)
-        pairs.append(HalfPair(even=even.data, odd=odd.data, tilt_range=tilt_range, mask=mask,
-                              name=stem_of(spec.even), even_path=str(spec.even), odd_path=str(spec.odd),
-                              voxel_size=tuple(float(v) for v in even.voxel_size)))
+        pair = open_half_pair(spec.even, spec.odd, pair_tilt_range(spec, args))
+        pair.mask = read_mask(None if spec.mask is None else str(spec.mask), pair.even.shape)
+        pairs.append(pair)
     return pairs
-
-
-def memory_line(pairs, config) -> str | None:
-    """The memory model's estimate for this fit, for the info line printed before it starts
-    (``None`` when a tomogram holds no cube: the fit's own check then names the problem)."""
-    from ..core.pairs import memory_estimate
-
-    est = memory_estimate([p.even.shape for p in pairs], config.subtomo_size, config.strides)
-    if 0 in est["cubes"]:
-        return None
-    mb = 1024 ** 2
-    per = ", ".join(f"{p.name or k + 1}: {n} cubes {b / mb:.0f} MB"
-                    for k, (p, n, b) in enumerate(zip(pairs, est["cubes"], est["bytes"])))
-    if len(pairs) > 6:
-        per = f"{per.split(', ')[0]}, … (mean {est['total_bytes'] / len(pairs) / mb:.0f} MB per tomogram)"
-    return (f"cube memory: ≤ {sum(est['cubes'])} cube pairs × {est['bytes_per_cube'] / mb:.2f} MB = "
-            f"{est['total_bytes'] / mb:.0f} MB ({per}); on the fitting device when they fit, else in host memory")

@@ -298,22 +298,6 @@ def _pair_stats(cfg: FitConfig, payload, pairs) -> list:
     return [pair_stats(pair, True) for pair in pairs]
 
 
-def _check_resume_inputs(payload, pairs) -> None:
-    """The checkpoint's recorded inputs must be as many pairs of the same shapes and wedges."""
-    saved = payload.get("inputs")
-    if not saved:
-        return
-    now = [pair.record() for pair in pairs]
-    if len(saved) != len(now):
-        raise CheckpointError(f"cannot resume: the checkpoint was fitted on {len(saved)} half pairs but this run "
-                              f"has {len(now)}; resume with the same tomograms")
-    for k, (old, new) in enumerate(zip(saved, now)):
-        for key in ("shape", "tilt_range"):
-            if [float(v) for v in old[key]] != [float(v) for v in new[key]]:
-                raise CheckpointError(f"cannot resume: pair {k + 1} ({new['name'] or old['name']}) has {key} "
-                                      f"{new[key]} but the checkpoint's has {old[key]}; resume with the same tomograms")
-
-
 def _restore_cubes(fit_pairs: torch.Tensor, val_pairs: torch.Tensor, payload, folder) -> None:
     """Put the checkpoint's wedge-updated cube0s (its fitting-state file) into the pair stores:
     the fitting cubes, and the validation cubes when the state holds them (states written
@@ -546,7 +530,9 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     limit_cpu_threads(device)
     payload, cfg = _load_resume(resume, cfg)
     if payload is not None:
-        _check_resume_inputs(payload, pairs)
+        from .resume import check_resume_inputs
+
+        check_resume_inputs(payload, [pair.record() for pair in pairs])
         if resume_dir is None and not isinstance(resume, dict):
             resume_dir = Path(resume).parent
 

@@ -1,4 +1,5 @@
-"""The one rule for what a resumed fit may change (used by ``fit_iter`` and ``pipeline.plan_fit``).
+"""The one rule for what a resumed fit may change (used by ``fit_iter`` and ``pipeline.plan_fit``),
+and :func:`check_resume_inputs`: a resumed fit runs on the tomograms it was fitted on.
 
 Every ``FitConfig`` field is in exactly one of two tables (a test checks that):
 
@@ -101,3 +102,31 @@ def resumed_config(requested, payload: dict, *, given=None, name: str = "checkpo
             f"{planned.epochs}; raise epochs above {done} to continue fitting"
         )
     return planned
+
+
+def _names(records) -> str:
+    return ", ".join(str(r.get("name") or "?") for r in records)
+
+
+def check_resume_inputs(payload: dict, records: list) -> None:
+    """The checkpoint's ``inputs`` and this run's pairs (``HalfPair.record()`` each) must be the
+    same tomograms: as many, in the same order, with the same names (where both have one),
+    shapes and tilt ranges. Otherwise ``CheckpointError`` naming the first difference (the CLI
+    and the Fit dock resume through the engine, which calls this)."""
+    saved = payload.get("inputs")
+    if not saved:  # a checkpoint from before the inputs were recorded
+        return
+    if len(saved) != len(records):
+        raise CheckpointError(f"cannot resume: the checkpoint was fitted on {len(saved)} half pairs "
+                              f"({_names(saved)}) but this run has {len(records)} ({_names(records)}); "
+                              "resume with the same tomograms")
+    for k, (old, new) in enumerate(zip(saved, records)):
+        old_name, new_name = str(old.get("name") or ""), str(new.get("name") or "")
+        if old_name and new_name and old_name != new_name:
+            raise CheckpointError(f"cannot resume: pair {k + 1} is {new_name} but the checkpoint's pair {k + 1} "
+                                  f"is {old_name}; resume with the same tomograms in the same order")
+        for key in ("shape", "tilt_range"):
+            if [float(v) for v in old[key]] != [float(v) for v in new[key]]:
+                raise CheckpointError(f"cannot resume: pair {k + 1} ({new_name or old_name}) has {key} "
+                                      f"{new[key]} but the checkpoint's has {old[key]}; resume with the same "
+                                      "tomograms")

@@ -160,6 +160,15 @@ def find_pairs(evens=(), odds=(), list_file=None) -> list[RefinePair]:
     return pairs
 
 
+def find_pairs_in(spec) -> list[RefinePair]:
+    """The pairs a dock's one input field names: a pair list (``.txt``/``.lst``) or a path or
+    glob of even halves (partners by the stem); :func:`find_pairs`' rules and errors."""
+    text = os.fspath(spec).strip()
+    if text.lower().endswith((".txt", ".lst")):
+        return find_pairs(list_file=text)
+    return find_pairs([text])
+
+
 def batch_output(out_dir, name: str) -> Path:
     """``<out_dir>/<stem>_refined.mrc``: the one output name of a batch (datasets_api.md)."""
     return Path(out_dir) / f"{name}_refined.mrc"

@@ -81,7 +81,7 @@ class BatchRefineWidget(DDWPanel):
 
     def _request(self):
         from ..core.errors import DDWError
-        from ..pipeline.batch import BatchRefineRequest, find_pairs
+        from ..pipeline.batch import BatchRefineRequest, find_pairs_in
 
         spec = self.inputs.text().strip()
         if not spec:
@@ -92,8 +92,7 @@ class BatchRefineWidget(DDWPanel):
             raise DDWError(f"model checkpoint '{model}' not found; pick the .pt file of a fit")
         if not self.out_dir.text().strip():
             raise DDWError("no output folder chosen; pick one (finished outputs there are kept)")
-        is_list = spec.lower().endswith((".txt", ".lst"))
-        pairs = find_pairs(list_file=spec) if is_list else find_pairs([spec])
+        pairs = find_pairs_in(spec)
         return BatchRefineRequest(model=model, pairs=pairs,
                                   out_dir=Path(self.out_dir.text().strip()),
                                   keep_halves=self.halves.isChecked(),

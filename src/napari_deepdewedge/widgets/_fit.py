@@ -20,11 +20,11 @@ from ._common import (
     layer_source,
     notify_error,
     path_field,
-    read_array,
     tip,
 )
+from ._fit_pairs import MorePairsRow, fit_request, pair_source, pairs_message
 from ._halves import HalvesPicker
-from ._names import PREVIEW_NAME, layer_stem
+from ._names import PREVIEW_NAME
 from ._fit_view import FitEventsView
 from ._panel import DDWPanel
 from ._plots import LossPlot
@@ -33,38 +33,27 @@ from ._plots import LossPlot
 Resumed = FitResumed
 
 
-def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None):
+def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=()):
     """Worker generator: the pipeline's fit_events (as `deepdewedge fit`), one event per
-    optimizer step at least. A resume follows the pipeline's one rule (``plan_fit``): the
-    checkpoint's fixed settings, the form's changeable ones (``given=frozenset()``: the form's
-    fixed fields are not compared; the dock shows the checkpoint's values when it resumes).
-    ``source``: the pair's name and file paths, recorded in the checkpoint as the CLI does."""
-    from ..pipeline import FitRequest, fit_events
-    from ..pipeline.fitting import HalfPair
+    optimizer step at least, after a ``FitPairs`` message (the tomograms and their memory).
+    The picked pair is read and the ``extra`` pairs are opened here
+    (:func:`._fit_pairs.fit_request`); ``source``: the picked pair's name and file paths,
+    recorded in the checkpoint as the CLI does. A resume follows the pipeline's one rule
+    (``plan_fit``): the checkpoint's fixed settings, the form's changeable ones
+    (``given=frozenset()``: the form's fixed fields are not compared; the dock shows the
+    checkpoint's values when it resumes)."""
+    from ..pipeline import fit_events
 
-    tomo0, tomo1 = read_array(tomo0), read_array(tomo1)  # on the worker thread
-    if mask is not None:
-        mask = read_array(mask) > 0
-    pair = HalfPair(even=tomo0, odd=tomo1, tilt_range=(config.tilt_min, config.tilt_max), mask=mask,
-                    voxel_size=tuple(config.voxel_size), **(source or {}))
-    request = FitRequest(pairs=[pair], config=config, resume=resume or None,
-                         given=frozenset() if resume else None)
+    request = fit_request(tomo0, tomo1, mask, config, resume, source, extra)
+    if request.resume is None:
+        yield pairs_message(request, request.planned_config())
     last = None
     for event in fit_events(request, should_stop=job.stop.is_set, preview_slab=slab):
         last = event
         yield event
+        if isinstance(event, FitResumed):  # the checkpoint's settings define the cubes
+            yield pairs_message(request, event.config)
     return last
-
-
-def _pair_source(even, odd) -> dict:
-    """What the checkpoint records of the halves: their stem (the name the CLI records) and
-    their files when the layers were opened from files."""
-    def path_of(layer):
-        path = getattr(getattr(layer, "source", None), "path", None)
-        return str(path) if path else None
-
-    name = str((even.metadata or {}).get("ddw_source") or layer_stem(even.name))
-    return {"name": name, "even_path": path_of(even), "odd_path": path_of(odd)}
 
 
 def _spin(lo, hi, value, step=1, suffix=""):
@@ -104,6 +93,7 @@ class FitWidget(FitEventsView, DDWPanel):
                 "Optional Labels layer (same size as the halves) marking the sample: training "
                 "cubes are taken only where at least 30 % of the cube is labelled. Paint one to "
                 "skip empty ice or vacuum.")
+        self.more_pairs = MorePairsRow(form, self._picked_name)
         self.preset = QComboBox()
         add_row(form, "Preset", self.preset,
                 "Starting values: 'fast' for a laptop CPU (small cubes, few channels); "
@@ -343,7 +333,13 @@ class FitWidget(FitEventsView, DDWPanel):
             return True
         return False
 
-    def _prepare(self, resume):
+    def _picked_name(self) -> str:
+        even, odd = self.even.layer(), self.odd.layer()
+        return pair_source(even, odd)["name"] if even is not None and odd is not None else ""
+
+    def job_inputs(self, resume=None) -> dict:
+        """The fit job's inputs (:func:`._fit_pairs.fit_request`'s arguments), checked; nothing
+        is read here (GUI thread). DDWError naming what is wrong."""
         from ..core.errors import DDWError
 
         even, odd, tomo0, tomo1, mask = self._inputs()
@@ -354,6 +350,13 @@ class FitWidget(FitEventsView, DDWPanel):
         if resume is not None and not Path(resume).is_file():
             raise DDWError(f"checkpoint {resume} not found; choose stopped.pt or latest.pt of "
                            "an earlier fit under 'Resume from'")
+        return dict(tomo0=tomo0, tomo1=tomo1, mask=mask, config=cfg, resume=resume,
+                    source=pair_source(even, odd),
+                    extra=self.more_pairs.pairs((cfg.tilt_min, cfg.tilt_max)))
+
+    def _prepare(self, resume):
+        inputs = self.job_inputs(resume)
+        even, _odd = self.halves.layers()
         self._even_name = even.name
         self._geometry = geometry(even)
         self._update_slab()
@@ -362,10 +365,10 @@ class FitWidget(FitEventsView, DDWPanel):
         if resume is None:
             self.loss_plot.clear()
         self._total_steps = None
+        self._pair_names = []
         self.bar.setFormat("%p%")
         self.state.fitting = True
-        return partial(_fit_job, tomo0=tomo0, tomo1=tomo1, mask=mask, config=cfg,
-                       resume=resume, slab=self._preview_slab, source=_pair_source(even, odd))
+        return partial(_fit_job, slab=self._preview_slab, **inputs)
 
     def resume(self, path: str | None = None) -> bool:
         """Continue from ``path`` (default: the 'Resume from' field, else the output folder)."""

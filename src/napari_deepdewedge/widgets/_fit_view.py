@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 
 from ..pipeline import FitResumed
-from ._common import notify_info, show_image
+from ._common import notify_info, notify_warning, show_image
+from ._fit_pairs import FitPairs
 from ._names import PREVIEW_NAME
 
 
@@ -31,7 +32,9 @@ class FitEventsView:
         from ..core import fitting as F
 
         self.events.append(event)
-        if isinstance(event, FitResumed):
+        if isinstance(event, FitPairs):
+            self._show_pairs(event)
+        elif isinstance(event, FitResumed):
             cfg = event.config
             self.loss_plot.clear()
             for record in event.history:  # core.fit_log.EpochRecord
@@ -44,8 +47,9 @@ class FitEventsView:
             self._steps = max(event.steps_per_epoch, 1)
             self._total_steps = self._epochs * self._steps
             self.status.setText(
-                f"{event.n_fit_cubes} training + {event.n_val_cubes} validation cubes, "
-                f"{event.steps_per_epoch} steps per epoch on {event.device}.")
+                f"{_tomograms(self._pair_names)}: {event.n_fit_cubes} training + "
+                f"{event.n_val_cubes} validation cubes, {event.steps_per_epoch} steps per epoch "
+                f"on {event.device}.")
         elif isinstance(event, F.StepDone):
             if self._total_steps:
                 done = (event.epoch - 1) * self._steps + event.step
@@ -67,6 +71,17 @@ class FitEventsView:
                 self.resume_path.setText(str(event.path))
         elif isinstance(event, F.FitFinished):
             self.finished = event
+
+    def _show_pairs(self, event):
+        """Before the cubes are cut: which tomograms, the memory estimate, voxel warnings."""
+        self._pair_names = list(event.names)
+        resuming = len(self.events) > 1 and isinstance(self.events[-2], FitResumed)
+        text = f"Preparing sub-tomograms of {_tomograms(event.names)}…"
+        if event.memory:
+            text += f" ({event.memory})"
+        self.status.setText(f"{self.status.text()} {text}" if resuming else text)
+        for warning in event.warnings:
+            notify_warning(warning)
 
     def _show_preview(self, event):
         scale, translate = self._geometry
@@ -102,6 +117,14 @@ class FitEventsView:
             self.state.model_version += 1
             if not finished.stopped:
                 notify_info(f"Fitting finished; the model is in {Path(model).parent}.")
+
+
+def _tomograms(names) -> str:
+    """"1 tomogram (TS_01)" or "3 tomograms (TS_01, TS_02, TS_03)" (the first six named)."""
+    names = [str(n) or "?" for n in names]
+    shown = ", ".join(names[:6]) + (", …" if len(names) > 6 else "")
+    count = f"{len(names)} tomogram{'' if len(names) == 1 else 's'}"
+    return f"{count} ({shown})" if names else "the halves"
 
 
 def _duration(seconds: float) -> str:
