@@ -20,12 +20,13 @@ from ._common import (
     layer_source,
     notify_error,
     path_field,
+    percentile_limits,
     read_array,
     tip,
 )
 from ._halves import HalvesPicker
 from ._names import PREVIEW_NAME
-from ._fit_view import FitEventsView
+from ._fit_view import FitEventsView, ShownPreview
 from ._panel import DDWPanel
 from ._plots import LossPlot
 
@@ -45,10 +46,14 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab):
         mask = read_array(mask) > 0
     request = FitRequest(even=tomo0, odd=tomo1, config=config, mask=mask, resume=resume or None,
                          given=frozenset() if resume else None)
+    from ..core.fitting import PreviewReady
+
     last = None
     for event in fit_events(request, should_stop=job.stop.is_set, preview_slab=slab):
         last = event
-        yield event
+        # a preview's contrast is computed here, so that showing it reads nothing in the GUI
+        yield ShownPreview(event, percentile_limits(event.volume)) \
+            if isinstance(event, PreviewReady) else event
     return last
 
 
@@ -307,7 +312,7 @@ class FitWidget(FitEventsView, DDWPanel):
             on_event=self._on_event, on_cancelled=self._show_end, on_end=self._on_end,
             controls=(self.start_button, self.resume_button), cancel=self.stop_button,
             busy="A fit is already running; press Stop first.", failed="Fitting failed",
-            start_text="Preparing sub-tomograms…", finish_on_quit=True)
+            start_text="Preparing sub-tomograms…")
 
     def _ask_if_earlier_fit(self) -> bool:
         from ..pipeline import OutputExists, refuse_earlier_fit
