@@ -64,6 +64,9 @@ def main() -> int:
     parser.add_argument("--gib", type=float, default=2.0, help="size of the opened tomogram")
     parser.add_argument("--dir", default=None, help="folder for the files (default: a temp dir)")
     parser.add_argument("--skip-jobs", action="store_true")
+    parser.add_argument("--halves-shape", type=int, nargs=3, default=(64, 256, 256),
+                        metavar=("Z", "Y", "X"), help="halves of the fit and refine jobs")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the fit job")
     args = parser.parse_args()
 
     import napari
@@ -107,11 +110,12 @@ def main() -> int:
     widget = setup_reconstruct(viewer, series, angles, thickness=96)
     measured(app, widget, widget.reconstruct, "reconstruct (41×384×384 → 3 × 96×384×384)")
 
-    shape = (64, 256, 256)
+    shape = tuple(args.halves_shape)
     even, odd = (memmapped(folder, name, a) for name, a in zip(("e", "o"), noisy_halves(shape)))
     add_halves(viewer, even, odd)
-    fit = setup_fit(viewer, folder / "run", epochs=2)
-    measured(app, fit, fit.start, f"fit ({'×'.join(map(str, shape))}, 2 epochs, previews)")
+    fit = setup_fit(viewer, folder / "run", epochs=args.epochs)
+    measured(app, fit, fit.start,
+             f"fit ({'×'.join(map(str, shape))}, {args.epochs} epochs, previews)")
     ref = setup_refine(viewer, tiny_model(folder / "m.pt"), batch=8)
     measured(app, ref, ref.refine, f"refine ({'×'.join(map(str, shape))}, both halves)")
     viewer.close()
