@@ -20,12 +20,13 @@ from ._common import (
     layer_source,
     notify_error,
     path_field,
+    percentile_limits,
     read_array,
     tip,
 )
 from ._halves import HalvesPicker
 from ._names import PREVIEW_NAME, layer_stem
-from ._fit_view import FitEventsView
+from ._fit_view import FitEventsView, ShownPreview
 from ._panel import DDWPanel
 from ._plots import LossPlot
 
@@ -39,6 +40,7 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None):
     checkpoint's fixed settings, the form's changeable ones (``given=frozenset()``: the form's
     fixed fields are not compared; the dock shows the checkpoint's values when it resumes).
     ``source``: the pair's name and file paths, recorded in the checkpoint as the CLI does."""
+    from ..core.fitting import PreviewReady
     from ..pipeline import FitRequest, fit_events
     from ..pipeline.fitting import HalfPair
 
@@ -52,7 +54,9 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None):
     last = None
     for event in fit_events(request, should_stop=job.stop.is_set, preview_slab=slab):
         last = event
-        yield event
+        # a preview's contrast is computed here, so that showing it reads nothing in the GUI
+        yield ShownPreview(event, percentile_limits(event.volume)) \
+            if isinstance(event, PreviewReady) else event
     return last
 
 
@@ -322,7 +326,7 @@ class FitWidget(FitEventsView, DDWPanel):
             on_event=self._on_event, on_cancelled=self._show_end, on_end=self._on_end,
             controls=(self.start_button, self.resume_button), cancel=self.stop_button,
             busy="A fit is already running; press Stop first.", failed="Fitting failed",
-            start_text="Preparing sub-tomograms…", finish_on_quit=True)
+            start_text="Preparing sub-tomograms…")
 
     def _ask_if_earlier_fit(self) -> bool:
         from ..pipeline import OutputExists, refuse_earlier_fit
