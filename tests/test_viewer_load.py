@@ -26,6 +26,7 @@ from gui_probe import (  # noqa: E402
     StallMeter,
     ThreadRecordingArray,
     add_halves,
+    dock,
     mapped_bytes_resident,
     noisy_halves,
     python_threads,
@@ -226,3 +227,29 @@ def test_closing_napari_ends_a_refinement(make_napari_viewer, qtbot, tmp_path, t
         lambda: ref._job, tmp_path)
     print(f"\nrefinement ended {elapsed:.2f} s after close")
     assert "cell refined" not in [layer.name for layer in viewer.layers]
+
+
+def test_closing_napari_ends_a_batch_refinement(make_napari_viewer, qtbot, tmp_path,
+                                                threads_before):
+    """The Refine-many dock: the batch ends at the current tomogram's next progress report;
+    the outputs finished before the close are complete, the one under way is not written."""
+    from napari_deepdewedge.core.io import write_mrc
+    from napari_deepdewedge.pipeline.batch import is_finished
+
+    rec = tmp_path / "rec"
+    for k in range(3):
+        even, odd = noisy_halves((48, 128, 128), seed=k)
+        write_mrc(rec / f"T{k}_even.mrc", even, PIXEL)
+        write_mrc(rec / f"T{k}_odd.mrc", odd, PIXEL)
+    viewer = make_napari_viewer()
+    panel = dock(viewer, "Refine many")
+    panel.inputs.setText(str(rec / "*_even.mrc"))
+    panel.model_path.setText(str(tiny_model(tmp_path / "m.pt")))
+    panel.out_dir.setText(str(tmp_path / "refined"))
+    assert panel.start()
+    elapsed = _close_mid_job(viewer, qtbot, lambda: panel.progress_info.get("finished", 0) >= 1,
+                             lambda: panel._job, tmp_path)
+    print(f"\nbatch refinement ended {elapsed:.2f} s after close")
+    out = tmp_path / "refined"
+    assert is_finished(out / "T0_refined.mrc", with_halves=False)
+    assert not (out / "T2_refined.mrc").exists()  # stopped before the last tomogram
