@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the probes are shared with tests/test_viewer_load.py
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+JOBS = ("reconstruct", "fit", "refine", "many")
 
 
 def wait_until(app, condition, timeout=3600.0):
@@ -68,6 +69,8 @@ def main() -> int:
     parser.add_argument("--halves-shape", type=int, nargs=3, default=(64, 256, 256),
                         metavar=("Z", "Y", "X"), help="halves of the fit and refine jobs")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the fit job")
+    parser.add_argument("--jobs", nargs="+", default=JOBS, choices=JOBS,
+                        help="the dock jobs to measure (default: all)")
     args = parser.parse_args()
 
     import napari
@@ -106,32 +109,35 @@ def main() -> int:
         viewer.close()
         return 0
 
-    series, angles = tilt_series(n_tilts=41, size=384)
-    series = memmapped(folder, "ts", series)
-    widget = setup_reconstruct(viewer, series, angles, thickness=96)
-    measured(app, widget, widget.reconstruct, "reconstruct (41×384×384 → 3 × 96×384×384)")
-
     shape = tuple(args.halves_shape)
-    even, odd = (memmapped(folder, name, a) for name, a in zip(("e", "o"), noisy_halves(shape)))
-    add_halves(viewer, even, odd)
-    fit = setup_fit(viewer, folder / "run", epochs=args.epochs)
-    measured(app, fit, fit.start,
-             f"fit ({'×'.join(map(str, shape))}, {args.epochs} epochs, previews)")
+    size = "×".join(map(str, shape))
+    if "reconstruct" in args.jobs:
+        series, angles = tilt_series(n_tilts=41, size=384)
+        series = memmapped(folder, "ts", series)
+        widget = setup_reconstruct(viewer, series, angles, thickness=96)
+        measured(app, widget, widget.reconstruct, "reconstruct (41×384×384 → 3 × 96×384×384)")
+    if "fit" in args.jobs or "refine" in args.jobs:
+        even, odd = (memmapped(folder, name, a) for name, a in zip(("e", "o"), noisy_halves(shape)))
+        add_halves(viewer, even, odd)
+    if "fit" in args.jobs:
+        fit = setup_fit(viewer, folder / "run", epochs=args.epochs)
+        measured(app, fit, fit.start, f"fit ({size}, {args.epochs} epochs, previews)")
     model = tiny_model(folder / "m.pt")
-    ref = setup_refine(viewer, model, batch=8)
-    measured(app, ref, ref.refine, f"refine ({'×'.join(map(str, shape))}, both halves)")
+    if "refine" in args.jobs:
+        ref = setup_refine(viewer, model, batch=8)
+        measured(app, ref, ref.refine, f"refine ({size}, both halves)")
+    if "many" in args.jobs:
+        from napari_deepdewedge.core.io import write_mrc
 
-    from napari_deepdewedge.core.io import write_mrc
-
-    for k, pair in enumerate((noisy_halves(shape, seed=1), noisy_halves(shape, seed=2))):
-        for half, data in zip(("even", "odd"), pair):
-            write_mrc(folder / "batch" / f"T{k}_{half}.mrc", data, PIXEL)
-    many = dock(viewer, "Refine many")
-    many.inputs.setText(str(folder / "batch" / "*_even.mrc"))
-    many.model_path.setText(str(model))
-    many.out_dir.setText(str(folder / "batch_refined"))
-    many.overwrite.setChecked(True)  # a --dir reused from an earlier run is refined again
-    measured(app, many, many.start, f"refine many (2 × {'×'.join(map(str, shape))}, files)")
+        for k in range(2):
+            for half, data in zip(("even", "odd"), noisy_halves(shape, seed=k + 1)):
+                write_mrc(folder / "batch" / f"T{k}_{half}.mrc", data, PIXEL)
+        many = dock(viewer, "Refine many")
+        many.inputs.setText(str(folder / "batch" / "*_even.mrc"))
+        many.model_path.setText(str(model))
+        many.out_dir.setText(str(folder / "batch_refined"))
+        many.overwrite.setChecked(True)  # a --dir reused from an earlier run is refined again
+        measured(app, many, many.start, f"refine many (2 × {size}, files)")
     viewer.close()
     return 0
 
