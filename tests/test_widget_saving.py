@@ -48,10 +48,12 @@ def a_result(seed):
 
 def show_result(ref, result):
     """What the Refine dock does when its worker returns (the geometry of the halves)."""
+    from napari_deepdewedge.widgets._refine import display_of
+
     ref._geometry = (VOXEL, ORIGIN)
     ref._base = "TS"
     ref._keep = True
-    ref._on_done(result)
+    ref._on_done(display_of(result))
 
 
 def answer(panel, qtbot, button):

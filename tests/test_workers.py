@@ -215,8 +215,7 @@ def test_quit_fit_job_finishes_with_a_stopped_checkpoint(qtbot, tmp_path):
     config = F.FitConfig(subtomo_size=16, channels=4, depth=2, epochs=500, batch_size=2,
                          device="cpu", out_dir=str(tmp_path), val_fraction=0.0,
                          update_every=0).validate()
-    job = Job("fit", _fit_job, tomo0, tomo1, None, config, None, lambda: None,
-              finish_on_quit=True)
+    job = Job("fit", _fit_job, tomo0, tomo1, None, config, None, lambda: None)
     seen: list = []
     job.worker.yielded.connect(seen.append)
     job.start()

@@ -90,19 +90,17 @@ def read_array(source, dtype=None) -> np.ndarray:
 
 
 def percentile_limits(data, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
-    """Contrast limits from percentiles of (a subsample of) ``data``."""
+    """Contrast limits from percentiles of a sample of ``data``: for a volume the reader's
+    blocks of rows (about a million voxels, :func:`.._reader.contrast_sample`), else a strided
+    subsample. Jobs call it on their worker and hand the limits to :func:`show_image`."""
+    from .._reader import contrast_sample, sample_limits
+
+    if np.ndim(data) == 3:
+        return sample_limits(contrast_sample(data), low, high)
     flat = np.asarray(data).reshape(-1)
     if flat.size > 2_000_000:
         flat = flat[:: flat.size // 2_000_000 + 1]
-    flat = flat[np.isfinite(flat)]
-    if flat.size == 0:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(flat, (low, high)))
-    if not hi > lo:
-        lo, hi = float(flat.min()), float(flat.max())
-        if not hi > lo:
-            hi = lo + 1.0
-    return lo, hi
+    return sample_limits(np.asarray(flat, dtype=np.float32), low, high)
 
 
 def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), metadata=None,
@@ -110,7 +108,9 @@ def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), met
                visible: bool = True, opacity: float = 1.0):
     """Add ``data`` as image layer ``name``, or replace the data of the layer of that name.
 
-    Keeps the given geometry (scale/translate in Å, (Z, Y, X)) and sets percentile contrast.
+    Keeps the given geometry (scale/translate in Å, (Z, Y, X)) and sets ``contrast``: jobs
+    compute it on their worker (:func:`percentile_limits`); without it, it is computed here,
+    in the GUI thread, from a sample.
     """
     limits = contrast if contrast is not None else percentile_limits(data)
     layer = find_layer(viewer, name)

@@ -20,12 +20,13 @@ from ._common import (
     layer_source,
     notify_error,
     path_field,
+    percentile_limits,
     tip,
 )
 from ._fit_pairs import MorePairsRow, fit_request, pair_source, pairs_message
 from ._halves import HalvesPicker
 from ._names import PREVIEW_NAME
-from ._fit_view import FitEventsView
+from ._fit_view import FitEventsView, ShownPreview
 from ._panel import DDWPanel
 from ._plots import LossPlot
 
@@ -41,7 +42,9 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(
     recorded in the checkpoint as the CLI does. A resume follows the pipeline's one rule
     (``plan_fit``): the checkpoint's fixed settings, the form's changeable ones
     (``given=frozenset()``: the form's fixed fields are not compared; the dock shows the
-    checkpoint's values when it resumes)."""
+    checkpoint's values when it resumes). A preview's contrast is computed here, so that
+    showing it reads nothing in the GUI thread."""
+    from ..core.fitting import PreviewReady
     from ..pipeline import fit_events
 
     request = fit_request(tomo0, tomo1, mask, config, resume, source, extra)
@@ -50,7 +53,8 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(
     last = None
     for event in fit_events(request, should_stop=job.stop.is_set, preview_slab=slab):
         last = event
-        yield event
+        yield ShownPreview(event, percentile_limits(event.volume)) \
+            if isinstance(event, PreviewReady) else event
         if isinstance(event, FitResumed):  # the checkpoint's settings define the cubes
             yield pairs_message(request, event.config)
     return last
@@ -312,7 +316,7 @@ class FitWidget(FitEventsView, DDWPanel):
             on_event=self._on_event, on_cancelled=self._show_end, on_end=self._on_end,
             controls=(self.start_button, self.resume_button), cancel=self.stop_button,
             busy="A fit is already running; press Stop first.", failed="Fitting failed",
-            start_text="Preparing sub-tomograms…", finish_on_quit=True)
+            start_text="Preparing sub-tomograms…")
 
     def _ask_if_earlier_fit(self) -> bool:
         from ..pipeline import OutputExists, refuse_earlier_fit

@@ -7,12 +7,22 @@ kept apart so that the dock module holds the form and the actions only.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..pipeline import FitResumed
 from ._common import notify_info, notify_warning, show_image
 from ._fit_pairs import FitPairs
 from ._names import PREVIEW_NAME
+
+
+@dataclass
+class ShownPreview:
+    """A ``PreviewReady`` event with its contrast limits, computed by the fit job on its worker
+    (showing the preview then reads nothing of it in the GUI thread)."""
+
+    event: object
+    limits: tuple
 
 
 class FitEventsView:
@@ -31,6 +41,9 @@ class FitEventsView:
     def _on_event(self, event):
         from ..core import fitting as F
 
+        limits = None
+        if isinstance(event, ShownPreview):
+            event, limits = event.event, event.limits
         self.events.append(event)
         if isinstance(event, FitPairs):
             self._show_pairs(event)
@@ -65,7 +78,7 @@ class FitEventsView:
                                 f"{val}; {event.seconds:.1f} s/epoch, about {_duration(remaining)} "
                                 "left.")
         elif isinstance(event, F.PreviewReady):
-            self._show_preview(event)
+            self._show_preview(event, limits)
         elif isinstance(event, F.CheckpointSaved):
             if event.kind in ("latest", "stopped"):
                 self.resume_path.setText(str(event.path))
@@ -83,10 +96,11 @@ class FitEventsView:
         for warning in event.warnings:
             notify_warning(warning)
 
-    def _show_preview(self, event):
+    def _show_preview(self, event, limits=None):
         scale, translate = self._geometry
         shifted = (translate[0] + event.z_start * scale[0], translate[1], translate[2])
         layer = show_image(self.viewer, event.volume, PREVIEW_NAME, scale=scale, translate=shifted,
+                           contrast=limits,
                            metadata={"ddw_role": "preview", "epoch": event.epoch,
                                      "z_range": (event.z_start, event.z_stop)})
         layer.metadata["epoch"] = event.epoch

@@ -27,8 +27,8 @@ BAR_STEPS = 1000  # progress bars count in 0.1 %
 class DDWPanel(QWidget):
     """Base of every DeepDeWedge dock widget: viewer, shared state, and background jobs.
 
-    A quit job (napari closing) still ends cleanly; a fit saves a checkpoint first, see
-    ``Job(finish_on_quit=True)``.
+    A quit job (napari closing) still ends cleanly on its worker thread (a fit saves a
+    checkpoint first), see :class:`._workers.Job`.
     """
 
     title = "DeepDeWedge"
@@ -117,7 +117,7 @@ class DDWPanel(QWidget):
                on_end: Callable[[], None] | None = None,
                controls: Iterable[QWidget] = (), cancel: QWidget | None = None,
                busy: str = "", failed: str = "", start_text: str = "Starting…",
-               progress_unit: str | None = None, finish_on_quit: bool = False) -> bool:
+               progress_unit: str | None = None) -> bool:
         """Validate and start one background job; False (and a notification) if refused.
 
         ``prepare()`` runs in the GUI thread: it checks the form (raising ``DDWError`` with the
@@ -168,7 +168,7 @@ class DDWPanel(QWidget):
             else:
                 on_done(outcome.value)
 
-        job = Job(name, work, finish_on_quit=finish_on_quit)
+        job = Job(name, work)
         self._job = job
         self.start_job(job, handler, finish)
         return True

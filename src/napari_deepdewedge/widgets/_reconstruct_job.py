@@ -1,10 +1,22 @@
 """The worker side of step 1 (Tilt series → halves): read the stacks, run the pipeline."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ._common import read_array
+from ._common import percentile_limits, read_array
 from ._workers import Progress, run_with_progress
+
+
+@dataclass
+class Reconstructed:
+    """What the job hands the dock: the pipeline's ``Halves`` and the contrast limits of each
+    volume (``"even"``, ``"odd"``, ``"FBP"``), computed on the worker so that showing them
+    reads nothing in the GUI thread."""
+
+    halves: object
+    limits: dict
 
 
 def pixel_size_of(layer) -> float:
@@ -45,4 +57,6 @@ def reconstruct_job(job, inputs, params):
     yield Progress("Back-projecting", 0, 1)
     halves = yield from run_with_progress(reconstruct_halves, job.stop, "Back-projecting",
                                           request)
-    return halves
+    volumes = (("even", halves.even), ("odd", halves.odd), ("FBP", halves.full))
+    return Reconstructed(halves, {key: percentile_limits(data) for key, data in volumes
+                                  if data is not None})

@@ -2,6 +2,7 @@
 disagreement ("consistency"); save as MRC with the voxel size."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ._common import (
     layer_source,
     notify_error,
     path_field,
+    percentile_limits,
     read_array,
     show_image,
     tip,
@@ -37,7 +39,33 @@ def _refine_job(job, model_path, tomo0, tomo1, params):
     request = RefineRequest(model=model_path, even=read_array(tomo0), odd=read_array(tomo1),
                             **params)  # the halves are read here, on the worker thread
     result = yield from run_with_progress(refine, job.stop, "Refining", request)
-    return result
+    yield Progress("Preparing the display", 0, 1)
+    return display_of(result)
+
+
+@dataclass
+class RefinedDisplay:
+    """A ``RefineResult`` with what showing it needs, computed on the worker (nothing of the
+    volumes is read in the GUI thread): contrast limits per role and the unsigned
+    disagreement ``|half0 − half1|`` with its upper limit."""
+
+    result: object
+    limits: dict = field(default_factory=dict)
+    disagreement: object = None
+    disagreement_high: float = 1.0
+
+
+def display_of(result) -> RefinedDisplay:
+    """:class:`RefinedDisplay` of a ``RefineResult`` (worker side)."""
+    shown = RefinedDisplay(result, {"refined": percentile_limits(result.refined)})
+    if result.half0 is not None:
+        shown.limits["refined even"] = percentile_limits(result.half0)
+        shown.limits["refined odd"] = percentile_limits(result.half1)
+    if result.difference is not None:
+        shown.disagreement = np.abs(result.difference)  # shown unsigned; the file is signed
+        high = percentile_limits(shown.disagreement, 0.0, 99.5)[1]
+        shown.disagreement_high = high if high > 0 else 1.0
+    return shown
 
 
 class RefineWidget(DDWPanel):
@@ -146,8 +174,8 @@ class RefineWidget(DDWPanel):
         return partial(_refine_job, model_path=path, tomo0=layer_source(even),
                        tomo1=layer_source(odd), params=params)
 
-    def _on_done(self, result):
-        self.result = result  # what Save… writes (the signed difference included)
+    def _on_done(self, shown: RefinedDisplay):
+        result = self.result = shown.result  # what Save… writes (the signed difference too)
         scale, translate = self._geometry
         base = self._base
         common = {"voxel_size": scale, "tilt_min": self.state.tilt_min,
@@ -158,22 +186,21 @@ class RefineWidget(DDWPanel):
             for role, data in (("refined even", result.half0), ("refined odd", result.half1)):
                 name = f"{base} {role}"
                 show_image(self.viewer, data, name, scale=scale, translate=translate,
-                           metadata={**common, "ddw_role": role.replace(" ", "_")}, visible=False)
+                           metadata={**common, "ddw_role": role.replace(" ", "_")}, visible=False,
+                           contrast=shown.limits[role])
                 self.outputs[role] = name
         refined_name = f"{base} refined"
         show_image(self.viewer, result.refined, refined_name, scale=scale, translate=translate,
-                   metadata={**common, "ddw_role": "refined"})
+                   metadata={**common, "ddw_role": "refined"}, contrast=shown.limits["refined"])
         self.outputs["refined"] = refined_name
-        if self._keep and result.difference is not None:
+        if self._keep and shown.disagreement is not None:
             name = f"{base} consistency"
-            disagreement = np.abs(result.difference)  # shown unsigned; the file is signed
-            hi = float(np.percentile(disagreement[:: max(1, disagreement.shape[0] // 16)], 99.5))
-            show_image(self.viewer, disagreement, name, scale=scale, translate=translate,
+            show_image(self.viewer, shown.disagreement, name, scale=scale, translate=translate,
                        metadata={**common, "ddw_role": "consistency",
                                  "description": "|refined even − refined odd|: bright where the "
                                                 "two halves disagree"},
                        colormap="inferno", blending="additive", opacity=0.8,
-                       contrast=(0.0, hi if hi > 0 else 1.0))
+                       contrast=(0.0, shown.disagreement_high))
             self.outputs["consistency"] = name
         preview = find_layer(self.viewer, PREVIEW_NAME)
         if preview is not None:

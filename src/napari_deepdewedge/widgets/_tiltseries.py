@@ -377,10 +377,11 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
         self._source = layer
         return partial(reconstruct_job, inputs=inputs, params=params)
 
-    def _on_done(self, halves):
+    def _on_done(self, result):
         """Show the pipeline's Halves as layers ``"<stem> even"``, ``"<stem> odd"`` (and
-        ``"<stem> FBP"``) with its voxel size and origin; Save… writes them."""
-        self.halves_result = halves
+        ``"<stem> FBP"``) with its voxel size and origin and the contrast the worker computed
+        (``_reconstruct_job.Reconstructed``); Save… writes them."""
+        halves = self.halves_result = result.halves
         base = layer_stem(halves.stem)
         tmin, tmax = (float(v) for v in halves.tilt_range)
         scale = tuple(float(v) for v in halves.voxel_size)
@@ -393,7 +394,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
             meta = {"tilt_min": tmin, "tilt_max": tmax, "voxel_size": scale,
                     "ddw_role": key.lower(), "ddw_source": base}
             show_image(self.viewer, data, name, scale=scale, translate=translate, metadata=meta,
-                       visible=(key == "even"))
+                       visible=(key == "even"), contrast=result.limits[key])
             names[key] = name
         try:
             self._source.visible = False

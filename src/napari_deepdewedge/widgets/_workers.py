@@ -146,13 +146,15 @@ def write_job(job, write: Callable, overwrite: bool):
 class Job:
     """One background job of a widget: its napari worker, stop flag and done flag."""
 
-    def __init__(self, name: str, gen_func: Callable, *args, finish_on_quit: bool = False, **kwargs):
+    def __init__(self, name: str, gen_func: Callable, *args, **kwargs):
         """``gen_func(job, *args, **kwargs)`` is the generator to run.
 
-        ``finish_on_quit``: when the worker is quit (e.g. napari closes), set the stop flag and
-        run the generator to its end on the worker thread, without yielding to the GUI; for a
-        generator that stops cleanly within one step once ``job.stop`` is set (the fit, which
-        then saves a checkpoint).
+        When the worker is quit (napari closing quits every worker), the stop flag is set and
+        the generator is run to its end on the worker thread, without yielding to the GUI: a
+        fit saves its checkpoint, an engine call on a helper thread (:func:`run_with_progress`)
+        ends at its next progress report and the helper is joined, so ``done`` means that no
+        thread of the job runs any more. Before, a quit abandoned the generator of every job
+        but the fit: its helper thread ran on unjoined and ``done`` waited for the GUI thread.
         """
         from napari.qt.threading import create_worker
         from qtpy.QtCore import Qt
@@ -165,13 +167,8 @@ class Job:
         self._inner = gen_func(self, *args, **kwargs)
         self.worker = create_worker(self._run, _start_thread=False)
         self.worker.finished.connect(self.done.set)
-        # quit() (e.g. napari closing) also sets the stop flag, on the worker thread, so that an
-        # engine call running on a helper thread ends at its next progress report
-        direct = Qt.ConnectionType.DirectConnection
-        if finish_on_quit:
-            self.worker.aborted.connect(self._finish, direct)
-        else:
-            self.worker.aborted.connect(self.stop.set, direct)
+        # quit() (e.g. napari closing) runs _finish on the worker thread, right after the abort
+        self.worker.aborted.connect(self._finish, Qt.ConnectionType.DirectConnection)
 
     def _finish(self):
         """Runs on the worker thread right after an abort: let the generator end cleanly."""
@@ -183,6 +180,8 @@ class Job:
                 return
             for message in self._inner:
                 self.drained.append(message)
+        except Cancelled:  # the usual end of a stopped job
+            pass
         except BaseException:  # the user asked to stop; only log what went wrong
             LOG.exception("DeepDeWedge %s: error while stopping", self.name)
         finally:
