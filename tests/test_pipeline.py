@@ -275,3 +275,42 @@ def test_fit_events_resume_inherits_unset_fixed_settings_then_refine(tmp_path, o
     np.testing.assert_allclose(result.difference, result.half0 - result.half1)
     with pytest.raises(DDWError, match="not found"):
         refine(RefineRequest(model=tmp_path / "none.pt", even=t0, odd=t1))
+
+
+def test_finished_fit_skips_only_a_fit_that_is_over_and_of_these_tomograms(tmp_path):
+    """pipeline.finished_fit: the one 'skip the fit, refine' decision (run, project)."""
+    from napari_deepdewedge.core.checkpoint import save_checkpoint
+    from napari_deepdewedge.core.fitting import FitConfig
+    from napari_deepdewedge.core.pairs import HalfPair
+    from napari_deepdewedge.pipeline import FitRequest, finished_fit
+
+    even = odd = np.zeros((24, 32, 32), np.float32)
+    saved = FitConfig(subtomo_size=16, channels=4, depth=2, epochs=3, voxel_size=(8.0, 8.0, 8.0))
+    inputs = [HalfPair(even=even, odd=odd, tilt_range=(saved.tilt_min, saved.tilt_max),
+                       voxel_size=saved.voxel_size).record()]
+    # validation losses 0.5, 0.6, 0.7: the best epoch is 1, two epochs ago
+    history = [[1, 1.0, 0.5, 1.0], [2, 0.9, 0.6, 1.0], [3, 0.8, 0.7, 1.0]]
+    latest = save_checkpoint(tmp_path / "model" / "latest.pt",
+                             dict(_payload(saved, epoch=3), inputs=inputs, history=history))
+
+    def request(resume=latest, data=even, **change):
+        return FitRequest(even=data, odd=data, resume=resume,
+                          config=dataclasses.replace(saved, **change))
+
+    assert finished_fit(request(resume=None)) is None
+    assert finished_fit(request(epochs=4)) is None  # one more epoch to fit
+    done = finished_fit(request())
+    assert (done.model, done.epochs_done) == (latest, 3)  # no best.pt beside it: the checkpoint
+    best = save_checkpoint(latest.with_name("best.pt"), dict(_payload(saved, epoch=1), inputs=inputs))
+    assert finished_fit(request(epochs=2)).model == best
+    # stopped early: the request's patience is already met by the checkpoint's history
+    assert finished_fit(request(epochs=10, early_stop_patience=2)).epochs_done == 3
+    assert finished_fit(request(epochs=10, early_stop_patience=3)) is None
+    # never another fit's model: fixed settings asked for, and the tomograms, must match
+    with pytest.raises(CheckpointError, match="channels=4"):
+        finished_fit(request(channels=8))
+    with pytest.raises(CheckpointError, match="shape"):
+        finished_fit(request(data=np.zeros((24, 32, 40), np.float32)))
+    # continuing a finished checkpoint stays refused (fit --resume)
+    with pytest.raises(CheckpointError, match="raise epochs above 3"):
+        plan_fit(saved, latest)

@@ -103,6 +103,31 @@ def test_project_with_a_fit_subset_and_per_series_wedges(tmp_path, capsys):
     assert [i["name"] for i in inputs] == ["TS_01"] and inputs[0]["tilt_range"] == [-48.0, 64.0]
 
 
+def test_run_killed_after_the_last_checkpoint_before_the_job_file_said_done(tmp_path, capsys):
+    """The fit's last checkpoint is written but job.json still says 'running' (a kill between
+    the two): the same command takes the finished fit (pipeline.finished_fit), fits nothing."""
+    series = _write_series(tmp_path / "ts", stems=STEMS[:1])
+    out = tmp_path / "proj"
+    command = ["run", str(series), "--out", str(out), "--epochs", "1", "-q", *TINY]
+    assert cli.main(command) == 0, capsys.readouterr().err
+    job = json.loads((out / "job.json").read_text())
+    job["stage"] = "fit"
+    job["fit"].update(state="running", checkpoint=None, epochs_done=0)
+    job["tomograms"]["TS_00"].update(fitted_with=None, refined=False, refined_with=None)
+    (out / "job.json").write_text(json.dumps(job))
+    (out / "TS_00_refined.mrc").unlink()
+    fit_files = {p.name: p.stat().st_mtime_ns for p in (out / "model").iterdir()}
+
+    assert cli.main(command) == 0, capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "model").iterdir()} == fit_files
+    job = json.loads((out / "job.json").read_text())
+    assert job["stage"] == "done"
+    assert (job["fit"]["state"], job["fit"]["checkpoint"], job["fit"]["epochs_done"]) == \
+        ("done", "model/best.pt", 1)
+    assert job["tomograms"]["TS_00"]["fitted_with"] == "model/best.pt"
+    assert (out / "TS_00_refined.mrc").exists()
+
+
 def test_run_killed_while_fitting_continues_from_latest_checkpoint(tmp_path):
     series = _write_series(tmp_path / "ts")
     out = tmp_path / "proj"

@@ -10,6 +10,7 @@ from ..core.errors import DDWError
 from ..pipeline import (
     FitRequest,
     RefineRequest,
+    finished_fit,
     halves_paths,
     reconstruct_halves,
     refine,
@@ -188,11 +189,14 @@ def cmd_run(args) -> int:
                        "glob or a list file instead of one stack")
     out = Path(args.out)
     request = halves_request(args, want_full=args.full)
-    # a resumed run continues its own job: its halves and refined files may be replaced
+    # a resumed run continues its own job: its halves and refined files are replaced (the
+    # halves by the same deterministic reconstruction the checkpoint was fitted on)
     overwrite = args.overwrite or args.resume is not None
     refined_out = out / f"{request.stem}_refined.mrc"
-    refuse_existing(refined_paths(refined_out, with_halves=not args.no_halves), overwrite=overwrite)
-    claim_fit_folder(args, out / "model")
+    refined = refined_paths(refined_out, with_halves=not args.no_halves)
+    refuse_existing(refined[:1], overwrite=overwrite)  # written last: the job is finished
+    claim_fit_folder(args, out / "model")  # an unfinished job: the --resume command finishes it
+    refuse_existing(refined, overwrite=overwrite)
     t_start = time.perf_counter()
     halves, written = reconstruct(args, request, out, overwrite=overwrite)
     for path in written:
@@ -200,22 +204,36 @@ def cmd_run(args) -> int:
     mask = read_mask(args.mask, halves.even.shape)
     config = fit_config(args, tilt_range=halves.tilt_range, out_dir=out / "model",
                         voxel_size=halves.voxel_size)
-    finished, interrupted = run_fit(args, FitRequest(
+    model_path = fit_for_run(args, FitRequest(
         even=halves.even, odd=halves.odd, config=config, mask=mask, resume=args.resume,
-        given=given_fields(args)))
-    report_fit(args, finished, time.perf_counter() - t_start)
-    if finished is None or (finished.stopped and interrupted):
+        given=given_fields(args)), t_start)
+    if model_path is None:
         even_path, odd_path = written[:2]
         info(args, f"not refining after the interrupt; refine later with: deepdewedge refine "
                    f"--even {even_path} --odd {odd_path} --model CKPT --out {refined_out}")
         return EXIT_INTERRUPTED
-    model_path = finished.best_path or finished.latest_path
     for path in refine_and_write(args, str(model_path), halves.even, halves.odd, refined_out,
                                  keep_halves=not args.no_halves, voxel_size=halves.voxel_size,
                                  origin=halves.origin, overwrite=overwrite):
         print(path)
     info(args, f"done in {time.perf_counter() - t_start:.0f} s (model: {model_path})")
     return 0
+
+
+def fit_for_run(args, request: FitRequest, t_start: float) -> Path | None:
+    """The model ``run`` refines with: fit (or continue the fit of ``--resume``), or — when that
+    checkpoint has already finished its fit (pipeline.finished_fit) — its ``best.pt`` without
+    fitting again. ``None`` when the fit was interrupted."""
+    already = finished_fit(request)
+    if already is not None:
+        info(args, f"fit already finished ({already.epochs_done} epochs): refining with "
+                   f"{already.model}")
+        return already.model
+    finished, interrupted = run_fit(args, request)
+    report_fit(args, finished, time.perf_counter() - t_start)
+    if finished is None or (finished.stopped and interrupted):
+        return None
+    return finished.best_path or finished.latest_path
 
 
 def run_many(args) -> int:

@@ -71,12 +71,11 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def resumed_config(requested, payload: dict, *, given=None, name: str = "checkpoint"):
-    """The ``FitConfig`` to resume with: the checkpoint's fixed settings, the request's others.
+def fixed_config(requested, payload: dict, *, given=None, name: str = "checkpoint"):
+    """``requested`` with the checkpoint's fixed settings (no check of the epochs).
 
     Raises :class:`CheckpointError` when a fixed setting the caller asked for (all of them with
-    ``given=None``) differs from the checkpoint's, or when the checkpoint has already done the
-    requested number of epochs.
+    ``given=None``) differs from the checkpoint's.
     """
     saved = dict(payload.get("config") or {})
     arch = payload.get("arch")
@@ -94,7 +93,17 @@ def resumed_config(requested, payload: dict, *, given=None, name: str = "checkpo
                 f"{key}={new!r}; use the same {key} (or start a new fit)"
             )
         fixed[key] = old
-    planned = dataclasses.replace(requested, **fixed)
+    return dataclasses.replace(requested, **fixed)
+
+
+def resumed_config(requested, payload: dict, *, given=None, name: str = "checkpoint"):
+    """The ``FitConfig`` to resume with: the checkpoint's fixed settings, the request's others.
+
+    Raises :class:`CheckpointError` as :func:`fixed_config` does, and when the checkpoint has
+    already done the requested number of epochs (a front end that wants to go on to refinement
+    with such a checkpoint asks ``pipeline.fitting.finished_fit`` first).
+    """
+    planned = fixed_config(requested, payload, given=given, name=name)
     done = int(payload.get("epoch", 0))
     if done >= planned.epochs:
         raise CheckpointError(

@@ -3,7 +3,7 @@
 Typed requests in, typed results and progress events out. Imports ``core`` only — never Qt,
 napari or argparse — and no torch at import time. See docs/architecture.md.
 """
-from .fitting import FitRequest, FitResumed, fit_events, plan_fit
+from .fitting import FinishedFit, FitRequest, FitResumed, finished_fit, fit_events, plan_fit
 from .halves import Halves, HalvesRequest, halves_paths, reconstruct_halves, write_halves
 from .names import common_stem, stem_of
 from .outputs import OutputExists, earlier_checkpoints, refuse_earlier_fit, refuse_existing
@@ -14,8 +14,8 @@ from .project import ProjectRequest, run_project
 __all__ = [
     "BatchRefineRequest", "ProjectRequest", "RefinePair", "find_pairs", "refine_batch",
     "run_project",
-    "FitRequest", "FitResumed", "Halves", "HalvesRequest", "OutputExists", "RefineRequest",
-    "common_stem", "earlier_checkpoints", "fit_events", "halves_paths", "plan_fit",
+    "FinishedFit", "FitRequest", "FitResumed", "Halves", "HalvesRequest", "OutputExists", "RefineRequest",
+    "common_stem", "earlier_checkpoints", "finished_fit", "fit_events", "halves_paths", "plan_fit",
     "reconstruct_halves", "refine", "refined_paths", "refuse_earlier_fit",
     "refuse_existing", "stem_of", "write_halves", "write_refined",
 ]

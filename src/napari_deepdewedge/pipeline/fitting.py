@@ -86,6 +86,46 @@ class FitRequest:
                                    voxel_size=tuple(float(v) for v in first.voxel_size))
 
 
+@dataclass(frozen=True)
+class FinishedFit:
+    """A fit that needs no more epochs: the checkpoint refinement uses (``model``) and the
+    epochs it has done."""
+
+    model: Path
+    epochs_done: int
+
+
+def finished_fit(request: FitRequest) -> FinishedFit | None:
+    """Whether ``request.resume`` names a fit that is already over for this request.
+
+    Over means: the checkpoint has done the requested epochs, or its loss history already meets
+    the request's early-stopping patience. Then the result names ``best.pt`` beside the
+    checkpoint (else the checkpoint itself) for refinement; ``None`` when there is more to fit
+    or nothing to resume. The checkpoint must match the request as a resume would (the fixed
+    settings in ``given``, the same tomograms), else ``CheckpointError``: a job never goes on
+    with another job's model.
+
+    The one place a front end decides "skip the fit, refine" (``run`` on one series and a
+    project's job). Continuing such a checkpoint is still refused by the engine
+    (``core.resume.resumed_config``: "raise epochs"), so ``fit --resume`` stays strict.
+    """
+    if request.resume is None:
+        return None
+    from ..core.resume import check_resume_inputs, fixed_config
+    from ..core.schedule import should_stop_early
+
+    checkpoint = Path(request.resume)
+    payload = _load_resume(checkpoint)
+    config = fixed_config(request.planned_config(), payload, given=request.given, name=checkpoint.name)
+    done = int(payload["epoch"])
+    history = payload.get("history") or []
+    if done < config.epochs and not should_stop_early(history, config.early_stop_patience):
+        return None
+    check_resume_inputs(payload, [pair.record() for pair in request.half_pairs()])
+    best = checkpoint.parent / "best.pt"
+    return FinishedFit(model=best if best.exists() else checkpoint, epochs_done=done)
+
+
 @dataclass
 class FitResumed(FitEvent):
     """First event of a resumed fit: the planned settings, the checkpoint's completed epochs

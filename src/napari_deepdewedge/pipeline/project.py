@@ -249,32 +249,24 @@ def _fit_request(request, job: JobFile, resume):
                                        given=request.given)
 
 
-def _finished_epochs(checkpoint: Path) -> int:
-    from ..core.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(checkpoint, require=()).get("epoch", 0))
-
-
 def _fit(request, job: JobFile, report, should_stop) -> bool:
     """Fit (or continue the fit); returns False when it was stopped."""
-    from .fitting import fit_events
+    from .fitting import finished_fit, fit_events
 
     fit_state = job.state["fit"]
     if fit_state["state"] == "done" and fit_state["checkpoint"] \
             and job.absolute(fit_state["checkpoint"]).exists():
         return True
-    model_dir = job.out_dir / "model"
-    resume = resume_point(model_dir)
-    if resume is not None and _finished_epochs(resume) >= request.fit_config.epochs:
-        # killed after the last epoch's checkpoint but before the job file said so
-        best = model_dir / "best.pt"
-        _fit_done(job, best if best.exists() else resume, request.fit_config.epochs)
+    fit_request = _fit_request(request, job, resume_point(job.out_dir / "model"))
+    already = finished_fit(fit_request)
+    if already is not None:  # killed after the last epoch's checkpoint but before the job file said so
+        _fit_done(job, already.model, already.epochs_done)
         return True
     fit_state["state"] = "running"
     job.state["stage"] = "fit"
     job.save()
     finished = None
-    for event in fit_events(_fit_request(request, job, resume), should_stop=should_stop):
+    for event in fit_events(fit_request, should_stop=should_stop):
         report(event)
         if type(event).__name__ == "FitFinished":
             finished = event
