@@ -15,3 +15,15 @@ def ddw_plugin(npe2pm):
     """The real napari-deepdewedge manifest (from the installed distribution), registered."""
     with npe2pm.tmp_plugin(package="napari-deepdewedge") as plugin:
         yield plugin
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The networks of a module run on one thread (tiny networks are faster so, and immune to
+    a busy shared machine); use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -29,14 +29,7 @@ TINY_FIT = ["--subtomo-size", "16", "--channels", "4", "--depth", "2", "--epochs
 NAMES = ("T0", "T1", "T2")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _halves(rng, shape=(24, 32, 32)):

@@ -48,15 +48,7 @@ def _write_tlt(path: Path, angles) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The networks here are tiny: one thread is faster, and immune to a busy shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

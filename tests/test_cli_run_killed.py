@@ -29,14 +29,7 @@ class Killed(BaseException):
     """The process dies here: cli.main handles DDWError, OSError and Ctrl-C, not this."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

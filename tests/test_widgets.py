@@ -7,6 +7,7 @@ for docking. Everything is tiny (32×48×48 phantom, 16³ cubes, 4-channel depth
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ pytest.importorskip("pytestqt")
 napari = pytest.importorskip("napari")
 
 pytestmark = pytest.mark.gui
+sys.path.insert(0, str(Path(__file__).parent))
+from gui_probe import set_tiny_fit  # noqa: E402  (the tiny fit form, shared with the probes)
 
 PLUGIN = "napari-deepdewedge"
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,16 +79,7 @@ def layer(viewer, name):
 
 
 def tiny_fit_settings(fit, out_dir, epochs=2):
-    fit.device.setCurrentText("cpu")
-    fit.size.setValue(16)
-    fit.channels.setValue(4)
-    fit.depth.setValue(2)
-    fit.batch.setValue(4)
-    fit.epochs.setValue(epochs)
-    fit.update_every.setValue(2)
-    fit.preview_every.setValue(1)
-    fit.val_fraction.setValue(0.1)
-    fit.out_dir.setText(str(out_dir))
+    set_tiny_fit(fit, out_dir, epochs)
 
 
 # ----------------------------------------------------------------------------------- tests

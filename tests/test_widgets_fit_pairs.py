@@ -6,6 +6,9 @@ other tomograms is refused naming the difference; the dock's request equals the 
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +16,8 @@ pytest.importorskip("pytestqt")
 pytest.importorskip("napari")
 
 pytestmark = pytest.mark.gui
+sys.path.insert(0, str(Path(__file__).parent))
+from gui_probe import set_tiny_fit  # noqa: E402
 
 WAIT_MS = 300_000
 VOXEL = 8.0
@@ -63,16 +68,10 @@ def _fit_dock(make_napari_viewer, rec, out_dir, *, epochs=1):
     fit.odd.set_layer_name("T0_odd")
     fit.tilt_min.setValue(DOCK_RANGE[0])
     fit.tilt_max.setValue(DOCK_RANGE[1])
-    fit.device.setCurrentText("cpu")
-    fit.size.setValue(16)
-    fit.channels.setValue(4)
-    fit.depth.setValue(2)
-    fit.batch.setValue(4)
-    fit.epochs.setValue(epochs)
+    set_tiny_fit(fit, out_dir, epochs)
     fit.update_every.setValue(0)
     fit.preview_every.setValue(0)
     fit.val_fraction.setValue(0.0)
-    fit.out_dir.setText(str(out_dir))
     return fit
 
 

@@ -22,7 +22,8 @@ def is_terminal(stream) -> bool:
 
 
 class _BarOwner:
-    """Closes its tqdm bar (if it made one) on ``close()`` and at the end of a ``with``."""
+    """Closes its bar (a tqdm bar or a :class:`Progress`, if it made one) on ``close()`` and
+    at the end of a ``with``."""
 
     bar = None
 
@@ -142,20 +143,8 @@ class FitReport(_BarOwner):
         if event.kind == "stopped":
             self._print(f"saved {event.path}")
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-class BatchReport:
+class BatchReport(_BarOwner):
     """Shows a batch refinement's events (pipeline.batch): a line per tomogram with the
     overall count, and a bar (or plain lines) over the current tomogram's tiles. Rank 0 only;
     voxel-size warnings come from the rank that refines the tomogram."""
@@ -164,7 +153,7 @@ class BatchReport:
         self.stream = stream if stream is not None else sys.stderr
         self.quiet = quiet
         self.disabled = quiet or not is_rank_zero()
-        self.current = None
+        self.bar = None  # the current tomogram's Progress
 
     def __call__(self, event) -> None:
         kind = type(event).__name__
@@ -175,33 +164,17 @@ class BatchReport:
             return
         tag = f"[{event.index + 1}/{event.total}] {event.name}"
         if kind == "TomogramStarted":
-            self._close_bar()
-            self.current = Progress(f"refine {tag}", unit="batch", stream=self.stream)
-        elif kind == "TomogramProgress" and self.current is not None:
-            self.current(event.done, event.of)
+            self.close()
+            self.bar = Progress(f"refine {tag}", unit="batch", stream=self.stream)
+        elif kind == "TomogramProgress" and self.bar is not None:
+            self.bar(event.done, event.of)
         elif kind == "TomogramFinished":
-            self._close_bar()
+            self.close()
             what = "kept (finished earlier)" if event.skipped else f"refined in {event.seconds:.1f} s"
             print(f"{tag}: {what}; {event.finished_overall}/{event.total} finished overall",
                   file=self.stream, flush=True)
 
-    def _close_bar(self) -> None:
-        if self.current is not None:
-            self.current.close()
-            self.current = None
-
-    def close(self) -> None:
-        self._close_bar()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-
-class ProjectReport:
+class ProjectReport(_BarOwner):
     """One line per tomogram and step of a project (pipeline.project.ProjectStep)."""
 
     def __init__(self, *, quiet: bool = False, stream=None):
@@ -214,12 +187,3 @@ class ProjectReport:
         what = "kept (done earlier)" if event.state == "kept" else "done"
         print(f"{event.stage} [{event.index + 1}/{event.total}] {event.name}: {what}",
               file=self.stream, flush=True)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
