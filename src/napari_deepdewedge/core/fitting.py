@@ -31,10 +31,10 @@ The CLI calls :func:`init_distributed_from_env`; ``fit_iter`` then wraps the mod
 ``DistributedDataParallel`` and splits every batch across the ranks so that the *global* batch
 is ``batch_size`` (the result matches a single-process run with the same batch size).
 
-Where the pieces live: this module holds ``FitConfig``, the data pieces (standardized cube
-stores, input normalization, wedge updates), one fitting step, the validation loss and the
-loop (≈670 lines: they share the cube stores, masks and settings, and the loop reads as the
-method's recipe); events in ``fit_events.py``, the loss log in ``fit_log.py``, previews in
+Where the pieces live: this module holds the data pieces (standardized cube stores, input
+normalization, wedge updates), one fitting step, the validation loss and the loop (≈620
+lines: they share the cube stores, masks and settings, and the loop reads as the method's
+recipe); ``FitConfig`` in ``fit_config.py``, events in ``fit_events.py``, the loss log in ``fit_log.py``, previews in
 ``fit_preview.py``, checkpoint payloads in ``checkpoint.py``, devices/AMP/DDP in
 ``fit_parallel.py``, the resume rule in ``resume.py``.
 """
@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from .errors import CheckpointError, DDWError
@@ -55,6 +54,7 @@ from .fit_events import (  # noqa: F401  (re-exported: the engine's event names)
     CheckpointSaved, EpochDone, FitEvent, FitFinished, FitStarted, PreviewReady, StepDone, WedgesUpdated,
 )
 
+from .fit_config import FitConfig  # noqa: F401  (re-exported: where FitConfig was defined)
 from .fit_log import CSV_HEADER  # noqa: F401  (re-exported)
 from .perf import as_input, limit_cpu_threads, maybe_compile, needs_grad_scaler, pick_autocast
 from .schedule import lr_at, should_stop_early
@@ -64,132 +64,6 @@ from .fit_parallel import (  # noqa: F401  (amp_enabled … init_distributed_fro
 )
 
 
-# --------------------------------------------------------------------------------------------
-# configuration
-# --------------------------------------------------------------------------------------------
-@dataclass
-class FitConfig:
-    """Everything that defines a fitting run (DESIGN §2.4–2.7)."""
-
-    subtomo_size: int = 48
-    channels: int = 16
-    depth: int = 3
-    epochs: int = 50
-    batch_size: int = 5
-    lr: float = 4e-4
-    val_fraction: float = 0.1
-    update_every: int = 10          # epochs between wedge updates; 0 = never
-    validate_every: int = 1
-    checkpoint_every: int = 10      # epochs between periodic checkpoints; 0 = none
-    wedge_weight: float = 2.0
-    strides: tuple[int, int, int] | None = None
-    min_mask_fraction: float = 0.3
-    tilt_min: float = -60.0
-    tilt_max: float = 60.0
-    standardize: bool = True
-    seed: int = 0
-    device: str = "auto"
-    out_dir: str | None = None      # checkpoints + losses.csv; None = no files
-    preview_every: int = 0          # epochs; 0 = no previews
-    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    # U-Net adds its normalized input to its output (DESIGN §2.6). Off by default: with the
-    # epoch budgets people run (tens, not hundreds), the plain network denoises much better —
-    # tuning phantom, 64×160×160, s=32, 16 ch: CC vs truth at epoch 20 0.595 without vs 0.532
-    # with the residual (oracle Gaussian 0.569); see bench/quality.py
-    residual: bool = False
-    # how fitting cubes are rotated: "trilinear" (grid_sample) or "bspline3" (cubic B-spline,
-    # as the original); un-rotated inputs get the kind's matching filter (core.rotation).
-    # Trilinear stays the default: bench/quality_peers.py small run (sym60, 32×64×64, s=16,
-    # 8 ch, 6 epochs) CC in slab / in-wedge CC 0.811 / 0.553 trilinear vs 0.794 / 0.425 bspline3
-    resampling: str = "trilinear"
-    # validation cube0s get the same wedge updates as the fitting cube0s (as in the original),
-    # so the validation loss and best.pt see the inputs fitting sees
-    update_val_wedges: bool = True
-    # torch.compile the U-Net: honoured on CUDA for long runs only (core.perf.decide_compile;
-    # on the CPU it costs 100 s and gains 3 %, so it is never used there)
-    compile: bool = False
-    # time-to-quality levers (core/schedule.py); the defaults keep the original's behaviour
-    lr_schedule: str = "constant"   # or "warmup_cosine"
-    warmup_epochs: int = 0
-    early_stop_patience: int = 0    # epochs without a lower validation loss; 0 = never stop early
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> "FitConfig":
-        """``FitConfig`` with a preset's subtomo size, channels and depth (``unet.PRESETS``)."""
-        from .unet import PRESETS
-
-        if name not in PRESETS:
-            raise DDWError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
-        values = dict(PRESETS[name])
-        values.update(overrides)
-        return cls.from_dict(values, strict=True)
-
-    def to_dict(self) -> dict:
-        """Plain dict (tuples as lists) — what checkpoints store."""
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
-
-    @classmethod
-    def from_dict(cls, values: dict, strict: bool = False) -> "FitConfig":
-        """Build from a dict; unknown keys raise with ``strict`` and are ignored otherwise."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k for k in values if k not in names]
-        if unknown and strict:
-            raise DDWError(f"unknown fitting option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}")
-        kw = {k: v for k, v in values.items() if k in names}
-        for k in ("strides", "voxel_size"):
-            if kw.get(k) is not None:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
-
-    def validate(self) -> "FitConfig":
-        """Raise :class:`DDWError` (problem and fix) for values the loop cannot run with."""
-        from .unet import required_multiple
-
-        def positive_int(name, minimum=1):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
-                raise DDWError(f"{name} must be an integer ≥ {minimum}, got {v!r}")
-
-        for name in ("subtomo_size", "channels", "depth", "epochs", "batch_size", "validate_every"):
-            positive_int(name)
-        for name in ("update_every", "checkpoint_every", "preview_every", "warmup_epochs", "early_stop_patience"):
-            positive_int(name, 0)
-        m = required_multiple(self.depth)
-        if self.subtomo_size % m:
-            lo = max(m, self.subtomo_size // m * m)
-            raise DDWError(
-                f"subtomo_size {self.subtomo_size} must be a multiple of {m} (2**depth for depth {self.depth}); "
-                f"use e.g. {lo} or {lo + m}"
-            )
-        from .schedule import SCHEDULES
-
-        if self.lr_schedule not in SCHEDULES:
-            raise DDWError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise DDWError(f"learning rate must be a positive number, got {self.lr}; the default is 4e-4")
-        if not 0 <= self.val_fraction < 1:
-            raise DDWError(f"val_fraction must be in [0, 1), got {self.val_fraction}; the default is 0.1")
-        if not self.wedge_weight >= 0:
-            raise DDWError(f"wedge_weight must be ≥ 0, got {self.wedge_weight}; the default is 2")
-        if not (-90 < self.tilt_min < self.tilt_max < 90):
-            raise DDWError(
-                f"tilt range [{self.tilt_min}, {self.tilt_max}] is invalid: need -90 < tilt_min < tilt_max < 90 degrees"
-            )
-        from .rotation import check_resampling
-
-        check_resampling(self.resampling)
-        if self.strides is not None and (len(self.strides) != 3 or any(int(s) < 1 for s in self.strides)):
-            raise DDWError(f"strides must be three positive integers (Z, Y, X), got {self.strides}")
-        return self
-
-
-# --------------------------------------------------------------------------------------------
-# small pieces of the loop
-# --------------------------------------------------------------------------------------------
 def _center_crop(cubes: torch.Tensor, s: int) -> torch.Tensor:
     E = cubes.shape[-1]
     a = E // 2 - s // 2
