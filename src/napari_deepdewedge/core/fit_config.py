@@ -41,15 +41,20 @@ class FitConfig:
     # U-Net adds its normalized input to its output (DESIGN §2.6). Off by default: with the
     # epoch budgets people run (tens, not hundreds), the plain network denoises much better —
     # tuning phantom, 64×160×160, s=32, 16 ch: CC vs truth at epoch 20 0.595 without vs 0.532
-    # with the residual (oracle Gaussian 0.569); see bench/quality.py
+    # with the residual (oracle Gaussian 0.569); see bench/quality.py. bench/quality_peers.py
+    # (sym60, 32×64×64, s=16, 8 ch; CC in slab / in-wedge CC) off vs on: 6 epochs 0.812/0.525
+    # vs 0.743/0.337, 40 epochs 0.859/0.712 vs 0.851/0.668, 200 epochs 0.838/0.667 vs 0.842/0.590
     residual: bool = False
     # how fitting cubes are rotated: "trilinear" (grid_sample) or "bspline3" (cubic B-spline,
     # as the original); un-rotated inputs get the kind's matching filter (core.rotation).
     # Trilinear stays the default: bench/quality_peers.py small run (sym60, 32×64×64, s=16,
     # 8 ch, 6 epochs) CC in slab / in-wedge CC 0.811 / 0.553 trilinear vs 0.794 / 0.425 bspline3
+    # (the merged run on main: 0.812 / 0.525 vs 0.793 / 0.427)
     resampling: str = "trilinear"
     # validation cube0s get the same wedge updates as the fitting cube0s (as in the original),
-    # so the validation loss and best.pt see the inputs fitting sees
+    # so the validation loss and best.pt see the inputs fitting sees. bench/quality_peers.py
+    # (sym60, 32×64×64): on vs off 0.812/0.525 vs 0.812/0.525 at 6 epochs, 0.859/0.712 vs
+    # 0.869/0.690 at 40: no clear winner, so the original's behaviour is kept
     update_val_wedges: bool = True
     # torch.compile the U-Net: honoured on CUDA for long runs only (core.perf.decide_compile;
     # on the CPU it costs 100 s and gains 3 %, so it is never used there)
