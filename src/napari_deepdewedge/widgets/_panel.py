@@ -164,7 +164,7 @@ class DDWPanel(QWidget):
         return bool(self._turns) or any(not job.gui_done for job in self._jobs)
 
     def in_turns(self, *steps: Callable[[], None]) -> None:
-        """Run ``steps`` in order, one per turn of the Qt event loop (``QTimer.singleShot(0)``),
+        """Run ``steps`` in order, one per turn of the Qt event loop (``QTimer.singleShot(1)``),
         so that the viewer paints and answers input between them: adding a napari layer
         (its vispy visual, its controls, the selection change) blocks the GUI thread for
         0.1–0.4 s on this machine, and a job's result used to add three or four in one slot.
@@ -179,7 +179,10 @@ class DDWPanel(QWidget):
     def _schedule_turn(self) -> None:
         from qtpy.QtCore import QTimer
 
-        QTimer.singleShot(0, self._next_turn)
+        # 1 ms, not 0: a 0 ms chain is run as posted events, which Qt's glib dispatcher serves
+        # before overdue timers, so the timers of the viewer (and the stall meter) would wait
+        # for the whole chain; a 1 ms timer lets every overdue timer fire first.
+        QTimer.singleShot(1, self._next_turn)
 
     def _next_turn(self) -> None:
         if not self._turns:
