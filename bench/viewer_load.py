@@ -14,7 +14,8 @@ longest GUI-thread stall while reconstruct / fit / refine / refine many run from
 3. ``--compare``: each job runs twice back to back at the same load, first as before
    (``DDWPanel.in_turns`` runs a result's steps in one slot, the progress bar and the loss
    plot redraw at every message), then as now (one layer per event-loop turn, progress shown
-   at most every 0.25 s, the loss plot redrawn at most every 0.3 s); the layers a run added are removed before the next, so both add the same layers.
+   at most every 0.25 s, the loss plot redrawn at most every 0.3 s); the layers a run added
+   are removed before the next, so both add the same layers.
 Timings depend on the machine's load (print ``os.getloadavg()`` beside them).
 """
 from __future__ import annotations
@@ -46,8 +47,12 @@ def as_before(on: bool) -> None:
     progress bar and the loss plot redrawn at every message); ``off``: as now."""
     from napari_deepdewedge.widgets import _panel, _plots
 
+    def all_in_one_slot(self, *steps):
+        for step in steps:
+            step()
+
     if on:
-        _panel.DDWPanel.in_turns = lambda self, *steps: [step() for step in steps] and None
+        _panel.DDWPanel.in_turns = all_in_one_slot
         _plots.LossPlot.min_redraw_s = 0.0
         _panel.PROGRESS_EVERY_S = 0.0
     else:
