@@ -11,6 +11,11 @@ longest GUI-thread stall while reconstruct / fit / refine / refine many run from
    can run in minutes (printed), while a Qt timer ticks every 10 ms in the GUI thread: the gaps
    between ticks are the stalls (longest, 95th percentile), and a watcher thread samples where
    the GUI thread was during stalls over 100 ms.
+3. ``--compare``: each job runs twice back to back at the same load, first as before
+   (``DDWPanel.in_turns`` runs a result's steps in one slot, the progress bar and the loss
+   plot redraw at every message), then as now (one layer per event-loop turn, progress shown
+   at most every 0.25 s, the loss plot redrawn at most every 0.3 s); the layers a run added
+   are removed before the next, so both add the same layers.
 Timings depend on the machine's load (print ``os.getloadavg()`` beside them).
 """
 from __future__ import annotations
@@ -37,7 +42,43 @@ def wait_until(app, condition, timeout=3600.0):
             raise TimeoutError("job did not finish")
 
 
-def measured(app, panel, start, what):
+def as_before(on: bool) -> None:
+    """``on``: the GUI of a job as before this change (all result layers in one slot, the
+    progress bar and the loss plot redrawn at every message); ``off``: as now."""
+    from napari_deepdewedge.widgets import _panel, _plots
+
+    def all_in_one_slot(self, *steps):
+        for step in steps:
+            step()
+
+    if on:
+        _panel.DDWPanel.in_turns = all_in_one_slot
+        _plots.LossPlot.min_redraw_s = 0.0
+        _panel.PROGRESS_EVERY_S = 0.0
+    else:
+        _panel.DDWPanel.in_turns = IN_TURNS
+        _plots.LossPlot.min_redraw_s = MIN_REDRAW_S
+        _panel.PROGRESS_EVERY_S = PROGRESS_EVERY_S
+
+
+def measured(app, panel, start, what, viewer=None, compare=False):
+    """Measure ``start``; with ``compare``, twice (before / now), removing the layers the
+    first run added before the second."""
+    if not compare:
+        return measure_once(app, panel, start, what)
+    before = {layer.name: layer.visible for layer in viewer.layers}
+    for mode in ("before", "now"):
+        as_before(mode == "before")
+        measure_once(app, panel, start, f"[{mode}] {what}")
+        for layer in [lay for lay in viewer.layers if lay.name not in before]:
+            viewer.layers.remove(layer)
+        for layer in viewer.layers:
+            layer.visible = before[layer.name]
+        app.processEvents()
+    as_before(False)
+
+
+def measure_once(app, panel, start, what):
     from gui_probe import StallMeter
 
     meter = StallMeter(watch_ms=100).start()
@@ -52,6 +93,8 @@ def measured(app, panel, start, what):
           f"load {os.getloadavg()[0]:.1f}", flush=True)
     for count, where in meter.culprits(3):
         print(f"    stalled {count}× in {where}")
+    for where in dict.fromkeys(meter.longest_culprits()):
+        print(f"    longest stall in {where}")
     return meter
 
 
@@ -69,6 +112,8 @@ def main() -> int:
     parser.add_argument("--halves-shape", type=int, nargs=3, default=(64, 256, 256),
                         metavar=("Z", "Y", "X"), help="halves of the fit and refine jobs")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the fit job")
+    parser.add_argument("--compare", action="store_true",
+                        help="run each job as before and as now, back to back")
     parser.add_argument("--jobs", nargs="+", default=JOBS, choices=JOBS,
                         help="the dock jobs to measure (default: all)")
     args = parser.parse_args()
@@ -76,6 +121,12 @@ def main() -> int:
     import napari
     import numpy as np
     from qtpy.QtWidgets import QApplication
+
+    from napari_deepdewedge.widgets import _panel, _plots
+
+    global IN_TURNS, MIN_REDRAW_S, PROGRESS_EVERY_S
+    IN_TURNS, MIN_REDRAW_S = _panel.DDWPanel.in_turns, _plots.LossPlot.min_redraw_s
+    PROGRESS_EVERY_S = _panel.PROGRESS_EVERY_S
 
     from gui_probe import (PIXEL, PLUGIN, add_halves, dock, mapped_bytes_resident, noisy_halves,
                            rss_bytes, setup_fit, setup_reconstruct, setup_refine, tilt_series,
@@ -115,17 +166,26 @@ def main() -> int:
         series, angles = tilt_series(n_tilts=41, size=384)
         series = memmapped(folder, "ts", series)
         widget = setup_reconstruct(viewer, series, angles, thickness=96)
-        measured(app, widget, widget.reconstruct, "reconstruct (41×384×384 → 3 × 96×384×384)")
+        measured(app, widget, widget.reconstruct, "reconstruct (41×384×384 → 3 × 96×384×384)",
+                 viewer, args.compare)
     if "fit" in args.jobs or "refine" in args.jobs:
         even, odd = (memmapped(folder, name, a) for name, a in zip(("e", "o"), noisy_halves(shape)))
         add_halves(viewer, even, odd)
     if "fit" in args.jobs:
         fit = setup_fit(viewer, folder / "run", epochs=args.epochs)
-        measured(app, fit, fit.start, f"fit ({size}, {args.epochs} epochs, previews)")
+        runs = iter(range(1, 3))
+
+        def start_fit():  # a new folder for each run (no question about an earlier fit)
+            fit.out_dir.setText(str(folder / f"run{next(runs)}"))
+            return fit.start()
+
+        measured(app, fit, start_fit, f"fit ({size}, {args.epochs} epochs, previews)", viewer,
+                 args.compare)
     model = tiny_model(folder / "m.pt")
     if "refine" in args.jobs:
         ref = setup_refine(viewer, model, batch=8)
-        measured(app, ref, ref.refine, f"refine ({size}, both halves)")
+        measured(app, ref, ref.refine, f"refine ({size}, both halves)", viewer,
+                 args.compare)
     if "many" in args.jobs:
         from napari_deepdewedge.core.io import write_mrc
 
@@ -137,7 +197,8 @@ def main() -> int:
         many.model_path.setText(str(model))
         many.out_dir.setText(str(folder / "batch_refined"))
         many.overwrite.setChecked(True)  # a --dir reused from an earlier run is refined again
-        measured(app, many, many.start, f"refine many (2 × {size}, files)")
+        measured(app, many, many.start, f"refine many (2 × {size}, files)", viewer,
+                 args.compare)
     viewer.close()
     return 0
 

@@ -38,6 +38,7 @@ class StallMeter:
         self._last = None
         self._watch_s = None if watch_ms is None else watch_ms / 1000.0
         self._samples: dict[str, int] = {}
+        self._by_gap: dict[int, list[str]] = {}  # index in gaps → stack excerpts sampled
         self._watching = threading.Event()
 
     def start(self) -> "StallMeter":
@@ -63,10 +64,17 @@ class StallMeter:
                 stack = traceback.extract_stack(frame)[-12:]
                 key = " <- ".join(f"{Path(f.filename).name}:{f.name}" for f in stack[::-1][:8])
                 self._samples[key] = self._samples.get(key, 0) + 1
+                self._by_gap.setdefault(len(self.gaps), []).append(key)
 
     def culprits(self, n: int = 5) -> list[tuple[int, str]]:
         """The ``n`` stack excerpts seen most often during stalls, with their sample counts."""
         return sorted(((c, k) for k, c in self._samples.items()), reverse=True)[:n]
+
+    def longest_culprits(self) -> list[str]:
+        """The stack excerpts sampled during the longest gap (in sampling order)."""
+        if not self.gaps:
+            return []
+        return self._by_gap.get(int(np.argmax(self.gaps)), [])
 
     def _tick(self) -> None:
         now = time.perf_counter()

@@ -46,14 +46,17 @@ def a_result(seed):
                         difference=half0 - half1)
 
 
-def show_result(ref, result):
-    """What the Refine dock does when its worker returns (the geometry of the halves)."""
+def show_result(ref, result, qtbot):
+    """What the Refine dock does when its worker returns (the geometry of the halves); its
+    layers are added one per event-loop turn, so wait until the dock is no longer busy."""
     from napari_deepdewedge.widgets._refine import display_of
 
     ref._geometry = (VOXEL, ORIGIN)
     ref._base = "TS"
     ref._keep = True
     ref._on_done(display_of(result))
+    assert ref.busy  # the layers are still to come
+    qtbot.waitUntil(lambda: not ref.busy, timeout=WAIT_MS)
 
 
 def answer(panel, qtbot, button):
@@ -70,7 +73,7 @@ def test_refine_save_writes_the_cli_names_and_asks_before_replacing(make_napari_
     viewer = make_napari_viewer()
     ref = dock(viewer, "Refine")
     first = a_result(1)
-    show_result(ref, first)
+    show_result(ref, first, qtbot)
     shown = viewer.layers[ref.outputs["consistency"]].data
     np.testing.assert_array_equal(shown, np.abs(first.half0 - first.half1))
 
@@ -88,7 +91,7 @@ def test_refine_save_writes_the_cli_names_and_asks_before_replacing(make_napari_
 
     # a second result saved under the same name: asked first, Cancel leaves the files alone
     second = a_result(2)
-    show_result(ref, second)
+    show_result(ref, second, qtbot)
     assert ref.save(str(out))
     answer(ref, qtbot, "Cancel")
     assert not ref.busy

@@ -231,3 +231,72 @@ def test_quit_fit_job_finishes_with_a_stopped_checkpoint(qtbot, tmp_path):
     payload = load_checkpoint(stopped)
     # it holds the steps done before the quit (epoch, step within the epoch), not a fresh start
     assert (int(payload["epoch"]), int(payload["step"])) > (0, 0)
+
+
+# ------------------------------------------------------------------ the GUI thread between steps
+def test_in_turns_lets_the_event_loop_turn_between_steps(panel, qtbot):
+    """A job's result layers are added one per event-loop turn: a 5 ms timer fires between
+    two steps (all in one slot, or a 0 ms chain that Qt serves before overdue timers, it
+    would not), the order is kept, and the panel is busy until the last step has run."""
+    from qtpy.QtCore import QTimer
+
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start()
+    seen = []  # (step, ticks so far) when each step ran
+
+    def step(name):
+        seen.append((name, len(ticks)))
+        time.sleep(0.03)  # longer than the timer's interval: it is overdue after each step
+
+    panel.in_turns(*(partial(step, name) for name in "abc"))
+    assert panel.busy and seen == []  # nothing runs in the calling slot
+    qtbot.waitUntil(lambda: not panel.busy, timeout=WAIT_MS)
+    timer.stop()
+    assert [name for name, _ in seen] == ["a", "b", "c"]
+    counts = [count for _, count in seen]
+    assert counts[0] < counts[1] < counts[2], seen
+
+
+def test_progress_is_shown_at_most_every_interval_and_the_last_at_once(panel, qtbot):
+    """Hundreds of progress messages → a few bar updates (each one repaints the window), and
+    the last message is shown when the job ends."""
+    from napari_deepdewedge.widgets import _panel
+
+    shown = []
+    panel.bar.valueChanged.connect(shown.append)
+    record: dict = {}
+    t0 = time.monotonic()
+    assert launch_counting(panel, 300, 0.002, record)
+    qtbot.waitUntil(lambda: not panel.busy, timeout=WAIT_MS)
+    elapsed = time.monotonic() - t0
+    assert record == {"value": 300}
+    assert shown[-1] == panel.bar.maximum() and panel.status.text() == "Counting: unit 300/300"
+    # at most one per interval (+ the reset at the start, the first and the last)
+    assert len(shown) <= elapsed / _panel.PROGRESS_EVERY_S + 3, (len(shown), elapsed)
+    assert len(shown) < 300
+
+
+def test_loss_plot_redraws_at_most_every_interval_and_keeps_every_point(make_napari_viewer,
+                                                                        qtbot):
+    from napari_deepdewedge.widgets._plots import LossPlot
+
+    plot = LossPlot(make_napari_viewer())
+    redraws = []
+    original = plot._redraw_now
+    plot._pending.timeout.disconnect()
+    plot._redraw_now = lambda: (redraws.append(list(plot.epochs)), original())
+    plot._pending.timeout.connect(plot._redraw_now)
+    plot._last_redraw = -float("inf")
+    for epoch in range(1, 6):  # five epochs in a burst (a resumed fit's history)
+        plot.add_epoch(epoch, 1.0 / epoch, 1.2 / epoch)
+    assert redraws == [[1]]  # the first at once, the rest wait
+    qtbot.waitUntil(lambda: len(redraws) == 2, timeout=5_000)
+    assert redraws[1] == [1, 2, 3, 4, 5]  # one redraw for the four others
+    fit_line = plot.ax.get_lines()[0]
+    assert list(fit_line.get_xdata()) == [1, 2, 3, 4, 5]
+    plot.add_epoch(6, 0.1)
+    plot.flush()  # the end of a fit draws a waiting point at once
+    assert redraws[-1] == [1, 2, 3, 4, 5, 6]

@@ -114,11 +114,12 @@ class BatchRefineWidget(DDWPanel):
         return partial(_batch_job, request=request, status=self.progress_info)
 
     def _on_progress(self, message) -> None:
-        self.show_progress(message)
         info = self.progress_info
+        status = None
         if "name" in info:
-            self.set_status(f"tomogram {info['index'] + 1}/{info['total']}: {info['name']} · "
-                            f"{info.get('finished', 0)}/{info['total']} finished overall")
+            status = (f"tomogram {info['index'] + 1}/{info['total']}: {info['name']} · "
+                      f"{info.get('finished', 0)}/{info['total']} finished overall")
+        self.show_progress(message, status=status)
 
     def _on_end(self) -> None:
         for warning in self.progress_info.get("warnings", []):

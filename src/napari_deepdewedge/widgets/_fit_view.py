@@ -66,8 +66,8 @@ class FitEventsView:
         elif isinstance(event, F.StepDone):
             if self._total_steps:
                 done = (event.epoch - 1) * self._steps + event.step
-                self.bar.setValue(int(1000 * done / self._total_steps))
-                self.bar.setFormat(f"epoch {event.epoch}/{self._epochs}")
+                self.set_progress(int(1000 * done / self._total_steps),
+                                  fmt=f"epoch {event.epoch}/{self._epochs}")
             self._last_step = event
         elif isinstance(event, F.EpochDone):
             self.loss_plot.truncate_from(event.epoch)
@@ -107,6 +107,7 @@ class FitEventsView:
 
     def _on_end(self):
         self.state.fitting = False
+        self.loss_plot.flush()
 
     def _on_done(self, _last_event):
         self._show_end()

@@ -9,7 +9,9 @@ main window closes.
 """
 from __future__ import annotations
 
+import time
 import weakref
+from collections import deque
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -22,6 +24,10 @@ from ._state import state_for
 from ._workers import Job, Outcome, Progress, write_job
 
 BAR_STEPS = 1000  # progress bars count in 0.1 %
+# Progress (bar, status line) is shown at most this often. QProgressBar.setValue repaints at
+# once, and every repaint of napari's window composes its OpenGL canvas (software GL here): at
+# one message per engine step, that was a stall of 20–80 ms each (bench/viewer_load.py).
+PROGRESS_EVERY_S = 0.25
 
 
 class DDWPanel(QWidget):
@@ -39,6 +45,10 @@ class DDWPanel(QWidget):
         self.state = state_for(napari_viewer)
         self._jobs: list[Job] = []
         self._job: Job | None = None  # the job last started with launch()
+        self._turns: deque = deque()  # steps of in_turns() not yet run
+        self._progress_shown_at = -float("inf")  # time.monotonic() of the last shown progress
+        self._progress_wanted = None  # (bar value, status text, bar format) not yet shown
+        self._progress_timer = None  # shows _progress_wanted when PROGRESS_EVERY_S is up
         self.bar: QProgressBar | None = None
         self.status: QLabel | None = None
         self.question = None  # the open confirmation box of ask(), if any
@@ -68,15 +78,57 @@ class DDWPanel(QWidget):
         if self.status is not None:
             self.status.setText(text)
 
-    def show_progress(self, message, unit: str | None = None) -> None:
-        """Default progress handler: ``Progress`` → bar and status (``"<stage>: <unit> i/n"``)."""
+    def show_progress(self, message, unit: str | None = None, status: str | None = None) -> None:
+        """Default progress handler: ``Progress`` → bar and status (``"<stage>: <unit> i/n"``,
+        or ``status`` if given), through :meth:`set_progress`."""
         if not isinstance(message, Progress) or message.total <= 0:
             return
-        if self.bar is not None:
-            self.bar.setValue(int(BAR_STEPS * message.done / message.total))
         text = message.stage if unit is None else \
             f"{message.stage}: {unit} {message.done}/{message.total}"
-        self.set_status(text)
+        self.set_progress(int(BAR_STEPS * message.done / message.total),
+                          status=text if status is None else status)
+
+    def set_progress(self, value: int, *, status: str | None = None,
+                     fmt: str | None = None) -> None:
+        """Show bar ``value`` (and the ``status`` text and bar format ``fmt`` if given) now, or —
+        within ``PROGRESS_EVERY_S`` of the last shown — when that time is up; a newer call
+        replaces one not yet shown. The end of a job shows the last at once
+        (:meth:`flush_progress`)."""
+        self._progress_wanted = (value, status, fmt)
+        if self._progress_timer is not None and self._progress_timer.isActive():
+            return
+        wait = self._progress_shown_at + PROGRESS_EVERY_S - time.monotonic()
+        if wait <= 0:
+            self._show_wanted_progress()
+            return
+        if self._progress_timer is None:
+            from qtpy.QtCore import QTimer
+
+            self._progress_timer = QTimer(self)
+            self._progress_timer.setSingleShot(True)
+            self._progress_timer.timeout.connect(self._show_wanted_progress)
+        self._progress_timer.start(int(1000 * wait) + 1)
+
+    def flush_progress(self, show: bool = True) -> None:
+        """Show the progress not yet shown now (``show=False``: drop it)."""
+        if self._progress_timer is not None:
+            self._progress_timer.stop()
+        if show:
+            self._show_wanted_progress()
+        self._progress_wanted = None
+
+    def _show_wanted_progress(self) -> None:
+        if self._progress_wanted is None:
+            return
+        value, status, fmt = self._progress_wanted
+        self._progress_wanted = None
+        self._progress_shown_at = time.monotonic()
+        if self.bar is not None:
+            if fmt is not None:
+                self.bar.setFormat(fmt)
+            self.bar.setValue(value)
+        if status is not None:
+            self.set_status(status)
 
     def ask(self, title: str, text: str, on_yes: Callable[[], None], *,
             yes_text: str = "Replace") -> None:
@@ -107,8 +159,46 @@ class DDWPanel(QWidget):
     # -- jobs
     @property
     def busy(self) -> bool:
-        """A job of this panel has not yet been reported back in the GUI thread."""
-        return any(not job.gui_done for job in self._jobs)
+        """A job of this panel has not yet been reported back in the GUI thread, or the steps
+        that show its result (:meth:`in_turns`) have not all run."""
+        return bool(self._turns) or any(not job.gui_done for job in self._jobs)
+
+    def in_turns(self, *steps: Callable[[], None]) -> None:
+        """Run ``steps`` in order, one per turn of the Qt event loop (``QTimer.singleShot(1)``),
+        so that the viewer paints and answers input between them: adding a napari layer
+        (its vispy visual, its controls, the selection change) blocks the GUI thread for
+        0.1–0.4 s on this machine, and a job's result used to add three or four in one slot.
+        The panel stays :attr:`busy` until the last step has run."""
+        if not steps:
+            return
+        idle = not self._turns
+        self._turns.extend(steps)
+        if idle:
+            self._schedule_turn()
+
+    def _schedule_turn(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        # 1 ms, not 0: a 0 ms chain is run as posted events, which Qt's glib dispatcher serves
+        # before overdue timers, so the timers of the viewer (and the stall meter) would wait
+        # for the whole chain; a 1 ms timer lets every overdue timer fire first.
+        QTimer.singleShot(1, self._next_turn)
+
+    def _next_turn(self) -> None:
+        if not self._turns:
+            return
+        step = self._turns.popleft()
+        try:
+            step()
+        except RuntimeError as exc:  # the dock or a layer's Qt object is gone (napari closed)
+            self._turns.clear()
+            if "deleted" not in str(exc):
+                raise
+        except BaseException:
+            self._turns.clear()  # never leave the panel busy for ever
+            raise
+        if self._turns:
+            self._schedule_turn()
 
     def launch(self, name: str, prepare: Callable[[], Callable], *,
                on_done: Callable[[Any], None],
@@ -152,6 +242,7 @@ class DDWPanel(QWidget):
         def finish(outcome: Outcome) -> None:
             for message in job.drained:
                 handler(message)  # what a quit job produced while finishing
+            self.flush_progress()  # the last progress first, then the end
             self._set_running(controls, cancel, False)
             if on_end is not None:
                 on_end()
@@ -219,6 +310,7 @@ class DDWPanel(QWidget):
         """Ask the running job to end at its next progress report."""
         if self._job is not None and not self._job.gui_done:
             self._job.request_stop()
+            self.flush_progress(show=False)  # no older progress over the text
             self.set_status(text)
 
     def start_job(self, job: Job, on_yield, on_done) -> Job:

@@ -3,6 +3,7 @@ colours: the live loss curve and the side-by-side Fourier x–z slices with wedg
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
@@ -65,10 +66,24 @@ class _Canvas(QWidget):
 
 
 class LossPlot(_Canvas):
-    """Fitting and validation loss per epoch, log y axis."""
+    """Fitting and validation loss per epoch, log y axis.
+
+    A redraw (clearing the axes, plotting, ``tight_layout``) costs tens of milliseconds of the
+    GUI thread; it is done at most once per ``min_redraw_s``: a point that arrives sooner is
+    drawn, with any others, by one redraw when that time is up (short epochs, or a resumed
+    fit's whole history, then cost one redraw, not one each). The data lists are always
+    current."""
+
+    min_redraw_s = 0.3
 
     def __init__(self, viewer, parent=None):
         super().__init__(viewer, 190, parent)
+        from qtpy.QtCore import QTimer
+
+        self._last_redraw = -math.inf  # time.monotonic() of the last redraw
+        self._pending = QTimer(self)  # the one later redraw, when points came too soon
+        self._pending.setSingleShot(True)
+        self._pending.timeout.connect(self._redraw_now)
         self.epochs: list[int] = []
         self.fit_losses: list[float] = []
         self.val_epochs: list[int] = []
@@ -104,6 +119,23 @@ class LossPlot(_Canvas):
         self._redraw()
 
     def _redraw(self) -> None:
+        """Redraw now, or once later if the last redraw was under ``min_redraw_s`` ago."""
+        if self._pending.isActive():
+            return
+        wait = self._last_redraw + self.min_redraw_s - time.monotonic()
+        if wait <= 0:
+            self._redraw_now()
+        else:
+            self._pending.start(int(1000 * wait) + 1)
+
+    def flush(self) -> None:
+        """Draw a pending redraw now (the end of a fit shows its last point at once)."""
+        if self._pending.isActive():
+            self._redraw_now()
+
+    def _redraw_now(self) -> None:
+        self._pending.stop()
+        self._last_redraw = time.monotonic()
         ax = self.ax
         ax.clear()
         _style_axes(ax, self.colours)

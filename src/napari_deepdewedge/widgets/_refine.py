@@ -175,6 +175,8 @@ class RefineWidget(DDWPanel):
                        tomo1=layer_source(odd), params=params)
 
     def _on_done(self, shown: RefinedDisplay):
+        """Show the refined tomogram (and, kept, the refined halves and their consistency map),
+        one layer per event-loop turn (:meth:`in_turns`): the viewer paints between them."""
         result = self.result = shown.result  # what Save… writes (the signed difference too)
         scale, translate = self._geometry
         base = self._base
@@ -182,35 +184,42 @@ class RefineWidget(DDWPanel):
                   "tilt_max": self.state.tilt_max, "ddw_source": base,
                   "model": self.model_path.text().strip()}
         self.outputs = {}
+
+        def add(role, data, **look):
+            name = f"{base} {role}"
+            show_image(self.viewer, data, name, scale=scale, translate=translate,
+                       metadata={**common, "ddw_role": role.replace(" ", "_"),
+                                 **look.pop("metadata", {})}, **look)
+            self.outputs[role] = name
+
+        steps = []
         if self._keep and result.half0 is not None:
             for role, data in (("refined even", result.half0), ("refined odd", result.half1)):
-                name = f"{base} {role}"
-                show_image(self.viewer, data, name, scale=scale, translate=translate,
-                           metadata={**common, "ddw_role": role.replace(" ", "_")}, visible=False,
-                           contrast=shown.limits[role])
-                self.outputs[role] = name
-        refined_name = f"{base} refined"
-        show_image(self.viewer, result.refined, refined_name, scale=scale, translate=translate,
-                   metadata={**common, "ddw_role": "refined"}, contrast=shown.limits["refined"])
-        self.outputs["refined"] = refined_name
+                steps.append(partial(add, role, data, visible=False,
+                                     contrast=shown.limits[role]))
+        steps.append(partial(add, "refined", result.refined, contrast=shown.limits["refined"]))
         if self._keep and shown.disagreement is not None:
-            name = f"{base} consistency"
-            show_image(self.viewer, shown.disagreement, name, scale=scale, translate=translate,
-                       metadata={**common, "ddw_role": "consistency",
-                                 "description": "|refined even − refined odd|: bright where the "
-                                                "two halves disagree"},
-                       colormap="inferno", blending="additive", opacity=0.8,
-                       contrast=(0.0, shown.disagreement_high))
-            self.outputs["consistency"] = name
-        preview = find_layer(self.viewer, PREVIEW_NAME)
-        if preview is not None:
-            preview.visible = False
-        self.state.refined = refined_name
-        self.state.refined_version += 1
-        self.bar.setValue(1000)
-        self.save_button.setEnabled(True)
-        self.status.setText(f"Done: '{refined_name}'. Save… writes it as MRC; Compare shows it "
-                            "beside the FBP.")
+            steps.append(partial(
+                add, "consistency", shown.disagreement,
+                metadata={"description": "|refined even − refined odd|: bright where the two "
+                                         "halves disagree"},
+                colormap="inferno", blending="additive", opacity=0.8,
+                contrast=(0.0, shown.disagreement_high)))
+
+        def finish():
+            preview = find_layer(self.viewer, PREVIEW_NAME)
+            if preview is not None:
+                preview.visible = False
+            refined_name = self.outputs["refined"]
+            self.state.refined = refined_name
+            self.state.refined_version += 1
+            self.bar.setValue(1000)
+            self.save_button.setEnabled(True)
+            self.status.setText(f"Done: '{refined_name}'. Save… writes it as MRC; Compare "
+                                "shows it beside the FBP.")
+
+        self.status.setText("Showing the result…")
+        self.in_turns(*steps, finish)
 
     # ------------------------------------------------------------------ save
     def save(self, path: str | None = None) -> bool:

@@ -380,39 +380,45 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
     def _on_done(self, result):
         """Show the pipeline's Halves as layers ``"<stem> even"``, ``"<stem> odd"`` (and
         ``"<stem> FBP"``) with its voxel size and origin and the contrast the worker computed
-        (``_reconstruct_job.Reconstructed``); Save… writes them."""
+        (``_reconstruct_job.Reconstructed``); Save… writes them. One layer per event-loop turn
+        (:meth:`in_turns`): the viewer paints between them."""
         halves = self.halves_result = result.halves
         base = layer_stem(halves.stem)
         tmin, tmax = (float(v) for v in halves.tilt_range)
         scale = tuple(float(v) for v in halves.voxel_size)
         translate = tuple(float(v) for v in halves.origin)
-        names = {}
-        for key, data in (("even", halves.even), ("odd", halves.odd), ("FBP", halves.full)):
-            if data is None:
-                continue
-            name = f"{base} {key}"
+        names = {key: f"{base} {key}" for key, data in
+                 (("even", halves.even), ("odd", halves.odd), ("FBP", halves.full))
+                 if data is not None}
+
+        def add(key, data):
             meta = {"tilt_min": tmin, "tilt_max": tmax, "voxel_size": scale,
                     "ddw_role": key.lower(), "ddw_source": base}
-            show_image(self.viewer, data, name, scale=scale, translate=translate, metadata=meta,
-                       visible=(key == "even"), contrast=result.limits[key])
-            names[key] = name
-        try:
-            self._source.visible = False
-        except RuntimeError:
-            pass
-        self._centre_view(names["even"])
-        state = self.state
-        state.source = base
-        state.tilt_min, state.tilt_max = tmin, tmax
-        state.fbp = names.get("FBP", "")
-        state.even, state.odd = names["even"], names["odd"]
-        state.halves_version += 1  # observers preselect the new halves
-        self.bar.setValue(1000)
-        self.save_button.setEnabled(True)
-        shape = halves.even.shape
-        self.status.setText(f"Done: '{names['even']}' and '{names['odd']}', "
-                            f"{shape[0]}×{shape[1]}×{shape[2]} voxels of {scale[0]:.3g} Å. "
-                            "Save… writes them as MRC.")
+            show_image(self.viewer, data, names[key], scale=scale, translate=translate,
+                       metadata=meta, visible=(key == "even"), contrast=result.limits[key])
+
+        def finish():
+            try:
+                self._source.visible = False
+            except RuntimeError:
+                pass
+            self._centre_view(names["even"])
+            state = self.state
+            state.source = base
+            state.tilt_min, state.tilt_max = tmin, tmax
+            state.fbp = names.get("FBP", "")
+            state.even, state.odd = names["even"], names["odd"]
+            state.halves_version += 1  # observers preselect the new halves
+            self.bar.setValue(1000)
+            self.save_button.setEnabled(True)
+            shape = halves.even.shape
+            self.status.setText(f"Done: '{names['even']}' and '{names['odd']}', "
+                                f"{shape[0]}×{shape[1]}×{shape[2]} voxels of {scale[0]:.3g} Å. "
+                                "Save… writes them as MRC.")
+
+        volumes = {"even": halves.even, "odd": halves.odd, "FBP": halves.full}
+        self.status.setText("Showing the halves…")
+        self.in_turns(*(partial(add, key, volumes[key]) for key in names), finish)
 
     def save(self, folder: str | None = None) -> bool:
         """Write the halves (and the full FBP) into ``folder`` as ``<stem>_even.mrc``,
