@@ -8,6 +8,15 @@ from napari_deepdewedge.core.errors import DDWError
 from napari_deepdewedge.core.rotation import random_rotations, rotate_center_crop, stack_channels_last
 
 
+
+def _radial_power(x: torch.Tensor) -> torch.Tensor:
+    """Mean power of ``(B, 1, s, s, s)`` cubes in five radial frequency shells (0 … 3.75 rad)."""
+    s = x.shape[-1]
+    k = torch.fft.fftfreq(s) * 2 * math.pi
+    radius = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    p = (torch.fft.fftn(x, dim=(-3, -2, -1)).abs() ** 2).mean(dim=(0, 1)) / s**3
+    return torch.stack([p[(radius >= a) & (radius < a + 0.75)].mean() for a in (0.0, 0.75, 1.5, 2.25, 3.0)])
+
 def _axis_rotation(axis: int, deg: float) -> torch.Tensor:
     """Rotation by ``deg`` in the plane of the two other axes, (z, y, x) order, right-handed."""
     c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
@@ -198,18 +207,11 @@ def test_match_resampling_gives_raw_noise_the_statistics_of_rotated_noise():
     noise = torch.randn(B, 1, E, E, E)
     rotated = rotate_center_crop(noise, random_rotations(B, generator=torch.Generator().manual_seed(2)), s)
     matched = match_resampling(torch.randn(B, 1, s, s, s))
-    k = torch.fft.fftfreq(s) * 2 * math.pi
-    radius = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
-
-    def radial_power(x):
-        p = (torch.fft.fftn(x, dim=(-3, -2, -1)).abs() ** 2).mean(dim=(0, 1)) / s**3
-        return torch.stack([p[(radius >= a) & (radius < a + 0.75)].mean() for a in (0.0, 0.75, 1.5, 2.25, 3.0)])
-
-    pr, pm = radial_power(rotated), radial_power(matched)
+    pr, pm = _radial_power(rotated), _radial_power(matched)
     assert torch.allclose(pm, pr, rtol=0.15), (pm, pr)
     assert abs(matched.var().item() / rotated.var().item() - 1) < 0.1
     # and raw noise does not match (the test can fail): 3× the variance at high frequency
-    assert radial_power(torch.randn(B, 1, s, s, s))[-1] > 2.5 * pr[-1]
+    assert _radial_power(torch.randn(B, 1, s, s, s))[-1] > 2.5 * pr[-1]
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
@@ -275,14 +277,7 @@ def test_bspline_matching_filter_known_answer():
     rotated = rotate_center_crop_bspline(bspline_prefilter(noise), rot, s)
     raw = torch.randn(B, 1, s, s, s)
     matched = match_resampling(raw, "bspline3")
-    kk = torch.fft.fftfreq(s) * 2 * math.pi
-    radius = torch.sqrt(kk[:, None, None] ** 2 + kk[None, :, None] ** 2 + kk[None, None, :] ** 2)
-
-    def radial_power(x):
-        p = (torch.fft.fftn(x, dim=(-3, -2, -1)).abs() ** 2).mean(dim=(0, 1)) / s**3
-        return torch.stack([p[(radius >= a) & (radius < a + 0.75)].mean() for a in (0.0, 0.75, 1.5, 2.25, 3.0)])
-
-    pr, pm = radial_power(rotated), radial_power(matched)
+    pr, pm = _radial_power(rotated), _radial_power(matched)
     assert torch.allclose(pm, pr, rtol=0.15), (pm, pr)
     assert abs(matched.var().item() / rotated.var().item() - 1) < 0.1
-    assert radial_power(match_resampling(raw, "trilinear"))[-1] < 0.75 * pr[-1]
+    assert _radial_power(match_resampling(raw, "trilinear"))[-1] < 0.75 * pr[-1]
