@@ -1,29 +1,30 @@
 """Switch our speed levers off for a before/after measurement in one run (monkeypatching,
-restored on exit): ``today`` = contiguous NCDHW tensors, torch's InstanceNorm3d (which copies
-channels-last tensors back to contiguous), refinement tiles of the fitting cube."""
+restored on exit). ``today()`` = the engine before issue 10: contiguous NCDHW tensors and
+torch's InstanceNorm3d (which copies channels-last tensors back to contiguous).
+
+``norm`` picks :class:`core.unet.InstanceNormLeakyReLU`'s kernel: ``None`` = the engine's own
+choice (fused on the CPU), ``"group_norm"`` (a layout-keeping group norm + LeakyReLU, the
+engine between the channels-last change and the fused kernel) or ``"torch"``."""
 from __future__ import annotations
 
 import contextlib
 
-import torch
-
 from napari_deepdewedge.core import perf
-from napari_deepdewedge.core import unet as unet_mod
+from napari_deepdewedge.core.unet import InstanceNormLeakyReLU
 
 
 @contextlib.contextmanager
-def levers(channels_last: bool = True, spatial_in: bool = True):
-    saved = perf.use_channels_last, unet_mod.InstanceNorm3d.forward
+def levers(channels_last: bool = True, norm: str | None = None):
+    saved = perf.use_channels_last, InstanceNormLeakyReLU.kernel
     try:
         if not channels_last:
             perf.use_channels_last = lambda device_type: False
-        if not spatial_in:
-            unet_mod.InstanceNorm3d.forward = torch.nn.InstanceNorm3d.forward
+        InstanceNormLeakyReLU.kernel = norm
         yield
     finally:
-        perf.use_channels_last, unet_mod.InstanceNorm3d.forward = saved
+        perf.use_channels_last, InstanceNormLeakyReLU.kernel = saved
 
 
 def today():
     """All levers off (the engine before issue 10)."""
-    return levers(channels_last=False, spatial_in=False)
+    return levers(channels_last=False, norm="torch")

@@ -18,9 +18,11 @@ its ``prepare_data`` lays them out), ``SubtomoDataset`` (rotation, masks), ``Une
     Ours and theirs alternate ``--rounds`` times (the machine is shared); the median round
     counts. Also printed: the network+loss+Adam part alone (the original's step minus its
     loader; ours on ready inputs), so the two sources of the ratio are visible.
-(2) ``--levers``: our step with each lever off, in the same rounds (s = 32 config): ``today`` (contiguous
-    NCDHW, torch's InstanceNorm3d), ``+channels_last`` only, ``+spatial IN`` only, ``now``
-    (both, the default), plus 1 thread vs all, and the bf16 probe's verdict.
+(2) ``--levers``: our step with the levers added one by one, in the same rounds (s = 32
+    config): ``today`` (contiguous NCDHW, torch's InstanceNorm3d), ``+channels_last`` (torch's
+    norm still copies back to NCDHW), ``+group-norm IN`` (a layout-keeping norm: the engine
+    before the fused kernel), ``now`` (the fused norm + LeakyReLU, the default), plus 1 thread
+    vs all, and the bf16 probe's verdict.
 (3) ``--refine``: refinement of one (Z, Y, X) half with an untrained model of each side
     (cost does not depend on the weights): the original's ``_refine_single_tomogram`` vs our
     ``refine_tomogram`` (today's tiling and the new default).
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from levers import levers  # noqa: E402
+from levers import levers, today  # noqa: E402
 from peers.ddw import OriginalDDW  # noqa: E402
 
 from napari_deepdewedge.core import perf  # noqa: E402
@@ -106,9 +108,9 @@ def fitting_comparison(ddw: OriginalDDW, names, steps: int, rounds: int, with_le
         h0, h1 = halves_for(s)
         variants = {"now": dict()}
         if with_levers and name == "ddw-cpu":  # levers at the original's settings only (time)
-            variants = {"today": dict(channels_last=False, spatial_in=False),
-                        "+channels_last": dict(channels_last=True, spatial_in=False),
-                        "+spatial IN": dict(channels_last=False, spatial_in=True),
+            variants = {"today": dict(channels_last=False, norm="torch"),
+                        "+channels_last": dict(channels_last=True, norm="torch"),
+                        "+group-norm IN": dict(channels_last=True, norm="group_norm"),
                         "now": dict()}
         rates = {k: [] for k in [*variants, "original", "original net", "ours net"]}
         for r in range(rounds):
@@ -150,7 +152,7 @@ def refine_comparison(ddw: OriginalDDW, shape, batch: int) -> None:
     net = UNet3D(channels=ch, depth=3, residual=False)
     nvox = float(np.prod(shape))
     t = now()
-    with levers(channels_last=False, spatial_in=False):
+    with today():
         refine_tomogram(net, tomo, -60, 60, subtomo_size=s, batch_size=batch, device="cpu", tile_size=s)
     today_s = now() - t
     t = now()

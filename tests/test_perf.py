@@ -1,12 +1,12 @@
 """Speed decisions (core.perf): each CPU-only / CUDA-only branch checked through its decision
-function, and the channels-last instance normalization against torch's."""
+function, and the U-Net's fused instance norm + LeakyReLU against torch's in float64."""
 import math
 
 import pytest
 import torch
 
 from napari_deepdewedge.core import perf
-from napari_deepdewedge.core.unet import InstanceNorm3d, UNet3D
+from napari_deepdewedge.core.unet import InstanceNormLeakyReLU, UNet3D
 
 FAST = perf.Bf16Probe(supported=True, fp32_seconds=1.0, bf16_seconds=0.5, rel_error=0.01)
 SLOW = perf.Bf16Probe(supported=True, fp32_seconds=1.0, bf16_seconds=1.2, rel_error=0.01)
@@ -71,28 +71,96 @@ def test_channels_last_decision_and_conversion():
     assert x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+def _reference_norm_act(x, weight, bias, slope):
+    """float64 nn.InstanceNorm3d(affine) + LeakyReLU: what every kernel must compute."""
+    y = torch.nn.functional.instance_norm(x.double(), weight=weight.double(), bias=bias.double(), eps=1e-5)
+    return torch.nn.functional.leaky_relu(y, slope)
+
+
+@pytest.mark.parametrize("kernel", ["fused", "group_norm", "torch"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_instance_norm_matches_torch_and_keeps_layout(channels_last):
+def test_norm_act_matches_float64_instance_norm(kernel, channels_last, monkeypatch):
+    """Outputs and gradients (input, γ, β) of every kernel against float64 autograd, on inputs
+    with a channel offset (mean 2, std 3), as convolutions produce."""
+    monkeypatch.setattr(InstanceNormLeakyReLU, "kernel", kernel)
     torch.manual_seed(0)
-    ours, ref = InstanceNorm3d(5, affine=True), torch.nn.InstanceNorm3d(5, affine=True)
+    m = InstanceNormLeakyReLU(5, negative_slope=0.05)
     with torch.no_grad():
-        for m in (ours, ref):
-            m.weight.copy_(torch.linspace(0.5, 2.0, 5))
-            m.bias.copy_(torch.linspace(-1.0, 1.0, 5))
-    x = (3 * torch.randn(2, 5, 6, 7, 8) + 2)
+        m.weight.copy_(torch.linspace(0.5, 2.0, 5))
+        m.bias.copy_(torch.linspace(-1.0, 1.0, 5))
+    x = 3 * torch.randn(2, 5, 6, 7, 8) + 2
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ya, yb = ours(xa), ref(xb)
-    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+    xa = x.clone().requires_grad_(True)
+    xr = x.double().requires_grad_(True)
+    wr, br = m.weight.detach().double().requires_grad_(True), m.bias.detach().double().requires_grad_(True)
+    ya, yr = m(xa), _reference_norm_act(xr, wr, br, 0.05)
+    torch.testing.assert_close(ya.double(), yr, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(ya)
     ya.backward(g)
-    yb.backward(g)
-    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
-    if channels_last:
+    yr.backward(g.double())
+    for ours, ref in ((xa.grad, xr.grad), (m.weight.grad, wr.grad), (m.bias.grad, br.grad)):
+        assert float((ours.double() - ref).norm() / ref.norm()) < 1e-4
+    if channels_last and kernel != "torch":
         assert ya.is_contiguous(memory_format=torch.channels_last_3d)
-    assert set(ours.state_dict()) == set(ref.state_dict())
+        assert xa.grad.is_contiguous(memory_format=torch.channels_last_3d)
+    ref_module = torch.nn.InstanceNorm3d(5, affine=True)
+    assert set(m.state_dict()) == set(ref_module.state_dict())
+
+
+def test_norm_act_kernel_decision():
+    """Fused only for float32 channels-last CPU tensors outside autocast; CUDA/MPS and autocast
+    take group_norm (the CUDA side checked through the decision, not by running CUDA)."""
+    pick = InstanceNormLeakyReLU.kernel_for
+    assert pick("cpu", True, torch.float32, False) == "fused"
+    assert pick("cpu", False, torch.float32, False) == "group_norm"
+    assert pick("cpu", True, torch.float32, True) == "group_norm"
+    assert pick("cpu", True, torch.bfloat16, False) == "group_norm"
+    assert pick("cuda", True, torch.float32, False) == "group_norm"
+    assert pick("mps", True, torch.float32, False) == "group_norm"
+
+
+def test_unet_uses_the_fused_kernel_on_cpu_channels_last():
+    """The default U-Net on a channels-last CPU batch runs every norm through the fused
+    function (its backward node in the graph), and not under autocast."""
+    net = perf.to_channels_last(UNet3D(channels=4, depth=2), "cpu")
+    block = net.encoders[0][0]
+    x = perf.as_input(torch.randn(2, 1, 8, 8, 8), "cpu")
+    assert type(block(x).grad_fn).__name__ == "_InstanceNormLeakyReLUFnBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "InstanceNormLeakyReLU" not in type(block(x).grad_fn).__name__
+    with torch.inference_mode():
+        y = net(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_old_checkpoint_layout_loads():
+    """A state dict saved from Sequential(conv, nn.InstanceNorm3d, nn.LeakyReLU) blocks (the
+    layout before the fused module) loads into today's U-Net and gives the same output."""
+    torch.manual_seed(3)
+    new = UNet3D(channels=4, depth=2).eval()
+    old = UNet3D(channels=4, depth=2).eval()
+
+    def unfuse(seq):
+        conv, norm = seq[0], seq[1]
+        ref = torch.nn.InstanceNorm3d(norm.num_features, affine=True)
+        return torch.nn.Sequential(conv, ref, torch.nn.LeakyReLU(0.05))
+
+    for stacks in (old.encoders, old.decoders, [old.bottleneck]):
+        for stack in stacks:
+            for i, blk in enumerate(stack):
+                stack[i] = unfuse(blk)
+    for i, down in enumerate(old.downs):
+        old.downs[i] = unfuse(down)
+    for i, up in enumerate(old.ups):
+        old.ups[i] = unfuse(up)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.uniform_(-0.5, 0.5)
+    new.load_state_dict(old.state_dict())
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(new(x), old(x), atol=1e-4, rtol=1e-4)
 
 
 def test_unet_channels_last_same_result():
