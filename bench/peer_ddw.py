@@ -4,6 +4,8 @@ Run:  bash bench/peers/setup_ddw.sh /path/to/DeepDeWedge          (once: its own
       python bench/peer_ddw.py --ddw-path /path/to/DeepDeWedge     (fitting step, both configs)
       python bench/peer_ddw.py --ddw-path DIR --levers             (+ our speed levers, each on/off)
       python bench/peer_ddw.py --ddw-path DIR --refine             (+ refinement voxels/s)
+      python bench/peer_ddw.py --ddw-path DIR --refine --quality   (everything issue 10 asks for,
+                                                                    then one table of ratios)
 
 The original's U-Net module imports PyTorch Lightning 1.8, so it runs in its own venv as a
 subprocess of this run (bench/peers/ddw.py, ddw_runner.py), with the same arrays and the same
@@ -26,6 +28,11 @@ its ``prepare_data`` lays them out), ``SubtomoDataset`` (rotation, masks), ``Une
 (3) ``--refine``: refinement of one (Z, Y, X) half with an untrained model of each side
     (cost does not depend on the weights): the original's ``_refine_single_tomogram`` vs our
     ``refine_tomogram`` (today's tiling and the new default).
+(4) ``--quality``: time to quality on a held-out phantom (bench/time_to_quality.py, its
+    options ``--shape``, ``--epochs``, ``--every``, ``--ours-every``, ``--ours-epochs``,
+    ``--set``): the CPU time ours needs to reach the original's final CC and in-wedge
+    correlation, as a fraction of the original's time.
+The run ends with one table: each measure, ours, the original, and the ratio.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import time_to_quality  # noqa: E402
 from levers import levers, today  # noqa: E402
 from peers.ddw import OriginalDDW  # noqa: E402
 
@@ -161,6 +169,29 @@ def refine_comparison(ddw: OriginalDDW, shape, batch: int) -> None:
     print(f"\n  refinement of {shape} (s={s}, {ch} channels), Mvoxels/s: original {nvox / their_s / 1e6:.3f}, "
           f"ours today {nvox / today_s / 1e6:.3f}, ours now {nvox / now_s / 1e6:.3f} → ×{their_s / now_s:.2f} vs "
           f"original, ×{today_s / now_s:.2f} vs today (load {os.getloadavg()[0]:.1f})")
+    return {"original": nvox / their_s / 1e6, "today": nvox / today_s / 1e6, "now": nvox / now_s / 1e6}
+
+
+def print_summary(fits: dict, refine: dict | None, quality: dict | None) -> None:
+    """One table of what issue 10 asks for: ours, the original, and the ratio."""
+    print("\nsummary (ours vs the original, this run):")
+    print(f"  {'measure':44s} {'ours':>9s} {'original':>9s} {'ratio':>7s}")
+    for name, med in fits.items():
+        s, ch, b = CONFIGS[name]
+        print(f"  {f'fitting samples/s, s={s}, {ch} ch, batch {b}':44s} {med['now']:9.2f} {med['original']:9.2f} "
+              f"×{med['now'] / med['original']:6.2f}")
+    if refine:
+        print(f"  {'refinement Mvoxels/s':44s} {refine['now']:9.3f} {refine['original']:9.3f} "
+              f"×{refine['now'] / refine['original']:6.2f}")
+        print(f"  {'refinement Mvoxels/s vs ours before issue 10':44s} {refine['now']:9.3f} {refine['today']:9.3f} "
+              f"×{refine['now'] / refine['today']:6.2f}  (before)")
+    if quality and quality.get("original"):
+        t_orig = quality["original"][-1][1]
+        for key, name in (("cc_ratio", "CPU s to the original's final CC"),
+                          ("wedge_ratio", "CPU s to its final in-wedge correlation")):
+            r = quality[key]
+            ours = "never" if r is None else f"{r * t_orig:9.0f}"
+            print(f"  {name:44s} {ours:>9s} {t_orig:9.0f} " + ("" if r is None else f" {r:6.2f} of its time"))
 
 
 def main(argv=None) -> None:
@@ -174,6 +205,8 @@ def main(argv=None) -> None:
     ap.add_argument("--levers", action="store_true")
     ap.add_argument("--refine", action="store_true")
     ap.add_argument("--refine-shape", type=int, nargs=3, default=(64, 256, 256))
+    ap.add_argument("--quality", action="store_true", help="time to quality (bench/time_to_quality.py)")
+    time_to_quality.add_arguments(ap)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="process CPU time (default; with --threads 1 the unloaded wall time of a shared "
                          "machine) or wall time")
@@ -190,7 +223,8 @@ def main(argv=None) -> None:
           f"{'bf16 autocast' if probe.worth_it else 'fp32'}")
     with OriginalDDW(args.ddw_path, python=args.ddw_python, threads=threads) as ddw:
         print("\n(1) fitting step")
-        fitting_comparison(ddw, args.configs, args.steps, args.rounds, args.levers)
+        fits = fitting_comparison(ddw, args.configs, args.steps, args.rounds, args.levers)
+        refine = quality = None
         if args.levers:
             s, ch, b = CONFIGS["ddw-cpu"]
             h0, h1 = halves_for(s)
@@ -203,7 +237,11 @@ def main(argv=None) -> None:
                   f"{threads} threads {one[1]:.2f} (×{one[1] / one[0]:.2f}; use --clock wall on an idle machine)")
         if args.refine:
             print("\n(3) refinement")
-            refine_comparison(ddw, tuple(args.refine_shape), 4)
+            refine = refine_comparison(ddw, tuple(args.refine_shape), 4)
+        if args.quality:
+            print("\n(4) time to quality")
+            quality = time_to_quality.compare(args, ddw)
+    print_summary(fits, refine, quality)
     print(f"\nload average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 

@@ -7,8 +7,10 @@ Run:  python bench/time_to_quality.py --ddw-path /path/to/DeepDeWedge           
 
 Both tools fit the same even/odd FBP halves of a phantom (core.phantom, seed 2024, never used
 for tuning; 61 tilts ±60°, SNR 0.3) at the original's CPU settings (s = 32, 16 channels,
-depth 3, batch 4), each with its own defaults otherwise. Every ``--every`` epochs both models
-are saved; afterwards each snapshot refines both halves (ours: refine_halves; the original: its
+depth 3, batch 4), each with its own defaults otherwise. The original's model is saved every
+``--every`` epochs, ours every ``--ours-every`` (default 1: at this size our grid, with cubes
+flush with the far edges, gives ~3× more cubes per epoch than the original's, so our epochs
+are ~3× longer); afterwards each snapshot refines both halves (ours: refine_halves; the original: its
 ``_refine_single_tomogram``), and the average is scored against the ground truth: CC and the
 correlation inside the missing wedge. Printed per snapshot: process CPU seconds of fitting so
 far (data preparation included for ours; the original's excludes writing its cube files),
@@ -75,8 +77,9 @@ def parse_overrides(items):
 
 
 def fit_ours(tomo0, tomo1, truth, args, out_dir: Path, overrides: dict):
-    cfg = FitConfig(subtomo_size=args.subtomo_size, channels=16, depth=3, batch_size=4, epochs=args.epochs,
-                    checkpoint_every=args.every, out_dir=str(out_dir), device="cpu", seed=0, **overrides)
+    cfg = FitConfig(subtomo_size=args.subtomo_size, channels=16, depth=3, batch_size=4,
+                    epochs=args.ours_epochs or args.epochs,
+                    checkpoint_every=args.ours_every, out_dir=str(out_dir), device="cpu", seed=0, **overrides)
     cpu0 = time.process_time()
     cpu_at = {}
     for ev in fit_iter(tomo0, tomo1, cfg):
@@ -84,7 +87,7 @@ def fit_ours(tomo0, tomo1, truth, args, out_dir: Path, overrides: dict):
             cpu_at[ev.epoch] = time.process_time() - cpu0
             print(f"    ours epoch {ev.epoch}: fit {ev.fit_loss:.4f} ({cpu_at[ev.epoch]:.0f} CPU s)", flush=True)
     rows = []
-    for epoch in sorted(e for e in cpu_at if e % args.every == 0):
+    for epoch in sorted(e for e in cpu_at if e % args.ours_every == 0):
         path = out_dir / f"epoch_{epoch:04d}.pt"
         res = refine_halves(path, tomo0, tomo1, device="cpu", batch_size=4)
         rows.append((epoch, cpu_at[epoch], *score(res.refined, truth)))
@@ -111,59 +114,81 @@ def fit_original(ddw, tomo0, tomo1, truth, args):
     return rows
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ddw-path", default=None)
-    ap.add_argument("--ddw-python", default=None)
-    ap.add_argument("--no-peer", action="store_true")
-    ap.add_argument("--shape", type=int, nargs=3, default=(48, 128, 128))
+def add_arguments(ap) -> None:
+    ap.add_argument("--shape", type=int, nargs=3, default=(48, 96, 96))
     ap.add_argument("--subtomo-size", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--every", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=10, help="the original's epochs (ours fits as many)")
+    ap.add_argument("--every", type=int, default=2, help="epochs between the original's snapshots")
+    ap.add_argument("--ours-every", type=int, default=1,
+                    help="epochs between our snapshots (ours has ~3× more cubes per epoch at this size)")
+    ap.add_argument("--ours-epochs", type=int, default=None, help="our epochs (default: --epochs)")
     ap.add_argument("--set", nargs="*", default=(), help="FitConfig overrides for ours, key=value")
-    ap.add_argument("--tiles", type=int, nargs="*", default=())
-    args = ap.parse_args(argv)
-    threads = args.threads or perf.usable_cores()
-    torch.set_num_threads(threads)
+
+
+def compare(args, ddw=None, tiles=()) -> dict:
+    """Fit ours (and the original when ``ddw`` is given) on the held-out phantom, print the
+    snapshot table and, with the original, the CPU time ours needs to reach its final CC and
+    wedge correlation; returns {"ours": rows, "original": rows, "cc_ratio", "wedge_ratio"}."""
     import os
 
+    threads = torch.get_num_threads()
     label = "" if tuple(args.shape) == (64, 160, 160) and args.epochs >= 40 else "  [REDUCED SIZE]"
     print(f"phantom {tuple(args.shape)} seed {HELD_OUT_SEED}, s={args.subtomo_size}, 16 channels, batch 4, "
           f"{args.epochs} epochs, {threads} threads, load {os.getloadavg()[0]:.1f}{label}", flush=True)
     tomo0, tomo1, truth = phantom_halves(args.shape)
     base = score(0.5 * (tomo0 + tomo1), truth)
     print(f"  even/odd FBP average: CC {base[0]:.3f}, wedge correlation {base[1]:.3f}")
+    result = {"ours": None, "original": None, "cc_ratio": None, "wedge_ratio": None}
     with tempfile.TemporaryDirectory(prefix="ddw-ttq-") as tmp:
-        ours = fit_ours(tomo0, tomo1, truth, args, Path(tmp), parse_overrides(args.set))
-        theirs = None
-        if not args.no_peer:
-            from peers.ddw import OriginalDDW
-
-            with OriginalDDW(args.ddw_path, python=args.ddw_python, threads=threads) as ddw:
-                theirs = fit_original(ddw, tomo0, tomo1, truth, args)
-        print("\n  epoch   ours: CPU s    CC  wedge   |  original: CPU s    CC  wedge")
-        for i, r in enumerate(ours):
-            t = theirs[i] if theirs and i < len(theirs) else None
-            right = f"{t[1]:8.0f} {t[2]:6.3f} {t[3]:6.3f}" if t else ""
-            print(f"  {r[0]:5d}  {r[1]:10.0f} {r[2]:6.3f} {r[3]:6.3f}   |  {right}")
+        ours = result["ours"] = fit_ours(tomo0, tomo1, truth, args, Path(tmp), parse_overrides(args.set))
+        theirs = result["original"] = fit_original(ddw, tomo0, tomo1, truth, args) if ddw is not None else None
+        print("\n  ours:   epoch  CPU s    CC  wedge")
+        for r in ours:
+            print(f"          {r[0]:5d} {r[1]:6.0f} {r[2]:6.3f} {r[3]:6.3f}")
         if theirs:
+            print("  original: epoch  CPU s    CC  wedge")
+            for r in theirs:
+                print(f"          {r[0]:5d} {r[1]:6.0f} {r[2]:6.3f} {r[3]:6.3f}")
             cc_final, w_final = theirs[-1][2], theirs[-1][3]
             o_cc, o_w = first_reaching(ours, cc_final, w_final)
             t_total = theirs[-1][1]
             print(f"\n  the original's final: CC {cc_final:.3f}, wedge {w_final:.3f} after {t_total:.0f} CPU s")
-            for name, t in (("CC", o_cc), ("wedge correlation", o_w)):
+            for key, name, t in (("cc_ratio", "CC", o_cc), ("wedge_ratio", "wedge correlation", o_w)):
                 msg = "not reached" if t is None else f"{t:.0f} CPU s = {t / t_total:.2f} of the original's time"
+                result[key] = None if t is None else t / t_total
                 print(f"  ours reaches its final {name}: {msg}")
-        if args.tiles:
+        if tiles:
             final = Path(tmp) / f"epoch_{ours[-1][0]:04d}.pt"
             print(f"\n  refinement tile edge (our epoch-{ours[-1][0]} model, fitting cube {args.subtomo_size}):")
-            for tile in args.tiles:
+            for tile in tiles:
                 t = time.perf_counter()
                 res = refine_halves(final, tomo0, tomo1, device="cpu", batch_size=4, tile_size=tile)
                 sec = time.perf_counter() - t
                 c, w = score(res.refined, truth)
                 print(f"    tile {tile:4d}: CC {c:.4f}, wedge {w:.4f}, {sec:.1f} s", flush=True)
+    return result
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ddw-path", default=None)
+    ap.add_argument("--ddw-python", default=None)
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--tiles", type=int, nargs="*", default=())
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    import os
+
+    threads = args.threads or perf.usable_cores()
+    torch.set_num_threads(threads)
+    if args.no_peer or not args.ddw_path:
+        compare(args, None, args.tiles)
+    else:
+        from peers.ddw import OriginalDDW
+
+        with OriginalDDW(args.ddw_path, python=args.ddw_python, threads=threads) as ddw:
+            compare(args, ddw, args.tiles)
     print(f"load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
