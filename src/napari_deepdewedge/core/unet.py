@@ -85,13 +85,18 @@ class _InstanceNormLeakyReLUFn(torch.autograd.Function):
         def nsc(t):  # (N, C, Z, Y, X) channels-last -> (N, S, C) view
             return t.permute(0, 2, 3, 4, 1).reshape(n, spatial, c)
 
-        gz3 = nsc(gz)
+        gz3, x3 = nsc(gz), nsc(x)
         mean3, rstd3 = mean.view(n, 1, c), rstd.view(n, 1, c)
-        xhat = nsc(x).sub(mean3).mul_(rstd3)
         sum_g = gz3.sum(1, keepdim=True)
-        sum_gx = (gz3 * xhat).sum(1, keepdim=True)
-        grad_x = gz3.sub(sum_g / spatial)
-        grad_x.addcmul_(xhat, sum_gx / spatial, value=-1.0).mul_(rstd3 * weight)
+        # Σ gz·x per (sample, channel): the diagonal of a (C, S)@(S, C) product, one read of each
+        sum_gxraw = torch.bmm(gz3.transpose(1, 2), x3).diagonal(dim1=1, dim2=2).unsqueeze(1)
+        sum_gx = rstd3 * (sum_gxraw - mean3 * sum_g)  # Σ gz·x̂
+        # dx = a·gz + b·x + c with a = γ·rstd, b = −a·rstd·mean(gz·x̂), c = a·(mean·rstd·mean(gz·x̂) − mean(gz))
+        a = rstd3 * weight.view(1, 1, c)
+        m_gx = sum_gx / spatial
+        b = -a * rstd3 * m_gx
+        cst = a * (mean3 * rstd3 * m_gx - sum_g / spatial)
+        grad_x = torch.addcmul(cst, x3, b).addcmul_(gz3, a)
         grad_x = grad_x.view(n, *x.shape[2:], c).permute(0, 4, 1, 2, 3)
         grad_w = sum_gx.sum((0, 1)) if ctx.needs_input_grad[1] else None
         grad_b = sum_g.sum((0, 1)) if ctx.needs_input_grad[2] else None
