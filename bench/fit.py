@@ -7,6 +7,8 @@ Run:  python bench/fit.py            (all parts, default sizes)
       python bench/fit.py --threads 1   (the figure to quote on a shared machine)
       python bench/fit.py --device cuda --tutorial   (= bench/gpu.sh: the original tutorial's job
                                         size on a GPU; says so and exits 0 without one)
+      python bench/fit.py --tutorial --tiny --device cpu --threads 1   (the same job's code at toy
+                                        sizes on the CPU: it runs start to finish; tested)
 
 (a) one batch of fitting samples as the fitting loop should make them: random rotation →
     rotate+centre-crop of cube0 and cube1 together, read in place from the channels-last pair
@@ -189,25 +191,58 @@ def bench_fit_step(s: int, channels: int, batch_size: int, reps: int, device) ->
 #: 1000 epochs (14.5 h on one L40 with the original), refinement of a 300×1000×1000 tomogram
 TUTORIAL = dict(cubes=144, s=96, channels=64, depth=3, batch=5, epochs=1000, update_every=10,
                 refine_shape=(300, 1000, 1000), original_hours=14.5)
+#: the same job scaled down so that its code runs start to finish on a CPU in seconds
+#: (``--tiny``; tests/test_bench_tutorial.py): nothing but the sizes differ
+TINY_TUTORIAL = dict(TUTORIAL, s=16, channels=4, depth=2, batch=5, refine_shape=(24, 40, 40))
 
 
-def tutorial_job(device_name: str, epochs: int = 3) -> int:
+class _DeviceMeter:
+    """Synchronize / name / peak memory of the device the job runs on: torch.cuda on CUDA, the
+    process's peak resident memory elsewhere (the --tiny CPU run)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.cuda else f"{self.device} (scaled-down job)"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_gib(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB (Linux)
+
+
+def tutorial_job(device_name: str, epochs: int = 3, tiny: bool = False) -> int:
     """(d) The tutorial's job size on a CUDA GPU: a few epochs of ``fit_iter`` (AMP fp16 and
     channels_last_3d, as it runs on CUDA), the epoch time extrapolated to 1000 epochs (with a
-    wedge update every 10), one refinement of a 300×1000×1000 tomogram, peak GPU memory.
-    Without a CUDA GPU it says so and returns 0."""
+    wedge update every 2 epochs here, every 10 in the extrapolation), one refinement of a
+    300×1000×1000 tomogram, peak GPU memory. Without a CUDA GPU it says so and returns 0.
+    ``tiny``: the same code on any device with :data:`TINY_TUTORIAL` sizes (a check that the
+    job runs start to finish; its figures mean nothing)."""
     import numpy as np
 
     from napari_deepdewedge.core import perf
-    from napari_deepdewedge.core.fitting import EpochDone, FitConfig, fit_iter
+    from napari_deepdewedge.core.fitting import EpochDone, FitConfig, FitStarted, fit_iter
     from napari_deepdewedge.core.refine import refine_tomogram
 
-    if not device_name.startswith("cuda") or not torch.cuda.is_available():
+    if not tiny and (not device_name.startswith("cuda") or not torch.cuda.is_available()):
         print(f"no CUDA GPU on this machine (device '{device_name}', torch.cuda.is_available() = "
               f"{torch.cuda.is_available()}): the tutorial-size GPU benchmark needs one; nothing to do")
         return 0
     device = torch.device(device_name)
-    job = TUTORIAL
+    meter = _DeviceMeter(device)
+    job = TINY_TUTORIAL if tiny else TUTORIAL
     s, e = job["s"], extraction_size(job["s"])
     # 4 × 6 × 6 = 144 cubes of edge e at stride s, no validation cubes
     shape = (e + 3 * s, e + 5 * s, e + 5 * s)
@@ -219,41 +254,43 @@ def tutorial_job(device_name: str, epochs: int = 3) -> int:
                     epochs=epochs, strides=(s, s, s), val_fraction=0.0, update_every=2, validate_every=10**6,
                     checkpoint_every=0, device=str(device), out_dir=None)
     dtype = perf.pick_autocast(device)
-    print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}; autocast {dtype}, channels_last_3d "
+    print(f"{meter.name()}, torch {torch.__version__}; autocast {dtype}, channels_last_3d "
           f"{perf.use_channels_last(device.type)}; tomograms {shape}, {job['cubes']} cubes of {s}³ (from {e}³), "
           f"{job['channels']} channels, batch {job['batch']}", flush=True)
-    torch.cuda.reset_peak_memory_stats(device)
+    meter.reset_peak()
     times, n_fit = {}, None
     for ev in fit_iter(tomo0, tomo1, cfg):
-        if type(ev).__name__ == "FitStarted":
+        if isinstance(ev, FitStarted):
             n_fit = ev.n_fit_cubes
         if isinstance(ev, EpochDone):
             times[ev.epoch] = ev.seconds
             print(f"  epoch {ev.epoch}: {ev.seconds:.1f} s ({n_fit / ev.seconds:.1f} samples/s)"
                   + ("  [includes a wedge update]" if ev.epoch % 2 == 0 else "")
                   + ("  [warm-up]" if ev.epoch == 1 else ""), flush=True)
-    fit_peak = torch.cuda.max_memory_allocated(device) / 2**30
+    fit_peak = meter.peak_gib()
     plain = [times[k] for k in times if k > 1 and k % 2]
     epoch_s = min(plain)
     update_s = max(0.0, times[2] - epoch_s)
     total_h = (job["epochs"] * epoch_s + job["epochs"] // job["update_every"] * update_s) / 3600
     print(f"fitting: {n_fit / epoch_s:.1f} samples/s, {epoch_s:.1f} s per epoch, wedge update {update_s:.1f} s → "
           f"{job['epochs']} epochs ≈ {total_h:.2f} h (the original: {job['original_hours']} h on one L40); "
-          f"peak GPU memory {fit_peak:.2f} GiB", flush=True)
+          f"peak memory {fit_peak:.2f} GiB", flush=True)
     del tomo0, tomo1
     torch.manual_seed(0)
     from napari_deepdewedge.core.unet import UNet3D
 
     net = UNet3D(channels=job["channels"], depth=job["depth"], residual=False).to(device)
     tomo = rng.standard_normal(job["refine_shape"], dtype=np.float32)
-    torch.cuda.reset_peak_memory_stats(device)
-    torch.cuda.synchronize(device)
+    meter.reset_peak()
+    meter.sync()
     t = time.perf_counter()
-    refine_tomogram(net, tomo, -60, 60, subtomo_size=s, batch_size=8, device=device, amp=True)
-    torch.cuda.synchronize(device)
+    refined = refine_tomogram(net, tomo, -60, 60, subtomo_size=s, batch_size=8, device=device, amp=True)
+    meter.sync()
     ref_s = time.perf_counter() - t
+    if refined.shape != tomo.shape or not np.isfinite(refined).all():
+        raise SystemExit(f"refinement returned shape {refined.shape} (expected {tomo.shape}) or non-finite values")
     print(f"refinement of {job['refine_shape']}: {ref_s:.1f} s per half ({np.prod(job['refine_shape']) / ref_s / 1e6:.2f} "
-          f"Mvoxels/s), peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+          f"Mvoxels/s), peak memory {meter.peak_gib():.2f} GiB")
     return 0
 
 
@@ -263,17 +300,19 @@ def main(argv=None) -> None:
     ap.add_argument("--tutorial", action="store_true",
                     help="the original tutorial's job size on a CUDA GPU (bench/gpu.sh); exits 0 without a GPU")
     ap.add_argument("--epochs", type=int, default=3, help="--tutorial: epochs to time (≥ 3)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="--tutorial on any device at toy sizes: checks the job runs start to finish")
     ap.add_argument("--quick", action="store_true", help="s = 48 only")
     ap.add_argument("--batch", type=int, default=5)
     ap.add_argument("--reps", type=int, default=1, help="timed network steps per configuration")
     ap.add_argument("--no-network", action="store_true", help="skip (c), the slow part on a CPU")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args(argv)
-    if args.tutorial:
-        raise SystemExit(tutorial_job(args.device, args.epochs))
-    device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tutorial:
+        raise SystemExit(tutorial_job(args.device, args.epochs, tiny=args.tiny))
+    device = pick_device(args.device)
     configs = [(48, 16)] if args.quick else [(48, 16), (96, 32)]
     threads = torch.get_num_threads()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
