@@ -123,6 +123,8 @@ def add_arguments(ap) -> None:
                     help="epochs between our snapshots (ours has ~3× more cubes per epoch at this size)")
     ap.add_argument("--ours-epochs", type=int, default=None, help="our epochs (default: --epochs)")
     ap.add_argument("--set", nargs="*", default=(), help="FitConfig overrides for ours, key=value")
+    ap.add_argument("--seed", type=int, default=HELD_OUT_SEED,
+                    help=f"phantom seed (default {HELD_OUT_SEED}, held out: choose settings on another seed)")
 
 
 def compare(args, ddw=None, tiles=()) -> dict:
@@ -133,9 +135,9 @@ def compare(args, ddw=None, tiles=()) -> dict:
 
     threads = torch.get_num_threads()
     label = "" if tuple(args.shape) == (64, 160, 160) and args.epochs >= 40 else "  [REDUCED SIZE]"
-    print(f"phantom {tuple(args.shape)} seed {HELD_OUT_SEED}, s={args.subtomo_size}, 16 channels, batch 4, "
+    print(f"phantom {tuple(args.shape)} seed {args.seed}, s={args.subtomo_size}, 16 channels, batch 4, "
           f"{args.epochs} epochs, {threads} threads, load {os.getloadavg()[0]:.1f}{label}", flush=True)
-    tomo0, tomo1, truth = phantom_halves(args.shape)
+    tomo0, tomo1, truth = phantom_halves(args.shape, seed=args.seed)
     base = score(0.5 * (tomo0 + tomo1), truth)
     print(f"  even/odd FBP average: CC {base[0]:.3f}, wedge correlation {base[1]:.3f}")
     result = {"ours": None, "original": None, "cc_ratio": None, "wedge_ratio": None}
