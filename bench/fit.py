@@ -192,7 +192,7 @@ def bench_fit_step(s: int, channels: int, batch_size: int, reps: int, device) ->
 TUTORIAL = dict(cubes=144, s=96, channels=64, depth=3, batch=5, epochs=1000, update_every=10,
                 refine_shape=(300, 1000, 1000), original_hours=14.5)
 #: the same job scaled down so that its code runs start to finish on a CPU in seconds
-#: (``--tiny``; tests/test_bench_tutorial.py): nothing but the sizes differ
+#: (``--tiny``; tests/test_bench_gpu.py): nothing but the sizes differ
 TINY_TUTORIAL = dict(TUTORIAL, s=16, channels=4, depth=2, batch=5, refine_shape=(24, 40, 40))
 
 

@@ -5,13 +5,18 @@ so that CPU tests can exercise the CUDA side of each branch without a GPU. Figur
 the 2-core development machine (AMD EPYC, AVX2, no AVX-512/AMX; load average 2–13 from other
 jobs; ratios from interleaved runs in one process):
 
-- channels_last_3d memory format with :class:`core.unet.InstanceNorm3d` (a group norm with one
-  channel per group, which keeps the format): fitting step at s = 32 / 16 channels / batch 4,
-  process CPU time on one thread, interleaved with the old path in one run: ×1.23
-  (bench/peer_ddw.py --levers; channels-last alone ×1.07, the new norm alone ×0.98 — the two
-  only pay together) and ×1.17 (a later run at load 12.6); with two threads on a quiet moment
-  of the machine (wall time) 0.398 → 0.243 s per sample (×1.6), since oneDNN's 3D convolution
-  backward is 3–5× faster on channels-last tensors. KEPT on CPU and CUDA; not on MPS.
+- channels_last_3d memory format with a layout-keeping instance norm
+  (:class:`core.unet.InstanceNormLeakyReLU`; torch's ``InstanceNorm3d`` copies channels-last
+  tensors back to NCDHW): fitting step at s = 32 / 16 channels / batch 4, process CPU time on
+  one thread, interleaved in one run (bench/peer_ddw.py --levers, 2026-12-03, load 2–3):
+  today 2.03 samples/s → channels-last 2.35 (×1.16) → + group-norm instance norm 2.36 → + the
+  fused norm + LeakyReLU with a hand-written backward 2.98 (×1.26; ×1.47 over today; the
+  original 1.74). oneDNN's 3D convolution backward is 2–2.5× faster on channels-last tensors
+  (its weight gradient: 52 vs 119 ms for 16→16 channels at (4, 16, 32³)); torch's channels-last
+  group-norm backward was 3–4× slower than the fused one. KEPT on CPU and CUDA; not on MPS.
+  What is left is the convolutions (≈ 80 % of a step; the weight gradient runs as im2col + GEMM,
+  ``x64:gemm:jit``, on AVX2 — no direct kernel for 3D channels-last), which the original
+  computes with the same layers.
 - bf16 autocast on the CPU: only where :func:`probe_bf16_cpu` finds it both supported and
   faster than fp32 on a small convolution (this CPU runs it, 12–20× SLOWER: 1.5–1.8 s vs
   74–155 ms → fp32). CUDA: fp16
