@@ -302,6 +302,19 @@ def test_flags_win_over_config_and_unknown_keys_warn(tmp_path, capsys):
     assert "fit_model.fancy" in capsys.readouterr().err
 
 
+def test_schedule_and_early_stop_flags_reach_fit_config(tmp_path, capsys):
+    args = _fit_args(tmp_path, FLAT_YAML, extra=["--lr", "1e-3", "--lr-schedule", "warmup_cosine",
+                                                  "--warmup-epochs", "1", "--early-stop", "4"])
+    cfg = cli.fit_config(args, tilt_range=cli.tilt_range_for_fit(args), out_dir=None, voxel_size=(1, 1, 1))
+    assert (cfg.lr, cfg.lr_schedule, cfg.warmup_epochs, cfg.early_stop_patience) == (1e-3, "warmup_cosine", 1, 4)
+    args = _fit_args(tmp_path, FLAT_YAML + "lr_schedule: warmup_cosine\nearly_stop_patience: 2\n")
+    cfg = cli.fit_config(args, tilt_range=cli.tilt_range_for_fit(args), out_dir=None, voxel_size=(1, 1, 1))
+    assert (cfg.lr_schedule, cfg.early_stop_patience) == ("warmup_cosine", 2)
+    args = _fit_args(tmp_path, FLAT_YAML)
+    cfg = cli.fit_config(args, tilt_range=cli.tilt_range_for_fit(args), out_dir=None, voxel_size=(1, 1, 1))
+    assert (cfg.lr_schedule, cfg.warmup_epochs, cfg.early_stop_patience) == ("constant", 0, 0)
+
+
 def test_mw_angle_and_gpu_mapping():
     from napari_deepdewedge.core.config import normalize_config, tilt_range_from_mw_angle
 

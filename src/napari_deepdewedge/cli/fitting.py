@@ -15,7 +15,8 @@ from .output import info, is_rank_zero
 from .progress import FitReport
 
 #: options that map one-to-one onto FitConfig fields
-FIT_OPTION_KEYS = ("subtomo_size", "channels", "depth", "epochs", "batch_size", "lr",
+FIT_OPTION_KEYS = ("subtomo_size", "channels", "depth", "epochs", "batch_size", "lr", "lr_schedule",
+                   "warmup_epochs", "early_stop_patience",
                    "val_fraction", "update_every", "validate_every", "checkpoint_every",
                    "min_mask_fraction", "standardize", "seed", "device", "strides")
 

@@ -198,6 +198,13 @@ FITTING = Group("fitting (default: the --preset values, then core.fitting.FitCon
     Opt(("--batch-size",), "batch_size", "cubes per optimizer step (default 5)", type=positive_int,
         metavar="B"),
     Opt(("--lr",), "lr", "Adam learning rate (default 4e-4)", type=positive_float, metavar="LR"),
+    Opt(("--lr-schedule",), "lr_schedule", "constant (default, the original's) or warmup_cosine "
+        "(linear warm-up over --warmup-epochs, then a cosine down to 0.1·LR at the last epoch; "
+        "README 'Time to quality')", choices=("constant", "warmup_cosine")),
+    Opt(("--warmup-epochs",), "warmup_epochs", "with --lr-schedule warmup_cosine: warm-up epochs "
+        "(default 0)", type=non_negative_int, metavar="N"),
+    Opt(("--early-stop",), "early_stop_patience", "stop when the validation loss has not improved "
+        "for N epochs (default 0 = never)", type=non_negative_int, metavar="N"),
     Opt(("--val-fraction",), "val_fraction", "fraction of cubes held out for validation "
         "(default 0.1)", type=fraction, metavar="F"),
     Opt(("--update-every",), "update_every", "update the input cubes' missing wedges every N "
