@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_deepdewedge.core import perf
-from napari_deepdewedge.core.unet import InstanceNormLeakyReLU, UNet3D
+from napari_deepdewedge.core.unet import Conv3d, InstanceNormLeakyReLU, PointwiseConv3d, UNet3D, conv_route
 
 FAST = perf.Bf16Probe(supported=True, fp32_seconds=1.0, bf16_seconds=0.5, rel_error=0.01)
 SLOW = perf.Bf16Probe(supported=True, fp32_seconds=1.0, bf16_seconds=1.2, rel_error=0.01)
@@ -171,3 +171,53 @@ def test_unet_channels_last_same_result():
         a = net(x)
         b = perf.to_channels_last(net, "cpu")(perf.as_input(x, "cpu"))
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_conv_route_decision():
+    """oneDNN directly only for the ambiguous one-volume one-channel float32 CPU batch."""
+    assert conv_route("cpu", 1, 1, torch.float32, False, True) == "mkldnn"
+    assert conv_route("cpu", 2, 1, torch.float32, False, True) == "default"
+    assert conv_route("cpu", 1, 16, torch.float32, False, True) == "default"
+    assert conv_route("cpu", 1, 1, torch.float32, True, True) == "default"
+    assert conv_route("cpu", 1, 1, torch.float32, False, False) == "default"
+    assert conv_route("cuda", 1, 1, torch.float32, False, True) == "default"
+    assert conv_route("mps", 1, 1, torch.float32, False, True) == "default"
+
+
+def test_first_conv_one_volume_matches_torch_and_is_channels_last():
+    torch.manual_seed(0)
+    ours = perf.to_channels_last(Conv3d(1, 4, 3, padding=1), "cpu")
+    ref = torch.nn.Conv3d(1, 4, 3, padding=1)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 1, 6, 7, 8)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = ours(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+    if torch.backends.mkldnn.is_available():
+        assert ya.is_contiguous(memory_format=torch.channels_last_3d)
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pointwise_conv_matches_torch(channels_last):
+    torch.manual_seed(1)
+    ours = PointwiseConv3d(5, 2)
+    ref = torch.nn.Conv3d(5, 2, 1)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 5, 4, 6, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = ours(xa), ref(xb)
+    assert ya.shape == yb.shape
+    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=1e-4, rtol=1e-4)
