@@ -39,7 +39,11 @@ from .oom import BatchRunner, is_out_of_memory, release_device_memory, smaller_t
 #: voxels per chunk when masking a large tomogram (float + complex intermediates ~ 200 MB)
 _MASK_CHUNK_VOXELS = 8 * 1024 * 1024
 #: default refinement tile edge (see predict_tiled); chosen in bench/refine.py --quality
-DEFAULT_TILE = 96
+DEFAULT_TILE = 128
+#: float32 feature maps of the first level's width per tile that the memory bounds assume (a
+#: training forward's peak; an inference forward measured 7.5–9 at 16 channels, tiles of
+#: 1.8–4.3 Mvoxels: 480–570 bytes per voxel; so the bound is about 2.7× conservative)
+ACTIVATION_MAPS = 24
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,14 +209,37 @@ def tile_shape(shape, subtomo_size: int, overlap: int, tile_size, multiple: int)
     return tuple(out)
 
 
+def tile_activation_bytes(tile, channels: int) -> int:
+    """Estimated peak activation memory of one tile in the U-Net: :data:`ACTIVATION_MAPS`
+    float32 feature maps of the first level's width."""
+    return ACTIVATION_MAPS * 4 * int(channels) * math.prod(int(n) for n in tile)
+
+
 def tile_batch_size(tile, channels: int, requested: int, available_bytes: int | None = None) -> int:
-    """Tiles per forward pass: ``requested``, lowered so that the activations (≈ 24 float32
-    feature maps of the first level per tile, the U-Net forward's peak) stay within half of
-    ``available_bytes`` (``None``: unknown → ``requested``)."""
+    """Tiles per forward pass: ``requested``, lowered so that the activations
+    (:func:`tile_activation_bytes`) stay within half of ``available_bytes`` (``None``:
+    unknown → ``requested``)."""
     if not available_bytes:
         return max(1, int(requested))
-    per_tile = 24 * 4 * int(channels) * math.prod(int(n) for n in tile)
-    return max(1, min(int(requested), int(0.5 * available_bytes // per_tile)))
+    return max(1, min(int(requested), int(0.5 * available_bytes // tile_activation_bytes(tile, channels))))
+
+
+def tile_edge_for_memory(shape, subtomo_size: int, overlap: int, tile_size, multiple: int, channels: int,
+                         available_bytes: int | None = None) -> int:
+    """The tile edge to ask :func:`tile_shape` for: ``tile_size`` (``None``:
+    :data:`DEFAULT_TILE`), lowered in steps of ``multiple`` (not below ``subtomo_size``) until
+    one tile's activations (:func:`tile_activation_bytes` of the shape :func:`tile_shape` gives)
+    fit in half of ``available_bytes`` (``None``: unknown → unchanged). On the CPU running out
+    of memory is no exception but the system's out-of-memory killer, so the edge is bounded
+    before the first tile runs."""
+    s, m = int(subtomo_size), max(1, int(multiple))
+    edge = max(s, int(tile_size) if tile_size else DEFAULT_TILE)
+    if not available_bytes:
+        return edge
+    budget = 0.5 * available_bytes
+    while edge - m >= s and tile_activation_bytes(tile_shape(shape, s, overlap, edge, m), channels) > budget:
+        edge -= m
+    return edge
 
 
 def _free_memory(dev) -> int | None:
@@ -286,8 +313,10 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     dtype = perf.pick_autocast(dev) if amp else None
     shape = tuple(int(n) for n in vol.shape)
     depth = int(getattr(model, "depth", 0) or 0)
-    tz, ty, tx = tile = tile_shape(shape, s, overlap, tile_size, 2 ** depth if depth else 1)
-    batch_size = tile_batch_size(tile, int(getattr(model, "channels", 16)), batch_size, _free_memory(dev))
+    multiple, channels, free = 2 ** depth if depth else 1, int(getattr(model, "channels", 16)), _free_memory(dev)
+    edge = tile_edge_for_memory(shape, s, overlap, tile_size, multiple, channels, free)
+    tz, ty, tx = tile = tile_shape(shape, s, overlap, edge, multiple)
+    batch_size = tile_batch_size(tile, channels, batch_size, free)
     (zst, zw), (yst, yw), (xst, xw) = (axis_weights(n, t, overlap) for n, t in zip(shape, tile))
     zi, yi, xi = (reflect_index(n, st[-1] + t) for n, st, t in zip(shape, (zst, yst, xst), tile))
     tiles = [(a, c) for a in range(len(zst)) for c in range(len(xst))]  # tiles of one band
