@@ -4,16 +4,18 @@ original DeepDeWedge's ``_refine_single_tomogram`` with ``--ddw-path``), ratios 
 Run:  python bench/refine.py --threads 1            (128×512×512, fast preset, CPU, one thread)
       python bench/refine.py --shape 64 256 256      (quicker)
       python bench/refine.py --shape 64 256 256 --no-before --profile   (where the time goes)
+      python bench/refine.py --threads 1 --no-before --tile 96 128 160    (tile edges side by side)
       python bench/refine.py --ddw-path /path/to/DeepDeWedge   (+ the original, its venv)
       python bench/refine.py --device cuda --preset default --batch 8
 
 "before": tiles of the fitting cube, contiguous NCDHW, torch's InstanceNorm3d (bench/levers.py);
-"after": the defaults (larger tiles, core.refine.tile_shape; channels-last; memory-bounded batch).
+"now": the defaults (larger tiles, core.refine.tile_shape; channels-last; memory-bounded batch),
+or each ``--tile`` edge in turn. Both pass through the matching filter, as the front ends do.
 
 The model is an untrained U-Net of the preset (the cost does not depend on the weights).
 Clock: process CPU time on the CPU (``--clock cpu``, the default there: on a shared machine it
 estimates the idle wall time of the threads used), wall time on a GPU or with ``--clock wall``.
-``--profile``: the "after" pass under cProfile (process CPU time), its time split into
+``--profile``: the first "now" pass under cProfile (process CPU time), its time split into
 convolutions, normalization, other network work, band preparation (standardize + wedge mask),
 the matching filter, tile gathering (reflect-indexing, stacking, copies) and the blend.
 Printed per pass (statistics, then bands of rows standardized + wedge-masked, network, blend):
@@ -37,8 +39,8 @@ from napari_deepdewedge.core.device import pick_device
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from levers import today  # noqa: E402
 
-from napari_deepdewedge.core.refine import (RowPreparer, n_tiles, predict_tiled,  # noqa: E402
-                                            standardization_stats, tile_shape)
+from napari_deepdewedge.core.refine import (DEFAULT_TILE, RowPreparer, n_tiles,  # noqa: E402
+                                            predict_tiled, standardization_stats, tile_shape)
 from napari_deepdewedge.core.subtomos import extraction_size  # noqa: E402
 from napari_deepdewedge.core.unet import PRESETS, UNet3D  # noqa: E402
 
@@ -86,7 +88,7 @@ def run_refine(model, tomo, s, overlap, batch, device, tile_size=None, progress=
     stats = standardization_stats(tomo)
     prep = RowPreparer((tomo.shape[0], tomo.shape[2]), -60, 60, stats)
     out = predict_tiled(model, tomo, s, overlap=overlap, batch_size=batch, device=device, progress=progress,
-                        rows=prep, tile_size=tile_size)
+                        rows=prep, tile_size=tile_size, match_resampling=True)
     _sync(device)
     out *= np.float32(stats[1])
     out += np.float32(stats[0])
@@ -99,13 +101,14 @@ def main(argv=None) -> None:
     ap.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--overlap", type=int, default=None, help="default ceil(s/3)")
-    ap.add_argument("--tile", type=int, default=None, help="refinement tile edge (default: core.refine's)")
+    ap.add_argument("--tile", type=int, nargs="*", default=None,
+                    help="refinement tile edge(s) of 'now', each timed in turn (default: core.refine's DEFAULT_TILE)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--clock", choices=("cpu", "wall"), default=None,
                     help="process CPU time (default on the CPU) or wall time (default on a GPU)")
     ap.add_argument("--no-before", action="store_true", help="skip today's (before issue 10) pass")
-    ap.add_argument("--profile", action="store_true", help="split the 'after' pass's time into its parts")
+    ap.add_argument("--profile", action="store_true", help="split the first 'now' pass's time into its parts")
     ap.add_argument("--ddw-path", default=None, help="also time the original DeepDeWedge's refinement")
     ap.add_argument("--ddw-python", default=None)
     args = ap.parse_args(argv)
@@ -125,10 +128,11 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     model = UNet3D(channels=p["channels"], depth=p["depth"], residual=False).to(device).eval()
     ov = args.overlap if args.overlap is not None else -(-s // 3)
-    tile = tile_shape(shape, s, ov, args.tile, 2 ** p["depth"])
+    edges = args.tile or [None]
     nvox = float(np.prod(shape))
-    print(f"tomogram {shape} = {nvox / 1e6:.1f} Mvoxels; before: {n_tiles(shape, s, ov, tile_size=s)} tiles of {s}³, "
-          f"after: {n_tiles(shape, s, ov, args.tile, 2 ** p['depth'])} tiles of {tile}")
+    print(f"tomogram {shape} = {nvox / 1e6:.1f} Mvoxels; before: {n_tiles(shape, s, ov, tile_size=s)} tiles of {s}³; "
+          + "; ".join(f"tile {e or DEFAULT_TILE}: {n_tiles(shape, s, ov, e, 2 ** p['depth'])} tiles of "
+                      f"{tile_shape(shape, s, ov, e, 2 ** p['depth'])}" for e in edges))
     last = [time.perf_counter()]
 
     def progress(done, total):
@@ -137,30 +141,37 @@ def main(argv=None) -> None:
             print(f"  {done}/{total} batches", file=sys.stderr, flush=True)
             last[0] = now
 
+    def timed(tile_size):
+        return run_refine(model, tomo, s, ov, args.batch, device, tile_size=tile_size, progress=progress,
+                          timer=timer)[0]
+
     rates = {}
     if not args.no_before:
         with today():
-            sec, _ = run_refine(model, tomo, s, ov, args.batch, device, tile_size=s, progress=progress, timer=timer)
-        rates["ours before"] = nvox / sec
+            sec = timed(s)
+        rates["before"] = nvox / sec
         print(f"ours before (tiles {s}³, NCDHW): {sec:8.1f} s  {nvox / sec / 1e6:.3f} Mvoxels/s", flush=True)
-    profiler = None
-    if args.profile:
-        import cProfile
+    for i, edge in enumerate(edges):
+        name = f"tile {edge or DEFAULT_TILE}"
+        profiler = None
+        if args.profile and i == 0:
+            import cProfile
 
-        profiler = cProfile.Profile(timer=time.process_time)
-        profiler.enable()
-    sec, _ = run_refine(model, tomo, s, ov, args.batch, device, tile_size=args.tile, progress=progress, timer=timer)
-    if profiler is not None:
-        import pstats
+            profiler = cProfile.Profile(timer=time.process_time)
+            profiler.enable()
+        sec = timed(edge)
+        if profiler is not None:
+            import pstats
 
-        profiler.disable()
-        parts = profile_parts(pstats.Stats(profiler))
-        total = sum(parts.values())
-        print(f"  where the time of 'after' goes (cProfile, {total:.1f} CPU s):")
-        for name, t in sorted(parts.items(), key=lambda kv: -kv[1]):
-            print(f"    {name:58s} {t:8.2f} s  {100 * t / total:5.1f} %")
-    rates["ours after"] = nvox / sec
-    print(f"ours after  (tiles {tile}, channels-last): {sec:8.1f} s  {nvox / sec / 1e6:.3f} Mvoxels/s", flush=True)
+            profiler.disable()
+            parts = profile_parts(pstats.Stats(profiler))
+            total = sum(parts.values())
+            print(f"  where the time of '{name}' goes (cProfile, {total:.1f} CPU s):")
+            for part, t in sorted(parts.items(), key=lambda kv: -kv[1]):
+                print(f"    {part:58s} {t:8.2f} s  {100 * t / total:5.1f} %")
+        rates[name] = nvox / sec
+        print(f"ours now, {name} {tile_shape(shape, s, ov, edge, 2 ** p['depth'])}, channels-last: {sec:8.1f} s  "
+              f"{nvox / sec / 1e6:.3f} Mvoxels/s", flush=True)
     if args.ddw_path:
         from peers.ddw import OriginalDDW
 
@@ -171,9 +182,12 @@ def main(argv=None) -> None:
             _, sec = ddw.refine(run, tomo, overlap=ov, batch_size=args.batch)
         rates["original"] = nvox / sec
         print(f"original (tiles {s}³):          {sec:8.1f} s  {nvox / sec / 1e6:.3f} Mvoxels/s", flush=True)
-    after = rates["ours after"]
-    print("ratios: " + ", ".join(f"after/{k.replace('ours ', '')} ×{after / v:.2f}" for k, v in rates.items()
-                                 if k != "ours after"))
+    ours_now = [k for k in rates if k.startswith("tile")]
+    others = [k for k in rates if not k.startswith("tile")]
+    for k in ours_now:
+        vs = others or [o for o in ours_now if o != k]  # without "before": the tile edges against each other
+        if vs:
+            print(f"ratios, {k}: " + ", ".join(f"/{o} ×{rates[k] / rates[o]:.2f}" for o in vs))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux → MB
     print(f"peak resident memory: {peak:.0f} MB (tomogram {nvox * 4 / 2**20:.0f} MB per float32 copy); "
           f"load average {os.getloadavg()[0]:.1f}")
