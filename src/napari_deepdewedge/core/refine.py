@@ -38,8 +38,18 @@ from .oom import BatchRunner, is_out_of_memory, release_device_memory, smaller_t
 
 #: voxels per chunk when masking a large tomogram (float + complex intermediates ~ 200 MB)
 _MASK_CHUNK_VOXELS = 8 * 1024 * 1024
-#: default refinement tile edge (see predict_tiled); chosen in bench/refine.py --quality
-DEFAULT_TILE = 128
+#: default refinement tile edge (see predict_tiled; tile_shape shrinks it per axis, a short Z axis is
+#: one tile, and tile_edge_for_memory lowers it when memory is short). Chosen 2026-12-03 (issue 10),
+#: fast preset, one thread, process CPU time. Speed, (128, 512, 512), bench/refine.py in one run
+#: (load 1.4–3.1): tiles of the fitting cube 48³ before 452 s, edge 160 → (128, 144, 144) tiles
+#: 157 s (×2.87); another run (load 1.5–1.9): edge 96 → (72, 88, 88) 192 s, 128 → (128, 120, 120)
+#: 188 s, 160: 146 s. Fewer network voxels (113 M → 54.6 M → 46.1 M → 42.5 M for 33.5 M) but
+#: more per voxel in large tiles (feature maps overflow the 32 MB L3). Quality, held-out phantom,
+#: bench/time_to_quality.py --tiles, epoch-5 model (s = 32), CC / in-wedge correlation:
+#: 64×192×192: 32 0.567/0.487, 96 0.589/0.566, 128 (= 160 there) 0.597/0.564, whole plane
+#: 0.598/0.552; 64×256×256: 96 (= 128 there) 0.569/0.525, 160 0.579/0.531, whole 0.577/0.530.
+#: A smaller overlap lowers the in-wedge correlation (160 with 8: 0.527), so ⌈s/3⌉ stays.
+DEFAULT_TILE = 160
 #: float32 feature maps of the first level's width per tile that the memory bounds assume (a
 #: training forward's peak; an inference forward measured 7.5–9 at 16 channels, tiles of
 #: 1.8–4.3 Mvoxels: 480–570 bytes per voxel; so the bound is about 2.7× conservative)
