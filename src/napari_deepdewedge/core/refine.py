@@ -43,8 +43,9 @@ _MASK_CHUNK_VOXELS = 8 * 1024 * 1024
 #: fast preset, one thread, process CPU time. Speed, (128, 512, 512), bench/refine.py in one run
 #: (load 1.4–3.1): tiles of the fitting cube 48³ before 452 s, edge 160 → (128, 144, 144) tiles
 #: 157 s (×2.87), edge 128 → (128, 120, 120) 164 s (×2.75), peak RSS 4.25 GB; another run (load
-#: 1.5–1.9): edge 96 → (72, 88, 88) 192 s, 128: 188 s, 160: 146 s. Fewer network voxels (113 M → 54.6 M → 46.1 M → 42.5 M for 33.5 M) but
-#: more per voxel in large tiles (feature maps overflow the 32 MB L3). Quality, held-out phantom,
+#: 1.5–1.9): edge 96 → (72, 88, 88) 192 s, 128: 188 s, 160: 146 s. Fewer network voxels (113 M
+#: → 54.6 M → 46.1 M → 42.5 M for 33.5 M) but more per voxel in large tiles (feature maps
+#: overflow the 32 MB L3). Quality, held-out phantom,
 #: bench/time_to_quality.py --tiles, epoch-5 model (s = 32), CC / in-wedge correlation:
 #: 64×192×192: 32 0.567/0.487, 96 0.589/0.566, 128 (= 160 there) 0.597/0.564, whole plane
 #: 0.598/0.552; 64×256×256: 96 (= 128 there) 0.569/0.525, 160 0.579/0.531, whole 0.577/0.530.
