@@ -7,9 +7,10 @@ For each half:
 2. apply the observed-mask ``M`` of the tilt range. ``M`` does not depend on ky, so
    ``F⁻¹(M·F(v))`` is computed with 2D FFTs over (z, x), row by row in Y: exact, and any set of
    rows can be prepared on its own,
-3. cut into cubes of edge ``s`` overlapping by ``overlap`` voxels (default ``ceil(s/3)``);
+3. cut into tiles overlapping by ``overlap`` voxels (default ``ceil(s/3)``), of edge up to
+   :data:`DEFAULT_TILE` (never below ``s``; :func:`tile_shape`, :func:`tile_edge_for_memory`);
    tiles that run past the far edge of an axis read reflected voxels (``numpy`` "reflect").
-   The work goes band by band: the ``s`` Y rows of one row of tiles are read and prepared
+   The work goes band by band: the Y rows of one row of tiles are read and prepared
    (steps 1–2), so memory is the output plus one band, never a prepared copy of the tomogram,
 4. run the model on ``batch_size`` cubes at a time — only the current batch is on the device;
    the output accumulates on the CPU,
