@@ -18,8 +18,9 @@ CC, wedge correlation; then the CPU time each tool needs to reach the ORIGINAL's
 final wedge correlation, and the ratio. Ours is run with any FitConfig overrides given by
 ``--set key=value`` (e.g. ``--set lr_schedule=warmup_cosine``).
 
-``--tiles 32 64 96``: our final model refines with each refinement tile edge (instance
-normalization sees the whole tile), printing CC, wedge correlation and seconds.
+``--tiles 32 64 96 160:8``: our final model refines with each refinement tile edge (instance
+normalization sees the whole tile; ``TILE:OVERLAP`` also sets the tile overlap, default
+``ceil(s/3)``), printing the tile shape, CC, wedge correlation and process CPU seconds.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from napari_deepdewedge.core.io import TiltSeries  # noqa: E402
 from napari_deepdewedge.core.metrics import cc, wedge_correlation  # noqa: E402
 from napari_deepdewedge.core.phantom import make_sample  # noqa: E402
 from napari_deepdewedge.core.reconstruction import fbp  # noqa: E402
-from napari_deepdewedge.core.refine import refine_halves  # noqa: E402
+from napari_deepdewedge.core.refine import default_overlap, refine_halves, tile_shape  # noqa: E402
 
 HELD_OUT_SEED = 2024
 
@@ -130,7 +131,8 @@ def add_arguments(ap) -> None:
 def compare(args, ddw=None, tiles=()) -> dict:
     """Fit ours (and the original when ``ddw`` is given) on the held-out phantom, print the
     snapshot table and, with the original, the CPU time ours needs to reach its final CC and
-    wedge correlation; returns {"ours": rows, "original": rows, "cc_ratio", "wedge_ratio"}."""
+    wedge correlation; returns {"ours": rows, "original": rows, "cc_ratio", "wedge_ratio"}.
+    ``tiles``: refinement tile edges to score our final model with, ``TILE`` or ``TILE:OVERLAP``."""
     import os
 
     threads = torch.get_num_threads()
@@ -162,12 +164,16 @@ def compare(args, ddw=None, tiles=()) -> dict:
         if tiles:
             final = Path(tmp) / f"epoch_{ours[-1][0]:04d}.pt"
             print(f"\n  refinement tile edge (our epoch-{ours[-1][0]} model, fitting cube {args.subtomo_size}):")
-            for tile in tiles:
-                t = time.perf_counter()
-                res = refine_halves(final, tomo0, tomo1, device="cpu", batch_size=4, tile_size=tile)
-                sec = time.perf_counter() - t
+            for spec in tiles:
+                tile, _, ov = str(spec).partition(":")
+                tile, ov = int(tile), (int(ov) if ov else default_overlap(args.subtomo_size))
+                edges = tile_shape(args.shape, args.subtomo_size, ov, tile, 8)
+                t = time.process_time()
+                res = refine_halves(final, tomo0, tomo1, device="cpu", batch_size=4, tile_size=tile, overlap=ov)
+                sec = time.process_time() - t
                 c, w = score(res.refined, truth)
-                print(f"    tile {tile:4d}: CC {c:.4f}, wedge {w:.4f}, {sec:.1f} s", flush=True)
+                print(f"    tile {tile:4d} overlap {ov:3d} {edges}: CC {c:.4f}, wedge {w:.4f}, {sec:.1f} CPU s",
+                      flush=True)
     return result
 
 
@@ -177,7 +183,7 @@ def main(argv=None) -> None:
     ap.add_argument("--ddw-python", default=None)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--tiles", type=int, nargs="*", default=())
+    ap.add_argument("--tiles", nargs="*", default=(), help="refinement tile edges, TILE or TILE:OVERLAP")
     add_arguments(ap)
     args = ap.parse_args(argv)
     import os

@@ -164,20 +164,24 @@ def test_chunked_masking_and_z_range_match_whole_volume():
 
 def test_tile_shape_known_answers():
     # default tiles: larger than the fitting cube, shrunk to equal tiles per axis, multiples of 8
-    assert rf.tile_shape((64, 160, 160), 48, 16, None, 8) == (64, 88, 88)
-    assert rf.tile_shape((128, 512, 512), 48, 16, None, 8) == (72, 88, 88)
+    assert rf.DEFAULT_TILE == 160
+    assert rf.tile_shape((64, 160, 160), 48, 16, None, 8) == (64, 160, 160)  # one tile
+    assert rf.tile_shape((128, 512, 512), 48, 16, None, 8) == (128, 144, 144)  # Z in one tile
+    assert rf.tile_shape((128, 512, 512), 48, 16, 128, 8) == (128, 120, 120)
+    assert rf.tile_shape((128, 512, 512), 48, 16, 96, 8) == (72, 88, 88)  # the default before
     assert rf.tile_shape((128, 512, 512), 48, 16, 48, 8) == (48, 48, 48)  # today's tiling
     assert rf.tile_shape((20, 50, 50), 48, 16, None, 8) == (48, 56, 56)  # never below the cube
     for shape in [(37, 101, 64), (300, 1000, 1000)]:
         tile = rf.tile_shape(shape, 32, 11, None, 8)
         assert all(t % 8 == 0 and 32 <= t <= rf.DEFAULT_TILE for t in tile)
-    assert rf.n_tiles((128, 512, 512), 48, 16, multiple=8) == 2 * 7 * 7
+    assert rf.n_tiles((128, 512, 512), 48, 16, multiple=8) == 1 * 4 * 4
     assert rf.n_tiles((128, 512, 512), 48, 16, tile_size=48) == 4 * 16 * 16
 
 
 def test_tile_batch_size_by_memory():
     tile = (96, 96, 96)
     per_tile = 24 * 4 * 16 * 96**3
+    assert rf.tile_activation_bytes(tile, 16) == per_tile
     assert rf.tile_batch_size(tile, 16, 4, None) == 4
     assert rf.tile_batch_size(tile, 16, 4, 10 * per_tile) == 4
     assert rf.tile_batch_size(tile, 16, 4, 3 * per_tile) == 1
@@ -206,3 +210,47 @@ def test_unet_tiles_blend_close_to_whole_volume():
     small = rf.predict_tiled(net, v, 16, overlap=6, tile_size=16)
     err_big, err_small = (float(np.abs(x - whole).mean()) for x in (big, small))
     assert err_big < err_small
+
+
+def test_tile_edge_is_lowered_until_one_tile_fits_in_memory():
+    shape, s, ov, m = (128, 512, 512), 48, 16, 8
+    fits = 2 * rf.tile_activation_bytes((128, 144, 144), 16)  # the default tile needs half of this
+    assert rf.tile_edge_for_memory(shape, s, ov, None, m, 16, None) == rf.DEFAULT_TILE  # unknown memory
+    assert rf.tile_edge_for_memory(shape, s, ov, None, m, 16, fits) == 160
+    # one byte short: edges 152 and 144 still give (128, 144, 144) tiles; 136 gives (128, 120, 120)
+    assert rf.tile_edge_for_memory(shape, s, ov, None, m, 16, fits - 1) == 136
+    assert rf.tile_shape(shape, s, ov, 136, m) == (128, 120, 120)
+    assert rf.tile_edge_for_memory(shape, s, ov, None, m, 64, fits) == 96  # 4× the channels: smaller
+    assert rf.tile_shape(shape, s, ov, 96, m) == (72, 88, 88)
+    assert rf.tile_edge_for_memory(shape, s, ov, None, m, 16, 1000) == s  # never below the fitting cube
+    assert rf.tile_edge_for_memory(shape, s, ov, 64, m, 16, None) == 64  # an explicit edge is kept
+
+
+def test_tiles_shrink_to_the_memory_bound_and_the_result_is_unchanged(monkeypatch):
+    v = np.random.default_rng(2).standard_normal((20, 40, 40)).astype(np.float32)
+    budget = 2 * rf.tile_activation_bytes((20, 24, 24), 16)  # Recorder: no channels attribute → 16
+    monkeypatch.setattr(rf, "_free_memory", lambda dev: budget)
+    rec = Recorder()
+    out = rf.refine_tomogram(rec, v, -60, 60, subtomo_size=8, overlap=3, batch_size=8, standardize=False,
+                             match_resampling=False)
+    # edge 39 is the first that fits: Y and X in two tiles of 22 (22 + 22 − 3 ≥ 40), Z whole
+    assert {sz[1:] for sz in rec.sizes} == {(1, 20, 22, 22)}
+    assert sum(sz[0] for sz in rec.sizes) == 4
+    np.testing.assert_allclose(out, _wedge_masked(v, -60, 60), atol=1e-5)
+
+
+@pytest.mark.parametrize("tile_size", [16, 24, 40, 160])
+def test_identity_and_add_one_are_exact_whatever_the_tile_size(tile_size):
+    """The blend weights sum to one for every tile size: an identity model gives the
+    wedge-masked tomogram, a model adding 1 (standardized units) adds one std everywhere."""
+    rng = np.random.default_rng(tile_size)
+    v = (rng.standard_normal((24, 70, 52)) * 2 + 3).astype(np.float32)
+    ref = _wedge_masked(v, -58, 60)
+    out = rf.refine_tomogram(Identity(), v, -58, 60, subtomo_size=16, overlap=5, tile_size=tile_size,
+                             match_resampling=False)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    std = float(v.astype(np.float64).std())
+    plus = rf.refine_tomogram(AddOne(), v, -58, 60, subtomo_size=16, overlap=5, tile_size=tile_size,
+                              match_resampling=False)
+    np.testing.assert_allclose(plus, ref + std, rtol=0, atol=1e-5 * np.abs(ref).max())
+    assert rf.n_tiles(v.shape, 16, 5, tile_size) == {16: 60, 24: 12, 40: 4, 160: 1}[tile_size]

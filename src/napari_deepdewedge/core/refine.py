@@ -7,9 +7,10 @@ For each half:
 2. apply the observed-mask ``M`` of the tilt range. ``M`` does not depend on ky, so
    ``F⁻¹(M·F(v))`` is computed with 2D FFTs over (z, x), row by row in Y: exact, and any set of
    rows can be prepared on its own,
-3. cut into cubes of edge ``s`` overlapping by ``overlap`` voxels (default ``ceil(s/3)``);
+3. cut into tiles overlapping by ``overlap`` voxels (default ``ceil(s/3)``), of edge up to
+   :data:`DEFAULT_TILE` (never below ``s``; :func:`tile_shape`, :func:`tile_edge_for_memory`);
    tiles that run past the far edge of an axis read reflected voxels (``numpy`` "reflect").
-   The work goes band by band: the ``s`` Y rows of one row of tiles are read and prepared
+   The work goes band by band: the Y rows of one row of tiles are read and prepared
    (steps 1–2), so memory is the output plus one band, never a prepared copy of the tomogram,
 4. run the model on ``batch_size`` cubes at a time — only the current batch is on the device;
    the output accumulates on the CPU,
@@ -38,8 +39,23 @@ from .oom import BatchRunner, is_out_of_memory, release_device_memory, smaller_t
 
 #: voxels per chunk when masking a large tomogram (float + complex intermediates ~ 200 MB)
 _MASK_CHUNK_VOXELS = 8 * 1024 * 1024
-#: default refinement tile edge (see predict_tiled); chosen in bench/refine.py --quality
-DEFAULT_TILE = 96
+#: default refinement tile edge (see predict_tiled; tile_shape shrinks it per axis, a short Z axis is
+#: one tile, and tile_edge_for_memory lowers it when memory is short). Chosen 2026-12-03 (issue 10),
+#: fast preset, one thread, process CPU time. Speed, (128, 512, 512), bench/refine.py in one run
+#: (load 1.4–3.1): tiles of the fitting cube 48³ before 452 s, edge 160 → (128, 144, 144) tiles
+#: 157 s (×2.87), edge 128 → (128, 120, 120) 164 s (×2.75), peak RSS 4.25 GB; another run (load
+#: 1.5–1.9): edge 96 → (72, 88, 88) 192 s, 128: 188 s, 160: 146 s. Fewer network voxels (113 M
+#: → 54.6 M → 46.1 M → 42.5 M for 33.5 M) but more per voxel in large tiles (feature maps
+#: overflow the 32 MB L3). Quality, held-out phantom,
+#: bench/time_to_quality.py --tiles, epoch-5 model (s = 32), CC / in-wedge correlation:
+#: 64×192×192: 32 0.567/0.487, 96 0.589/0.566, 128 (= 160 there) 0.597/0.564, whole plane
+#: 0.598/0.552; 64×256×256: 96 (= 128 there) 0.569/0.525, 160 0.579/0.531, whole 0.577/0.530.
+#: A smaller overlap lowers the in-wedge correlation (160 with 8: 0.527), so ⌈s/3⌉ stays.
+DEFAULT_TILE = 160
+#: float32 feature maps of the first level's width per tile that the memory bounds assume (a
+#: training forward's peak; an inference forward measured 7.5–9 at 16 channels, tiles of
+#: 1.8–4.3 Mvoxels: 480–570 bytes per voxel; so the bound is about 2.7× conservative)
+ACTIVATION_MAPS = 24
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,14 +221,37 @@ def tile_shape(shape, subtomo_size: int, overlap: int, tile_size, multiple: int)
     return tuple(out)
 
 
+def tile_activation_bytes(tile, channels: int) -> int:
+    """Estimated peak activation memory of one tile in the U-Net: :data:`ACTIVATION_MAPS`
+    float32 feature maps of the first level's width."""
+    return ACTIVATION_MAPS * 4 * int(channels) * math.prod(int(n) for n in tile)
+
+
 def tile_batch_size(tile, channels: int, requested: int, available_bytes: int | None = None) -> int:
-    """Tiles per forward pass: ``requested``, lowered so that the activations (≈ 24 float32
-    feature maps of the first level per tile, the U-Net forward's peak) stay within half of
-    ``available_bytes`` (``None``: unknown → ``requested``)."""
+    """Tiles per forward pass: ``requested``, lowered so that the activations
+    (:func:`tile_activation_bytes`) stay within half of ``available_bytes`` (``None``:
+    unknown → ``requested``)."""
     if not available_bytes:
         return max(1, int(requested))
-    per_tile = 24 * 4 * int(channels) * math.prod(int(n) for n in tile)
-    return max(1, min(int(requested), int(0.5 * available_bytes // per_tile)))
+    return max(1, min(int(requested), int(0.5 * available_bytes // tile_activation_bytes(tile, channels))))
+
+
+def tile_edge_for_memory(shape, subtomo_size: int, overlap: int, tile_size, multiple: int, channels: int,
+                         available_bytes: int | None = None) -> int:
+    """The tile edge to ask :func:`tile_shape` for: ``tile_size`` (``None``:
+    :data:`DEFAULT_TILE`), lowered in steps of ``multiple`` (not below ``subtomo_size``) until
+    one tile's activations (:func:`tile_activation_bytes` of the shape :func:`tile_shape` gives)
+    fit in half of ``available_bytes`` (``None``: unknown → unchanged). On the CPU running out
+    of memory is no exception but the system's out-of-memory killer, so the edge is bounded
+    before the first tile runs."""
+    s, m = int(subtomo_size), max(1, int(multiple))
+    edge = max(s, int(tile_size) if tile_size else DEFAULT_TILE)
+    if not available_bytes:
+        return edge
+    budget = 0.5 * available_bytes
+    while edge - m >= s and tile_activation_bytes(tile_shape(shape, s, overlap, edge, m), channels) > budget:
+        edge -= m
+    return edge
 
 
 def _free_memory(dev) -> int | None:
@@ -286,8 +325,10 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     dtype = perf.pick_autocast(dev) if amp else None
     shape = tuple(int(n) for n in vol.shape)
     depth = int(getattr(model, "depth", 0) or 0)
-    tz, ty, tx = tile = tile_shape(shape, s, overlap, tile_size, 2 ** depth if depth else 1)
-    batch_size = tile_batch_size(tile, int(getattr(model, "channels", 16)), batch_size, _free_memory(dev))
+    multiple, channels, free = 2 ** depth if depth else 1, int(getattr(model, "channels", 16)), _free_memory(dev)
+    edge = tile_edge_for_memory(shape, s, overlap, tile_size, multiple, channels, free)
+    tz, ty, tx = tile = tile_shape(shape, s, overlap, edge, multiple)
+    batch_size = tile_batch_size(tile, channels, batch_size, free)
     (zst, zw), (yst, yw), (xst, xw) = (axis_weights(n, t, overlap) for n, t in zip(shape, tile))
     zi, yi, xi = (reflect_index(n, st[-1] + t) for n, st, t in zip(shape, (zst, yst, xst), tile))
     tiles = [(a, c) for a in range(len(zst)) for c in range(len(xst))]  # tiles of one band
