@@ -9,9 +9,10 @@ jobs; ratios from interleaved runs in one process):
   (:class:`core.unet.InstanceNormLeakyReLU`; torch's ``InstanceNorm3d`` copies channels-last
   tensors back to NCDHW): fitting step at s = 32 / 16 channels / batch 4, process CPU time on
   one thread, interleaved in one run (bench/peer_ddw.py --levers, 2026-12-03, load 2–3):
-  today 2.03 samples/s → channels-last 2.35 (×1.16) → + group-norm instance norm 2.36 → + the
-  fused norm + LeakyReLU with a hand-written backward 2.98 (×1.26; ×1.47 over today; the
-  original 1.74). oneDNN's 3D convolution backward is 2–2.5× faster on channels-last tensors
+  today 2.09 samples/s → channels-last 2.32 (×1.11) → + group-norm instance norm 2.33 → + the
+  fused norm + LeakyReLU with a hand-written backward 2.77 (×1.19; ×1.32 over today; the
+  original 1.72; an earlier run: 2.03 → 2.35 → 2.36 → 2.98). On the machine's 2 cores (wall
+  time, load 1–2.6) ours 4.75 vs the original's 2.33 samples/s (×2.04; s = 48: ×2.08). oneDNN's 3D convolution backward is 2–2.5× faster on channels-last tensors
   (its weight gradient: 52 vs 119 ms for 16→16 channels at (4, 16, 32³)); torch's channels-last
   group-norm backward was 3–4× slower than the fused one. KEPT on CPU and CUDA; not on MPS.
   What is left is the convolutions (≈ 80 % of a step; the weight gradient runs as im2col + GEMM,
