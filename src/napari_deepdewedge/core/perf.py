@@ -12,7 +12,8 @@ jobs; ratios from interleaved runs in one process):
   today 2.09 samples/s → channels-last 2.32 (×1.11) → + group-norm instance norm 2.33 → + the
   fused norm + LeakyReLU with a hand-written backward 2.77 (×1.19; ×1.32 over today; the
   original 1.72; an earlier run: 2.03 → 2.35 → 2.36 → 2.98). On the machine's 2 cores (wall
-  time, load 1–2.6) ours 4.75 vs the original's 2.33 samples/s (×2.04; s = 48: ×2.08). oneDNN's 3D convolution backward is 2–2.5× faster on channels-last tensors
+  time, load 1–2.6) ours 4.75 vs the original's 2.33 samples/s (×2.04; s = 48: ×2.08); the
+  final build: ×1.99 and ×2.04. oneDNN's 3D convolution backward is 2–2.5× faster on channels-last tensors
   (its weight gradient: 52 vs 119 ms for 16→16 channels at (4, 16, 32³)); torch's channels-last
   group-norm backward was 3–4× slower than the fused one. KEPT on CPU and CUDA; not on MPS.
   What is left is the convolutions (≈ 80 % of a step; the weight gradient runs as im2col + GEMM,
