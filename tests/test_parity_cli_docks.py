@@ -72,7 +72,8 @@ def cli_outputs(stack, tlt, out: Path):
             "--subtomo-size", FIT["subtomo_size"], "--channels", FIT["channels"],
             "--depth", FIT["depth"], "--epochs", FIT["epochs"],
             "--batch-size", FIT["batch_size"], "--update-every", FIT["update_every"],
-            "--val-fraction", FIT["val_fraction"], "--quiet")
+            "--val-fraction", FIT["val_fraction"], "--lr-schedule", "warmup_cosine",
+            "--warmup-epochs", 1, "--early-stop", 50, "--quiet")
     run_cli("refine", "--even", out / "TS_even.mrc", "--odd", out / "TS_odd.mrc",
             "--model", out / "model" / "latest.pt", "--out", out / "TS_refined.mrc",
             "--halves", "--batch-size", REFINE_BATCH, "--device", "cpu", "--quiet")
@@ -103,6 +104,9 @@ def dock_outputs(viewer, qtbot, stack, out: Path):
                      (fit.depth, "depth"), (fit.epochs, "epochs"), (fit.batch, "batch_size"),
                      (fit.update_every, "update_every"), (fit.val_fraction, "val_fraction")):
         box.setValue(FIT[key])
+    fit.lr_schedule.setCurrentText("warmup_cosine")
+    fit.warmup.setValue(1)
+    fit.early_stop.setValue(50)
     fit.preview_every.setValue(1)  # as a user watches it: previews must not change the fit
     fit.out_dir.setText(str(out / "model"))
     assert fit.start()
