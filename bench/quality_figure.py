@@ -1,5 +1,6 @@
-"""The picture for README "How good is it?": central slices of the ground truth and of each
-method, and their Fourier x–z slices (where the missing wedge shows), one column per method.
+"""The picture for docs/benchmarks.md "How good is it?" and the README: central slices of the
+ground truth and of each method, and their Fourier x–z slices (where the missing wedge shows),
+one column per method.
 
 Used by bench/quality_peers.py ``--figure PATH``; no torch here.
 """

@@ -343,7 +343,7 @@ def print_table(phantom: str, rows: list[Row]) -> None:
 
 
 def markdown(results: dict) -> str:
-    """The README table of a run's JSON: one block of rows per phantom."""
+    """The docs/benchmarks.md table of a run's JSON: one block of rows per phantom."""
     run = results["run"]
     lines = [f"Run {run['date']} on {run['machine']} ({run['cpu_count']} cores, {run['threads']} threads), "
              f"{run['size']} size: {'×'.join(map(str, run['shape']))} voxels, s = {run['subtomo_size']}, "

@@ -1,8 +1,8 @@
-"""Known-answer tests of the weighted back-projection and its forward projector (DESIGN §2.2).
+"""Known-answer tests of the weighted back-projection and its forward projector (docs/method.md §2.2).
 
 Everything is tiny (volumes of a few thousand to a few ten-thousand voxels); the expected values
 come from the geometry (x' = x·cosθ + z·sinθ, centred coordinates), from analytic line
-integrals of Gaussians, and from the missing-wedge geometry of DESIGN §2.3.
+integrals of Gaussians, and from the missing-wedge geometry of docs/method.md §2.3.
 """
 import math
 

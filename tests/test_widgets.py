@@ -363,7 +363,7 @@ def test_bad_selections_notify_and_start_no_worker(make_napari_viewer, qtbot, ti
 
 
 def test_screenshot_of_combined_dock(make_napari_viewer, qtbot, tiny_sample, tmp_path):
-    """The docked combined widget renders (not blank) and is saved for the README."""
+    """The docked combined widget renders (not blank) and is saved for docs/gui.md."""
     from qtpy.QtWidgets import QApplication
 
     viewer = make_napari_viewer(show=True)

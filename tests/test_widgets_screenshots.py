@@ -1,4 +1,4 @@
-"""README screenshots of the docked widgets, taken from a real napari window (opt-in, slow).
+"""Screenshots of the docked widgets for docs/gui.md, from a real napari window (opt-in, slow).
 
     DDW_SAVE_SCREENSHOTS=1 xvfb-run -a -s "-screen 0 1600x1000x24" \
         python -m pytest tests/test_widgets_screenshots.py -q -s
@@ -20,7 +20,7 @@ pytest.importorskip("napari")
 pytestmark = [
     pytest.mark.gui,
     pytest.mark.skipif(not os.getenv("DDW_SAVE_SCREENSHOTS"),
-                       reason="set DDW_SAVE_SCREENSHOTS=1 to (re)make the README screenshots"),
+                       reason="set DDW_SAVE_SCREENSHOTS=1 to (re)make the docs/gui.md screenshots"),
 ]
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
