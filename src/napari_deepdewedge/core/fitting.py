@@ -29,7 +29,9 @@ wedge (core.fit_data); one pair is exactly the single-pair fit.
 Several GPUs: launch with ``torchrun --nproc-per-node N -m napari_deepdewedge.cli fit ...``.
 The CLI calls :func:`init_distributed_from_env`; ``fit_iter`` then wraps the model in
 ``DistributedDataParallel`` and splits every batch across the ranks so that the *global* batch
-is ``batch_size`` (the result matches a single-process run with the same batch size).
+is ``batch_size`` (the result matches a single-process run with the same batch size up to
+float rounding, and ``fit_iter(..., emulate_ranks=N)`` in one process bit for bit: it runs
+each rank's share as its own forward and backward, on the same kernels as the ranks).
 
 Where the pieces live: this module holds the data pieces (standardized cube stores, input
 normalization, wedge updates), one fitting step, the validation loss and the loop (≈620
