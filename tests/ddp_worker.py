@@ -36,16 +36,37 @@ def tiny_config(out_dir=None, **kw):
     return FitConfig(**base)
 
 
-def run(out_dir=None, **kw):
+class fp32_on_cpu:
+    """Pin CPU autocast off (fp32) while fitting: bf16 autocast is chosen by a timed probe in
+    each process (core.perf.probe_bf16_cpu), so on a CPU with bf16 kernels the ranks and the
+    reference could otherwise run in different precisions; this test is about the split of
+    the work, not the precision."""
+
+    def __enter__(self):
+        from napari_deepdewedge.core import perf
+
+        self._probe = perf.probe_bf16_cpu
+        perf.probe_bf16_cpu = lambda *a, **k: perf.Bf16Probe(supported=False)
+        return self
+
+    def __exit__(self, *exc):
+        from napari_deepdewedge.core import perf
+
+        perf.probe_bf16_cpu = self._probe
+        return False
+
+
+def run(out_dir=None, emulate_ranks=1, **kw):
     from napari_deepdewedge.core.fitting import EpochDone, StepDone, fit_iter
 
     t0, t1 = tiny_halves()
-    epochs, steps, net = [], [], None
-    for ev in fit_iter(t0, t1, tiny_config(out_dir, **kw)):
-        if isinstance(ev, EpochDone):
-            epochs.append((ev.fit_loss, ev.val_loss))
-        elif isinstance(ev, StepDone):
-            steps.append(ev.loss)
+    epochs, steps = [], []
+    with fp32_on_cpu():
+        for ev in fit_iter(t0, t1, tiny_config(out_dir, **kw), emulate_ranks=emulate_ranks):
+            if isinstance(ev, EpochDone):
+                epochs.append((ev.fit_loss, ev.val_loss))
+            elif isinstance(ev, StepDone):
+                steps.append(ev.loss)
     return epochs, steps
 
 

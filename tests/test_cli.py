@@ -603,24 +603,86 @@ def test_progress_bar_on_a_terminal_and_lines_per_tenth_elsewhere():
     assert "\r" in tty.getvalue() and "200/200" in tty.getvalue()  # a tqdm bar
 
 
-def test_parity_cli_and_pipeline_write_the_same_files(tilt_stack, tmp_path, capsys):
+def _tensor_meta(value):
+    """What selects a kernel: shape, strides (memory format), dtype, storage offset."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return (tuple(value.shape), value.stride(), str(value.dtype), value.storage_offset())
+    return value if isinstance(value, (int, float, bool, str, type(None))) else type(value).__name__
+
+
+@pytest.fixture
+def fit_records(monkeypatch):
+    """Per call of ``core.fitting.fit_iter``: every tensor operation it runs (aten op, the meta of
+    every argument, thread count, in order) and a hash of every network input's values."""
+    import hashlib
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from napari_deepdewedge.core import fitting, unet
+
+    records = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            flat, _ = tree_flatten((args, kwargs or {}))
+            records[-1].append((str(func), tuple(_tensor_meta(a) for a in flat), torch.get_num_threads()))
+            return out
+
+    forward = unet.UNet3D.forward
+
+    def recorded_forward(self, x):
+        data = hashlib.sha1(x.detach().contiguous().cpu().numpy().tobytes()).hexdigest()
+        records[-1].append(("network input", _tensor_meta(x), data, torch.is_grad_enabled(), self.training))
+        return forward(self, x)
+
+    fit_iter = fitting.fit_iter
+
+    def recorded_fit_iter(*args, **kwargs):
+        records.append([])
+        events = fit_iter(*args, **kwargs)
+        while True:
+            with Record():  # not across the yield: the caller's own work is not the fit's
+                event = next(events, None)
+            if event is None:
+                return
+            yield event
+
+    monkeypatch.setattr(unet.UNet3D, "forward", recorded_forward)
+    monkeypatch.setattr(fitting, "fit_iter", recorded_fit_iter)
+    return records
+
+
+def test_parity_cli_and_pipeline_write_the_same_files(tilt_stack, tmp_path, capsys, fit_records):
     """The CLI adds nothing to the pipeline's jobs: reconstruct (binning 2), fit a tiny model and
     refine with per-half outputs through the CLI and through pipeline calls (what the docks
     call) give the same file names, shapes, voxel sizes and bit-identical contents (CPU, one
-    thread, same seed)."""
+    thread, same seed). The two fits do the same work on the same tensors — every tensor
+    operation with the same shapes, strides and dtypes in the same order, the network fed the
+    same values — which is what makes the files bit-identical on any CPU (issue 17: an AVX-512
+    machine picks kernels by layout and batch where AVX2 happened not to). The fit has
+    several cubes per batch (3 fitting cubes in steps of 2 and 1, 2 validation cubes in one
+    batch), so batching and layout differences would show."""
     import torch
 
+    from napari_deepdewedge.core import perf
     from napari_deepdewedge.core.fitting import FitConfig
     from napari_deepdewedge.core.io import load_tilt_series
     from napari_deepdewedge.pipeline import (FitRequest, HalvesRequest, RefineRequest, fit_events,
                                              reconstruct_halves, refine, write_halves,
                                              write_refined)
 
+    perf.probe_bf16_cpu()  # the once-per-process precision probe, run outside both fits
     by_cli, by_api = tmp_path / "cli", tmp_path / "api"
     assert cli.main(["reconstruct", str(tilt_stack), "--thickness", "12", "--bin", "2", "--full",
                      "--device", "cpu", "--out", str(by_cli), "-q"]) == 0
     fit_flags = ["--subtomo-size", "8", "--channels", "4", "--depth", "2", "--epochs", "2",
-                 "--batch-size", "2", "--strides", "4", "4", "4", "--device", "cpu", "--seed", "1"]
+                 "--batch-size", "2", "--strides", "1", "1", "1", "--val-fraction", "0.4",
+                 "--device", "cpu", "--seed", "1"]
     assert cli.main(["fit", "--even", str(by_cli / "TS_even.mrc"), "--odd", str(by_cli / "TS_odd.mrc"),
                      "--angles", str(tilt_stack.with_suffix(".tlt")), "--out", str(by_cli / "model"),
                      "-q", *fit_flags]) == 0
@@ -633,13 +695,22 @@ def test_parity_cli_and_pipeline_write_the_same_files(tilt_stack, tmp_path, caps
                                               device="cpu"))
     write_halves(by_api, halves.stem, halves)
     config = FitConfig.from_preset("fast", subtomo_size=8, channels=4, depth=2, epochs=2, batch_size=2,
-                                   strides=(4, 4, 4), device="cpu", seed=1,
+                                   strides=(1, 1, 1), val_fraction=0.4, device="cpu", seed=1,
                                    tilt_min=halves.tilt_range[0], tilt_max=halves.tilt_range[1],
                                    out_dir=str(by_api / "model"), voxel_size=halves.voxel_size)
     finished = list(fit_events(FitRequest(even=halves.even, odd=halves.odd, config=config)))[-1]
     result = refine(RefineRequest(model=finished.best_path, even=halves.even, odd=halves.odd,
                                   device="cpu", keep_halves=True))
     write_refined(by_api / "TS_refined.mrc", result, halves.voxel_size, halves.origin)
+
+    assert len(fit_records) == 2
+    inputs = [[r for r in rec if r[0] == "network input"] for rec in fit_records]
+    batches = sorted({r[1][0][0] for r in inputs[0]})
+    assert batches == [1, 2], batches  # batches of 2 and of 1 were fed (the test can see batching)
+    assert inputs[0] == inputs[1]  # the network: same calls, layouts, values, modes, order
+    for i, (a, b) in enumerate(zip(*fit_records)):
+        assert a == b, (i, a, b)  # every tensor operation of the two fits
+    assert len(fit_records[0]) == len(fit_records[1])
 
     names = sorted(p.name for p in by_cli.glob("*.mrc"))
     assert names == sorted(p.name for p in by_api.glob("*.mrc")) == [
@@ -653,6 +724,8 @@ def test_parity_cli_and_pipeline_write_the_same_files(tilt_stack, tmp_path, caps
     weights = [torch.load(d / "model" / "best.pt", weights_only=True)["state_dict"] for d in (by_cli, by_api)]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
 @pytest.mark.parametrize("residual", [True, False])
 def test_ddw_yaml_residual_reaches_fit_config(tmp_path, capsys, residual):
     """unet_params_dict.residual of the original layout sets FitConfig.residual (both ways, so

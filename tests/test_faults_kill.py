@@ -1,8 +1,12 @@
-"""Killed at any moment (issue 12): ``deepdewedge fit`` in a subprocess is SIGKILLed at random
-points — some of them while a checkpoint file is being written (the kill is sent the moment a
-``.<name>.*.tmp`` temporary appears in the output folder) — and resumed with ``--resume
-latest.pt`` each time. The final weights and the loss log must equal those of an uninterrupted
-run bit for bit (CPU, one thread), and no temporary may be left behind."""
+"""Killed at any moment (issue 12): ``deepdewedge fit`` in a subprocess is SIGKILLed at points
+chosen from its observed progress — while a checkpoint file is being written (the kill is sent
+the moment a ``.<name>.*.tmp`` temporary appears in the output folder) and the moment the loss
+log gains the row of a randomly drawn epoch (the row is appended before that epoch's
+checkpoints are written) — and resumed with ``--resume latest.pt`` each time. The final weights
+and the loss log must equal those of an uninterrupted run bit for bit (CPU, one thread), and no
+temporary may be left behind. Kills are driven by files appearing, never by wall-clock delays
+(issue 17: random delays let a faster machine finish the fit before they ran out), and the test
+checks that every planned kill landed before the fit ended and where it was aimed."""
 from __future__ import annotations
 
 import os
@@ -23,7 +27,7 @@ from napari_deepdewedge.core import checkpoint as ckpt
 from napari_deepdewedge.core.fit_state import resume_cubes
 from napari_deepdewedge.core.io import write_mrc
 
-EPOCHS = 12  # long enough that a random kill lands before the (now faster) fit ends
+EPOCHS = 12  # room for every planned kill (each run is killed after at most 2 new epochs)
 # 33 fitting cubes of 16³ (batch 8: 5 steps per epoch); a checkpoint is ~2 MB
 FIT = ["--tilt-range", "-60", "60", "--subtomo-size", "16", "--channels", "4", "--depth", "2",
        "--epochs", str(EPOCHS), "--batch-size", "8", "--strides", "8", "16", "8", "--device", "cpu",
@@ -61,6 +65,30 @@ def _temporaries(folder: Path, pattern: str = ".tmp") -> set[str]:
         return {n for n in os.listdir(folder) if n.startswith(".") and n.endswith(".tmp") and pattern in n}
     except FileNotFoundError:
         return set()
+
+
+def _log_rows(out: Path) -> int:
+    """Epoch rows in ``losses.csv`` (0 when absent)."""
+    try:
+        return max(0, len((out / "losses.csv").read_text().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def _row_appended(out: Path, wall: float, epoch: int):
+    """A ``ready()`` that turns true when this run (started at ``wall``) has appended the loss
+    row of ``epoch``: the log is rewritten from the checkpoint's history when the loop starts
+    (so a row a killed run left ahead of its checkpoint does not count), then one row per epoch."""
+    csv = out / "losses.csv"
+
+    def ready() -> bool:
+        try:
+            fresh = csv.stat().st_mtime > wall
+        except FileNotFoundError:
+            return False
+        return fresh and _log_rows(out) >= epoch
+
+    return ready
 
 
 def _epoch_on_disk(out: Path) -> int:
@@ -120,33 +148,42 @@ def test_sigkill_at_random_points_and_inside_checkpoint_writes_resumes_bit_ident
 
     rng = random.Random(12)
     out = tmp_path / "killed"
-    plan = ["write", "random", "write", "random", "write"]
-    log = []  # (mode, epoch on disk before, killed inside a checkpoint write, epoch on disk after)
+    # kill points, each driven by observed progress: "write" = the moment a checkpoint (or
+    # fitting-state) temporary appears once this run has saved an epoch; "row" = the moment the
+    # loss log gains the row of an epoch drawn at random 1–2 epochs ahead (between the log row
+    # and that epoch's checkpoints)
+    plan = ["write", "row", "write", "row", "write"]
+    log = []  # (mode, epoch on disk before, target row, killed inside a checkpoint write, epoch on disk after)
     for mode in plan:
         before = _epoch_on_disk(out)
-        if before >= EPOCHS:
-            break
+        assert before < EPOCHS - 1, log  # the plan fits in the epochs: no kill can be skipped
         resume = out / "latest.pt" if before else None
         stale = _temporaries(out, ".pt.")
         wall = time.time()
         proc = subprocess.Popen(_command(halves, out, resume), env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        if mode == "write":  # once this run saved an epoch: the moment the next checkpoint write starts
+        target = None
+        if mode == "write":
             ready = _next_checkpoint_write(out, wall, stale)
-        else:  # a random moment once fitting runs (mid-step, validation, wedge update, a write, ...)
-            delay = rng.uniform(0.0, 1.0)
-            csv = out / "losses.csv"  # rewritten when the loop starts
-            ready = lambda: csv.exists() and csv.stat().st_mtime > wall and time.time() > csv.stat().st_mtime + delay  # noqa: E731
-        if not _kill_when(proc, ready):
-            assert proc.returncode == 0, proc.stderr.read()[-2000:]
-            break
+        else:
+            target = before + rng.randint(1, 2)
+            ready = _row_appended(out, wall, target)
+        # the kill must land before the fit ends (a fit that finished first fails here)
+        assert _kill_when(proc, ready), (mode, proc.returncode, proc.stderr.read()[-2000:], log)
+        assert proc.returncode == -signal.SIGKILL
         inside = bool(_temporaries(out, ".pt.") - stale)
         after = _epoch_on_disk(out)  # a complete checkpoint is always there to resume from
-        assert after >= before
-        log.append((mode, before, inside, after))
-    print("kill log (mode, epoch before, killed inside a write, epoch after):", log)
-    assert sum(1 for _, _, inside, _ in log if inside) >= 2, log  # at least two kills inside a write
-    assert len(log) >= 4, log
+        log.append((mode, before, target, inside, after))
+        assert after >= before and after < EPOCHS, log
+        if mode == "row":
+            # killed once the target row was written: its epoch's checkpoint is complete or not
+            # yet (the kill races only with that epoch's own checkpoint writes), never later
+            assert _log_rows(out) >= target and after in (target - 1, target), log
+    print("kill log (mode, epoch before, target row, killed inside a write, epoch after):", log)
+    assert len(log) == len(plan), log
+    # the moment a temporary appears the write has only just begun; a kill may still come a
+    # moment late on a machine that writes 2 MB faster than this loop polls, but not every time
+    assert sum(1 for mode, *_, inside, _ in log if mode == "write" and inside) >= 2, log
 
     if _epoch_on_disk(out) < EPOCHS:  # finish without interruption
         resume = out / "latest.pt" if _epoch_on_disk(out) else None

@@ -62,6 +62,28 @@ def test_mdoc_of_another_stack_is_refused(tmp_path):
     assert load_tilt_series(binned).n_tilts == 21
 
 
+@pytest.mark.parametrize("image_size, stack_shape, fits", [
+    ("4096 4096", (64, 64), True),      # binning 64 (issue 17: refused before "at no whole-number binning")
+    ("4096 4096", (128, 128), True),    # binning 32
+    ("5760 4092", (1023, 1440), True),  # K3 binned by 4: newstack drops the remainder (4092 // 4)
+    ("5760 4092", (1440, 1023), True),  # the same, rotated by 90°
+    ("4096 4096", (64, 48), False),     # 64 along X, 85.3 along Y: no one binning
+    ("4096 4096", (100, 100), False),   # 4096 // 40 = 102, 4096 // 41 = 99: no binning gives 100
+])
+def test_mdoc_image_size_fits_the_stack_at_any_whole_number_binning(tmp_path, image_size, stack_shape, fits):
+    folder = _copy(tmp_path, "serialem")
+    mdoc = folder / "TS_01.mrc.mdoc"
+    mdoc.write_text(mdoc.read_text().replace("ImageSize = 8 6", f"ImageSize = {image_size}"))
+    stack = _stack(folder, "TS_01.mrc", 21, shape=stack_shape)
+    if fits:
+        assert load_tilt_series(stack).n_tilts == 21
+    else:
+        x, y = image_size.split()
+        with pytest.raises(DDWError, match=rf"{x}×{y} images but the stack's are {stack_shape[1]}×"
+                                           rf"{stack_shape[0]} \(X×Y\): no whole-number binning"):
+            load_tilt_series(stack)
+
+
 def test_aretomo_aln_kept_views_match_a_stack_without_the_dark_ones(tmp_path):
     folder = _copy(tmp_path, "aretomo")
     stack = _stack(folder, "TS_01.mrc", 19)

@@ -29,7 +29,9 @@ wedge (core.fit_data); one pair is exactly the single-pair fit.
 Several GPUs: launch with ``torchrun --nproc-per-node N -m napari_deepdewedge.cli fit ...``.
 The CLI calls :func:`init_distributed_from_env`; ``fit_iter`` then wraps the model in
 ``DistributedDataParallel`` and splits every batch across the ranks so that the *global* batch
-is ``batch_size`` (the result matches a single-process run with the same batch size).
+is ``batch_size`` (the result matches a single-process run with the same batch size up to
+float rounding, and ``fit_iter(..., emulate_ranks=N)`` in one process bit for bit: it runs
+each rank's share as its own forward and backward, on the same kernels as the ranks).
 
 Where the pieces live: this module holds the data pieces (standardized cube stores, input
 normalization, wedge updates), one fitting step, the validation loss and the loop (≈620
@@ -95,7 +97,7 @@ def input_normalization(fit0: torch.Tensor, mask_s, s: int, device, chunk: int =
 
 def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_size: int,
                   *, rank: int = 0, world: int = 1, amp: bool = False, mask_of=None,
-                  resampling: str = "trilinear") -> torch.Tensor:
+                  resampling: str = "trilinear", emulate: int = 1) -> torch.Tensor:
     """Replace the unobserved frequencies of every (un-rotated) cube0 by the model's prediction:
     ``cube0 ← F⁻¹(M·F(cube0) + (1 − M)·F(f(M·cube0)))``. Cubes whose edge is not a multiple
     of ``2**depth`` are reflect-padded at the far side for the model and cropped back.
@@ -105,7 +107,9 @@ def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_s
     are zero) and copied in. ``mask_e`` is the rfft-layout mask of the cube size; ``mask_of(index)``
     (optional, several pairs) gives each cube's own mask instead. The model input goes through
     the matching filter of ``resampling`` (the kind the model was fitted with). Used for the
-    fitting and (``FitConfig.update_val_wedges``) the validation cube0s."""
+    fitting and (``FitConfig.update_val_wedges``) the validation cube0s. ``emulate`` (one
+    process only): compute the shares of that many ranks one after the other, in the batches
+    those ranks would use (see ``fit_iter(emulate_ranks=...)``)."""
     from .loss import model_input
     from .rotation import match_resampling
 
@@ -113,9 +117,10 @@ def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_s
     m = 2 ** int(depth)
     pad = (-E) % m
     new = torch.zeros(fit0.shape, dtype=fit0.dtype, device=fit0.device) if world > 1 else fit0
-    mine = list(range(rank, fit0.shape[0], world))
+    n = fit0.shape[0]
+    shares = [list(range(rank, n, world))] if world > 1 else [list(range(r, n, emulate)) for r in range(emulate)]
     with torch.no_grad():
-        for i in range(0, len(mine), batch_size):
+        for mine, i in ((mine, i) for mine in shares for i in range(0, len(mine), batch_size)):
             idx = torch.tensor(mine[i:i + batch_size], dtype=torch.long)
             cube = fit0[idx].to(device)
             me = mask_e if mask_of is None else mask_of(idx)
@@ -299,17 +304,26 @@ class _Masks:
 
 
 def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank: int, world: int,
-                     amp: bool) -> float | None:
-    """Mean masked Fourier loss over the validation cubes (fixed rotations), or None."""
-    from .loss import masked_fourier_loss, model_input
-
+                     amp: bool, emulate: int = 1) -> float | None:
+    """Mean masked Fourier loss over the validation cubes (fixed rotations), or None. Each rank
+    sums its share (round robin) in batches of ``batch_size``; ``emulate`` (one process): the
+    shares of that many ranks one after the other, summed as the all-reduce sums them."""
     n_val = int(cubes.val_pairs.shape[0])
     if n_val == 0:
         return None
-    s, device, B = cubes.s, cubes.device, cfg.batch_size
     if masks.val is None:
         masks.val = cubes.wedges.rotated(cubes.val_index, cubes.val_rot)
-    mine = list(range(rank, n_val, world))
+    shares = [list(range(rank, n_val, world))] if world > 1 else [list(range(r, n_val, emulate))
+                                                                   for r in range(emulate)]
+    total = sum(_validation_share(net, cubes, masks, cfg, mine, amp) for mine in shares)
+    return all_reduce_sum([total], cubes.device, world)[0] / n_val
+
+
+def _validation_share(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, mine: list, amp: bool) -> float:
+    """Summed loss of the validation cubes ``mine`` (batches of ``batch_size``)."""
+    from .loss import masked_fourier_loss, model_input
+
+    device, B = cubes.device, cfg.batch_size
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(mine), B):
@@ -322,20 +336,50 @@ def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank:
             loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)],
                                        wedge_weight=cfg.wedge_weight)
             total += float(loss) * len(idx)
-    return all_reduce_sum([total], device, world)[0] / n_val
+    return total
 
 
 def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tensor, gen: torch.Generator,
-              cfg: FitConfig, *, rank: int, world: int, amp: bool) -> float:
-    """One optimizer step on the cubes ``idx`` (this rank's share of them); the batch's loss."""
-    from .loss import masked_fourier_loss, model_input
+              cfg: FitConfig, *, rank: int, world: int, amp: bool, emulate: int = 1) -> float:
+    """One optimizer step on the cubes ``idx`` (this rank's share of them); the batch's loss.
+    ``emulate`` (one process): the shares of that many ranks one after the other, each its own
+    forward and backward, the gradients summed and divided by the ranks as DDP averages them."""
     from .rotation import random_rotations
+
+    nb = len(idx)
+    rots = random_rotations(nb, generator=gen)
+    opt.zero_grad(set_to_none=True)
+    if world > 1:
+        total = all_reduce_sum([_share_backward(model, scaler, cubes, idx, rots, cfg, rank, world, amp)],
+                               cubes.device, world)[0]
+    elif emulate > 1:
+        total = sum(_share_backward(model, scaler, cubes, idx, rots, cfg, r, emulate, amp, skip_empty=True)
+                    for r in range(emulate))
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.div_(emulate)
+    else:
+        total = _share_backward(model, scaler, cubes, idx, rots, cfg, 0, 1, amp)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    return total / nb
+
+
+def _share_backward(model, scaler, cubes: _Cubes, idx: torch.Tensor, rots: torch.Tensor, cfg: FitConfig,
+                    rank: int, world: int, amp: bool, *, skip_empty: bool = False) -> float:
+    """Forward and backward of rank ``rank``'s share (of ``world``) of the batch ``idx``
+    (gradients accumulate into ``.grad``); the share's summed loss."""
+    from .loss import masked_fourier_loss, model_input
 
     device = cubes.device
     nb = len(idx)
-    rots = random_rotations(nb, generator=gen)
     share = torch.tensor_split(torch.arange(nb), world)[rank] if world > 1 else torch.arange(nb)
     n_local = len(share)
+    if n_local == 0 and skip_empty:  # its zero gradients change no sum
+        return 0.0
     use = share if n_local > 0 else torch.arange(1)  # an empty share still joins the all-reduce
     sel = idx[use]
     r_local = rots[use].to(device)
@@ -349,15 +393,11 @@ def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tenso
     loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, m_r, wedge_weight=cfg.wedge_weight)
     # DDP averages gradients over ranks: weight each rank by its share of the global batch
     weight = n_local * world / nb
-    opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss * weight).backward()
-        scaler.step(opt)
-        scaler.update()
     else:
         (loss * weight).backward()
-        opt.step()
-    return all_reduce_sum([float(loss.detach()) * n_local], device, world)[0] / nb
+    return float(loss.detach()) * n_local
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,7 +405,8 @@ def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tenso
 # --------------------------------------------------------------------------------------------
 def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=None, resume_dir=None,
              init_from=None, should_stop: Callable[[], bool] | None = None,
-             preview_slab: Callable[[], tuple[int, int]] | None = None) -> Iterator[FitEvent]:
+             preview_slab: Callable[[], tuple[int, int]] | None = None,
+             emulate_ranks: int = 1) -> Iterator[FitEvent]:
     """Fit a U-Net to one or more half pairs (DESIGN §2.4–2.7), yielding events.
 
     One pair: ``tomo0``/``tomo1`` with ``config.tilt_min/tilt_max`` and the optional ROI
@@ -380,6 +421,13 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     ``stopped.pt`` (if ``out_dir``) and finishes. ``preview_slab()`` gives the
     ``(z_start, z_stop)`` rows of pair 0 previewed every ``preview_every`` epochs (default: a
     central slab of thickness ``subtomo_size``).
+    ``emulate_ranks`` (one process only): do the work of that many DDP ranks one after the
+    other — each optimizer step runs every rank's share of the batch as its own forward and
+    backward, validation and wedge updates run each rank's share in its batches — so that the
+    same kernels run on the same tensors as under torchrun. With 2 the result is bit-identical
+    to a 2-rank run (a sum of two is order-free; more ranks: up to the all-reduce's order); the
+    plain single-process run differs from it by float rounding only (other batch shapes pick
+    other kernels, and Adam's first steps amplify such differences).
     """
     from . import checkpoint as ckpt
     from .fit_data import CubeFeeder, HalfPair, WedgeMasks, check_pairs, pool_cubes
@@ -398,6 +446,9 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
                               voxel_size=tuple(pairs[0].voxel_size))
     rank, world = distributed_info()
     main = rank == 0
+    emulate = int(emulate_ranks)
+    if emulate < 1 or (emulate > 1 and world > 1):
+        raise DDWError(f"emulate_ranks={emulate_ranks}: emulating ranks needs one process and a count of at least 1")
     device = fit_device(cfg.device, world)
     amp = amp_enabled(device)
     configure_backends(device)
@@ -544,21 +595,23 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
                     group["lr"] = lr_at(cfg.lr, cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs, epoch, step, steps)
             if step + 1 < steps:
                 cubes.prefetch(perm[(step + 1) * B:(step + 2) * B])
-            batch_loss = _fit_step(model, opt, scaler, cubes, masks, idx, gen, cfg, rank=rank, world=world, amp=amp)
+            batch_loss = _fit_step(model, opt, scaler, cubes, masks, idx, gen, cfg, rank=rank, world=world, amp=amp,
+                                   emulate=emulate)
             tally.add(batch_loss, len(idx))
             yield StepDone(epoch=epoch, step=step + 1, steps_per_epoch=steps, loss=batch_loss)
         step0, perm = 0, None
         fit_loss = tally.mean_loss()
 
         validated = epoch % cfg.validate_every == 0 or epoch == cfg.epochs
-        val_loss = _validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp) if validated else None
+        val_loss = (_validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp, emulate=emulate)
+                    if validated else None)
         updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
         if updated:
             update_wedges(net, fit0, None, cfg.depth, device, B, rank=rank, world=world, amp=amp,
-                          mask_of=extraction_masks, resampling=kind)
+                          mask_of=extraction_masks, resampling=kind, emulate=emulate)
             if cfg.update_val_wedges and n_val:  # as the original: validation sees what fitting sees
                 update_wedges(net, val0, None, cfg.depth, device, B, rank=rank, world=world, amp=amp,
-                              mask_of=val_extraction_masks, resampling=kind)
+                              mask_of=val_extraction_masks, resampling=kind, emulate=emulate)
             cubes.refresh_coefficients()
             net.set_normalization(*input_normalization(fit0, None, s, device, mask_of=crop_masks, resampling=kind))
             if out_dir is not None and main:  # the cubes changed: the one time they are written

@@ -235,19 +235,33 @@ def _listed_from_spec(angles, n_tilts: int, stack_path) -> Listed:
     return Listed(values, "list", None)
 
 
+def _binning_between(full: tuple[int, int], binned: tuple[int, int]) -> int | None:
+    """The whole-number binning ``b`` that turns ``full`` (Y, X) images into ``binned`` ones
+    (each axis ``full // b``: IMOD's ``newstack -bin`` drops a remainder), or None."""
+    (fy, fx), (by, bx) = full, binned
+    if by < 1 or bx < 1 or fy < by or fx < bx:
+        return None
+    for b in range(1, fy // by + 1):
+        if fy // b == by and fx // b == bx:
+            return b
+    return None
+
+
 def _check_frame_shape(listed: Listed, frame_shape) -> None:
-    """A metadata file whose image size fits the stack at no binning is from another stack."""
+    """A metadata file whose image size fits the stack at no whole-number binning (the same
+    binning along both axes, any factor: 4096×4096 → 64×64 is binning 64) is from another
+    stack."""
     if frame_shape is None or listed.frame_shape is None:
         return
     my, mx = listed.frame_shape
     sy, sx = (int(v) for v in frame_shape)
-    fits = any(my == sy * b and mx == sx * b for b in (1, 2, 3, 4, 5, 6, 8, 10, 12, 16))
-    fits = fits or (my == sx and mx == sy)  # a stack rotated by 90° (tilt axis along X)
+    fits = _binning_between((my, mx), (sy, sx)) is not None
+    fits = fits or _binning_between((my, mx), (sx, sy)) is not None  # rotated by 90° (tilt axis along X)
     if not fits:
         raise DDWError(
             f"{listed.source.name} describes {mx}×{my} images but the stack's are {sx}×{sy} "
-            "(X×Y, at no whole-number binning): it belongs to another stack; give this "
-            "stack's metadata (--angles FILE)")
+            "(X×Y): no whole-number binning, the same along X and Y, turns the one into the other, "
+            "so it belongs to another stack; give this stack's metadata (--angles FILE)")
 
 
 def _match(listed: Listed, n_tilts: int) -> tuple[np.ndarray, np.ndarray | None]:
