@@ -325,6 +325,7 @@ def test_fitting_size_lowers_a_presets_cube_to_the_largest_that_fits():
     sample = fitting_size(48, 3, [(64, 128, 128)])  # the built-in sample's halves
     assert (sample.requested, sample.size) == (48, 40)
     assert sample.note == "cube size 48 → 40: the halves are 64 voxels thick (a 48 cube is cut at 68)"
+    assert sample.short == "48 → 40: the halves are 64 voxels thick"  # under the dock's field
     assert fitting_size(96, 3, [(120, 1024, 1024)]).size == 80
     assert fitting_size(96, 3, [(300, 1024, 1024)]) == SizeChoice(96, 96)  # fits: unchanged
     # every pair counts: the thinnest decides, along whichever axis it is thin

@@ -20,11 +20,13 @@ from ..core.fit_events import FitEvent
 @dataclass(frozen=True)
 class SizeChoice:
     """``requested``: the preset's size; ``size``: the size the fit runs with; ``note``: one
-    line saying why they differ (``None`` when they do not)."""
+    line saying why they differ (``None`` when they do not); ``short``: the note as the Fit
+    dock shows it under the field ("48 → 40: the halves are 64 voxels thick")."""
 
     requested: int
     size: int
     note: str | None = None
+    short: str | None = None
 
 
 @dataclass
@@ -71,8 +73,9 @@ def fitting_size(size: int, depth: int, shapes) -> SizeChoice:
     axis = "ZYX"[thinnest.index(extent)]
     how = f"{extent} voxels thick" if axis == "Z" else f"{extent} voxels along {axis}"
     which = "the halves are" if len(shapes) == 1 else "the thinnest halves are"
-    return SizeChoice(size, fitted, f"cube size {size} → {fitted}: {which} {how} (a {size} cube "
-                                    f"is cut at {extraction_size(size)})")
+    short = f"{size} → {fitted}: {which} {how}"
+    return SizeChoice(size, fitted, f"cube size {short} (a {size} cube is cut at "
+                                    f"{extraction_size(size)})", short)
 
 
 def with_fitting_size(request, *, typed: bool):

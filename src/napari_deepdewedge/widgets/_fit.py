@@ -145,12 +145,14 @@ class FitWidget(FitEventsView, DDWPanel):
         self.lr_schedule = QComboBox()
         self.lr_schedule.addItems(["constant", "warmup_cosine"])
         self.warmup = _spin(0, 10000, 0, suffix=" ep")
-        tip(self.warmup, "warmup_cosine: epochs of linear warm-up to the learning rate.")
-        add_row(form, "LR schedule", hbox(self.lr_schedule, self.warmup),
+        # two rows: side by side, a narrow dock clipped "warmup_cosine" to "warmup_c"
+        add_row(form, "LR schedule", self.lr_schedule,
                 "constant (the published way) or warmup_cosine: a linear warm-up over the "
                 "given epochs, then a cosine down to 0.1 × the rate at the last epoch. With a "
                 "rate of 0.001 and 1 warm-up epoch a fit reaches a given quality sooner, but "
                 "is no better after many epochs (README, 'Time to quality').")
+        add_row(form, "Warm-up", self.warmup,
+                "warmup_cosine: epochs of linear warm-up to the learning rate.")
         self.early_stop = _spin(0, 10000, 0, suffix=" ep")
         add_row(form, "Early stop", self.early_stop,
                 "Stop when the validation loss has not improved for this many epochs "
@@ -281,7 +283,7 @@ class FitWidget(FitEventsView, DDWPanel):
             return
         shapes = [tuple(layer.data.shape)] if layer is not None and layer.data.ndim == 3 else []
         choice = fitting_size(self._preset_size, self.depth.value(), shapes)
-        self.set_fitted_size(choice.size, choice.note or "")
+        self.set_fitted_size(choice.size, choice.short or "")
 
     def _on_halves(self, *_):
         state = self.state

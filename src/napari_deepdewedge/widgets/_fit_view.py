@@ -50,7 +50,7 @@ class FitEventsView:
         if isinstance(event, FitPairs):
             self._show_pairs(event)
         elif isinstance(event, FitSizeChosen):  # thinner extra pairs: a smaller cube
-            self.set_fitted_size(event.size, event.note)
+            self.set_fitted_size(event.size, event.note.removeprefix("cube size "))
         elif isinstance(event, FitResumed):
             cfg = event.config
             self.loss_plot.clear()
