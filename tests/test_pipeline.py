@@ -355,3 +355,21 @@ def test_with_fitting_size_leaves_typed_sizes_and_resumes_alone(tmp_path):
     assert with_fitting_size(request, typed=True) == (request, None)
     resumed = dataclasses.replace(request, resume=tmp_path / "latest.pt")
     assert with_fitting_size(resumed, typed=False) == (resumed, None)
+
+
+def test_a_projects_fit_lowers_a_presets_cube_and_reports_it():
+    """``run`` on a folder: the preset's size (not among the given fields) is fitted to the
+    fit subset's halves and reported as one FitSizeChosen event; a given size is kept."""
+    from napari_deepdewedge.core.fit_config import FitConfig
+    from napari_deepdewedge.pipeline import FitRequest, FitSizeChosen
+    from napari_deepdewedge.pipeline.project import ProjectRequest, _fit_size_for_halves
+
+    halves = np.zeros((64, 128, 128), np.float32)
+    fit = FitRequest(config=FitConfig.from_preset("fast"), even=halves, odd=halves)
+    events = []
+    project = ProjectRequest(series=[], out_dir=Path("p"), thickness=64, fit_config=fit.config,
+                             given=frozenset({"channels", "depth", "tilt_min", "tilt_max"}))
+    assert _fit_size_for_halves(project, fit, events.append).config.subtomo_size == 40
+    assert [(type(e), e.size) for e in events] == [(FitSizeChosen, 40)]
+    typed = dataclasses.replace(project, given=project.given | {"subtomo_size"})
+    assert _fit_size_for_halves(typed, fit, events.append) is fit and len(events) == 1
