@@ -15,7 +15,8 @@ from .project import ProjectRequest, run_project
 __all__ = [
     "BatchRefineRequest", "ProjectRequest", "RefinePair", "find_pairs", "refine_batch",
     "run_project",
-    "FinishedFit", "FitRequest", "FitSizeChosen", "fitting_size", "with_fitting_size", "FitResumed", "Halves", "HalvesRequest", "OutputExists", "RefineRequest",
+    "FinishedFit", "FitRequest", "FitResumed", "Halves", "HalvesRequest", "OutputExists", "RefineRequest",
+    "FitSizeChosen", "fitting_size", "with_fitting_size",
     "common_stem", "earlier_checkpoints", "finished_fit", "fit_events", "halves_paths", "plan_fit",
     "reconstruct_halves", "refine", "refined_paths", "refuse_earlier_fit",
     "refuse_existing", "stem_of", "write_halves", "write_refined",

@@ -354,7 +354,6 @@ class FitWidget(FitEventsView, DDWPanel):
     def _inputs(self):
         """Lazy sources for the engine (read by the worker), or raise DDWError naming what is
         wrong."""
-        from ..core.errors import DDWError
         from ..core.halves import check_same_shape
 
         even, odd = self.halves.layers()
