@@ -229,8 +229,10 @@ class FitWidget(FitEventsView, DDWPanel):
         if gpu and "default" in self._presets:  # the published settings when a GPU is there
             self.preset.setCurrentText("default")
         self.preset.currentTextChanged.connect(self.apply_preset)
+        # the size is fitted when a preset or the halves change, not when the depth does:
+        # a user who set the size the form already showed (no valueChanged) and then the
+        # depth would otherwise see it replaced (tests/test_widgets.py's tiny fit did)
         self.size.valueChanged.connect(self._on_size_changed)
-        self.depth.valueChanged.connect(lambda *_: self._fit_size_to_halves())
         self.apply_preset(self.preset.currentText())
 
         self.start_button.clicked.connect(lambda: self.start())
