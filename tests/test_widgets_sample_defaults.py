@@ -87,6 +87,16 @@ def test_sample_reconstruct_fit_refine_with_the_docks_defaults(make_napari_viewe
     np.testing.assert_allclose(refined.scale, (PIXEL,) * 3)
     assert np.isfinite(refined.data).all() and float(np.std(refined.data)) > 0
 
+    # a size the user types is kept: one that does not fit is refused, naming the largest that
+    # does; choosing a preset fits its size again
+    fit.size.setValue(48)
+    assert fit.size_note.text() == ""
+    start = n_notes()
+    assert not fit.start(overwrite=True)
+    assert len(errors_since(start)) == 1 and "at most 40" in errors_since(start)[0]
+    fit.preset.setCurrentText("balanced")
+    assert fit.size.value() == 40 and fit.size_note.text().startswith("96 → 40")
+
 
 def _left():
     from qtpy.QtCore import Qt
