@@ -524,6 +524,32 @@ def test_reconstruct_refuses_to_overwrite_without_flag(tilt_stack, tmp_path, cap
     assert cli.main(args + ["--overwrite"]) == 0
 
 
+def test_fit_without_subtomo_size_lowers_the_presets_cube_to_fit_the_halves(tiny_pair, tmp_path,
+                                                                          capsys):
+    """No --subtomo-size: the preset's 48 (cut at 68) cannot fit 24 slices, so the fit takes the
+    largest that does (16 at depth 2, cut at 24) and says so in one line; a resume keeps the
+    checkpoint's size (also with --preset given); a typed size keeps the engine's error."""
+    from napari_deepdewedge.core.checkpoint import load_checkpoint
+
+    even, odd = tiny_pair
+    base = ["fit", "--even", str(even), "--odd", str(odd), "--tilt-range", "-60", "60",
+            "--channels", "4", "--depth", "2", "--batch-size", "2", "--strides", "8", "16", "16",
+            "--device", "cpu", "--seed", "1"]
+    out = tmp_path / "m"
+    assert cli.main([*base, "--out", str(out), "--epochs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "cube size 48 → 16: the halves are 24 voxels thick (a 48 cube is cut at 68); give " \
+           "--subtomo-size to choose" in err
+    assert load_checkpoint(out / "latest.pt")["config"]["subtomo_size"] == 16
+    assert cli.main([*base, "--out", str(out), "--epochs", "2", "--preset", "fast",
+                     "--resume", str(out / "latest.pt")]) == 0
+    assert "cube size" not in capsys.readouterr().err
+    latest = load_checkpoint(out / "latest.pt")
+    assert (latest["epoch"], latest["config"]["subtomo_size"]) == (2, 16)
+    rc = cli.main([*base, "--out", str(tmp_path / "typed"), "--epochs", "1", "--subtomo-size", "20"])
+    _assert_one_error(capsys, rc, "extraction cube of edge 30", "at most 16")
+
+
 def test_fit_into_a_folder_with_checkpoints_names_the_resume_command(tiny_pair, tmp_path, capsys):
     import shlex
 

@@ -314,3 +314,62 @@ def test_finished_fit_skips_only_a_fit_that_is_over_and_of_these_tomograms(tmp_p
     # continuing a finished checkpoint stays refused (fit --resume)
     with pytest.raises(CheckpointError, match="raise epochs above 3"):
         plan_fit(saved, latest)
+
+
+def test_fitting_size_lowers_a_presets_cube_to_the_largest_that_fits():
+    """Known answers of the rule (issue 17): a size s is cut at ceil_even(√2·s) and must be a
+    multiple of 2^depth; 48 → 68, 40 → 58, 96 → 136, 80 → 114."""
+    from napari_deepdewedge.core.subtomos import extraction_size
+    from napari_deepdewedge.pipeline.fit_size import SizeChoice, fitting_size, largest_fitting_size
+
+    sample = fitting_size(48, 3, [(64, 128, 128)])  # the built-in sample's halves
+    assert (sample.requested, sample.size) == (48, 40)
+    assert sample.note == "cube size 48 → 40: the halves are 64 voxels thick (a 48 cube is cut at 68)"
+    assert sample.short == "48 → 40: the halves are 64 voxels thick"  # under the dock's field
+    assert fitting_size(96, 3, [(120, 1024, 1024)]).size == 80
+    assert fitting_size(96, 3, [(300, 1024, 1024)]) == SizeChoice(96, 96)  # fits: unchanged
+    # every pair counts: the thinnest decides, along whichever axis it is thin
+    several = fitting_size(48, 3, [(128, 128, 128), (100, 60, 128)])
+    assert several.size == 40 and "60 voxels along Y" in several.note and "thinnest" in several.note
+    # depth 2: multiples of 4; nothing fits below 2·2^depth → unchanged (the engine says why)
+    assert largest_fitting_size(48, 2, [(24, 32, 32)]) == 16
+    assert fitting_size(48, 3, [(20, 64, 64)]).size == 48 and fitting_size(48, 3, [(20, 64, 64)]).note is None
+    for shape in [(64, 128, 128), (90, 200, 200), (23, 40, 40)]:
+        for depth in (2, 3):
+            k = largest_fitting_size(96, depth, [shape])
+            if k is not None:
+                assert k % 2 ** depth == 0 and extraction_size(k) <= min(shape)
+                assert extraction_size(k + 2 ** depth) > min(shape) or k == 96
+
+
+def test_with_fitting_size_leaves_typed_sizes_and_resumes_alone(tmp_path):
+    from napari_deepdewedge.core.fit_config import FitConfig
+    from napari_deepdewedge.pipeline import FitRequest
+    from napari_deepdewedge.pipeline.fit_size import with_fitting_size
+
+    halves = np.zeros((64, 128, 128), np.float32)
+    request = FitRequest(config=FitConfig.from_preset("fast"), even=halves, odd=halves)
+    chosen, note = with_fitting_size(request, typed=False)
+    assert chosen.config.subtomo_size == 40 and "48 → 40" in note
+    assert request.config.subtomo_size == 48  # the request itself is not changed
+    assert with_fitting_size(request, typed=True) == (request, None)
+    resumed = dataclasses.replace(request, resume=tmp_path / "latest.pt")
+    assert with_fitting_size(resumed, typed=False) == (resumed, None)
+
+
+def test_a_projects_fit_lowers_a_presets_cube_and_reports_it():
+    """``run`` on a folder: the preset's size (not among the given fields) is fitted to the
+    fit subset's halves and reported as one FitSizeChosen event; a given size is kept."""
+    from napari_deepdewedge.core.fit_config import FitConfig
+    from napari_deepdewedge.pipeline import FitRequest, FitSizeChosen
+    from napari_deepdewedge.pipeline.project import ProjectRequest, _fit_size_for_halves
+
+    halves = np.zeros((64, 128, 128), np.float32)
+    fit = FitRequest(config=FitConfig.from_preset("fast"), even=halves, odd=halves)
+    events = []
+    project = ProjectRequest(series=[], out_dir=Path("p"), thickness=64, fit_config=fit.config,
+                             given=frozenset({"channels", "depth", "tilt_min", "tilt_max"}))
+    assert _fit_size_for_halves(project, fit, events.append).config.subtomo_size == 40
+    assert [(type(e), e.size) for e in events] == [(FitSizeChosen, 40)]
+    typed = dataclasses.replace(project, given=project.given | {"subtomo_size"})
+    assert _fit_size_for_halves(typed, fit, events.append) is fit and len(events) == 1

@@ -24,6 +24,7 @@ from .fitting import (
     claim_fit_folder,
     fit_config,
     fit_out_dir,
+    fit_size_for_halves,
     given_fields,
     leave_distributed,
     maybe_init_distributed,
@@ -63,8 +64,9 @@ def fit_request(args, out: Path) -> FitRequest:
     and the checkpoint to resume or to start from."""
     pairs = load_pairs(args)
     config = fit_config(args, tilt_range=pairs[0].tilt_range, out_dir=out, voxel_size=pairs[0].voxel_size)
-    return FitRequest(config=config, pairs=pairs, resume=args.resume, init_from=args.init_from,
-                      given=given_fields(args))
+    return fit_size_for_halves(args, FitRequest(
+        config=config, pairs=pairs, resume=args.resume, init_from=args.init_from,
+        given=given_fields(args)))
 
 
 def cmd_fit(args) -> int:
@@ -204,9 +206,9 @@ def cmd_run(args) -> int:
     mask = read_mask(args.mask, halves.even.shape)
     config = fit_config(args, tilt_range=halves.tilt_range, out_dir=out / "model",
                         voxel_size=halves.voxel_size)
-    model_path = fit_for_run(args, FitRequest(
+    model_path = fit_for_run(args, fit_size_for_halves(args, FitRequest(
         even=halves.even, odd=halves.odd, config=config, mask=mask, resume=args.resume,
-        given=given_fields(args)), t_start)
+        given=given_fields(args))), t_start)
     if model_path is None:
         even_path, odd_path = written[:2]
         info(args, f"not refining after the interrupt; refine later with: deepdewedge refine "

@@ -48,9 +48,21 @@ def given_fields(args) -> frozenset:
     setting is the checkpoint's (pipeline.plan_fit). The tilt range and voxel size come from
     the data, so they always count as given."""
     given = {k for k in FIT_OPTION_KEYS if getattr(args, k, None) is not None}
-    if args.preset is not None:
-        given |= {"subtomo_size", "channels", "depth"}
+    if args.preset is not None:  # a preset's cube size is not given: a resume keeps the
+        given |= {"channels", "depth"}  # checkpoint's (it may have been lowered to fit)
     return frozenset(given | {"tilt_min", "tilt_max", "voxel_size", "out_dir"})
+
+
+def fit_size_for_halves(args, request: FitRequest) -> FitRequest:
+    """A new fit without ``--subtomo-size`` (flag or config file): the preset's cube size,
+    lowered to the largest that fits the halves (``pipeline.fit_size``), with one line saying
+    so. A typed size and a resume are left as they are."""
+    from ..pipeline.fit_size import with_fitting_size
+
+    request, note = with_fitting_size(request, typed=getattr(args, "subtomo_size", None) is not None)
+    if note is not None:
+        info(args, f"{note}; give --subtomo-size to choose")
+    return request
 
 
 def resume_command(args, checkpoint) -> str:

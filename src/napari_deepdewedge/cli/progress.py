@@ -107,6 +107,9 @@ class FitReport(_BarOwner):
         else:
             print(text, file=self.stream, flush=True)
 
+    def _on_FitSizeChosen(self, event) -> None:
+        self._print(f"{event.note}; give --subtomo-size to choose")
+
     def _on_FitResumed(self, event) -> None:
         self._print(f"resuming after epoch {event.epoch}")
 

@@ -249,6 +249,18 @@ def _fit_request(request, job: JobFile, resume):
                                        given=request.given)
 
 
+def _fit_size_for_halves(request, fit_request, report):
+    """A new fit whose cube size is not among the ``given`` fields (the preset's): the largest
+    that fits the fit subset's halves (``pipeline.fit_size``), reported as ``FitSizeChosen``."""
+    from .fit_size import FitSizeChosen, with_fitting_size
+
+    typed = request.given is None or "subtomo_size" in request.given
+    fit_request, note = with_fitting_size(fit_request, typed=typed)
+    if note is not None:
+        report(FitSizeChosen(fit_request.config.subtomo_size, note))
+    return fit_request
+
+
 def _fit(request, job: JobFile, report, should_stop) -> bool:
     """Fit (or continue the fit); returns False when it was stopped."""
     from .fitting import finished_fit, fit_events
@@ -258,6 +270,7 @@ def _fit(request, job: JobFile, report, should_stop) -> bool:
             and job.absolute(fit_state["checkpoint"]).exists():
         return True
     fit_request = _fit_request(request, job, resume_point(job.out_dir / "model"))
+    fit_request = _fit_size_for_halves(request, fit_request, report)
     already = finished_fit(fit_request)
     if already is not None:  # killed after the last epoch's checkpoint but before the job file said so
         _fit_done(job, already.model, already.epochs_done)

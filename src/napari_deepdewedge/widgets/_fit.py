@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QLabel, QPushButton, QSpinBox
 
 from ..pipeline import FitResumed
 from ._common import (
@@ -34,7 +34,8 @@ from ._plots import LossPlot
 Resumed = FitResumed
 
 
-def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=()):
+def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(),
+             size_typed=True):
     """Worker generator: the pipeline's fit_events (as `deepdewedge fit`), one event per
     optimizer step at least, after a ``FitPairs`` message (the tomograms and their memory).
     The picked pair is read and the ``extra`` pairs are opened here
@@ -43,11 +44,17 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(
     (``plan_fit``): the checkpoint's fixed settings, the form's changeable ones
     (``given=frozenset()``: the form's fixed fields are not compared; the dock shows the
     checkpoint's values when it resumes). A preview's contrast is computed here, so that
-    showing it reads nothing in the GUI thread."""
+    showing it reads nothing in the GUI thread. A cube size the user did not type
+    (``size_typed``) is lowered to fit the ``extra`` pairs too (``pipeline.fit_size``; the
+    form has fitted it to the picked pair), announced by a ``FitSizeChosen``."""
     from ..core.fitting import PreviewReady
     from ..pipeline import fit_events
+    from ..pipeline.fit_size import FitSizeChosen, with_fitting_size
 
     request = fit_request(tomo0, tomo1, mask, config, resume, source, extra)
+    request, note = with_fitting_size(request, typed=size_typed)
+    if note is not None:
+        yield FitSizeChosen(request.config.subtomo_size, note)
     if request.resume is None:
         yield pairs_message(request, request.planned_config())
     last = None
@@ -105,7 +112,14 @@ class FitWidget(FitEventsView, DDWPanel):
         self.size = _spin(8, 256, 48, 8, " px")
         add_row(form, "Cube size", self.size,
                 "Edge of the training sub-tomograms in voxels (a multiple of 2^depth). Larger "
-                "cubes see more context but need more memory; 96 is the published value.")
+                "cubes see more context but need more memory; 96 is the published value. The "
+                "preset's size is lowered to the largest that fits the halves (a cube is cut at "
+                "√2 × its edge, room for rotations); a size you type is kept.")
+        self.size_note = QLabel("")
+        self.size_note.setWordWrap(True)
+        add_row(form, "", self.size_note, self.size.toolTip())
+        self._size_typed = False  # the user set the cube size (else it is the preset's)
+        self._setting_size = False  # the form itself is changing it
         self.channels = _spin(2, 256, 16)
         self.depth = _spin(1, 5, 3)
         tip(self.depth, "Number of down-sampling levels of the U-Net (3 is standard).")
@@ -131,12 +145,14 @@ class FitWidget(FitEventsView, DDWPanel):
         self.lr_schedule = QComboBox()
         self.lr_schedule.addItems(["constant", "warmup_cosine"])
         self.warmup = _spin(0, 10000, 0, suffix=" ep")
-        tip(self.warmup, "warmup_cosine: epochs of linear warm-up to the learning rate.")
-        add_row(form, "LR schedule", hbox(self.lr_schedule, self.warmup),
+        # two rows: side by side, a narrow dock clipped "warmup_cosine" to "warmup_c"
+        add_row(form, "LR schedule", self.lr_schedule,
                 "constant (the published way) or warmup_cosine: a linear warm-up over the "
                 "given epochs, then a cosine down to 0.1 × the rate at the last epoch. With a "
                 "rate of 0.001 and 1 warm-up epoch a fit reaches a given quality sooner, but "
                 "is no better after many epochs (README, 'Time to quality').")
+        add_row(form, "Warm-up", self.warmup,
+                "warmup_cosine: epochs of linear warm-up to the learning rate.")
         self.early_stop = _spin(0, 10000, 0, suffix=" ep")
         add_row(form, "Early stop", self.early_stop,
                 "Stop when the validation loss has not improved for this many epochs "
@@ -213,6 +229,10 @@ class FitWidget(FitEventsView, DDWPanel):
         if gpu and "default" in self._presets:  # the published settings when a GPU is there
             self.preset.setCurrentText("default")
         self.preset.currentTextChanged.connect(self.apply_preset)
+        # the size is fitted when a preset or the halves change, not when the depth does:
+        # a user who set the size the form already showed (no valueChanged) and then the
+        # depth would otherwise see it replaced (tests/test_widgets.py's tiny fit did)
+        self.size.valueChanged.connect(self._on_size_changed)
         self.apply_preset(self.preset.currentText())
 
         self.start_button.clicked.connect(lambda: self.start())
@@ -230,9 +250,42 @@ class FitWidget(FitEventsView, DDWPanel):
         values = self._presets.get(name)
         if not values:
             return
-        self.size.setValue(int(values.get("subtomo_size", self.size.value())))
+        self._size_typed = False  # a preset's cube size is fitted to the halves
+        self._preset_size = int(values.get("subtomo_size", self.size.value()))
         self.channels.setValue(int(values.get("channels", self.channels.value())))
         self.depth.setValue(int(values.get("depth", self.depth.value())))
+        self._fit_size_to_halves()
+
+    def set_fitted_size(self, size: int, note: str = "") -> None:
+        """Show a cube size the form did not get from the user (a fitted preset size, a
+        resumed checkpoint's), keeping it a preset's size."""
+        self._setting_size = True
+        try:
+            self.size.setValue(int(size))
+        finally:
+            self._setting_size = False
+        self.size_note.setText(note)
+
+    def _on_size_changed(self, *_):
+        if not self._setting_size:
+            self._size_typed = True
+            self.size_note.setText("")
+
+    def _fit_size_to_halves(self) -> None:
+        """The preset's cube size, lowered to the largest that fits the picked halves
+        (``pipeline.fit_size``, as ``deepdewedge fit`` without ``--subtomo-size``), with a
+        note under the field saying so; a typed size is left alone."""
+        if self._size_typed or not hasattr(self, "_preset_size"):
+            return
+        from ..pipeline.fit_size import fitting_size
+
+        try:
+            layer = self.even.layer()
+        except RuntimeError:  # the viewer is closing
+            return
+        shapes = [tuple(layer.data.shape)] if layer is not None and layer.data.ndim == 3 else []
+        choice = fitting_size(self._preset_size, self.depth.value(), shapes)
+        self.set_fitted_size(choice.size, choice.short or "")
 
     def _on_halves(self, *_):
         state = self.state
@@ -250,6 +303,7 @@ class FitWidget(FitEventsView, DDWPanel):
         if "tilt_min" in meta and "tilt_max" in meta:
             self.tilt_min.setValue(float(meta["tilt_min"]))
             self.tilt_max.setValue(float(meta["tilt_max"]))
+        self._fit_size_to_halves()
         self._update_slab()
 
     def config(self):
@@ -302,7 +356,6 @@ class FitWidget(FitEventsView, DDWPanel):
     def _inputs(self):
         """Lazy sources for the engine (read by the worker), or raise DDWError naming what is
         wrong."""
-        from ..core.errors import DDWError
         from ..core.halves import check_same_shape
 
         even, odd = self.halves.layers()
@@ -311,12 +364,24 @@ class FitWidget(FitEventsView, DDWPanel):
         if mask_layer is not None:
             check_same_shape(even.data, mask_layer.data, what="halves and ROI mask")
             mask = layer_source(mask_layer)
-        smallest = min(even.data.shape)
-        if self.size.value() > smallest:
-            raise DDWError(f"cube size {self.size.value()} is larger than the halves "
-                           f"({'×'.join(map(str, even.data.shape))}); choose a cube size of at "
-                           f"most {smallest // 8 * 8}")
         return even, odd, layer_source(even), layer_source(odd), mask
+
+    def _check_size_fits(self, shape) -> None:
+        """DDWError when the cube size does not fit the halves, naming the largest that does
+        (the engine's rule: a cube is cut at ceil_even(√2·size) voxels)."""
+        from ..core.errors import DDWError
+        from ..core.subtomos import extraction_size
+        from ..pipeline.fit_size import largest_fitting_size
+
+        size, depth = self.size.value(), self.depth.value()
+        if size % 2 ** depth or extraction_size(size) <= min(shape):
+            return  # a size that is no multiple of 2^depth: the config's check says so
+        fits = largest_fitting_size(size, depth, [shape])
+        fix = (f"choose a cube size of at most {fits}" if fits is not None else
+               "these halves are too small to fit on; lower the depth or use larger halves")
+        raise DDWError(f"cube size {size} does not fit the halves "
+                       f"({'×'.join(map(str, shape))}): a {size} cube is cut at "
+                       f"{extraction_size(size)} voxels (√2 × {size}, room for rotations); {fix}")
 
     def start(self, resume: str | None = None, *, overwrite: bool = False) -> bool:
         """Start fitting (or resume); False (and a notification) if the input is refused.
@@ -362,6 +427,8 @@ class FitWidget(FitEventsView, DDWPanel):
         from ..core.errors import DDWError
 
         even, odd, tomo0, tomo1, mask = self._inputs()
+        if resume is None:  # a resume runs with its checkpoint's cube size
+            self._check_size_fits(even.data.shape)
         cfg = self.config()
         if cfg.out_dir is None:
             raise DDWError("choose an output folder for the checkpoints (Resume and Refine "
@@ -370,7 +437,7 @@ class FitWidget(FitEventsView, DDWPanel):
             raise DDWError(f"checkpoint {resume} not found; choose stopped.pt or latest.pt of "
                            "an earlier fit under 'Resume from'")
         return dict(tomo0=tomo0, tomo1=tomo1, mask=mask, config=cfg, resume=resume,
-                    source=pair_source(even, odd),
+                    source=pair_source(even, odd), size_typed=self._size_typed,
                     extra=self.more_pairs.pairs((cfg.tilt_min, cfg.tilt_max)))
 
     def _prepare(self, resume):

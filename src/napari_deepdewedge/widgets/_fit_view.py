@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..pipeline import FitResumed
+from ..pipeline.fit_size import FitSizeChosen
 from ._common import notify_info, notify_warning, show_image
 from ._fit_pairs import FitPairs
 from ._names import PREVIEW_NAME
@@ -32,7 +33,8 @@ class FitEventsView:
     def _show_config(self, cfg) -> None:
         """Show the settings a resumed fit runs with (its fixed ones come from the checkpoint,
         pipeline.plan_fit), so the form never claims what is not running."""
-        for box, value in ((self.size, cfg.subtomo_size), (self.channels, cfg.channels),
+        self.set_fitted_size(cfg.subtomo_size)
+        for box, value in ((self.channels, cfg.channels),
                            (self.depth, cfg.depth), (self.batch, cfg.batch_size),
                            (self.val_fraction, cfg.val_fraction), (self.tilt_min, cfg.tilt_min),
                            (self.tilt_max, cfg.tilt_max)):
@@ -47,6 +49,8 @@ class FitEventsView:
         self.events.append(event)
         if isinstance(event, FitPairs):
             self._show_pairs(event)
+        elif isinstance(event, FitSizeChosen):  # thinner extra pairs: a smaller cube
+            self.set_fitted_size(event.size, event.note.removeprefix("cube size "))
         elif isinstance(event, FitResumed):
             cfg = event.config
             self.loss_plot.clear()
