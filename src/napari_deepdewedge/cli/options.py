@@ -299,14 +299,16 @@ COMMANDS: dict[str, Command] = {
         "apply a fitted model to both halves and average (the refined tomogram)",
         "Refine both half tomograms with a fitted model and average them. With --halves also "
         "write OUT_half0.mrc, OUT_half1.mrc and OUT_consistency.mrc (the signed half0 − half1 "
-        "difference: where the model is not consistent). Many pairs (repeated --even/--odd, a "
+        "difference: where the model is not consistent). Halves may be OME-Zarr folders "
+        "(.zarr, NGFF 0.4 or 0.5). Many pairs (repeated --even/--odd, a "
         "glob, --pairs): one model for all, DIR/<stem>_refined.mrc each; finished outputs are "
         "skipped (a stopped batch continues), --overwrite redoes them. Several processes: "
         "torchrun --nproc-per-node N -m napari_deepdewedge.cli -- refine … (each takes its "
         "share of the tomograms).",
         (REFINE_INPUT, REFINE_MODEL, refine_tiles("--batch-size", "--refine-batch-size"), CONFIG,
-         DEVICE, out_option("OUT.mrc|DIR", "refined tomogram (one pair), or the folder of "
-                    "<stem>_refined.mrc files (many)"), OVERWRITE, QUIET)),
+         DEVICE, out_option("OUT.mrc|OUT.zarr|DIR", "refined tomogram (one pair; .zarr: an "
+                    "OME-Zarr 0.4 pyramid), or the folder of <stem>_refined.mrc files (many)"),
+         OVERWRITE, QUIET)),
     "run": Command(
         "reconstruct + fit + refine in one go: DIR/<stem>_refined.mrc",
         "The whole pipeline on one tilt series: DIR/<stem>_even.mrc, _odd.mrc, DIR/model/ "

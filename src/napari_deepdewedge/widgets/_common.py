@@ -65,9 +65,15 @@ def find_layer(viewer, name: str):
 
 
 def geometry(layer) -> tuple[tuple, tuple]:
-    """The last three entries of ``scale`` and ``translate`` (Z, Y, X)."""
-    scale = tuple(float(v) for v in layer.scale[-3:])
-    translate = tuple(float(v) for v in layer.translate[-3:])
+    """The last three entries of ``scale`` and ``translate`` (Z, Y, X), in Å: a layer in
+    nanometres (``napari-ome-zarr`` keeps an OME-Zarr file's units) is converted; a layer
+    without physical units (``pixel``) is taken as Å."""
+    from ..core.omezarr import UNIT_ANGSTROM
+
+    units = [str(u) for u in (getattr(layer, "units", None) or ())][-3:]
+    factors = [UNIT_ANGSTROM.get(u, 1.0) for u in units] if len(units) == 3 else [1.0] * 3
+    scale = tuple(float(v) * f for v, f in zip(layer.scale[-3:], factors))
+    translate = tuple(float(v) * f for v, f in zip(layer.translate[-3:], factors))
     return scale, translate
 
 
@@ -76,7 +82,8 @@ def layer_source(layer):
     stays lazy. Call this in the GUI thread and hand the result to a job, which reads it with
     :func:`read_array` on its worker thread (the GUI never waits for a file or a dask graph)."""
     data = layer.data
-    if isinstance(data, (list, tuple)):  # multiscale: the full resolution level
+    # multiscale (napari's MultiScaleData is no list: napari-ome-zarr's layers): the finest level
+    if getattr(layer, "multiscale", False) or isinstance(data, (list, tuple)):
         data = data[0]
     return data
 

@@ -68,6 +68,10 @@ def display_of(result) -> RefinedDisplay:
     return shown
 
 
+#: the Save… dialog's second format: a pyramid napari browses lazily (core.omezarr)
+OME_ZARR_FILTER = "OME-Zarr 0.4 pyramid (*.zarr)"
+
+
 class RefineWidget(DDWPanel):
     """Refine: apply the fitted model to both full halves and average them."""
 
@@ -215,8 +219,8 @@ class RefineWidget(DDWPanel):
             self.state.refined_version += 1
             self.bar.setValue(1000)
             self.save_button.setEnabled(True)
-            self.status.setText(f"Done: '{refined_name}'. Save… writes it as MRC; Compare "
-                                "shows it beside the FBP.")
+            self.status.setText(f"Done: '{refined_name}'. Save… writes it as MRC or "
+                                "OME-Zarr; Compare shows it beside the FBP.")
 
         self.status.setText("Showing the result…")
         self.in_turns(*steps, finish)
@@ -226,7 +230,8 @@ class RefineWidget(DDWPanel):
         """Write the last refinement with the pipeline's write_refined, under the CLI's names:
         ``OUT.mrc`` and, with per-half results, ``OUT_half0.mrc``, ``OUT_half1.mrc`` and
         ``OUT_consistency.mrc`` (the SIGNED half0 − half1; the layer shows its absolute value),
-        with the voxel size and origin of the halves. Existing files are replaced only after
+        with the voxel size and origin of the halves; ``OUT.zarr`` (or the dialog's OME-Zarr
+        choice) writes the same names as OME-Zarr pyramids. Existing files are replaced only after
         the user confirms."""
         from ..pipeline import write_refined
 
@@ -239,11 +244,19 @@ class RefineWidget(DDWPanel):
 
             folder = self.state.out_dir or str(Path.home())
             suggestion = str(Path(folder) / f"{self._base.replace(' ', '_')}_refined.mrc")
-            path, _ = QFileDialog.getSaveFileName(self, "Save the refined tomogram", suggestion,
-                                                  "MRC (*.mrc)")
+            path, chosen = QFileDialog.getSaveFileName(
+                self, "Save the refined tomogram", suggestion,
+                f"MRC (*.mrc);;{OME_ZARR_FILTER}")
             if not path:
                 return False
+            if chosen == OME_ZARR_FILTER and not path.lower().endswith(".zarr"):
+                path = str(Path(path).with_suffix(".zarr"))
+        from ..core.omezarr import provenance_record
+
         scale, translate = self._geometry
+        record = provenance_record(model=self.model_path.text().strip() or None,
+                                   command="napari: Refine dock")
         return self.save_files("refined tomogram",
-                               partial(write_refined, path, result, scale, translate),
+                               partial(write_refined, path, result, scale, translate,
+                                       provenance=record),
                                controls=(self.save_button,))
