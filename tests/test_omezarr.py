@@ -346,3 +346,44 @@ def test_refine_refuses_mismatched_or_bad_halves_and_writes_nothing(halves, tmp_
                    "-60", "60", "--out", str(tmp_path / "nofit"), "-q", *TINY_FIT])
     _one_error(capsys, rc, "different voxel sizes")
     assert not (tmp_path / "nofit").exists()
+
+
+def test_run_writes_ome_zarr_refined_tomograms_on_request(tmp_path, capsys):
+    """``run --refined-format zarr``: DIR/<stem>_refined.zarr (+ per-half images), equal to
+    refining the run's own halves with its model to MRC."""
+    rng = np.random.default_rng(4)
+    stack = write_mrc(tmp_path / "TS.st", rng.standard_normal((21, 32, 32)).astype(np.float32)
+                      + np.linspace(0, 1, 32, dtype=np.float32), 5.0)
+    (tmp_path / "TS.rawtlt").write_text("\n".join(f"{a:g}" for a in np.arange(-60, 61, 6.0)))
+    out = tmp_path / "job"
+    rc = cli.main(["run", str(stack), "--thickness", "24", "--out", str(out), "-q",
+                   "--refined-format", "zarr", *TINY_FIT])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("TS_refined", "TS_refined_half0", "TS_refined_half1", "TS_refined_consistency"):
+        vol = read_mrc(out / f"{name}.zarr")
+        assert vol.data.shape == (24, 32, 32) and vol.voxel_size == pytest.approx((5.0,) * 3)
+    assert not (out / "TS_refined.mrc").exists()
+    model = out / "model" / "best.pt"
+    assert cli.main(["refine", "--even", str(out / "TS_even.mrc"), "--odd", str(out / "TS_odd.mrc"),
+                     "--model", str(model), "--out", str(tmp_path / "again.mrc"), "--device",
+                     "cpu", "-q"]) == 0
+    assert np.array_equal(np.asarray(read_mrc(out / "TS_refined.zarr").data),
+                          read_mrc(tmp_path / "again.mrc", mmap=False).data)
+
+
+def test_napari_writer_saves_a_multiscale_layer_finest_level_in_angstrom(tmp_path):
+    from napari_deepdewedge._reader import get_reader
+    from napari_deepdewedge._writer import write_omezarr_layer
+
+    a = volume((12, 16, 20), seed=6)
+    written = write_omezarr_layer(str(tmp_path / "layer"), [a, a[::2, ::2, ::2]],
+                                  {"name": "layer", "scale": (1.0, 4.0, 4.0, 4.0),
+                                   "translate": (0.0, 8.0, 0.0, 0.0), "metadata": {"model": "m.pt"}})
+    assert written == [str(tmp_path / "layer.zarr")]
+    vol = read_mrc(written[0])
+    assert vol.voxel_size == (4.0, 4.0, 4.0) and vol.origin == (8.0, 0.0, 0.0)
+    assert np.array_equal(np.asarray(vol.data), a)
+    data, kwargs, kind = get_reader(written[0] + "/")(written[0])[0]
+    assert kind == "image" and kwargs["multiscale"] and len(data) == 2
+    assert kwargs["scale"] == (4.0, 4.0, 4.0) and kwargs["units"] == ("angstrom",) * 3
+    assert get_reader(str(tmp_path)) is None  # a folder that is no zarr image: another reader

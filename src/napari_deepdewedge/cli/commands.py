@@ -207,7 +207,7 @@ def cmd_run(args) -> int:
     # a resumed run continues its own job: its halves and refined files are replaced (the
     # halves by the same deterministic reconstruction the checkpoint was fitted on)
     overwrite = args.overwrite or args.resume is not None
-    refined_out = out / f"{request.stem}_refined.mrc"
+    refined_out = out / f"{request.stem}_refined.{args.refined_format or 'mrc'}"
     refined = refined_paths(refined_out, with_halves=not args.no_halves)
     refuse_existing(refined[:1], overwrite=overwrite)  # written last: the job is finished
     claim_fit_folder(args, out / "model")  # an unfinished job: the --resume command finishes it
@@ -259,6 +259,7 @@ def run_many(args) -> int:
     from .progress import BatchReport, FitReport, ProjectReport
 
     for flag, value in (("--even-odd", args.even_odd), ("--angles", args.angles),
+                        ("--refined-format", args.refined_format),
                         ("--tilt-range", args.tilt_range), ("--resume", args.resume),
                         ("--mask", args.mask)):
         if value is not None:

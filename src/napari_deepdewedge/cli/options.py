@@ -256,7 +256,11 @@ REFINE_MODEL = Group(None, (
         "difference (OUT_half0/_half1/_consistency.mrc)", kind="switch"),
 ))
 NO_HALVES = Group(None, (Opt(("--no-halves",), "no_halves", "do not write the per-half results "
-                             "and their difference", kind="switch"),))
+                             "and their difference", kind="switch"),
+                         Opt(("--refined-format",), "refined_format", "format of the refined "
+                             "tomograms: mrc (default) or zarr (OME-Zarr 0.4 pyramids, "
+                             "DIR/<stem>_refined.zarr); one tilt series only",
+                             choices=("mrc", "zarr"))))
 DEMO = Group("demo", (
     Opt(("--size",), "size", "phantom size: tiny (seconds, for tests), small (default; a few "
         "minutes on a laptop CPU), medium", choices=("tiny", "small", "medium")),
