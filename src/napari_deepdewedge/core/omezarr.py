@@ -10,8 +10,8 @@ origin from their translations. Everything else is one :class:`DDWError` naming 
 
 Writing (:func:`write_omezarr`): NGFF 0.4 by default (what the data portal serves and
 ``napari-ome-zarr`` reads; 0.5 on request), a pyramid of 2×2×2 block means halving down to about
-:data:`PYRAMID_TARGET` voxels per axis (at least two levels), chunks of :data:`CHUNKS`, Blosc/zstd,
-units ``angstrom``, and a ``deepdewedge`` provenance attribute. The volume is written in slabs of
+:data:`PYRAMID_TARGET` voxels per axis (at least two levels), chunks of :data:`CHUNKS`,
+Blosc/lz4, units ``angstrom``, and a ``deepdewedge`` provenance attribute. The volume is written in slabs of
 Z (every level from the same slab, so memory is the slab, not a copy of the volume) into a
 temporary folder ``.<name>.<random>.tmp`` beside the target, fsynced and renamed onto the final
 name only when complete: a killed or failed write leaves nothing under the final name (and a
@@ -42,6 +42,12 @@ ZARR_SUFFIX = ".zarr"
 #: stays 4 MiB of float32 (within the 1–16 MB zarr recommends; 1024² planes need 16 chunks);
 #: the writer's slabs are multiples of 16 planes, so no chunk is ever written twice.
 CHUNKS = (16, 256, 256)
+#: chunk compression: Blosc lz4, level 5, byte shuffle (numcodecs' default, readable everywhere).
+#: A tomogram is noise at the voxel level and compresses little whatever the codec; one thread,
+#: chunks of CHUNKS (bench/omezarr_codecs.py, ratio / encode / decode MB/s, noise and
+#: smooth+noise): lz4-5 1.07/224/1563 and 1.14/373/928; zstd-1 1.08/172/215 and 1.16/123/465;
+#: zstd-5 1.15/32/499 and 1.21/26/520 (7× slower writes for 7 % smaller files).
+CODEC = ("lz4", 5)
 #: the pyramid halves until the largest axis of its coarsest level is at most this
 PYRAMID_TARGET = 256
 #: units of OME-Zarr space axes we read, in Å
@@ -262,7 +268,11 @@ def _halve(block: np.ndarray) -> np.ndarray:
     """2×2×2 block means (float32; an odd last voxel of an axis is dropped, as the shape's floor)."""
     z, y, x = (n // 2 * 2 for n in block.shape)
     b = np.asarray(block[:z, :y, :x], dtype=np.float32)
-    return b.reshape(z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+    out = b[0::2, 0::2, 0::2].copy()  # eight strided adds: 3× faster than a reshaped mean
+    for dz, dy, dx in ((0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)):
+        out += b[dz::2, dy::2, dx::2]
+    out *= np.float32(0.125)
+    return out
 
 
 def _ome_metadata(name, shapes, voxel, origin, version, provenance) -> tuple[dict, dict]:
@@ -291,13 +301,13 @@ def _create_level(group, key: str, shape, dtype, version: str):
         from numcodecs import Blosc
 
         return group.create_array(key, shape=shape, chunks=chunks, dtype=dtype,
-                                  compressors=Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE),
+                                  compressors=Blosc(cname=CODEC[0], clevel=CODEC[1], shuffle=Blosc.SHUFFLE),
                                   chunk_key_encoding={"name": "v2", "separator": "/"},
                                   fill_value=0)
     from zarr.codecs import BloscCodec
 
     return group.create_array(key, shape=shape, chunks=chunks, dtype=dtype,
-                              compressors=BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
+                              compressors=BloscCodec(cname=CODEC[0], clevel=CODEC[1], shuffle="shuffle"),
                               dimension_names=("z", "y", "x"), fill_value=0)
 
 
