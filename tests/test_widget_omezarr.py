@@ -1,7 +1,7 @@
 """The docks on OME-Zarr halves opened by napari-ome-zarr (issue 21): multiscale layers of dask
 arrays are picked as halves, fitted and refined; the GUI thread never computes a whole level
 (every full read happens on a worker); the layer's scale in nanometres gives the voxel size in
-Å; this plugin's reader opens the same folder as one multiscale layer in Å, and the Refine
+Å; a big refined result comes back as a multiscale layer; this plugin's reader opens the same folder as one multiscale layer in Å, and the Refine
 dock's Save… writes OME-Zarr.
 
 Run under a virtual display:  xvfb-run -a python -m pytest tests/test_widget_omezarr.py -q
@@ -69,9 +69,12 @@ def full_reads(monkeypatch):
 
 
 def test_docks_fit_and_refine_multiscale_halves_from_napari_ome_zarr(
-        make_napari_viewer, qtbot, tmp_path, full_reads):
+        make_napari_viewer, qtbot, tmp_path, full_reads, monkeypatch):
     from napari_deepdewedge.core.checkpoint import load_model
     from napari_deepdewedge.core.io import read_mrc
+    from napari_deepdewedge.widgets import _refine
+
+    monkeypatch.setattr(_refine, "MULTISCALE_BYTES", 0)  # this toy result counts as big
 
     gui = threading.current_thread().name
     paths = _halves(tmp_path)
@@ -109,6 +112,12 @@ def test_docks_fit_and_refine_multiscale_halves_from_napari_ome_zarr(
     qtbot.waitUntil(lambda: not ref.busy, timeout=WAIT_MS)
     refined = viewer.layers["cell refined"]
     assert np.allclose(refined.scale, (8.0, 8.0, 8.0))
+    # a big result comes back as a multiscale layer: the result itself, then block means
+    assert refined.multiscale and [tuple(d.shape) for d in refined.data] == [(24, 32, 32),
+                                                                            (12, 16, 16)]
+    assert refined.data[0] is ref.result.refined
+    np.testing.assert_allclose(refined.data[1][3, 4, 5],
+                               ref.result.refined[6:8, 8:10, 10:12].mean(), rtol=1e-5)
     assert full_reads and all(thread != gui for thread, _ in full_reads), full_reads
 
     # Save… as OME-Zarr: the refined tomogram in Å, a pyramid

@@ -275,6 +275,15 @@ def _halve(block: np.ndarray) -> np.ndarray:
     return out
 
 
+def pyramid_levels(volume) -> list[np.ndarray]:
+    """``volume`` and its coarser levels (2×2×2 block means, :func:`pyramid_shapes`), finest
+    first, as the writer stores them: for showing a large result as a multiscale layer."""
+    levels = [volume]
+    for _ in pyramid_shapes(volume.shape)[1:]:
+        levels.append(_halve(levels[-1]))
+    return levels
+
+
 def _ome_metadata(name, shapes, voxel, origin, version, provenance) -> tuple[dict, dict]:
     datasets = []
     for k, _ in enumerate(shapes):

@@ -117,11 +117,15 @@ def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), met
 
     Keeps the given geometry (scale/translate in Å, (Z, Y, X)) and sets ``contrast``: jobs
     compute it on their worker (:func:`percentile_limits`); without it, it is computed here,
-    in the GUI thread, from a sample.
+    in the GUI thread, from a sample. ``data`` may be a list of levels, finest first (a
+    multiscale layer: :func:`..core.omezarr.pyramid_levels`).
     """
-    limits = contrast if contrast is not None else percentile_limits(data)
+    levels = isinstance(data, (list, tuple))
+    finest = data[0] if levels else data
+    limits = contrast if contrast is not None else percentile_limits(finest)
     layer = find_layer(viewer, name)
-    if layer is not None and is_image(layer) and layer.ndim == np.ndim(data):
+    if layer is not None and is_image(layer) and layer.ndim == np.ndim(finest) \
+            and bool(getattr(layer, "multiscale", False)) == levels:
         layer.data = data
         layer.scale = scale
         layer.translate = translate
@@ -135,8 +139,10 @@ def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), met
     if layer is not None:
         viewer.layers.remove(layer)
     # every layer in Å, as the reader and sample data do (mixed units make napari warn)
-    ndim = np.ndim(data)
+    ndim = np.ndim(finest)
     kwargs = {"units": ANGSTROM_UNITS[:ndim]}
+    if levels:
+        kwargs["multiscale"] = True
     if ndim == 3:
         kwargs["axis_labels"] = ("z", "y", "x")
     return viewer.add_image(

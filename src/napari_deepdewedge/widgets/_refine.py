@@ -53,11 +53,23 @@ class RefinedDisplay:
     limits: dict = field(default_factory=dict)
     disagreement: object = None
     disagreement_high: float = 1.0
+    levels: list | None = None  # the refined tomogram's pyramid when it is big
+
+
+#: refined tomograms of at least this size come back as multiscale layers (1 GiB: 256×1024×1024
+#: float32); the pyramid costs a seventh more memory
+MULTISCALE_BYTES = 1 << 30
 
 
 def display_of(result) -> RefinedDisplay:
-    """:class:`RefinedDisplay` of a ``RefineResult`` (worker side)."""
+    """:class:`RefinedDisplay` of a ``RefineResult`` (worker side). A refined tomogram of at
+    least :data:`MULTISCALE_BYTES` also gets its pyramid (``levels``), shown as a multiscale
+    layer: napari's 3D view then renders a coarse level instead of the whole volume."""
     shown = RefinedDisplay(result, {"refined": percentile_limits(result.refined)})
+    if result.refined.nbytes >= MULTISCALE_BYTES:
+        from ..core.omezarr import pyramid_levels
+
+        shown.levels = pyramid_levels(result.refined)
     if result.half0 is not None:
         shown.limits["refined even"] = percentile_limits(result.half0)
         shown.limits["refined odd"] = percentile_limits(result.half1)
@@ -201,7 +213,8 @@ class RefineWidget(DDWPanel):
             for role, data in (("refined even", result.half0), ("refined odd", result.half1)):
                 steps.append(partial(add, role, data, visible=False,
                                      contrast=shown.limits[role]))
-        steps.append(partial(add, "refined", result.refined, contrast=shown.limits["refined"]))
+        steps.append(partial(add, "refined", shown.levels or result.refined,
+                             contrast=shown.limits["refined"]))
         if self._keep and shown.disagreement is not None:
             steps.append(partial(
                 add, "consistency", shown.disagreement,
