@@ -387,3 +387,35 @@ def test_napari_writer_saves_a_multiscale_layer_finest_level_in_angstrom(tmp_pat
     assert kind == "image" and kwargs["multiscale"] and len(data) == 2
     assert kwargs["scale"] == (4.0, 4.0, 4.0) and kwargs["units"] == ("angstrom",) * 3
     assert get_reader(str(tmp_path)) is None  # a folder that is no zarr image: another reader
+
+
+def test_refinement_reads_an_ome_zarr_half_in_bands_never_whole(tmp_path, monkeypatch):
+    """The engine keeps the lazy level lazy (as a memory map): refining reads slices only, and
+    gives what refining the same arrays in memory gives."""
+    import torch
+
+    from napari_deepdewedge.core.refine import refine_halves
+
+    a, b = volume((20, 40, 24), seed=7), volume((20, 40, 24), seed=8)
+    za = read_mrc(ome_image(tmp_path / "a.zarr", [a, a[::2, ::2, ::2]])).data
+    zb = read_mrc(ome_image(tmp_path / "b.zarr", [b, b[::2, ::2, ::2]], version="0.5")).data
+    slices = []
+    real_getitem = LazyZarrArray.__getitem__
+
+    def whole(self, *args, **kwargs):
+        raise AssertionError("an OME-Zarr half was read whole")
+
+    def recorded(self, key):
+        out = real_getitem(self, key)
+        slices.append(out.size)
+        return out
+
+    monkeypatch.setattr(LazyZarrArray, "__array__", whole)
+    monkeypatch.setattr(LazyZarrArray, "__getitem__", recorded)
+    # the mean/std pass reads slabs of _MASK_CHUNK_VOXELS (8 M voxels): make the toy need several
+    monkeypatch.setattr("napari_deepdewedge.core.refine._MASK_CHUNK_VOXELS", 4 * 40 * 24)
+    kw = dict(subtomo_size=16, tilt_min=-60.0, tilt_max=60.0, device="cpu", tile_size=16,
+              overlap=4, match_resampling=False)
+    lazy = refine_halves(torch.nn.Identity(), za, zb, **kw).refined
+    assert slices and max(slices) <= 20 * 16 * 24  # bands of tiles and slabs, never whole
+    np.testing.assert_array_equal(lazy, refine_halves(torch.nn.Identity(), a, b, **kw).refined)
