@@ -130,6 +130,7 @@ def read_omezarr_layers(path):
     path = Path(str(path).rstrip("/\\"))
     pyramid = omezarr_levels(path)
     levels = [da.from_zarr(level) for level in pyramid["levels"]]
+    levels = [d.astype("float32") if d.dtype == "float16" else d for d in levels]  # as for MRC
     low, high = sample_limits(contrast_sample(levels[-1]))
     kwargs = {
         "name": path.name[:-len(path.suffix)] if path.suffix else path.name,
