@@ -77,7 +77,8 @@ def test_wheel_in_fresh_venv_exposes_all_contributions(tmp_path):
     listed = json.loads(out.stdout.strip().splitlines()[-1])
     assert not listed["editable"]
     assert listed["readers"] == ["napari-deepdewedge.get_reader"]
-    assert listed["writers"] == ["napari-deepdewedge.write_mrc"]
+    assert listed["writers"] == ["napari-deepdewedge.write_mrc",
+                                 "napari-deepdewedge.write_omezarr"]
     assert "tilt_series" in listed["samples"]
     import yaml
 

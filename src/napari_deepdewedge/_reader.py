@@ -1,4 +1,5 @@
-"""npe2 reader: MRC-family files → image layers with voxel scale (thin over core.io).
+"""npe2 reader: MRC-family files and OME-Zarr folders → image layers with voxel scale in Å
+(thin over core.io and core.omezarr; an OME-Zarr pyramid opens as one multiscale layer).
 
 Opening never reads the volume: the layer's data is the memory map (a half-float file becomes
 a lazy float32 dask view), and the contrast limits come from a sample of about a million voxels in ten blocks of rows
@@ -17,6 +18,10 @@ def get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
+    from .core.omezarr import is_zarr_path
+
+    if is_zarr_path(path):
+        return read_omezarr_layers
     if Path(path).suffix.lower() not in MRC_SUFFIXES:
         return None
     return read_mrc_layers
@@ -110,3 +115,32 @@ def read_mrc_layers(path):
     if isinstance(path, (list, tuple)):
         path = path[0]
     return [layer_data_for(path)]
+
+
+def read_omezarr_layers(path):
+    """One OME-Zarr image folder → one layer: multiscale (every level a dask array over its
+    zarr array, nothing read but the coarsest level's contrast sample), scale in Å from level
+    0's coordinateTransformations and units, origin as translate (:mod:`core.omezarr`)."""
+    import dask.array as da
+
+    from .core.omezarr import omezarr_levels
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = Path(str(path).rstrip("/\\"))
+    pyramid = omezarr_levels(path)
+    levels = [da.from_zarr(level) for level in pyramid["levels"]]
+    levels = [d.astype("float32") if d.dtype == "float16" else d for d in levels]  # as for MRC
+    low, high = sample_limits(contrast_sample(levels[-1]))
+    kwargs = {
+        "name": path.name[:-len(path.suffix)] if path.suffix else path.name,
+        "scale": pyramid["voxel_size"],
+        "translate": pyramid["origin"],
+        "metadata": {"source_path": str(path), "voxel_size": pyramid["voxel_size"],
+                     "ome_zarr_version": pyramid["version"]},
+        "units": ("angstrom",) * 3,
+        "axis_labels": ("z", "y", "x"),
+        "contrast_limits": (low, high),
+        "multiscale": len(levels) > 1,
+    }
+    return [(levels if len(levels) > 1 else levels[0], kwargs, "image")]

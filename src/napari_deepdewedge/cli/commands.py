@@ -96,7 +96,20 @@ def refine_and_write(args, model, even, odd, out: Path, *, keep_halves: bool, vo
                             keep_halves=keep_halves)
     with Progress("refine", quiet=args.quiet, unit="batch") as bar:
         result = refine(request, progress=bar)
-    return write_refined(out, result, voxel_size, origin, overwrite=overwrite)
+    return write_refined(out, result, voxel_size, origin, overwrite=overwrite,
+                         provenance=provenance(args, model))
+
+
+def provenance(args, model) -> dict:
+    """What an OME-Zarr output records of its making (core.omezarr.provenance_record)."""
+    import shlex
+    import sys
+
+    from ..core.omezarr import provenance_record
+
+    model = getattr(args, "model", None) or (model if isinstance(model, (str, Path)) else None)
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    return provenance_record(model=model, command=shlex.join(["deepdewedge", *map(str, argv)]))
 
 
 def refine_output(args) -> Path:
@@ -106,7 +119,7 @@ def refine_output(args) -> Path:
 
         out = Path(args.config_values["output_dir"]) / f"{stem_of(args.even[0])}_refined.mrc"
     if out is None:
-        raise DDWError("no output: give --out OUT.mrc")
+        raise DDWError("no output: give --out OUT.mrc (or OUT.zarr for OME-Zarr)")
     return Path(out)
 
 
@@ -118,6 +131,8 @@ def is_batch(args) -> bool:
     if args.pairs is not None or len(evens) != 1 or len(expand(evens[0])) != 1:
         return True
     out = args.out
+    if out is not None and Path(out).suffix.lower() == ".zarr":  # an OME-Zarr output, one image
+        return False
     return out is not None and (Path(out).is_dir() or str(out).endswith(("/", "\\"))
                                 or Path(out).suffix.lower() != ".mrc")
 
@@ -153,7 +168,7 @@ def refine_many(args) -> int:
     from .progress import BatchReport
 
     out_dir = args.out or args.config_values.get("output_dir")
-    if out_dir is None or Path(out_dir).suffix.lower() == ".mrc":
+    if out_dir is None or Path(out_dir).suffix.lower() in (".mrc", ".zarr"):
         raise DDWError("many tomograms need an output folder: give --out DIR (one "
                        "<stem>_refined.mrc per tomogram)")
     pairs = find_pairs(args.even or [], args.odd or [], args.pairs)
@@ -194,7 +209,7 @@ def cmd_run(args) -> int:
     # a resumed run continues its own job: its halves and refined files are replaced (the
     # halves by the same deterministic reconstruction the checkpoint was fitted on)
     overwrite = args.overwrite or args.resume is not None
-    refined_out = out / f"{request.stem}_refined.mrc"
+    refined_out = out / f"{request.stem}_refined.{args.refined_format or 'mrc'}"
     refined = refined_paths(refined_out, with_halves=not args.no_halves)
     refuse_existing(refined[:1], overwrite=overwrite)  # written last: the job is finished
     claim_fit_folder(args, out / "model")  # an unfinished job: the --resume command finishes it
@@ -246,6 +261,7 @@ def run_many(args) -> int:
     from .progress import BatchReport, FitReport, ProjectReport
 
     for flag, value in (("--even-odd", args.even_odd), ("--angles", args.angles),
+                        ("--refined-format", args.refined_format),
                         ("--tilt-range", args.tilt_range), ("--resume", args.resume),
                         ("--mask", args.mask)):
         if value is not None:

@@ -65,8 +65,11 @@ def read_pair(even_path, odd_path):
     if not even_path or not odd_path:
         raise DDWError("both half tomograms are needed: give --even E.mrc and --odd O.mrc "
                        "(or tomo0_files/tomo1_files in --config)")
-    even, odd = read_mrc(even_path), read_mrc(odd_path)
+    from ..core.omezarr import check_same_voxel
+
+    even, odd = read_mrc(even_path), read_mrc(odd_path)  # MRC or OME-Zarr (.zarr)
     check_same_shape(even.data, odd.data, what="half tomograms")
+    check_same_voxel(even, odd)
     return even, odd
 
 

@@ -256,7 +256,11 @@ REFINE_MODEL = Group(None, (
         "difference (OUT_half0/_half1/_consistency.mrc)", kind="switch"),
 ))
 NO_HALVES = Group(None, (Opt(("--no-halves",), "no_halves", "do not write the per-half results "
-                             "and their difference", kind="switch"),))
+                             "and their difference", kind="switch"),
+                         Opt(("--refined-format",), "refined_format", "format of the refined "
+                             "tomograms: mrc (default) or zarr (OME-Zarr 0.4 pyramids, "
+                             "DIR/<stem>_refined.zarr); one tilt series only",
+                             choices=("mrc", "zarr"))))
 DEMO = Group("demo", (
     Opt(("--size",), "size", "phantom size: tiny (seconds, for tests), small (default; a few "
         "minutes on a laptop CPU), medium", choices=("tiny", "small", "medium")),
@@ -299,14 +303,16 @@ COMMANDS: dict[str, Command] = {
         "apply a fitted model to both halves and average (the refined tomogram)",
         "Refine both half tomograms with a fitted model and average them. With --halves also "
         "write OUT_half0.mrc, OUT_half1.mrc and OUT_consistency.mrc (the signed half0 − half1 "
-        "difference: where the model is not consistent). Many pairs (repeated --even/--odd, a "
+        "difference: where the model is not consistent). Halves may be OME-Zarr folders "
+        "(.zarr, NGFF 0.4 or 0.5). Many pairs (repeated --even/--odd, a "
         "glob, --pairs): one model for all, DIR/<stem>_refined.mrc each; finished outputs are "
         "skipped (a stopped batch continues), --overwrite redoes them. Several processes: "
         "torchrun --nproc-per-node N -m napari_deepdewedge.cli -- refine … (each takes its "
         "share of the tomograms).",
         (REFINE_INPUT, REFINE_MODEL, refine_tiles("--batch-size", "--refine-batch-size"), CONFIG,
-         DEVICE, out_option("OUT.mrc|DIR", "refined tomogram (one pair), or the folder of "
-                    "<stem>_refined.mrc files (many)"), OVERWRITE, QUIET)),
+         DEVICE, out_option("OUT.mrc|OUT.zarr|DIR", "refined tomogram (one pair; .zarr: an "
+                    "OME-Zarr 0.4 pyramid), or the folder of <stem>_refined.mrc files (many)"),
+         OVERWRITE, QUIET)),
     "run": Command(
         "reconstruct + fit + refine in one go: DIR/<stem>_refined.mrc",
         "The whole pipeline on one tilt series: DIR/<stem>_even.mrc, _odd.mrc, DIR/model/ "

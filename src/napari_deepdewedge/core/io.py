@@ -49,8 +49,9 @@ class TiltSeries:
 def _check_mrc_suffix(path: Path) -> None:
     if path.suffix.lower() not in MRC_SUFFIXES:
         raise DDWError(
-            f"{path.name}: not an MRC-family file (expected one of {', '.join(MRC_SUFFIXES)}); "
-            "convert it to MRC first (e.g. with IMOD's tif2mrc or mrcfile)"
+            f"{path.name}: not an MRC-family file (expected one of {', '.join(MRC_SUFFIXES)}) "
+            "nor an OME-Zarr folder (.zarr); convert it to MRC first (e.g. with IMOD's tif2mrc "
+            "or mrcfile)"
         )
 
 
@@ -174,13 +175,21 @@ def read_mrc(path, mmap: bool = True, voxel_size=None) -> Volume:
     convention, see :func:`_mode0_is_unsigned`), 1, 2, 6 and 12 keep their dtype (the engine
     converts to float32 chunk by chunk). ``(n, 1, Y, X)`` stacks become ``(n, Y, X)``.
     ``voxel_size`` (Å, one number or Z Y X) overrides the header's, e.g. when it says 0 or 1 Å.
-    A 2D image is refused (a tilt series or tomogram must be 3D).
+    A 2D image is refused (a tilt series or tomogram must be 3D). An OME-Zarr folder
+    (``.zarr``) is read by :func:`core.omezarr.read_omezarr` (its ``data`` a lazy array).
     """
     import warnings
 
     path = Path(path)
     if not path.exists():
         raise DDWError(f"{path}: file not found; check the path")
+    from .omezarr import is_zarr_path, read_omezarr
+
+    if is_zarr_path(path):  # an OME-Zarr folder: its finest level, read lazily (core.omezarr)
+        volume = read_omezarr(path, voxel_size=voxel_size)
+        if not mmap:
+            volume.data = np.asarray(volume.data)
+        return volume
     _check_mrc_suffix(path)
     notes: tuple[str, ...] = ()
     try:

@@ -50,8 +50,8 @@ def check_pairs(pairs) -> list[HalfPair]:
     out = []
     for k, p in enumerate(pairs):
         label = f"pair {k + 1}" + (f" ({p.name})" if p.name else "")
-        even = p.even if isinstance(p.even, np.memmap) else np.asarray(p.even)
-        odd = p.odd if isinstance(p.odd, np.memmap) else np.asarray(p.odd)
+        even, odd = (a if isinstance(a, np.memmap) or getattr(a, "lazy_bands", False)
+                     else np.asarray(a) for a in (p.even, p.odd))  # lazy arrays stay lazy
         if even.ndim != 3:
             raise DDWError(f"{label}: the half tomograms must be 3D (Z, Y, X), got shape {tuple(even.shape)}")
         check_same_shape(even, odd, what=f"half tomograms of {label}")

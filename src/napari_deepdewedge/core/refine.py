@@ -61,10 +61,18 @@ ACTIVATION_MAPS = 24
 # --------------------------------------------------------------------------------------------
 # standardization and masking
 # --------------------------------------------------------------------------------------------
+def _lazy(volume):
+    """A memory map or a lazy array (``lazy_bands``: an OME-Zarr level) as it is, read band by
+    band; anything else as a numpy array."""
+    if isinstance(volume, np.memmap) or getattr(volume, "lazy_bands", False):
+        return volume
+    return np.asarray(volume)
+
+
 def standardization_stats(volume) -> tuple[float, float]:
     """Mean and standard deviation of a (possibly memory-mapped) volume, float64 accumulation,
     one Z slab at a time. Raises :class:`DDWError` for a constant or non-finite volume."""
-    vol = np.asarray(volume) if not isinstance(volume, np.memmap) else volume
+    vol = _lazy(volume)
     if vol.ndim != 3 or vol.size == 0:
         raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(vol.shape)}")
     n = 0
@@ -125,7 +133,7 @@ def prepare_half(tomo, tilt_min, tilt_max, stats=None, *, z_range=None, chunk_y=
     (the masking still uses the full Z extent). The input (possibly memory-mapped) is not
     modified.
     """
-    tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
+    tomo = _lazy(tomo)
     if tomo.ndim != 3:
         raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(tomo.shape)}")
     Z, Y, X = (int(n) for n in tomo.shape)
@@ -431,7 +439,7 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
     each decision goes to ``report(message)`` (default: a ``DDWWarning``). Out of memory with
     the smallest tile is a ``DDWError`` naming the fix.
     """
-    tomo = tomo if isinstance(tomo, np.memmap) else np.asarray(tomo)
+    tomo = _lazy(tomo)
     if tomo.ndim != 3:
         raise DDWError(f"expected a 3D tomogram (Z, Y, X), got shape {tuple(tomo.shape)}")
     stats = _resolve_stats(tomo, standardize)
@@ -542,8 +550,8 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
     kind = _resolve_resampling(meta, resampling)
     if standardize is None:
         standardize = meta.get("standardization", True) is not None  # checkpoint said: not standardized
-    tomo0 = tomo0 if isinstance(tomo0, np.memmap) else np.asarray(tomo0)
-    tomo1 = tomo1 if isinstance(tomo1, np.memmap) else np.asarray(tomo1)
+    tomo0 = _lazy(tomo0)
+    tomo1 = _lazy(tomo1)
     check_same_shape(tomo0, tomo1, what="half tomograms")
     ov = _check_overlap(int(s), overlap)
 

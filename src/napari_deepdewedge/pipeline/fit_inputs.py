@@ -61,9 +61,12 @@ def open_half_pair(even_path, odd_path, tilt_range, *, mask=None) -> HalfPair:
     from ..core.halves import check_same_shape
     from ..core.io import read_mrc
 
-    even, odd = read_mrc(even_path), read_mrc(odd_path)
+    from ..core.omezarr import check_same_voxel
+
+    even, odd = read_mrc(even_path), read_mrc(odd_path)  # MRC or OME-Zarr (.zarr), lazily
     name = stem_of(even_path)
     check_same_shape(even.data, odd.data, what=f"half tomograms of {name}")
+    check_same_voxel(even, odd, what=f"half tomograms of {name}")
     return HalfPair(even=even.data, odd=odd.data, tilt_range=tuple(float(v) for v in tilt_range),
                     mask=mask, name=name, even_path=str(even_path), odd_path=str(odd_path),
                     voxel_size=tuple(float(v) for v in even.voxel_size))

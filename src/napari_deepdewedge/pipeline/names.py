@@ -5,8 +5,8 @@ import os
 import re
 from pathlib import PurePath
 
-#: extensions of the MRC family (core.io.MRC_SUFFIXES), dropped from names in any case
-_EXTENSION = re.compile(r"\.(mrc|st|ali|rec|mrcs|map)$", re.IGNORECASE)
+#: extensions of the MRC family (core.io.MRC_SUFFIXES) and OME-Zarr, dropped from names in any case
+_EXTENSION = re.compile(r"\.(mrc|st|ali|rec|mrcs|map|zarr)$", re.IGNORECASE)
 #: a trailing parity tag of a frame half: _EVN _ODD _even _odd, also after '.' or '-'
 _PARITY = re.compile(r"[._-](evn|odd|even)$", re.IGNORECASE)
 
@@ -14,7 +14,7 @@ _PARITY = re.compile(r"[._-](evn|odd|even)$", re.IGNORECASE)
 def stem_of(path_or_name) -> str:
     """``/data/TS_01_EVN.mrc`` → ``TS_01``; ``TS_01.st`` → ``TS_01``; ``"TS_01 odd"`` stays.
 
-    Drops the folder, one MRC-family extension (``.mrc .st .ali .rec .mrcs .map``, any case)
+    Drops the folder, one MRC-family extension (``.mrc .st .ali .rec .mrcs .map``) or ``.zarr`` (any case)
     and one trailing parity tag (``_EVN _ODD _even _odd``, also with ``.`` or ``-``, any case).
     A name that would become empty is returned without the extension only.
     """

@@ -48,21 +48,24 @@ REFINED_SUFFIXES = ("", "_half0", "_half1", "_consistency")
 
 
 def refined_paths(out_path, *, with_halves: bool) -> list[Path]:
-    """``OUT.mrc`` (+ ``OUT_half0.mrc``, ``OUT_half1.mrc``, ``OUT_consistency.mrc``)."""
+    """``OUT.mrc`` (+ ``OUT_half0.mrc``, ``OUT_half1.mrc``, ``OUT_consistency.mrc``); for
+    ``OUT.zarr`` the same names as OME-Zarr folders (``OUT_half0.zarr``, …)."""
     out = Path(out_path)
-    base = out.name[:-4] if out.suffix.lower() == ".mrc" else out.name
+    ext = ".zarr" if out.suffix.lower() == ".zarr" else ".mrc"
+    base = out.name[:-len(ext)] if out.suffix.lower() == ext else out.name
     suffixes = REFINED_SUFFIXES if with_halves else REFINED_SUFFIXES[:1]
-    return [out.with_name(f"{base}{suffix}.mrc") for suffix in suffixes]
+    return [out.with_name(f"{base}{suffix}{ext}") for suffix in suffixes]
 
 
 def write_refined(out_path, result, voxel_size, origin=(0.0, 0.0, 0.0), *,
-                  overwrite: bool = False) -> list[Path]:
+                  overwrite: bool = False, provenance: dict | None = None) -> list[Path]:
     """Write a ``RefineResult`` under the one set of names (see the module docstring).
 
     The per-half files are written when the result holds them, before the main file. Refuses (``OutputExists``)
-    before writing anything if one of the files exists, unless ``overwrite``.
+    before writing anything if one of the files exists, unless ``overwrite``. ``OUT.zarr``:
+    OME-Zarr images (:func:`core.omezarr.write_omezarr`) with ``provenance`` as an attribute.
     """
-    from ..core.io import write_mrc
+    from ..core.omezarr import write_volume
 
     with_halves = result.half0 is not None and result.half1 is not None
     paths = refuse_existing(refined_paths(out_path, with_halves=with_halves), overwrite=overwrite)
@@ -74,5 +77,5 @@ def write_refined(out_path, result, voxel_size, origin=(0.0, 0.0, 0.0), *,
     # the main file last: a set whose main file exists is complete (each file is written
     # atomically), which is how a stopped batch knows what it finished (pipeline.batch)
     for path, volume in list(zip(paths, volumes))[::-1]:
-        write_mrc(path, volume, voxel_size, origin)
+        write_volume(path, volume, voxel_size, origin, provenance=provenance)
     return paths

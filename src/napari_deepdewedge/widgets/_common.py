@@ -65,9 +65,15 @@ def find_layer(viewer, name: str):
 
 
 def geometry(layer) -> tuple[tuple, tuple]:
-    """The last three entries of ``scale`` and ``translate`` (Z, Y, X)."""
-    scale = tuple(float(v) for v in layer.scale[-3:])
-    translate = tuple(float(v) for v in layer.translate[-3:])
+    """The last three entries of ``scale`` and ``translate`` (Z, Y, X), in Å: a layer in
+    nanometres (``napari-ome-zarr`` keeps an OME-Zarr file's units) is converted; a layer
+    without physical units (``pixel``) is taken as Å."""
+    from ..core.omezarr import UNIT_ANGSTROM
+
+    units = [str(u) for u in (getattr(layer, "units", None) or ())][-3:]
+    factors = [UNIT_ANGSTROM.get(u, 1.0) for u in units] if len(units) == 3 else [1.0] * 3
+    scale = tuple(float(v) * f for v, f in zip(layer.scale[-3:], factors))
+    translate = tuple(float(v) * f for v, f in zip(layer.translate[-3:], factors))
     return scale, translate
 
 
@@ -76,7 +82,8 @@ def layer_source(layer):
     stays lazy. Call this in the GUI thread and hand the result to a job, which reads it with
     :func:`read_array` on its worker thread (the GUI never waits for a file or a dask graph)."""
     data = layer.data
-    if isinstance(data, (list, tuple)):  # multiscale: the full resolution level
+    # multiscale (napari's MultiScaleData is no list: napari-ome-zarr's layers): the finest level
+    if getattr(layer, "multiscale", False) or isinstance(data, (list, tuple)):
         data = data[0]
     return data
 
@@ -110,11 +117,15 @@ def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), met
 
     Keeps the given geometry (scale/translate in Å, (Z, Y, X)) and sets ``contrast``: jobs
     compute it on their worker (:func:`percentile_limits`); without it, it is computed here,
-    in the GUI thread, from a sample.
+    in the GUI thread, from a sample. ``data`` may be a list of levels, finest first (a
+    multiscale layer: :func:`..core.omezarr.pyramid_levels`).
     """
-    limits = contrast if contrast is not None else percentile_limits(data)
+    levels = isinstance(data, (list, tuple))
+    finest = data[0] if levels else data
+    limits = contrast if contrast is not None else percentile_limits(finest)
     layer = find_layer(viewer, name)
-    if layer is not None and is_image(layer) and layer.ndim == np.ndim(data):
+    if layer is not None and is_image(layer) and layer.ndim == np.ndim(finest) \
+            and bool(getattr(layer, "multiscale", False)) == levels:
         layer.data = data
         layer.scale = scale
         layer.translate = translate
@@ -128,8 +139,10 @@ def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), met
     if layer is not None:
         viewer.layers.remove(layer)
     # every layer in Å, as the reader and sample data do (mixed units make napari warn)
-    ndim = np.ndim(data)
+    ndim = np.ndim(finest)
     kwargs = {"units": ANGSTROM_UNITS[:ndim]}
+    if levels:
+        kwargs["multiscale"] = True
     if ndim == 3:
         kwargs["axis_labels"] = ("z", "y", "x")
     return viewer.add_image(

@@ -53,11 +53,23 @@ class RefinedDisplay:
     limits: dict = field(default_factory=dict)
     disagreement: object = None
     disagreement_high: float = 1.0
+    levels: list | None = None  # the refined tomogram's pyramid when it is big
+
+
+#: refined tomograms of at least this size come back as multiscale layers (1 GiB: 256×1024×1024
+#: float32); the pyramid costs a seventh more memory
+MULTISCALE_BYTES = 1 << 30
 
 
 def display_of(result) -> RefinedDisplay:
-    """:class:`RefinedDisplay` of a ``RefineResult`` (worker side)."""
+    """:class:`RefinedDisplay` of a ``RefineResult`` (worker side). A refined tomogram of at
+    least :data:`MULTISCALE_BYTES` also gets its pyramid (``levels``), shown as a multiscale
+    layer: napari's 3D view then renders a coarse level instead of the whole volume."""
     shown = RefinedDisplay(result, {"refined": percentile_limits(result.refined)})
+    if result.refined.nbytes >= MULTISCALE_BYTES:
+        from ..core.omezarr import pyramid_levels
+
+        shown.levels = pyramid_levels(result.refined)
     if result.half0 is not None:
         shown.limits["refined even"] = percentile_limits(result.half0)
         shown.limits["refined odd"] = percentile_limits(result.half1)
@@ -66,6 +78,10 @@ def display_of(result) -> RefinedDisplay:
         high = percentile_limits(shown.disagreement, 0.0, 99.5)[1]
         shown.disagreement_high = high if high > 0 else 1.0
     return shown
+
+
+#: the Save… dialog's second format: a pyramid napari browses lazily (core.omezarr)
+OME_ZARR_FILTER = "OME-Zarr 0.4 pyramid (*.zarr)"
 
 
 class RefineWidget(DDWPanel):
@@ -197,7 +213,8 @@ class RefineWidget(DDWPanel):
             for role, data in (("refined even", result.half0), ("refined odd", result.half1)):
                 steps.append(partial(add, role, data, visible=False,
                                      contrast=shown.limits[role]))
-        steps.append(partial(add, "refined", result.refined, contrast=shown.limits["refined"]))
+        steps.append(partial(add, "refined", shown.levels or result.refined,
+                             contrast=shown.limits["refined"]))
         if self._keep and shown.disagreement is not None:
             steps.append(partial(
                 add, "consistency", shown.disagreement,
@@ -215,8 +232,8 @@ class RefineWidget(DDWPanel):
             self.state.refined_version += 1
             self.bar.setValue(1000)
             self.save_button.setEnabled(True)
-            self.status.setText(f"Done: '{refined_name}'. Save… writes it as MRC; Compare "
-                                "shows it beside the FBP.")
+            self.status.setText(f"Done: '{refined_name}'. Save… writes it as MRC or "
+                                "OME-Zarr; Compare shows it beside the FBP.")
 
         self.status.setText("Showing the result…")
         self.in_turns(*steps, finish)
@@ -226,7 +243,8 @@ class RefineWidget(DDWPanel):
         """Write the last refinement with the pipeline's write_refined, under the CLI's names:
         ``OUT.mrc`` and, with per-half results, ``OUT_half0.mrc``, ``OUT_half1.mrc`` and
         ``OUT_consistency.mrc`` (the SIGNED half0 − half1; the layer shows its absolute value),
-        with the voxel size and origin of the halves. Existing files are replaced only after
+        with the voxel size and origin of the halves; ``OUT.zarr`` (or the dialog's OME-Zarr
+        choice) writes the same names as OME-Zarr pyramids. Existing files are replaced only after
         the user confirms."""
         from ..pipeline import write_refined
 
@@ -239,11 +257,19 @@ class RefineWidget(DDWPanel):
 
             folder = self.state.out_dir or str(Path.home())
             suggestion = str(Path(folder) / f"{self._base.replace(' ', '_')}_refined.mrc")
-            path, _ = QFileDialog.getSaveFileName(self, "Save the refined tomogram", suggestion,
-                                                  "MRC (*.mrc)")
+            path, chosen = QFileDialog.getSaveFileName(
+                self, "Save the refined tomogram", suggestion,
+                f"MRC (*.mrc);;{OME_ZARR_FILTER}")
             if not path:
                 return False
+            if chosen == OME_ZARR_FILTER and not path.lower().endswith(".zarr"):
+                path = str(Path(path).with_suffix(".zarr"))
+        from ..core.omezarr import provenance_record
+
         scale, translate = self._geometry
+        record = provenance_record(model=self.model_path.text().strip() or None,
+                                   command="napari: Refine dock")
         return self.save_files("refined tomogram",
-                               partial(write_refined, path, result, scale, translate),
+                               partial(write_refined, path, result, scale, translate,
+                                       provenance=record),
                                controls=(self.save_button,))
