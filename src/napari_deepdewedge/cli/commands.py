@@ -43,6 +43,7 @@ def reconstruct(args, request, out: Path, *, overwrite: bool):
     refuse_existing(halves_paths(out, request.stem, with_full=request.want_full), overwrite=overwrite)
     with Progress("reconstruct", quiet=args.quiet, unit=None) as bar:
         halves = reconstruct_halves(request, progress=bar)
+    info(args, halves.ctf_summary)
     return halves, write_halves(out, halves.stem, halves, overwrite=overwrite)
 
 

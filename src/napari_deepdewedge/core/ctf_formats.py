@@ -357,6 +357,15 @@ def _read_mdoc(path: Path) -> ListedCTF:
                                "(CTFFIND, ctfplotter) and give that file",))
 
 
+def _has_grid_ctf(path: Path) -> bool:
+    import xml.etree.ElementTree as ET
+
+    try:
+        return ET.parse(path).getroot().find("GridCTF") is not None
+    except ET.ParseError:
+        return False
+
+
 def read_ctf_file(path, stack_stem: str | None = None) -> ListedCTF:
     """Every view's defocus one CTF file lists (any supported kind), unmatched to a stack."""
     path = Path(path)
@@ -472,6 +481,8 @@ def resolve_ctf(spec, listed_angles, used: np.ndarray, stack_path=None, *,
             kind, path = listed_angles.kind, listed_angles.source
             if kind not in ("relion-star", "warp-xml") or path is None:
                 return None
+            if kind == "warp-xml" and not _has_grid_ctf(path):
+                return None  # Warp writes a <CTF> node before any fit: only a per-tilt fit counts
             try:
                 listed = read_ctf_file(path, stack_stem)
             except DDWError as exc:
