@@ -210,3 +210,29 @@ def test_not_a_ctf_file(tmp_path):
         read_ctf_file(path)
     with pytest.raises(DDWError, match="not a CTF file this plugin reads"):
         read_ctf_file(CTF.parent / "imod" / "TS_01.tlt")
+
+
+def test_the_simulator_writes_every_format_and_each_reads_back(tmp_path):
+    from napari_deepdewedge.core.ctf_phantom import (
+        view_defoci,
+        write_ctffind_txt,
+        write_imod_defocus,
+        write_relion_star,
+        write_warp_xml,
+    )
+    from napari_deepdewedge.core.ctf import ViewCTF
+
+    d = view_defoci(21, 5.0, 0.3, seed=1)
+    ctf = ViewCTF(d + 0.02, d - 0.02, np.full(21, 12.0), np.zeros(21))
+    paths = [write_ctffind_txt(tmp_path / "TS_ctffind4.txt", ctf, 5.0),
+             write_imod_defocus(tmp_path / "TS.defocus", ctf, ANGLES, version=3),
+             write_imod_defocus(tmp_path / "TS_v2.defocus", ctf, ANGLES, version=2),
+             write_warp_xml(tmp_path / "TS.xml", ctf, ANGLES, 5.0),
+             write_relion_star(tmp_path / "relion", "TS", ctf, ANGLES, 5.0)]
+    for path in paths:
+        meta = resolve_tilt_metadata(ANGLES, 21, ctf=path)
+        # file precision: IMOD 0.1 nm, Warp 1e-5 µm, CTFFIND/RELION 1e-6 Å
+        np.testing.assert_allclose(meta.ctf.defocus, d, atol=1e-4, err_msg=path.name)
+        if path.name != "TS_v2.defocus":
+            np.testing.assert_allclose(meta.ctf.defocus_u - meta.ctf.defocus_v, 0.04, atol=2e-4,
+                                       err_msg=path.name)

@@ -246,7 +246,8 @@ def run_many(args) -> int:
 
     for flag, value in (("--even-odd", args.even_odd), ("--angles", args.angles),
                         ("--tilt-range", args.tilt_range), ("--resume", args.resume),
-                        ("--mask", args.mask)):
+                        ("--mask", args.mask), ("--ctf", args.ctf),
+                        ("--invert", args.invert or None)):
         if value is not None:
             raise DDWError(f"{flag} is for one tilt series; a project finds each stack's angle "
                            "file beside it and continues its own fit from DIR/job.json")
@@ -267,6 +268,8 @@ def run_many(args) -> int:
         overlap=args.overlap, refine_batch_size=args.refine_batch_size or 4,
         keep_halves=not args.no_halves)
     info(args, f"project of {len(series)} tilt series in {out} (state: {out / 'job.json'})")
+    info(args, "CTF: not corrected in a project run (phase flipping is per stack for now: "
+               "'deepdewedge run TS.mrc --ctf FILE' or 'reconstruct' each stack)")
     t0 = time.perf_counter()
     stopper = StopOnCtrlC()
     with stopper, FitReport(quiet=args.quiet) as fit_report, \

@@ -163,3 +163,54 @@ def write_imod_defocus(path, ctf: ViewCTF, angles, version: int = 3) -> Path:
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_warp_xml(path, ctf: ViewCTF, angles, pixel_size: float) -> Path:
+    """A Warp tilt-series XML: ``<Angles>``, ``<UseTilt>``, the ``<CTF>`` params (µm, kV, mm) and
+    the per-tilt ``GridCTF`` (mean defocus), ``GridCTFDefocusDelta`` (U − V) and
+    ``GridCTFDefocusAngle`` nodes (Z = view)."""
+    join = "\n".join
+    n = ctf.count
+
+    def grid(tag, values):
+        nodes = join(f'\t\t<Node X="0" Y="0" Z="{z}" W="{v:.5f}" />' for z, v in enumerate(values))
+        return f'\t<{tag} Width="1" Height="1" Depth="{n}" Duration="1">\n{nodes}\n\t</{tag}>\n'
+
+    params = [("PixelSize", f"{pixel_size:g}"), ("Cs", f"{ctf.cs:g}"),
+              ("Voltage", f"{ctf.voltage:g}"), ("Amplitude", f"{ctf.amplitude_contrast:g}"),
+              ("Defocus", f"{float(ctf.defocus.mean()):.5f}"), ("DefocusDelta", "0"),
+              ("DefocusAngle", "0"), ("PhaseShift", "0")]
+    text = ('<?xml version="1.0" encoding="utf-8"?>\n'
+            '<TiltSeries DataDirectory="" AreAnglesInverted="False" PlaneNormal="0, 0, 1">\n'
+            f"\t<Angles>{join(f'{a:g}' for a in np.asarray(angles, dtype=float))}</Angles>\n"
+            f"\t<UseTilt>{join('True' for _ in range(n))}</UseTilt>\n"
+            "\t<CTF>\n" + join(f'\t\t<Param Name="{k}" Value="{v}" />' for k, v in params)
+            + "\n\t</CTF>\n" + grid("GridCTF", ctf.defocus)
+            + grid("GridCTFDefocusDelta", ctf.defocus_u - ctf.defocus_v)
+            + grid("GridCTFDefocusAngle", ctf.astigmatism_angle) + "</TiltSeries>\n")
+    path = Path(path)
+    path.write_text(text)
+    return path
+
+
+def write_relion_star(folder, stem: str, ctf: ViewCTF, angles, pixel_size: float) -> Path:
+    """RELION 5: ``tomograms.star`` (the optics, the series' star path relative to ``folder``)
+    and ``tilt_series/<stem>.star`` (``rlnDefocusU/V`` Å, ``rlnDefocusAngle``, tilt angles)."""
+    folder = Path(folder)
+    (folder / "tilt_series").mkdir(parents=True, exist_ok=True)
+    columns = ["rlnTomoName", "rlnTomoTiltSeriesStarFile", "rlnVoltage",
+               "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnTomoTiltSeriesPixelSize"]
+    lines = ["", "# version 50001", "", "data_global", "", "loop_"]
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(columns)]
+    lines.append(f"{stem} tilt_series/{stem}.star {ctf.voltage:.6f} {ctf.cs:.6f} "
+                 f"{ctf.amplitude_contrast:.6f} {pixel_size:.6f}")
+    (folder / "tomograms.star").write_text("\n".join(lines) + "\n\n")
+    columns = ["rlnTomoNominalStageTiltAngle", "rlnTomoYTilt", "rlnDefocusU", "rlnDefocusV",
+               "rlnDefocusAngle"]
+    lines = ["", "# version 50001", "", f"data_{stem}", "", "loop_"]
+    lines += [f"_{c} #{i + 1}" for i, c in enumerate(columns)]
+    for i, a in enumerate(np.asarray(angles, dtype=float)):
+        lines.append(f"{a:.6f} {a:.6f} {ctf.defocus_u[i] * 1e4:.6f} {ctf.defocus_v[i] * 1e4:.6f} "
+                     f"{ctf.astigmatism_angle[i]:.6f}")
+    (folder / "tilt_series" / f"{stem}.star").write_text("\n".join(lines) + "\n\n")
+    return folder / "tomograms.star"
