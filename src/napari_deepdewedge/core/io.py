@@ -375,6 +375,10 @@ def load_tilt_series(path, angles=None, tilt_axis_x: bool = False, *, exclude=No
 
         check_pixel_size(meta.ctf, float(pixel))
         extra["ctf"] = meta.ctf
+        if tilt_axis_x and meta.ctf is not None:  # X and Y swapped: α from X becomes 90° − α
+            from dataclasses import replace
+
+            extra["ctf"] = replace(meta.ctf, astigmatism_angle=90.0 - meta.ctf.astigmatism_angle)
     return TiltSeries(
         data=data, angles=meta.angles, pixel_size=float(pixel), origin=vol.origin,
         name=Path(path).stem, meta={"tilt_metadata": meta, **extra},
