@@ -112,7 +112,7 @@ def simulate_ctf_tilt_series(volume, angles, pixel_size: float, *, defocus_um: f
 
 def make_ctf_sample(shape=(48, 128, 128), tilt_range=(-60, 60, 2), *, pixel_size: float = 5.0,
                     defocus_um: float = 5.0, spread_um: float = 0.3, snr: float | None = 0.5,
-                    seed: int = 0, device=None) -> CTFSample:
+                    seed: int = 0, device=None, **kw) -> CTFSample:
     """A phantom (``make_phantom``) and its tilt series with the CTF."""
     from .io import angles_from_range
     from .phantom import make_phantom
@@ -120,7 +120,8 @@ def make_ctf_sample(shape=(48, 128, 128), tilt_range=(-60, 60, 2), *, pixel_size
     angles = angles_from_range(*(float(v) for v in tilt_range))
     truth = make_phantom(shape, seed, pixel_size=pixel_size)
     return simulate_ctf_tilt_series(truth, angles, pixel_size, defocus_um=defocus_um,
-                                    spread_um=spread_um, snr=snr, seed=seed, device=device)
+                                    spread_um=spread_um, snr=snr, seed=seed, device=device,
+                                    **kw)
 
 
 # ------------------------------------------------------------------------ the programs' files
