@@ -12,6 +12,8 @@ the tilted specimen and through its thickness; seed 3):
   B  10 Å pixels, same (the first zero, ~32 Å, sits near Nyquist = 20 Å)
   C  5 Å pixels, a wide field 32×64×384, 41 views, noiseless: where the gradient across the
      field matters (0.33 µm at 60°); also flipped without the gradient and with its sign wrong.
+  D  2.5 Å pixels, 16×32×512, 21 views (6°), noiseless: finer pixels, where the tolerance is
+     tighter (0.22 µm across the field at 60°).
 Each figure: [FSC-0.143 resolution in pixels (lower is better, 2 = Nyquist), mean FSC over the
 shells past the first zero of the mean defocus (higher is better)].
 """
@@ -29,6 +31,7 @@ CASES = {
     "A": dict(shape=(48, 128, 128), step=2.0, pixel=5.0, snr=0.5),
     "B": dict(shape=(48, 128, 128), step=2.0, pixel=10.0, snr=0.5),
     "C": dict(shape=(32, 64, 384), step=3.0, pixel=5.0, snr=None, layer_voxels=32),
+    "D": dict(shape=(16, 32, 512), step=6.0, pixel=2.5, snr=None, layer_voxels=16),
 }
 
 
@@ -81,7 +84,7 @@ def run_case(name: str, shape, step, pixel, snr, layer_voxels=8) -> dict:
     del plain
     ideal = PhaseFlip(s.ctf, s.angles, pixel, strip_width=1)
     out["ideal_flip"] = res(fbp(s.tilt_series, s.angles, shape[0], phase_flip=ideal))
-    if name == "C":
+    if name in ("C", "D"):
         for label, sign in (("flip_without_gradient", 0.0), ("flip_gradient_sign_wrong", -1.0)):
             flip = PhaseFlip(s.ctf, s.angles, pixel, gradient_sign=sign)
             out[label] = res(fbp(s.tilt_series, s.angles, shape[0], phase_flip=flip))

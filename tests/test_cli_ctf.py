@@ -59,7 +59,7 @@ def test_phase_flipped_fbp_comes_close_to_an_ideal_flip(tmp_path, sample, capsys
     err = capsys.readouterr().err
     assert rc == 0, err
     assert f"CTF: 41 defoci from {ctf_file}, " in err and "phase flipped" in err
-    assert "contrast inverted (--invert): dense material bright" in err
+    assert "contrast inverted (--invert): dense material bright for raw micrographs" in err
     flipped = _resolution_px(read_mrc(out / "TS_full.mrc").data, sample.ground_truth)
     # the ideal: the true defoci, every detector column its own defocus (1-px strips)
     ideal_flip = PhaseFlip(sample.ctf, sample.angles, PIXEL, strip_width=1)
@@ -78,7 +78,8 @@ def test_beside_the_stack_no_ctf_and_invert(tmp_path, sample, capsys):
     assert _run(stack, "--out", tmp_path / "auto") == 0  # TS.tlt and TS_ctffind4.txt found
     err = capsys.readouterr().err
     assert "CTF: 41 defoci from TS_ctffind4.txt" in err
-    assert "contrast as in the images: dense material dark (--invert for bright)" in err
+    assert ("contrast as in the images: dense material dark for raw micrographs (--invert for "
+            "bright)") in err
     assert _run(stack, "--ctf", tmp_path / "in" / "TS_ctffind4.txt", "--out",
                 tmp_path / "named") == 0
     auto = read_mrc(tmp_path / "auto" / "TS_even.mrc").data

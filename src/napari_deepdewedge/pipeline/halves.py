@@ -137,8 +137,10 @@ def _phase_flip(series: TiltSeries, request: HalvesRequest):
 def _ctf_summary(request: HalvesRequest, series: TiltSeries, flip, stem: str) -> str:
     """``CTF: 61 defoci from TS_ctffind4.txt, 4.70…5.30 µm (…), phase flipped in 16-px strips;
     contrast: …`` — what was applied, and the contrast of the output."""
-    contrast = ("contrast inverted (--invert): dense material bright" if request.invert else
-                "contrast as in the images: dense material dark (--invert for bright)")
+    # phase flipping keeps the sign of the lowest frequencies: the output has the images' contrast
+    contrast = ("contrast inverted (--invert): dense material bright for raw micrographs"
+                if request.invert else "contrast as in the images: dense material dark for raw "
+                "micrographs (--invert for bright)")
     if flip is None:
         if not request.ctf:
             return f"CTF: not corrected (--no-ctf); {contrast}"
