@@ -57,7 +57,9 @@ def run_case(name: str, shape, step, pixel, snr, layer_voxels=8) -> dict:
         """(FSC-0.143 resolution in px, mean FSC over the shells past the first zero)."""
         freqs, curve = fsc(-volume, s.ground_truth, pixel)
         past = np.isfinite(curve) & (freqs >= k1)
-        return [round(fsc_crossing(freqs, curve) / pixel, 2), round(float(curve[past].mean()), 3)]
+        crossing = fsc_crossing(freqs, curve) / pixel  # inf: never above 0.143 → null
+        return [round(crossing, 2) if np.isfinite(crossing) else None,
+                round(float(curve[past].mean()), 3)]
 
     out = {"case": name, "shape": list(shape), "views": int(s.angles.size), "pixel_A": pixel,
            "snr": snr, "defocus_um": [round(float(s.ctf.defocus.min()), 2),
