@@ -44,6 +44,7 @@ def reconstruct(args, request, out: Path, *, overwrite: bool):
     refuse_existing(halves_paths(out, request.stem, with_full=request.want_full), overwrite=overwrite)
     with Progress("reconstruct", quiet=args.quiet, unit=None) as bar:
         halves = reconstruct_halves(request, progress=bar)
+    info(args, halves.ctf_summary)
     return halves, write_halves(out, halves.stem, halves, overwrite=overwrite)
 
 
@@ -263,7 +264,8 @@ def run_many(args) -> int:
     for flag, value in (("--even-odd", args.even_odd), ("--angles", args.angles),
                         ("--refined-format", args.refined_format),
                         ("--tilt-range", args.tilt_range), ("--resume", args.resume),
-                        ("--mask", args.mask)):
+                        ("--mask", args.mask), ("--ctf", args.ctf),
+                        ("--invert", args.invert or None)):
         if value is not None:
             raise DDWError(f"{flag} is for one tilt series; a project finds each stack's angle "
                            "file beside it and continues its own fit from DIR/job.json")
@@ -284,6 +286,8 @@ def run_many(args) -> int:
         overlap=args.overlap, refine_batch_size=args.refine_batch_size or 4,
         keep_halves=not args.no_halves)
     info(args, f"project of {len(series)} tilt series in {out} (state: {out / 'job.json'})")
+    info(args, "CTF: not corrected in a project run (phase flipping is per stack for now: "
+               "'deepdewedge run TS.mrc --ctf FILE' or 'reconstruct' each stack)")
     t0 = time.perf_counter()
     stopper = StopOnCtrlC()
     with stopper, FitReport(quiet=args.quiet) as fit_report, \

@@ -27,10 +27,13 @@ def halves_request(args, *, want_full: bool) -> HalvesRequest:
     if args.tiltseries is None and args.even_odd is None:
         raise DDWError("no input: give a tilt series (TILTSERIES) or two frame-half series "
                        "(--even-odd EVN ODD)")
+    no_ctf = bool(getattr(args, "no_ctf", False))
     common = dict(thickness=args.thickness, binning=args.bin or 1,
-                  bin_mode=args.bin_mode or "fourier", device=args.device, want_full=want_full)
+                  bin_mode=args.bin_mode or "fourier", device=args.device, want_full=want_full,
+                  ctf=not no_ctf, ctf_strip=getattr(args, "ctf_strip", None),
+                  invert=bool(getattr(args, "invert", False)))
     kw = dict(tilt_axis_x=args.tilt_axis_x, exclude=getattr(args, "exclude", None),
-              voxel_size=getattr(args, "voxel_size", None))
+              voxel_size=getattr(args, "voxel_size", None), ctf=_ctf_request(args))
     if args.tiltseries is not None:
         series = load_tilt_series(args.tiltseries, angles=angles, **kw)
         _info_angles(args, series)
@@ -50,11 +53,25 @@ def halves_request(args, *, want_full: bool) -> HalvesRequest:
     return HalvesRequest(frame_halves=(even, odd), stem=stem, **common)
 
 
+def _ctf_request(args):
+    """``--ctf FILE`` / a file found beside the stack (``auto``) / none with ``--no-ctf``."""
+    if getattr(args, "no_ctf", False):
+        return None
+    from ..core.ctf_formats import CTFRequest
+
+    return CTFRequest(source=str(args.ctf) if getattr(args, "ctf", None) else "auto",
+                      voltage=getattr(args, "voltage", None), cs=getattr(args, "cs", None),
+                      amplitude_contrast=getattr(args, "amplitude_contrast", None))
+
+
 def _info_angles(args, series) -> None:
     """The info line: where the angles came from, how many, their range, the excluded views."""
     found = series.meta.get("tilt_metadata")
     if found is not None:
         info(args, f"angles: {found.summary()}")
+    ctf = series.meta.get("ctf")
+    for warning in (ctf.warnings if ctf is not None else ()):
+        info(args, f"warning: {warning}")
 
 
 def read_pair(even_path, odd_path):

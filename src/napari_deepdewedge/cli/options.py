@@ -145,7 +145,25 @@ def reconstruction_options(*, thickness_required: bool) -> Group:
             "(default fourier)", choices=("fourier", "average")),
         Opt(("--full",), "full", "also write the reconstruction from all projections "
             "(<stem>_full.mrc)", kind="switch"),
-    ))
+        Opt(("--ctf",), "ctf", "defocus per view for phase flipping: CTFFIND .txt, IMOD "
+            ".defocus, RELION 5 .star, Warp .xml, SerialEM .mdoc (nominal: warned). Default: "
+            "such a file beside the stack (<stem>.defocus, <stem>_ctffind4.txt, <stem>_CTF.txt "
+            "…) or the fitted defoci in the angle metadata (RELION, Warp)", metavar="FILE"),
+        Opt(("--no-ctf",), "no_ctf", "do not phase flip, even when a defocus file is found",
+            kind="switch"),
+        Opt(("--voltage",), "voltage", "microscope voltage in kV when the CTF file does not say "
+            "(default 300)", type=positive_float, metavar="KV"),
+        Opt(("--cs",), "cs", "spherical aberration in mm when the CTF file does not say "
+            "(default 2.7)", type=_number(float, lambda v: 0 <= v <= 10, "in 0–10 mm"),
+            metavar="MM"),
+        Opt(("--amplitude-contrast",), "amplitude_contrast", "amplitude contrast fraction when "
+            "the CTF file does not say (default 0.07)", type=fraction, metavar="A"),
+        Opt(("--ctf-strip",), "ctf_strip", "phase-flip strip width in output pixels (default: "
+            "per tilt, narrow enough that the defocus gradient costs < π/8 of phase at Nyquist)",
+            type=positive_int, metavar="PX"),
+        Opt(("--invert",), "invert", "invert the contrast of the tomograms (dense material "
+            "bright; by default it is dark, as in the images)", kind="switch"),
+    ), exclusive=("ctf", "no_ctf"))
 
 
 HALVES_INPUT = Group("inputs (or from --config)", (

@@ -33,10 +33,18 @@ def split_even_odd(series: TiltSeries) -> tuple[TiltSeries, TiltSeries]:
                 pixel_size=series.pixel_size,
                 origin=series.origin,
                 name=f"{series.name} {label}",
-                meta=dict(series.meta),
+                meta=_meta_of_views(series.meta, index),
             )
         )
     return halves[0], halves[1]
+
+
+def _meta_of_views(meta: dict, index) -> dict:
+    """The series' metadata for a subset of its views: per-view entries (the CTF) follow."""
+    out = dict(meta)
+    if out.get("ctf") is not None:
+        out["ctf"] = out["ctf"].take(index)
+    return out
 
 
 def check_same_shape(a: np.ndarray, b: np.ndarray, what: str = "halves") -> None:

@@ -357,26 +357,38 @@ def resolve_angles(angles, n_tilts: int, stack_path=None, *, exclude=None) -> np
 
 
 def load_tilt_series(path, angles=None, tilt_axis_x: bool = False, *, exclude=None,
-                     voxel_size=None) -> TiltSeries:
+                     voxel_size=None, ctf=None) -> TiltSeries:
     """Read an aligned tilt series and its angles (see :func:`resolve_tilt_metadata`).
 
     ``tilt_axis_x`` transposes Y and X for stacks whose tilt axis runs along X. ``exclude``:
     1-based views left out (list, ``"1,2,40"`` or an IMOD ``.com``); views the metadata marks
     excluded that the stack still holds are dropped. ``voxel_size`` (Å) overrides the header.
-    ``series.meta["tilt_metadata"]`` is the :class:`~core.tilt_metadata.TiltMetadata`.
+    ``series.meta["tilt_metadata"]`` is the :class:`~core.tilt_metadata.TiltMetadata`;
+    ``ctf`` (``"auto"``, a file, a ``CTFRequest``; ``None``: none) puts the views' CTF in
+    ``series.meta["ctf"]`` (a :class:`~core.ctf.ViewCTF`, or ``None`` when none was found).
     """
     from .tilt_metadata import resolve_tilt_metadata
 
     vol = read_mrc(path, voxel_size=voxel_size)
     data = vol.data
     meta = resolve_tilt_metadata(angles, data.shape[0], stack_path=path, exclude=exclude,
-                                 frame_shape=data.shape[1:])
+                                 frame_shape=data.shape[1:], ctf=ctf)
     if meta.keep is not None:
         data = data[meta.keep]
     if tilt_axis_x:
         data = np.swapaxes(data, 1, 2)
     pixel = vol.voxel_size[2 if not tilt_axis_x else 1]
+    extra = {}
+    if ctf is not None:
+        from .ctf_formats import check_pixel_size
+
+        check_pixel_size(meta.ctf, float(pixel))
+        extra["ctf"] = meta.ctf
+        if tilt_axis_x and meta.ctf is not None:  # X and Y swapped: α from X becomes 90° − α
+            from dataclasses import replace
+
+            extra["ctf"] = replace(meta.ctf, astigmatism_angle=90.0 - meta.ctf.astigmatism_angle)
     return TiltSeries(
         data=data, angles=meta.angles, pixel_size=float(pixel), origin=vol.origin,
-        name=Path(path).stem, meta={"tilt_metadata": meta},
+        name=Path(path).stem, meta={"tilt_metadata": meta, **extra},
     )

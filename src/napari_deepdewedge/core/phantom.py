@@ -509,3 +509,11 @@ def make_sample(
     truth = make_phantom(shape, seed, pixel_size=pixel_size)
     series = simulate_tilt_series(truth, angles, snr=snr, seed=int(seed) + 1, device=device)
     return SampleData(tilt_series=series, angles=angles, ground_truth=truth, pixel_size=float(pixel_size))
+
+
+def simulate_ctf_tilt_series(volume, angles, pixel_size: float, **kw):
+    """The tilt series with the microscope's CTF (per-view defocus with a spread, the gradient
+    across the tilted specimen): :func:`core.ctf_phantom.simulate_ctf_tilt_series`."""
+    from .ctf_phantom import simulate_ctf_tilt_series as simulate
+
+    return simulate(volume, angles, pixel_size, **kw)

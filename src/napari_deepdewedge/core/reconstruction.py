@@ -433,6 +433,7 @@ def fbp(
     device=None,
     chunk_y: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    phase_flip=None,
 ) -> np.ndarray:
     """Weighted back-projection of an aligned tilt series (DESIGN §2.2).
 
@@ -453,6 +454,8 @@ def fbp(
     chunk_y : Y-rows back-projected at once (bounds memory); ``None``: 32 on CPU (fastest
         there), on GPUs as many as fit in 128 MB of output.
     progress : called as ``progress(done, total)`` after every Y-chunk.
+    phase_flip : a :class:`core.ctf.PhaseFlip` for these projections (stack order): each
+        projection is phase flipped strip by strip after binning, before the ramp filter.
 
     Returns
     -------
@@ -504,6 +507,8 @@ def fbp(
             )
         if b > 1:
             p = _bin_torch(p, b, bin_mode)
+        if phase_flip is not None:
+            p = phase_flip.apply(p, t0, binning=b)
         padded = _pad_rows(p, length)
         del p
         if lp_filter is None:

@@ -75,6 +75,7 @@ class TiltMetadata:
     dose: np.ndarray | None = None
     defocus: np.ndarray | None = None
     notes: tuple[str, ...] = ()
+    ctf: object = None  # core.ctf.ViewCTF of the used views when a CTF was asked for (ctf=)
 
     @property
     def count(self) -> int:
@@ -290,7 +291,7 @@ def _match(listed: Listed, n_tilts: int) -> tuple[np.ndarray, np.ndarray | None]
 
 
 def resolve_tilt_metadata(angles, n_tilts: int, stack_path=None, *, exclude=None,
-                          frame_shape=None) -> TiltMetadata:
+                          frame_shape=None, ctf=None) -> TiltMetadata:
     """THE angle resolution every front end uses.
 
     ``angles``: ``None`` (a metadata file beside ``stack_path``, :func:`find_metadata_file`),
@@ -298,7 +299,9 @@ def resolve_tilt_metadata(angles, n_tilts: int, stack_path=None, *, exclude=None
     ``exclude``: 1-based views left out, as a list, an IMOD list string (``"1,2,40"``) or an
     IMOD ``.com`` path; added to what the metadata itself marks excluded (and to a
     ``tilt*.com`` EXCLUDELIST beside a ``.tlt`` that names it). ``frame_shape`` (Y, X) lets a
-    metadata file from another stack be refused.
+    metadata file from another stack be refused. ``ctf``: ``None`` (none), ``"auto"``, a CTF
+    file or a ``core.ctf_formats.CTFRequest`` — the per-view CTF, matched to the views exactly
+    as the angles are (``core.ctf_formats.resolve_ctf``), in ``.ctf``.
     """
     listed = _listed_from_spec(angles, n_tilts, stack_path)
     notes = list(listed.notes)
@@ -310,6 +313,12 @@ def resolve_tilt_metadata(angles, n_tilts: int, stack_path=None, *, exclude=None
     listed.excluded |= _user_exclusions(exclude)
     _check_frame_shape(listed, frame_shape)
     used, keep = _match(listed, n_tilts)
+    view_ctf = None
+    if ctf is not None:
+        from .ctf_formats import resolve_ctf
+
+        stem = None if stack_path is None else HALF_SUFFIX.sub("", Path(stack_path).stem)
+        view_ctf = resolve_ctf(ctf, listed, used, stack_path, stack_stem=stem)
 
     def per_view(values):
         return None if values is None or values.size != listed.angles.size else values[used]
@@ -318,4 +327,4 @@ def resolve_tilt_metadata(angles, n_tilts: int, stack_path=None, *, exclude=None
         angles=listed.angles[used], kind=listed.kind, source=listed.source,
         listed_angles=listed.angles, excluded=tuple(sorted(listed.excluded)), keep=keep,
         tilt_axis=listed.tilt_axis, dose=per_view(listed.dose),
-        defocus=per_view(listed.defocus), notes=tuple(notes))
+        defocus=per_view(listed.defocus), notes=tuple(notes), ctf=view_ctf)

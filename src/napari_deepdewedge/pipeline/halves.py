@@ -35,6 +35,9 @@ class HalvesRequest:
     device: object = None
     want_full: bool = False         # also the tomogram from all projections
     stem: str | None = None         # output stem; default: from the series' names (stem_of)
+    ctf: bool = True                # phase flip with the series' CTF (meta["ctf"]) when it has one
+    ctf_strip: int | None = None    # strip width in output pixels; None: automatic (core.ctf)
+    invert: bool = False            # multiply the tomograms by −1 (dense bright)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Halves:
     stem: str
     angles_even: np.ndarray | None = None
     angles_odd: np.ndarray | None = None
+    ctf_summary: str = ""           # what was done about the CTF and the contrast (one line)
 
 
 def _split(request: HalvesRequest):
@@ -100,9 +104,13 @@ def reconstruct_halves(request: HalvesRequest,
     kw = dict(binning=int(request.binning), bin_mode=request.bin_mode,
               apodization=request.apodization, device=device)
     jobs = [even, odd] + ([full_series] if full_series is not None else [])
+    flips = [_phase_flip(series, request) for series in jobs]
     volumes = [fbp(series.data, series.angles, int(request.thickness),
-                   progress=_part(progress, i, len(jobs)), **kw)
-               for i, series in enumerate(jobs)]
+                   progress=_part(progress, i, len(jobs)), phase_flip=flip, **kw)
+               for i, (series, flip) in enumerate(zip(jobs, flips))]
+    if request.invert:
+        for volume in volumes:
+            np.negative(volume, out=volume)
     full = volumes[2] if full_series is not None else None
     if request.want_full and full is None:  # frame halves: FBP is linear, so the mean
         full = (volumes[0] + volumes[1]) * np.float32(0.5)
@@ -112,7 +120,40 @@ def reconstruct_halves(request: HalvesRequest,
                   origin=tuple(float(v) for v in even.origin),
                   tilt_range=(float(angles.min()), float(angles.max())), stem=stem,
                   angles_even=np.asarray(even.angles, dtype=float),
-                  angles_odd=np.asarray(odd.angles, dtype=float))
+                  angles_odd=np.asarray(odd.angles, dtype=float),
+                  ctf_summary=_ctf_summary(request, full_series or even, flips[0], stem))
+
+
+def _phase_flip(series: TiltSeries, request: HalvesRequest):
+    """The phase flip of one series (its own views' CTF), or None."""
+    ctf = series.meta.get("ctf") if request.ctf else None
+    if ctf is None:
+        return None
+    from ..core.ctf import PhaseFlip
+
+    return PhaseFlip(ctf, series.angles, float(series.pixel_size), strip_width=request.ctf_strip)
+
+
+def _ctf_summary(request: HalvesRequest, series: TiltSeries, flip, stem: str) -> str:
+    """``CTF: 61 defoci from TS_ctffind4.txt, 4.70…5.30 µm (…), phase flipped in 16-px strips;
+    contrast: …`` — what was applied, and the contrast of the output."""
+    # phase flipping keeps the sign of the lowest frequencies: the output has the images' contrast
+    contrast = ("contrast inverted (--invert): dense material bright for raw micrographs"
+                if request.invert else "contrast as in the images: dense material dark for raw "
+                "micrographs (--invert for bright)")
+    if flip is None:
+        if not request.ctf:
+            return f"CTF: not corrected (--no-ctf); {contrast}"
+        if "ctf" not in series.meta:
+            return f"CTF: not corrected; {contrast}"
+        return (f"CTF: not corrected (no defocus file found beside the stack, such as "
+                f"{stem}_ctffind4.txt or {stem}.defocus; give --ctf FILE to phase flip); "
+                f"{contrast}")
+    # the full series (or the even half of frame halves) stands for all: same file, same flips
+    full_ctf = (request.series.meta.get("ctf") if request.series is not None else flip.ctf)
+    text = full_ctf.summary() if full_ctf is not None else flip.ctf.summary()
+    n_x = int(series.data.shape[-1]) // int(request.binning)
+    return f"CTF: {text}, {flip.describe(n_x, int(request.binning))}; {contrast}"
 
 
 def halves_paths(out_dir, stem: str, *, with_full: bool) -> list[Path]:

@@ -47,8 +47,10 @@ def reconstruct_job(job, inputs, params):
     from ..pipeline import HalvesRequest, reconstruct_halves
 
     stacks = read_stacks(inputs)  # here, on the worker thread: the GUI never waits
+    # the views' CTF (core.ctf.ViewCTF, None when none was found) when the dock asked for it
+    meta = {"ctf": inputs["ctf"]} if params.get("ctf") and "ctf" in inputs else {}
     series = [TiltSeries(data=stack, angles=inputs["angles"], pixel_size=inputs["pixel_size"],
-                         origin=inputs["origin"], name=name)
+                         origin=inputs["origin"], name=name, meta=dict(meta))
               for stack, name in zip(stacks, inputs["names"])]
     if len(series) == 1:
         request = HalvesRequest(series=series[0], **params)

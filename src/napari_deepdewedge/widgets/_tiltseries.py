@@ -191,6 +191,21 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
         tip(self.full, "Also reconstruct all projections together: the usual tomogram, "
                        "useful to compare with the refined result.")
         form.addRow(self.full)
+        self.ctf = QCheckBox("Phase flip (the microscope's CTF)")
+        self.ctf.setChecked(True)
+        tip(self.ctf, "Phase flip every projection with its defocus, read from a file beside "
+                      "the stack (<stem>.defocus, <stem>_ctffind4.txt, <stem>_CTF.txt …) or "
+                      "from the RELION/Warp metadata, as `deepdewedge reconstruct` does "
+                      "(docs/cli.md, 'The CTF'). Off: no correction.")
+        self.ctf.toggled.connect(self._update_angle_summary)
+        form.addRow(self.ctf)
+        self.invert = QCheckBox("Invert contrast (dense material bright)")
+        tip(self.invert, "By default the tomograms keep the images' contrast: dense material "
+                         "dark. Checked: multiplied by −1 (`--invert`).")
+        form.addRow(self.invert)
+        self.ctf_summary = QLabel("")
+        self.ctf_summary.setWordWrap(True)
+        form.addRow(self.ctf_summary)
         return page
 
     @staticmethod
@@ -269,9 +284,10 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
             self.series.set_layer_name(layers[0].name)
 
     # ------------------------------------------------------------------ angles
-    def _tilt_metadata_for(self, layer, n_tilts: int):
+    def _tilt_metadata_for(self, layer, n_tilts: int, ctf=None):
         """Resolve the tilt angles the user chose (core.tilt_metadata.resolve_tilt_metadata,
-        as the reader and the CLI do); raises DDWError with the fix."""
+        as the reader and the CLI do), and with ``ctf="auto"`` the views' CTF (``.ctf``);
+        raises DDWError with the fix."""
         from ..core import tilt_metadata
         from ..core.errors import DDWError
 
@@ -285,7 +301,8 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
                     f"layer '{layer.name}' carries no tilt angles; choose 'Angle or metadata "
                     "file' or 'Range' under Angles"))
             return tilt_metadata.resolve_tilt_metadata(
-                list(values), n_tilts, exclude=meta.get("excluded_views") or None)
+                list(values), n_tilts, meta.get("source_path"),
+                exclude=meta.get("excluded_views") or None, ctf=ctf)
         if source == ANGLES_FILE:
             path = self.angle_file.text().strip()
             if not path:
@@ -293,10 +310,10 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
                                "stack (.tlt, .mdoc, .aln, .xml, .tomostar, .star)")
             return tilt_metadata.resolve_tilt_metadata(
                 path, n_tilts, meta.get("source_path") or layer.name,
-                frame_shape=tuple(layer.data.shape[1:]))
+                frame_shape=tuple(layer.data.shape[1:]), ctf=ctf)
         return tilt_metadata.resolve_tilt_metadata(
-            (self.tilt_min.value(), self.tilt_max.value(), self.tilt_step.value()), n_tilts
-        )
+            (self.tilt_min.value(), self.tilt_max.value(), self.tilt_step.value()), n_tilts,
+            meta.get("source_path"), ctf=ctf)
 
     def _angles_for(self, layer, n_tilts: int) -> np.ndarray:
         """The angles of the views used (see :meth:`_tilt_metadata_for`)."""
@@ -319,6 +336,25 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
         from_layer = source == ANGLES_LAYER and stored.get("summary")
         # the reader's summary names the file the layer's angles came from
         self.angle_summary.setText(stored["summary"] if from_layer else found.summary())
+        self._update_ctf_summary(layer)
+
+    def _update_ctf_summary(self, layer) -> None:
+        """The defocus the reconstruction will phase flip with (or why none)."""
+        if not hasattr(self, "ctf_summary"):  # the form is still being built
+            return
+        if not self.ctf.isChecked():
+            self.ctf_summary.setText("CTF: not corrected (switched off).")
+            return
+        try:
+            found = self._tilt_metadata_for(layer, int(layer.data.shape[0]), ctf="auto")
+        except Exception as exc:
+            self.ctf_summary.setText(f"<span style='color:#e0a040'>CTF: {exc}</span>")
+            return
+        if found.ctf is None:
+            self.ctf_summary.setText("CTF: no defocus file beside the stack (<stem>.defocus, "
+                                     "<stem>_ctffind4.txt …): not corrected.")
+            return
+        self.ctf_summary.setText(f"CTF: {found.ctf.summary()}")
 
     # ------------------------------------------------------------------ actions
     def _validate(self):
@@ -343,7 +379,12 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
                                "'Tilt series' and the ODD one under 'ODD series'")
             odd = layer_source(odd_layer)
             check_same_shape(data, odd, what="frame-half tilt series")
-        found = self._tilt_metadata_for(layer, int(data.shape[0]))
+        found = self._tilt_metadata_for(layer, int(data.shape[0]),
+                                        ctf="auto" if self.ctf.isChecked() else None)
+        if found.ctf is not None:
+            from ..core.ctf_formats import check_pixel_size
+
+            check_pixel_size(found.ctf, pixel_size_of(layer))
         angles = found.angles
         keep = found.keep  # views the metadata excludes but the stack still holds: the worker drops them
         axis_x = self.axis_x.isChecked()
@@ -357,11 +398,13 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
             thickness=self.thickness.value(),  # binned voxels, as the CLI's --thickness
             binning=binning, bin_mode=self.bin_mode.currentText(),
             apodization=None if apod == "none" else apod, device=self.device.currentText(),
-            want_full=self.full.isChecked(),
+            want_full=self.full.isChecked(), ctf=self.ctf.isChecked(),
+            invert=self.invert.isChecked(),
         )
         names = [layer_stem(layer.name)] if odd is None else [layer.name, odd_layer.name]
         inputs = dict(data=data, data_odd=odd, angles=angles, keep=keep, axis_x=axis_x, names=names,
-                      pixel_size=pixel_size_of(layer), origin=geometry(layer)[1])
+                      pixel_size=pixel_size_of(layer), origin=geometry(layer)[1],
+                      ctf=found.ctf)
         return layer, inputs, params
 
     def reconstruct(self) -> bool:
@@ -415,6 +458,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
             self.status.setText(f"Done: '{names['even']}' and '{names['odd']}', "
                                 f"{shape[0]}×{shape[1]}×{shape[2]} voxels of {scale[0]:.3g} Å. "
                                 "Save… writes them as MRC.")
+            self.ctf_summary.setText(halves.ctf_summary)
 
         volumes = {"even": halves.even, "odd": halves.odd, "FBP": halves.full}
         self.status.setText("Showing the halves…")

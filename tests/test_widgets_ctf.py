@@ -1,0 +1,73 @@
+"""The tilt-series dock's CTF switch (issue 19, docks): the defocus summary from the file beside
+the stack, and halves equal to `deepdewedge reconstruct`'s (the same resolver and request);
+switched off or inverted, as --no-ctf / --invert.
+
+Run under a virtual display:  xvfb-run -a python -m pytest tests/test_widgets_ctf.py -q
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+pytest.importorskip("napari")
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-deepdewedge"
+WAIT_MS = 120_000
+
+
+def _stack(folder):
+    from napari_deepdewedge.core.ctf import constant_ctf
+    from napari_deepdewedge.core.ctf_phantom import write_ctffind_txt
+    from napari_deepdewedge.core.io import write_mrc
+
+    angles = np.arange(-60.0, 60.1, 8.0)  # 16 views
+    data = np.random.default_rng(0).normal(size=(angles.size, 32, 48)).astype(np.float32)
+    stack = write_mrc(folder / "TS.mrc", data, voxel_size=5.0)
+    (folder / "TS.tlt").write_text("\n".join(f"{a:.2f}" for a in angles) + "\n")
+    ctf = constant_ctf(angles.size, 3.0)
+    ctf.defocus_u[:] = ctf.defocus_v[:] = 3.0 + 0.05 * np.arange(angles.size)
+    write_ctffind_txt(folder / "TS_ctffind4.txt", ctf, 5.0)
+    return stack
+
+
+def _dock_halves(viewer, qtbot, *, ctf=True, invert=False):
+    step1 = viewer.window.add_plugin_dock_widget(PLUGIN, "Tilt series → halves")[1]
+    step1.series.set_layer_name("TS")
+    step1.thickness.setValue(8)
+    step1.full.setChecked(False)
+    step1.device.setCurrentText("cpu")
+    step1.ctf.setChecked(ctf)
+    step1.invert.setChecked(invert)
+    summary = step1.ctf_summary.text()
+    assert step1.reconstruct()
+    qtbot.waitUntil(lambda: not step1.busy, timeout=WAIT_MS)
+    return summary, np.asarray(viewer.layers["TS even"].data), step1.ctf_summary.text()
+
+
+def test_dock_phase_flips_like_the_cli(make_napari_viewer, qtbot, tmp_path):
+    from napari_deepdewedge.cli import main
+    from napari_deepdewedge.core.io import read_mrc
+
+    stack = _stack(tmp_path)
+    assert main(["reconstruct", str(stack), "--thickness", "8", "--device", "cpu", "--out",
+                 str(tmp_path / "cli"), "--quiet"]) == 0
+    cli_even = read_mrc(tmp_path / "cli" / "TS_even.mrc").data
+    assert main(["reconstruct", str(stack), "--thickness", "8", "--device", "cpu", "--no-ctf",
+                 "--out", str(tmp_path / "plain"), "--quiet"]) == 0
+    plain = read_mrc(tmp_path / "plain" / "TS_even.mrc").data
+    assert np.abs(cli_even - plain).max() > 0.1 * np.abs(plain).max()  # the CLI did flip
+
+    viewer = make_napari_viewer()
+    viewer.open(str(stack), plugin=PLUGIN)
+    before, even, after = _dock_halves(viewer, qtbot)
+    assert before.startswith("CTF: 16 defoci from TS_ctffind4.txt, 3.00…3.75 µm")
+    assert "phase flipped" in after and "dense material dark" in after
+    np.testing.assert_allclose(even, cli_even, rtol=0, atol=1e-6 * np.abs(cli_even).max())
+
+    del viewer.layers["TS even"], viewer.layers["TS odd"]
+    _, even, after = _dock_halves(viewer, qtbot, ctf=False, invert=True)
+    assert "not corrected" in after and "dense material bright" in after
+    np.testing.assert_allclose(even, -plain, rtol=0, atol=1e-6 * np.abs(plain).max())
