@@ -602,8 +602,10 @@ def test_progress_in_a_log_is_a_few_plain_lines(tiny_pair, fitted, tilt_stack, t
     err = capsys.readouterr().err
     assert rc == 0, err
     lines = err.splitlines()
-    assert "\r" not in err and len(lines) <= 11, lines
-    assert lines[-2].startswith("reconstruct: 100 %") and lines[-1].startswith("reconstructed 3")
+    assert "\r" not in err and len(lines) <= 12, lines
+    # progress lines, then one line on what was done about the CTF, then the summary
+    assert lines[-3].startswith("reconstruct: 100 %") and lines[-2].startswith("CTF: ")
+    assert lines[-1].startswith("reconstructed 3")
 
 
 def test_progress_bar_on_a_terminal_and_lines_per_tenth_elsewhere():
