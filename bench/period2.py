@@ -9,7 +9,8 @@ power over its shell's median) at every stage of refinement:
 
   FBP halves, the prepared network input (standardized, wedge-masked, matching filter);
   one network tile (the middle ``--tile``³ of the prepared half, no blending);
-  the blended refinement of one half (core.refine.refine_tomogram);
+  the refinement of one half (core.refine.refine_tomogram) with its default tiles and with
+  tiles of the fitting cube's size (many overlaps: the blending at work);
 
 each for the fitted model and for a freshly initialised model of the same layout (seed 0,
 the fitted model's normalization), and for ``--upsample`` layouts given (fresh weights: which
@@ -91,7 +92,10 @@ def main(argv=None):
         print(f"{f'{name}: one tile':<46} {fmt(out)}")
         ref = refine_tomogram(net, tomo0, tmin, tmax, subtomo_size=s, batch_size=2, device="cpu",
                               standardize=stats)
-        print(f"{f'{name}: refined half 0 (blended tiles)':<46} {fmt(ref)}")
+        print(f"{f'{name}: refined half 0 (default tiles)':<46} {fmt(ref)}")
+        ref = refine_tomogram(net, tomo0, tmin, tmax, subtomo_size=s, batch_size=2, device="cpu",
+                              standardize=stats, tile_size=s)
+        print(f"{f'{name}: refined half 0 ({s}³ tiles, blended)':<46} {fmt(ref)}")
 
 
 if __name__ == "__main__":

@@ -34,8 +34,24 @@ PRESETS = {
 
 NEGATIVE_SLOPE = 0.05
 
-#: The up-sampling layers of a new network (:data:`UPSAMPLE_KINDS`). Measured: TBD
-DEFAULT_UPSAMPLE = "trilinear"
+#: The up-sampling layers of a new network (:data:`UPSAMPLE_KINDS`). A departure from the
+#: original's transposed convolutions (issue 17), by a controlled ablation (bench/quality.py
+#: --shape 40 128 128 --subtomo-size 24 --channels 8 --depth 3 --epochs 15 --upsample KIND, one
+#: thread; period-2 ratio = core.metrics.period2_peak_ratio of the refined volume, median / max
+#: of the 7 lattice frequencies; the FBP half itself: 0.06 / 5.1):
+#:
+#: ==============  ========  ==============  ===========  ==============
+#: upsample        CC        in-wedge corr.  period-2     fit samples/s
+#: ==============  ========  ==============  ===========  ==============
+#: transposed      0.735     0.667           227 / 9843   1
+#: trilinear       0.732     0.646           1.9 / 10.2   ×0.96, ×1.01
+#: trilinear3      0.745     0.678           1.1 / 5.3    ×0.96, ×1.04
+#: ==============  ========  ==============  ===========  ==============
+#:
+#: (samples/s: bench/upsample_speed.py, s = 32, 16 channels, batch 4, process CPU time, one
+#: thread, two runs on the shared machine: within its noise. Refinement tiles/s: ×0.94, ×0.98.
+#: One fit per layout (seed 0); CC inside the ice slab 0.884 / 0.887 / 0.885.)
+DEFAULT_UPSAMPLE = "trilinear3"
 
 
 def required_multiple(depth: int) -> int:
@@ -223,15 +239,18 @@ class TrilinearUp(nn.Module):
 #: ``"transposed"`` — ``ConvTranspose3d(kernel 2, stride 2)`` → norm·LReLU: the layout of every
 #: checkpoint written before issue 17 (and the default for an ``arch`` without the key).
 #: Each of the 8 voxels of a 2³ output block gets its own weights, so the output carries a
-#: period-2 texture: fresh weights put the spectral power at the 7 Nyquist-lattice
-#: frequencies 400× (median) / 9,900× (max) above their shell's median (bench/period2.py).
+#: period-2 texture: in a refined volume the spectral power at the 7 Nyquist-lattice
+#: frequencies stands 227× (median) / 9,843× (max) above their shell's median; freshly
+#: initialised it is already there, and neither the FBP halves, the network input nor the
+#: tile blending has it (bench/period2.py).
 #:
 #: ``"trilinear"`` — ``Conv3d 1³`` at the coarse level → :class:`TrilinearUp` → norm·LReLU
 #: (the 1³ convolution and the interpolation commute, so this equals interpolating first, at
 #: an eighth of the cost). No period-2 pattern; see :data:`DEFAULT_UPSAMPLE` for the figures.
 #:
 #: ``"trilinear3"`` — the same with a ``Conv3d 3³`` at the coarse level (more context per
-#: up-sampled voxel, ~4 % more multiply-adds than the network with ``"transposed"``).
+#: up-sampled voxel, ~4 % more multiply-adds than the network with ``"transposed"``): the
+#: default (:data:`DEFAULT_UPSAMPLE`).
 UPSAMPLE_KINDS = ("transposed", "trilinear", "trilinear3")
 LEGACY_UPSAMPLE = "transposed"
 
