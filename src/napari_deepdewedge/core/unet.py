@@ -224,7 +224,7 @@ class TrilinearUp(nn.Module):
     voxel is ``¾·nearest + ¼·next`` along each axis, i.e. zero insertion followed by the filter
     ``(1, 3, 3, 1)/4``, whose response vanishes at the new Nyquist frequency). Unlike a
     stride-2 transposed convolution, whose 8 kernel offsets give the 8 voxels of every 2³ block
-    their own weights, it cannot print a voxel-to-voxel (period-2) pattern on its output."""
+    their own weights, it adds no voxel-to-voxel (period-2) pattern of its own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
@@ -249,7 +249,7 @@ class TrilinearUp(nn.Module):
 #: an eighth of the cost). No period-2 pattern; see :data:`DEFAULT_UPSAMPLE` for the figures.
 #:
 #: ``"trilinear3"`` — the same with a ``Conv3d 3³`` at the coarse level (more context per
-#: up-sampled voxel, ~4 % more multiply-adds than the network with ``"transposed"``): the
+#: up-sampled voxel; by count ~4 % more multiply-adds than the network with ``"transposed"``): the
 #: default (:data:`DEFAULT_UPSAMPLE`).
 UPSAMPLE_KINDS = ("transposed", "trilinear", "trilinear3")
 LEGACY_UPSAMPLE = "transposed"
