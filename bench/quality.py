@@ -71,6 +71,7 @@ def main(argv=None) -> dict:
                     help="U-Net residual connection (default: FitConfig's)")
     ap.add_argument("--upsample", choices=UPSAMPLE_KINDS, default=None,
                     help="U-Net up-sampling layers (default: core.unet.DEFAULT_UPSAMPLE; 'transposed' = before issue 17)")
+    ap.add_argument("--fit-seed", type=int, default=0, help="FitConfig.seed (initial weights, cube order)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="folder for checkpoints/losses.csv (default: a temp dir)")
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
     out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddw-quality-"))
     kw = dict(subtomo_size=args.subtomo_size, channels=args.channels, depth=args.depth, epochs=args.epochs,
               batch_size=args.batch, tilt_min=tmin, tilt_max=tmax, device=args.device, out_dir=str(out_dir),
-              voxel_size=(sample.pixel_size,) * 3, seed=0)
+              voxel_size=(sample.pixel_size,) * 3, seed=args.fit_seed)
     if args.update_every is not None:
         kw["update_every"] = args.update_every
     if args.residual is not None:

@@ -51,6 +51,13 @@ NEGATIVE_SLOPE = 0.05
 #: (samples/s: bench/upsample_speed.py, s = 32, 16 channels, batch 4, process CPU time, one
 #: thread, two runs on the shared machine: within its noise. Refinement tiles/s: ×0.94, ×0.98.
 #: One fit per layout (seed 0); CC inside the ice slab 0.884 / 0.887 / 0.885.)
+#:
+#: The quick setting (bench/quality.py --quick --fit-seed 0/1: 8 channels, depth 2, 10 epochs)
+#: scatters more from seed to seed than between layouts: transposed CC 0.770 / 0.767, in-wedge
+#: 0.759 / 0.718, period-2 55 / 342 (median); trilinear3 CC 0.717 / 0.783, in-wedge
+#: 0.646 / 0.743, period-2 0.33 / 1.34. Transposed convolutions whose 8 offsets start equal
+#: (nearest-neighbour up-sampling at initialisation) grow the texture back while fitting
+#: (period-2 median 26, seed 0), so the layout, not only the initialisation, has to change.
 DEFAULT_UPSAMPLE = "trilinear3"
 
 
