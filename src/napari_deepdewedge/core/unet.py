@@ -58,6 +58,9 @@ NEGATIVE_SLOPE = 0.05
 #: 0.646 / 0.743, period-2 0.33 / 1.34. Transposed convolutions whose 8 offsets start equal
 #: (nearest-neighbour up-sampling at initialisation) grow the texture back while fitting
 #: (period-2 median 26, seed 0), so the layout, not only the initialisation, has to change.
+#: The README's demo (``deepdewedge demo``, small, 20 epochs, one thread): transposed CC 0.766,
+#: in-wedge 0.681, period-2 99 / 10,966; trilinear3 CC 0.797, in-wedge 0.749, period-2
+#: 1.8 / 28 (ground truth 2.9 / 32); its FSC 0.143 crossing 31.6 → 37.0 Å.
 DEFAULT_UPSAMPLE = "trilinear3"
 
 
