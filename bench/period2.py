@@ -55,7 +55,8 @@ def main(argv=None):
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 160, 160))
     ap.add_argument("--snr", type=float, default=0.3)
     ap.add_argument("--quick", action="store_true", help="quality.py --quick's phantom (32×96×96)")
-    ap.add_argument("--tile", type=int, default=0, help="edge of the one-tile run (default: the whole half, no blending)")
+    ap.add_argument("--tile", type=int, default=0,
+                    help="edge of the one-tile run (default: the whole half, no blending)")
     ap.add_argument("--upsample", nargs="*", default=[], help="also fresh models with these up-sampling layers")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)

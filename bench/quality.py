@@ -15,7 +15,8 @@ best Gaussian low-pass of the full FBP (σ scanned against the ground truth — 
 so an upper bound for that baseline) and the refined tomogram; the correlation inside the
 missing wedge (core.metrics.wedge_correlation) of FBP and refined; the FSC 0.143 crossing
 against the ground truth; the period-2 texture measure (core.metrics.period2_peak_ratio) of the
-ground truth, FBP and refined (issue 17: a refined volume's voxel-to-voxel texture). For scale, the original DeepDeWedge reaches CC 0.84 from FBP 0.32 on
+ground truth, FBP and refined (issue 17: a refined volume's voxel-to-voxel texture). For
+scale, the original DeepDeWedge reaches CC 0.84 from FBP 0.32 on
 its phantom, wedge correlation 0.04 → 0.77, best Gaussian low-pass 0.74.
 """
 from __future__ import annotations
@@ -70,7 +71,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--residual", choices=("on", "off"), default=None,
                     help="U-Net residual connection (default: FitConfig's)")
     ap.add_argument("--upsample", choices=UPSAMPLE_KINDS, default=None,
-                    help="U-Net up-sampling layers (default: core.unet.DEFAULT_UPSAMPLE; 'transposed' = before issue 17)")
+                    help="U-Net up-sampling layers (default: core.unet.DEFAULT_UPSAMPLE; "
+                         "'transposed' = before issue 17)")
     ap.add_argument("--fit-seed", type=int, default=0, help="FitConfig.seed (initial weights, cube order)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
@@ -166,7 +168,8 @@ def main(argv=None) -> dict:
         "slab_profile_variance_share": slab_share,
         "cc_cap_without_slab_profile": cap,
         **{f"period2_{stat}_{name}": period2_peak_ratio(vol)[stat]
-           for name, vol in (("truth", truth), ("fbp", full), ("refined", refined)) for stat in ("median", "max")},
+           for name, vol in (("truth", truth), ("fbp", full), ("refined", refined))
+           for stat in ("median", "max")},
         "fit_seconds": fit_seconds,
         "refine_seconds": refine_seconds,
         "epochs": args.epochs,
