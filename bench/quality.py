@@ -14,7 +14,9 @@ Printed: CC against the ground truth for FBP of the full series, the even/odd FB
 best Gaussian low-pass of the full FBP (σ scanned against the ground truth — an oracle choice,
 so an upper bound for that baseline) and the refined tomogram; the correlation inside the
 missing wedge (core.metrics.wedge_correlation) of FBP and refined; the FSC 0.143 crossing
-against the ground truth. For scale, the original DeepDeWedge reaches CC 0.84 from FBP 0.32 on
+against the ground truth; the period-2 texture measure (core.metrics.period2_peak_ratio) of the
+ground truth, FBP and refined (issue 17: a refined volume's voxel-to-voxel texture). For
+scale, the original DeepDeWedge reaches CC 0.84 from FBP 0.32 on
 its phantom, wedge correlation 0.04 → 0.77, best Gaussian low-pass 0.74.
 """
 from __future__ import annotations
@@ -31,10 +33,12 @@ import torch
 from napari_deepdewedge.core.fitting import EpochDone, FitConfig, FitFinished, fit_iter
 from napari_deepdewedge.core.halves import split_even_odd
 from napari_deepdewedge.core.io import TiltSeries
-from napari_deepdewedge.core.metrics import cc, fsc, fsc_crossing, wedge_correlation
+from napari_deepdewedge.core.metrics import cc, fsc, fsc_crossing, period2_peak_ratio, wedge_correlation
 from napari_deepdewedge.core.phantom import make_sample, slab_extent
 from napari_deepdewedge.core.reconstruction import fbp
 from napari_deepdewedge.core.refine import refine_halves
+from napari_deepdewedge.core import unet
+from napari_deepdewedge.core.unet import UPSAMPLE_KINDS
 
 HELD_OUT_SEED = 2024
 REFERENCE = {"fbp": 0.32, "gauss": 0.74, "refined": 0.84, "wedge_before": 0.04, "wedge_after": 0.77}
@@ -66,6 +70,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--update-every", type=int, default=None, help="default: FitConfig's")
     ap.add_argument("--residual", choices=("on", "off"), default=None,
                     help="U-Net residual connection (default: FitConfig's)")
+    ap.add_argument("--upsample", choices=UPSAMPLE_KINDS, default=None,
+                    help="U-Net up-sampling layers (default: core.unet.DEFAULT_UPSAMPLE; "
+                         "'transposed' = before issue 17)")
+    ap.add_argument("--fit-seed", type=int, default=0, help="FitConfig.seed (initial weights, cube order)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="folder for checkpoints/losses.csv (default: a temp dir)")
@@ -81,6 +89,8 @@ def main(argv=None) -> dict:
         args.batch = 8
     if args.epochs is None:
         args.epochs = 10 if args.quick else 40
+    if args.upsample:
+        unet.DEFAULT_UPSAMPLE = args.upsample  # a new fit's layout (the fit builds UNet3D(upsample=None))
     shape = tuple(args.shape)
     t_start = time.perf_counter()
     sample = make_sample(shape, (-60, 60, 2), snr=args.snr, seed=args.seed)
@@ -98,7 +108,7 @@ def main(argv=None) -> dict:
     out_dir = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddw-quality-"))
     kw = dict(subtomo_size=args.subtomo_size, channels=args.channels, depth=args.depth, epochs=args.epochs,
               batch_size=args.batch, tilt_min=tmin, tilt_max=tmax, device=args.device, out_dir=str(out_dir),
-              voxel_size=(sample.pixel_size,) * 3, seed=0)
+              voxel_size=(sample.pixel_size,) * 3, seed=args.fit_seed)
     if args.update_every is not None:
         kw["update_every"] = args.update_every
     if args.residual is not None:
@@ -157,10 +167,14 @@ def main(argv=None) -> dict:
         "cc_in_slab_refined": cc(refined[z0:z1], truth[z0:z1]),
         "slab_profile_variance_share": slab_share,
         "cc_cap_without_slab_profile": cap,
+        **{f"period2_{stat}_{name}": period2_peak_ratio(vol)[stat]
+           for name, vol in (("truth", truth), ("fbp", full), ("refined", refined))
+           for stat in ("median", "max")},
         "fit_seconds": fit_seconds,
         "refine_seconds": refine_seconds,
         "epochs": args.epochs,
         "residual": cfg.residual,
+        "upsample": unet.DEFAULT_UPSAMPLE,
         "seed": args.seed,
     }
     print("\nCC against ground truth                 ours    (reported for the original DeepDeWedge)")
@@ -177,6 +191,10 @@ def main(argv=None) -> dict:
     print(f"  refined                             {figures['wedge_corr_refined']:6.3f}    ({REFERENCE['wedge_after']:.2f})")
     print(f"FSC 0.143 crossing vs ground truth: FBP {crossing['fbp']:.1f} Å, Gaussian {crossing['gauss']:.1f} Å, "
           f"refined {crossing['refined']:.1f} Å (pixel {vs:g} Å, Nyquist {2 * vs:g} Å)")
+    print("period-2 texture (core.metrics.period2_peak_ratio: power at the 7 Nyquist-lattice frequencies over "
+          "their shell's median; median / max; a voxel-to-voxel texture stands far above 1)")
+    for name in ("truth", "fbp", "refined"):
+        print(f"  {name:<35} {figures[f'period2_median_{name}']:8.2f} / {figures[f'period2_max_{name}']:.2f}")
     print(f"fit {fit_seconds:.0f} s ({args.epochs} epochs), refine {refine_seconds:.0f} s; checkpoints in {out_dir}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

@@ -143,3 +143,32 @@ def test_copy_checkpoint(tmp_path):
     dst = ckpt.copy_checkpoint(src, tmp_path / "best.pt")
     assert dst.read_bytes() == src.read_bytes()
     assert sorted(f.name for f in tmp_path.iterdir()) == ["best.pt", "latest.pt"]
+
+
+def test_checkpoint_of_the_layout_before_issue17_loads_and_computes_the_same(tmp_path):
+    """tests/data/checkpoints/pre_issue17_unet.pt was written by the code before issue 17
+    (transposed-convolution up-sampling, no ``upsample`` key in its ``arch``) together with a
+    probe input and the float64 output that code computed. It must load as that layout and
+    give that output (float64 on another CPU's kernels: measured difference 0 here; 1e-10
+    relative allows for a different summation order), and fine-tuning from it keeps the layout."""
+    from pathlib import Path
+
+    from napari_deepdewedge.core.fitting import FitConfig, _build_net
+
+    path = Path(__file__).parent / "data" / "checkpoints" / "pre_issue17_unet.pt"
+    payload = ckpt.load_checkpoint(path)
+    assert "upsample" not in payload["arch"]
+    model, _ = ckpt.load_model(path, device="cpu")
+    assert model.upsample == "transposed"
+    with torch.no_grad():
+        y = model.double()(payload["probe_input"])
+    scale = float(payload["probe_output"].abs().max())
+    torch.testing.assert_close(y, payload["probe_output"], rtol=0, atol=1e-10 * scale)
+    # fine-tuning (init_from) and resuming build the checkpoint's layout, not today's default
+    cfg = FitConfig(subtomo_size=16, channels=2, depth=2, residual=False, tilt_min=-60.0, tilt_max=60.0,
+                    out_dir=str(tmp_path))
+    net = _build_net(cfg, "cpu", None, init_from=str(path))
+    assert net.upsample == "transposed"
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), payload["state_dict"].values()))
+    assert _build_net(cfg, "cpu", payload).upsample == "transposed"
+    assert _build_net(cfg, "cpu", None).upsample == UNet3D().upsample

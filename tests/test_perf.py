@@ -136,10 +136,11 @@ def test_unet_uses_the_fused_kernel_on_cpu_channels_last():
 
 def test_old_checkpoint_layout_loads():
     """A state dict saved from Sequential(conv, nn.InstanceNorm3d, nn.LeakyReLU) blocks (the
-    layout before the fused module) loads into today's U-Net and gives the same output."""
+    layout before the fused module, whose up-sampling was transposed: issue 17) loads into
+    today's U-Net and gives the same output."""
     torch.manual_seed(3)
-    new = UNet3D(channels=4, depth=2).eval()
-    old = UNet3D(channels=4, depth=2).eval()
+    new = UNet3D(channels=4, depth=2, upsample="transposed").eval()
+    old = UNet3D(channels=4, depth=2, upsample="transposed").eval()
 
     def unfuse(seq):
         conv, norm = seq[0], seq[1]

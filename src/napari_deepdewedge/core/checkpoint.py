@@ -316,7 +316,7 @@ def load_model(path_or_payload, device=None):
     if not isinstance(arch, dict):
         raise CheckpointError("checkpoint 'arch' entry is not a dict of U-Net settings; the file is damaged")
     try:
-        model = UNet3D(**arch)
+        model = UNet3D.from_arch(arch)
         model.load_state_dict(payload["state_dict"])
     except (TypeError, RuntimeError, KeyError) as exc:
         raise CheckpointError(

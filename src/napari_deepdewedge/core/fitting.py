@@ -199,16 +199,21 @@ def _restore_cubes(fit_pairs: torch.Tensor, val_pairs: torch.Tensor, payload, fo
         val_pairs[:, 0:1].copy_(val0)
 
 
-def _init_weights(init_from, net) -> None:
-    """Fine-tuning: load another fit's weights (a path or payload) into ``net``; its
-    architecture must be ``net``'s (DDWError naming every difference)."""
+def _init_source(init_from) -> dict:
+    """Fine-tuning: the payload of the fit to start from (a path or payload)."""
     from . import checkpoint as ckpt
 
     if isinstance(init_from, dict):
-        source, name = ckpt.check_payload(init_from), "the initial model"
-    else:
-        source, name = ckpt.load_checkpoint(init_from), Path(init_from).name
-    theirs, ours = dict(source["arch"] or {}), net.arch_dict()
+        return ckpt.check_payload(init_from)
+    return ckpt.load_checkpoint(init_from)
+
+
+def _init_weights(source: dict, name: str, net) -> None:
+    """Fine-tuning: load another fit's weights (``source``, from :func:`_init_source`) into
+    ``net``; its architecture must be ``net``'s (DDWError naming every difference)."""
+    from .unet import UNet3D
+
+    theirs, ours = UNet3D.arch_with_defaults(source["arch"] or {}), net.arch_dict()
     diffs = [f"{k}={theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(set(theirs) | set(ours))
              if theirs.get(k) != ours.get(k)]
     if diffs:
@@ -222,14 +227,21 @@ def _init_weights(init_from, net) -> None:
 
 def _build_net(cfg: FitConfig, device, payload, init_from=None):
     """The U-Net with seeded initial weights (without touching the caller's RNG), the
-    checkpoint's weights (resume) or another fit's weights (``init_from``: fine-tuning)."""
+    checkpoint's weights (resume) or another fit's weights (``init_from``: fine-tuning).
+    Resuming or fine-tuning keeps the up-sampling layers of the model it starts from (an older
+    checkpoint's are transposed convolutions, issue 17); a new fit gets the default."""
     from .unet import UNet3D
 
+    source = _init_source(init_from) if init_from is not None and payload is None else None
+    upsample = None
+    for start in (payload, source):
+        if start is not None and isinstance(start.get("arch"), dict):
+            upsample = UNet3D.arch_with_defaults(start["arch"])["upsample"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
-    if init_from is not None and payload is None:
-        _init_weights(init_from, net)
+        net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual, upsample=upsample)
+    if source is not None:
+        _init_weights(source, "the initial model" if isinstance(init_from, dict) else Path(init_from).name, net)
     from . import perf
 
     net = perf.to_channels_last(net.to(device), device)

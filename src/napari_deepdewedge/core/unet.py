@@ -4,7 +4,7 @@ Layout, for ``depth`` levels with first-level width ``channels`` (level ``i`` ha
 ``channels * 2**i`` feature maps, the bottleneck ``channels * 2**depth``)::
 
     x ─ normalize ─ [3 × conv3³·IN·LReLU] ─────────────── skip ───────────── [3 × conv] ─ conv1³ ─(+xn)─ denormalize
-                          │ strided conv3³ (stride 2)                      ↑ transposed conv (×2)
+                          │ strided conv3³ (stride 2)                      ↑ up-sampling (×2, see UPSAMPLE_KINDS)
                           [3 × conv] ── ... ── [2 × conv bottleneck] ── ... ┘
 
 Every convolution is followed by ``InstanceNorm3d(affine=True)`` and ``LeakyReLU(0.05)``
@@ -33,6 +33,35 @@ PRESETS = {
 }
 
 NEGATIVE_SLOPE = 0.05
+
+#: The up-sampling layers of a new network (:data:`UPSAMPLE_KINDS`). A departure from the
+#: original's transposed convolutions (issue 17), by a controlled ablation (bench/quality.py
+#: --shape 40 128 128 --subtomo-size 24 --channels 8 --depth 3 --epochs 15 --upsample KIND, one
+#: thread; period-2 ratio = core.metrics.period2_peak_ratio of the refined volume, median / max
+#: of the 7 lattice frequencies; the FBP half itself: 0.06 / 5.1):
+#:
+#: ==============  ========  ==============  ===========  ==============
+#: upsample        CC        in-wedge corr.  period-2     fit samples/s
+#: ==============  ========  ==============  ===========  ==============
+#: transposed      0.735     0.667           227 / 9843   1
+#: trilinear       0.732     0.646           1.9 / 10.2   ×0.96, ×1.01
+#: trilinear3      0.745     0.678           1.1 / 5.3    ×0.96, ×1.04
+#: ==============  ========  ==============  ===========  ==============
+#:
+#: (samples/s: bench/upsample_speed.py, s = 32, 16 channels, batch 4, process CPU time, one
+#: thread, two runs on the shared machine: within its noise. Refinement tiles/s: ×0.94, ×0.98.
+#: One fit per layout (seed 0); CC inside the ice slab 0.884 / 0.887 / 0.885.)
+#:
+#: The quick setting (bench/quality.py --quick --fit-seed 0/1: 8 channels, depth 2, 10 epochs)
+#: scatters more from seed to seed than between layouts: transposed CC 0.770 / 0.767, in-wedge
+#: 0.759 / 0.718, period-2 55 / 342 (median); trilinear3 CC 0.717 / 0.783, in-wedge
+#: 0.646 / 0.743, period-2 0.33 / 1.34. Transposed convolutions whose 8 offsets start equal
+#: (nearest-neighbour up-sampling at initialisation) grow the texture back while fitting
+#: (period-2 median 26, seed 0), so the layout, not only the initialisation, has to change.
+#: The README's demo (``deepdewedge demo``, small, 20 epochs, one thread): transposed CC 0.766,
+#: in-wedge 0.681, period-2 99 / 10,966; trilinear3 CC 0.797, in-wedge 0.749, period-2
+#: 1.8 / 28 (ground truth 2.9 / 32); its FSC 0.143 crossing 31.6 → 37.0 Å.
+DEFAULT_UPSAMPLE = "trilinear3"
 
 
 def required_multiple(depth: int) -> int:
@@ -200,6 +229,50 @@ def _conv_block(c_in: int, c_out: int, *, kernel: int = 3, stride: int = 1) -> n
     )
 
 
+class TrilinearUp(nn.Module):
+    """Double every spatial size by trilinear interpolation (``align_corners=False``: each new
+    voxel is ``¾·nearest + ¼·next`` along each axis, i.e. zero insertion followed by the filter
+    ``(1, 3, 3, 1)/4``, whose response vanishes at the new Nyquist frequency). Unlike a
+    stride-2 transposed convolution, whose 8 kernel offsets give the 8 voxels of every 2³ block
+    their own weights, it adds no voxel-to-voxel (period-2) pattern of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
+        if x.is_contiguous(memory_format=torch.channels_last_3d) and not y.is_contiguous(
+                memory_format=torch.channels_last_3d):
+            y = y.contiguous(memory_format=torch.channels_last_3d)
+        return y
+
+
+#: Up-sampling layers (``UNet3D(upsample=...)``, recorded in the checkpoint's ``arch``):
+#:
+#: ``"transposed"`` — ``ConvTranspose3d(kernel 2, stride 2)`` → norm·LReLU: the layout of every
+#: checkpoint written before issue 17 (and the default for an ``arch`` without the key).
+#: Each of the 8 voxels of a 2³ output block gets its own weights, so the output carries a
+#: period-2 texture: in a refined volume the spectral power at the 7 Nyquist-lattice
+#: frequencies stands 227× (median) / 9,843× (max) above their shell's median; freshly
+#: initialised it is already there, and neither the FBP halves, the network input nor the
+#: tile blending has it (bench/period2.py).
+#:
+#: ``"trilinear"`` — ``Conv3d 1³`` at the coarse level → :class:`TrilinearUp` → norm·LReLU
+#: (the 1³ convolution and the interpolation commute, so this equals interpolating first, at
+#: an eighth of the cost). No period-2 pattern; see :data:`DEFAULT_UPSAMPLE` for the figures.
+#:
+#: ``"trilinear3"`` — the same with a ``Conv3d 3³`` at the coarse level (more context per
+#: up-sampled voxel; by count ~4 % more multiply-adds than the network with ``"transposed"``): the
+#: default (:data:`DEFAULT_UPSAMPLE`).
+UPSAMPLE_KINDS = ("transposed", "trilinear", "trilinear3")
+LEGACY_UPSAMPLE = "transposed"
+
+
+def _up_block(c_in: int, c_out: int, kind: str) -> nn.Sequential:
+    if kind == "transposed":
+        return nn.Sequential(nn.ConvTranspose3d(c_in, c_out, kernel_size=2, stride=2),
+                             InstanceNormLeakyReLU(c_out, NEGATIVE_SLOPE))
+    conv = PointwiseConv3d(c_in, c_out) if kind == "trilinear" else Conv3d(c_in, c_out, kernel_size=3, padding=1)
+    return nn.Sequential(conv, TrilinearUp(), InstanceNormLeakyReLU(c_out, NEGATIVE_SLOPE))
+
+
 def _stack(c_in: int, c_out: int, n: int) -> nn.Sequential:
     layers = [_conv_block(c_in, c_out)]
     layers += [_conv_block(c_out, c_out) for _ in range(n - 1)]
@@ -215,9 +288,13 @@ class UNet3D(nn.Module):
     depth : number of down-sampling steps; inputs must be multiples of ``2**depth``.
     residual : add the normalized input to the network output.
     in_channels : input (and output) channels, 1 for tomograms.
+    upsample : the up-sampling layers, one of :data:`UPSAMPLE_KINDS` (default
+        :data:`DEFAULT_UPSAMPLE`); checkpoints record it, and an ``arch`` without it is the
+        :data:`LEGACY_UPSAMPLE` layout (:meth:`from_arch`).
     """
 
-    def __init__(self, channels: int = 32, depth: int = 3, residual: bool = True, in_channels: int = 1):
+    def __init__(self, channels: int = 32, depth: int = 3, residual: bool = True, in_channels: int = 1,
+                 upsample: str | None = None):
         super().__init__()
         channels, depth, in_channels = int(channels), int(depth), int(in_channels)
         if channels < 1:
@@ -230,6 +307,10 @@ class UNet3D(nn.Module):
         self.depth = depth
         self.residual = bool(residual)
         self.in_channels = in_channels
+        upsample = DEFAULT_UPSAMPLE if upsample is None else str(upsample)
+        if upsample not in UPSAMPLE_KINDS:
+            raise DDWError(f"unknown U-Net upsample {upsample!r}; use one of {', '.join(UPSAMPLE_KINDS)}")
+        self.upsample = upsample
 
         widths = [channels * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList()
@@ -243,12 +324,7 @@ class UNet3D(nn.Module):
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for i in reversed(range(depth)):
-            self.ups.append(
-                nn.Sequential(
-                    nn.ConvTranspose3d(widths[i + 1], widths[i], kernel_size=2, stride=2),
-                    InstanceNormLeakyReLU(widths[i], NEGATIVE_SLOPE),
-                )
-            )
+            self.ups.append(_up_block(widths[i + 1], widths[i], upsample))
             self.decoders.append(_stack(2 * widths[i], widths[i], 3))
         self.final = PointwiseConv3d(widths[0], in_channels)
 
@@ -258,7 +334,19 @@ class UNet3D(nn.Module):
     # -- bookkeeping -------------------------------------------------------------------------
     def arch_dict(self) -> dict:
         """Constructor keyword arguments, for checkpoints: ``UNet3D(**m.arch_dict())``."""
-        return dict(channels=self.channels, depth=self.depth, residual=self.residual, in_channels=self.in_channels)
+        return dict(channels=self.channels, depth=self.depth, residual=self.residual, in_channels=self.in_channels,
+                    upsample=self.upsample)
+
+    @staticmethod
+    def arch_with_defaults(arch: dict) -> dict:
+        """A checkpoint's ``arch`` with the keys older checkpoints did not store filled in with
+        the layout they were written with (``upsample``: :data:`LEGACY_UPSAMPLE`)."""
+        return {"upsample": LEGACY_UPSAMPLE, **dict(arch)}
+
+    @classmethod
+    def from_arch(cls, arch: dict) -> "UNet3D":
+        """The network a checkpoint's ``arch`` describes (older checkpoints included)."""
+        return cls(**cls.arch_with_defaults(arch))
 
     def set_normalization(self, loc, scale) -> None:
         """Set the input normalization ``xn = (x - loc) / scale`` (scale must be > 0, finite)."""
