@@ -130,7 +130,7 @@ def _binned(vol, b: int, device):
     rows = max(1, (64 * 1024 * 1024) // max(1, Y * X * 4 * b)) * b  # ~64 MB of float32 per chunk
     for z in range(0, Zb * b, rows):
         z1 = min(z + rows, Zb * b)
-        chunk = torch.from_numpy(np.ascontiguousarray(vol[z:z1, :Yb * b, :Xb * b], dtype=np.float32)).to(device)
+        chunk = torch.from_numpy(np.array(vol[z:z1, :Yb * b, :Xb * b], dtype=np.float32)).to(device)
         out[z // b:z1 // b] = F.avg_pool3d(chunk[None, None], b)[0, 0] if b > 1 else chunk
     return out
 
