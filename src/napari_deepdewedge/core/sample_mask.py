@@ -21,13 +21,15 @@ mask is not a voxel-wise threshold: it is the slab that holds the agreeing signa
    once), standardized, and cut into ``tiles × tiles`` columns in (Y, X).
 2. In every column and binned Z row: the correlation ``r = cov(e, o) / var`` of the two halves
    (the mean of the row in that column removed), lightly smoothed along Z.
-3. The slab's tilt: for every candidate slope about Y and X (±``max_tilt`` degrees, 2° steps),
-   the columns' profiles are shifted onto the slope's planes and combined by their *median*
-   (a contamination blob or a bead over a few columns does not move it); the slope whose
-   median profile holds the most positive agreement (sum of squares) wins.
-4. The slab on that profile: the run above ``threshold`` × the null spread (the root mean square
-   of the profile's negative values) around its maximum, grown while the profile stays above
-   one null spread, plus ``margin`` × its thickness on both surfaces.
+3. The slab's tilt: for every candidate slope about Y and X (±``max_tilt`` degrees, 6° steps,
+   then 2° steps near the best), the columns' profiles are shifted onto the slope's planes and
+   combined by their interquartile mean (a contamination blob or a bead over a few columns does
+   not move it); the slope whose profile holds the most positive agreement (sum of squares of
+   its positive part) wins. The noise's spread comes from the same statistic with the odd half
+   moved by half the field (the specimen no longer lines up), through the same search.
+4. The slab on that profile: the run with the largest sum above ``threshold`` × the noise
+   spread and ``level`` × the peak, plus ``margin`` × its thickness on both surfaces; when the
+   profile never exceeds 4 noise spreads nothing agrees and the mask keeps everything.
 5. The mask: every voxel between the two planes, on the full grid.
 
 Measured on phantoms with a known specimen region (``bench/mask.py``; figures in
@@ -208,30 +210,42 @@ def _shifted(cols, off, zp):
 
 
 def _best_slope(r, cy, cx, max_tilt: float):
-    """The slopes ``(sy, sx)`` (Z per Y, Z per X) whose aligned median profile holds the most
-    positive agreement, that profile on its Z' grid, and the grid's first Z'."""
+    """The slopes ``(sy, sx)`` (Z per Y, Z per X) whose aligned profile holds the most positive
+    agreement, that profile on its Z' grid, and the grid's first Z'. Coarse to fine: tilts
+    about Y and X in 6° steps, then 2° steps within ±4° of the best (146 candidates instead of
+    the 961 of a 2° grid over ±30°)."""
     import torch
 
-    Zb, ny, nx = r.shape
-    steps = int(round(max_tilt / 2.0))
-    angles = torch.arange(-steps, steps + 1, dtype=torch.float32) * 2.0 if steps else torch.zeros(1)
-    slopes = torch.tan(torch.deg2rad(angles)).to(r.device)
-    sy, sx = torch.meshgrid(slopes, slopes, indexing="ij")
-    sy, sx = sy.reshape(-1), sx.reshape(-1)
+    Zb = r.shape[0]
     cols = r.reshape(Zb, -1).T  # (n_cols, Z)
     gy, gx = torch.meshgrid(cy, cx, indexing="ij")
     gy, gx = gy.reshape(-1), gx.reshape(-1)
-    reach = int(math.ceil(float(slopes.abs().max()) * (float(cy.abs().max()) + float(cx.abs().max())))) + 1
+    top = math.tan(math.radians(max_tilt))
+    reach = int(math.ceil(top * (float(cy.abs().max()) + float(cx.abs().max())))) + 1
     zp = torch.arange(-reach, Zb + reach, dtype=torch.float32, device=r.device)  # Z' (at the centre)
-    best = (-1.0, 0.0, 0.0, None)
-    for k0 in range(0, len(sy), 64):
-        off = sy[k0:k0 + 64, None] * gy[None] + sx[k0:k0 + 64, None] * gx[None]  # (c, n_cols)
-        prof = _shifted(cols, off, zp)
-        energy = (prof.clamp_min(0) ** 2).sum(1)
-        k = int(torch.argmax(energy))
-        if float(energy[k]) > best[0]:
-            best = (float(energy[k]), float(sy[k0 + k]), float(sx[k0 + k]), prof[k])
-    return best[1], best[2], best[3], -reach
+
+    def search(angles_y, angles_x, best):
+        ay, ax = torch.meshgrid(torch.tensor(angles_y), torch.tensor(angles_x), indexing="ij")
+        ay, ax = ay.reshape(-1).tolist(), ax.reshape(-1).tolist()
+        sy = torch.tan(torch.deg2rad(torch.tensor(ay, dtype=torch.float32))).to(r.device)
+        sx = torch.tan(torch.deg2rad(torch.tensor(ax, dtype=torch.float32))).to(r.device)
+        for k0 in range(0, len(sy), 64):
+            off = sy[k0:k0 + 64, None] * gy[None] + sx[k0:k0 + 64, None] * gx[None]  # (c, n_cols)
+            prof = _shifted(cols, off, zp)
+            energy = (prof.clamp_min(0) ** 2).sum(1)
+            k = int(torch.argmax(energy))
+            if float(energy[k]) > best[0]:
+                best = (float(energy[k]), ay[k0 + k], ax[k0 + k], float(sy[k0 + k]), float(sx[k0 + k]), prof[k])
+        return best
+
+    coarse = [6.0 * k for k in range(-int(max_tilt // 6), int(max_tilt // 6) + 1)]
+    best = search(coarse, coarse, (-1.0, 0.0, 0.0, 0.0, 0.0, None))
+
+    def near(a):
+        return [a + d for d in (-4.0, -2.0, 0.0, 2.0, 4.0) if abs(a + d) <= max_tilt + 1e-9]
+
+    best = search(near(best[1]), near(best[2]), best)
+    return best[3], best[4], best[5], -reach
 
 
 def _slab_interval(prof, null: float, threshold: float, level: float):
