@@ -172,6 +172,12 @@ def time_to_quality(args) -> None:
         print(f"  {name}: {cubes[0]} fitting + {cubes[1]} validation cubes per epoch")
         for epoch, cpu, q in rows:
             print(f"    epoch {epoch}: {cpu:6.1f} CPU s, CC in the specimen {q:.3f}", flush=True)
+    for goal in (0.5, 0.7, 0.75):
+        cells = []
+        for name, rows in results.items():
+            reach = next((cpu for _, cpu, q in rows if q >= goal), None)
+            cells.append(f"{name} " + (f"{reach:.0f} CPU s" if reach is not None else "—"))
+        print(f"  time to CC ≥ {goal}: " + ", ".join(cells))
     target = results["no mask"][-1][2]
     for name, rows in results.items():
         reach = next((cpu for _, cpu, q in rows if q >= target), None)
