@@ -104,3 +104,30 @@ def test_auto_without_halves_is_refused(make_napari_viewer, tmp_path):
     fit = FitWidget(viewer)
     assert not fit.mask_row.auto()  # a notification names the missing halves; nothing runs
     assert not fit.busy
+
+
+def test_also_fit_on_tomograms_get_auto_masks(rec, tmp_path):
+    """With 'auto masks for Also fit on', the extra pairs get the automatic mask of their own
+    halves (what the CLI's --mask auto computes), and the message before the cubes are cut says
+    what each mask keeps."""
+    from types import SimpleNamespace
+
+    from napari_deepdewedge.core.fitting import FitConfig
+    from napari_deepdewedge.core.io import read_mrc
+    from napari_deepdewedge.core.sample_mask import auto_mask
+    from napari_deepdewedge.widgets._fit_pairs import fit_request, pairs_message
+
+    folder, _ = rec
+    even, odd = read_mrc(folder / "ts_even.mrc").data, read_mrc(folder / "ts_odd.mrc").data
+    extra = [SimpleNamespace(even_path=folder / "ts_even.mrc", odd_path=folder / "ts_odd.mrc",
+                             tilt_range=(-60.0, 60.0))]
+    cfg = FitConfig(subtomo_size=16, channels=4, depth=2, tilt_min=-60.0, tilt_max=60.0).validate()
+    plain = fit_request(np.asarray(even), np.asarray(odd), None, cfg, None, extra=extra)
+    assert all(p.mask is None for p in plain.pairs) and plain.mask_notes == []
+    request = fit_request(np.asarray(even), np.asarray(odd), None, cfg, None, extra=extra, extra_auto=True)
+    first, second = request.pairs
+    assert first.mask is None  # the picked pair keeps what the Mask row says (here: none)
+    assert np.array_equal(second.mask, auto_mask(even, odd).mask) and second.mask_source["kind"] == "auto"
+    message = pairs_message(request, cfg)
+    assert any("automatic mask" in line for line in message.masks)
+    assert any("the mask keeps" in line for line in message.masks)
