@@ -36,6 +36,10 @@ def _command(name: str):
         from .demo import cmd_demo
 
         return cmd_demo
+    if name == "mask":
+        from .mask import cmd_mask
+
+        return cmd_mask
     from . import commands
 
     return getattr(commands, f"cmd_{name}")

@@ -20,6 +20,8 @@ from ..pipeline import (
     write_refined,
 )
 from ..pipeline.fit_inputs import memory_line
+from ..pipeline.fitting import HalfPair
+from ..pipeline.masks import cube_lines
 from .fitting import (
     claim_fit_folder,
     fit_config,
@@ -31,7 +33,8 @@ from .fitting import (
     report_fit,
     run_fit,
 )
-from .inputs import halves_request, read_mask, read_pair
+from .inputs import halves_request, read_pair
+from .mask import mask_pair
 from .output import info
 from .pairs import load_pairs
 from .progress import Progress
@@ -79,6 +82,8 @@ def cmd_fit(args) -> int:
         estimate = memory_line(request.pairs, request.config)
         if estimate is not None:
             info(args, estimate)
+        for line in cube_lines(request.pairs, request.config):
+            info(args, line)  # how many cubes the masks removed
         t0 = time.perf_counter()  # the engine reads the (memory-mapped) halves itself
         finished, interrupted = run_fit(args, request)
         report_fit(args, finished, time.perf_counter() - t0)
@@ -219,12 +224,16 @@ def cmd_run(args) -> int:
     halves, written = reconstruct(args, request, out, overwrite=overwrite)
     for path in written:
         info(args, f"wrote {path}")
-    mask = read_mask(args.mask, halves.even.shape)
+    masked = HalfPair(even=halves.even, odd=halves.odd, tilt_range=halves.tilt_range, name=request.stem)
+    mask_pair(args, masked, args.mask)  # 'auto': from the halves just reconstructed
     config = fit_config(args, tilt_range=halves.tilt_range, out_dir=out / "model",
                         voxel_size=halves.voxel_size)
-    model_path = fit_for_run(args, fit_size_for_halves(args, FitRequest(
-        even=halves.even, odd=halves.odd, config=config, mask=mask, resume=args.resume,
-        given=given_fields(args))), t_start)
+    fit_request = fit_size_for_halves(args, FitRequest(
+        even=halves.even, odd=halves.odd, config=config, mask=masked.mask,
+        mask_source=masked.mask_source, resume=args.resume, given=given_fields(args)))
+    for line in cube_lines([masked], fit_request.config):  # at the cube size the fit will use
+        info(args, line)
+    model_path = fit_for_run(args, fit_request, t_start)
     if model_path is None:
         even_path, odd_path = written[:2]
         info(args, f"not refining after the interrupt; refine later with: deepdewedge refine "

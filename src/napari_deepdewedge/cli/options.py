@@ -187,15 +187,38 @@ FIT_HALVES_INPUT = Group("inputs: one or more half pairs (or from --config)", (
     Opt(("--pairs",), "pairs", "instead of --even/--odd: a text file with one pair per line, "
         "'EVEN ODD [ANGLES.tlt | MIN,MAX]' (paths relative to the file; # comments)",
         metavar="LIST.txt"),
-    Opt(("--mask",), "mask", "binary region-of-interest mask, same shape as its tomograms; one for "
-        "each pair (repeat, in --even order) or none", metavar="ROI.mrc", kind="append"),
+    Opt(("--mask",), "mask", "sample mask: 'auto' (computed from each pair's halves, as "
+        "'deepdewedge mask' does) or a binary mask file of the tomogram's shape; one for each pair "
+        "(repeat, in --even order), one 'auto' for all, or none", metavar="ROI.mrc|auto", kind="append"),
     Opt(("--init-from",), "init_from", "start from the weights of a fitted model (fine-tuning: "
         "fresh optimizer and schedule, same U-Net; unlike --resume, which continues a run)",
         metavar="MODEL.pt"),
 ))
 
-MASK_OPTION = Opt(("--mask",), "mask", "binary region-of-interest mask, same shape as the tomograms",
-                  metavar="ROI.mrc")
+MASK_OPTION = Opt(("--mask",), "mask", "sample mask: 'auto' (computed from the halves, as 'deepdewedge "
+                  "mask' does) or a binary mask file, same shape as the tomograms", metavar="ROI.mrc|auto")
+
+#: the settings of the automatic mask (core.sample_mask.AutoMaskParams; also read from --config
+#: by 'fit --mask auto' and 'run --mask auto')
+MASK_SETTINGS = Group("automatic mask (core.sample_mask; defaults chosen on phantoms, docs/masks.md)", (
+    Opt(("--mask-bin",), "mask_bin", "bin the halves by this factor first (default 0 = automatic: "
+        "at least 2, ≤ 1 M binned voxels)", type=non_negative_int, metavar="B"),
+    Opt(("--mask-tiles",), "mask_tiles", "columns per Y and X whose agreement profiles are combined "
+        "(default 4)", type=positive_int, metavar="N"),
+    Opt(("--mask-max-tilt",), "mask_max_tilt", "largest slab tilt searched, degrees (default 30)",
+        type=any_float, metavar="DEG"),
+    Opt(("--mask-threshold",), "mask_threshold", "the slab's agreement must exceed this many noise "
+        "spreads (default 3)", type=positive_float, metavar="K"),
+    Opt(("--mask-level",), "mask_level", "… and this fraction of the peak agreement (default 0.15)",
+        type=fraction, metavar="F"),
+    Opt(("--mask-margin",), "mask_margin", "added on both surfaces, as a fraction of the slab found "
+        "(default 0.3)", type=any_float, metavar="F"),
+))
+
+MASK_INPUT = Group("inputs (or from --config)", (
+    Opt(("--even", "--tomo0"), "even", "tomogram of half 0", metavar="E.mrc"),
+    Opt(("--odd", "--tomo1"), "odd", "tomogram of half 1", metavar="O.mrc"),
+))
 
 
 def fitting_options(*, with_mask: bool) -> "Group":
@@ -342,6 +365,14 @@ COMMANDS: dict[str, Command] = {
         (STACK_INPUT, PROJECT, reconstruction_options(thickness_required=False), FITTING, CONFIG,
          refine_tiles("--refine-batch-size"), NO_HALVES, DEVICE,
          out_option("DIR", "output folder (required)"), OVERWRITE, QUIET)),
+    "mask": Command(
+        "an automatic sample mask from the two halves (where the specimen is)",
+        "Compute a sample mask from a half pair: where the two halves agree (their local "
+        "covariance, which noise does not have), as a slab that may be tilted; written as an MRC "
+        "of 0/1 with the halves' voxel size and origin. 'fit --mask auto' and the Fit dock's "
+        "Auto compute the same mask with the default settings.",
+        (MASK_INPUT, MASK_SETTINGS, CONFIG, DEVICE, out_option("MASK.mrc", "mask file to write "
+         "(required)"), OVERWRITE, QUIET)),
     "demo": Command(
         "the whole pipeline on a built-in synthetic phantom, with figures and metrics",
         "Simulate a noisy tilt series of a synthetic phantom (a held-out seed), reconstruct, fit "

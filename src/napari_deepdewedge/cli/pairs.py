@@ -16,12 +16,13 @@ from ..core.errors import DDWError
 
 @dataclass(frozen=True)
 class PairSpec:
-    """One pair as given: paths, its own (min, max) tilt range if any, its ROI mask if any."""
+    """One pair as given: paths, its own (min, max) tilt range if any, its mask if any (a path
+    or ``"auto"``)."""
 
     even: Path
     odd: Path
     tilt: tuple[float, float] | None = None
-    mask: Path | None = None
+    mask: Path | str | None = None
 
 
 def read_pair_list(path) -> list[PairSpec]:
@@ -47,11 +48,16 @@ def pair_specs(args) -> list[PairSpec]:
             raise DDWError(f"--even is given {len(evens)} times but --odd {len(odds)} times; give one --odd for "
                            "each --even (paired in order)")
         specs = [PairSpec(Path(e), Path(o)) for e, o in zip(evens, odds)]
+    from ..pipeline.masks import AUTO, is_auto
+
     masks = list(args.mask or [])
+    if len(masks) == 1 and is_auto(masks[0]):
+        masks = masks * len(specs)  # one 'auto' for all pairs
     if masks and len(masks) != len(specs):
-        raise DDWError(f"{len(masks)} masks for {len(specs)} pairs; give one --mask per pair (in order) or none")
+        raise DDWError(f"{len(masks)} masks for {len(specs)} pairs; give one --mask per pair (in order), "
+                       "one --mask auto for all, or none")
     if masks:
-        specs = [PairSpec(sp.even, sp.odd, sp.tilt, Path(m)) for sp, m in zip(specs, masks)]
+        specs = [PairSpec(sp.even, sp.odd, sp.tilt, AUTO if is_auto(m) else Path(m)) for sp, m in zip(specs, masks)]
     return specs
 
 
@@ -74,11 +80,11 @@ def load_pairs(args):
     """``pipeline.HalfPair``s of the fit: memory-mapped halves, own tilt range, mask, metadata
     (:func:`pipeline.fit_inputs.open_half_pair`, as the Fit dock opens its extra pairs)."""
     from ..pipeline.fit_inputs import open_half_pair
-    from .inputs import read_mask
+    from .mask import mask_pair
 
     pairs = []
     for spec in pair_specs(args):
         pair = open_half_pair(spec.even, spec.odd, pair_tilt_range(spec, args))
-        pair.mask = read_mask(None if spec.mask is None else str(spec.mask), pair.even.shape)
+        mask_pair(args, pair, spec.mask)  # 'auto': computed here, for every pair
         pairs.append(pair)
     return pairs

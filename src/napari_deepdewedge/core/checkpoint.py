@@ -28,7 +28,8 @@ written by fitting, needed only to resume:
                       fitting cubes ``fit0`` and validation cubes ``val0`` (n, 1, E, E, E),
                       or ``None`` before the first wedge update (core.fit_state)
 ``inputs``            the half pairs fitted on: ``[{name, even_path, odd_path, shape,
-                      tilt_range, voxel_size, standardization}, ...]``
+                      tilt_range, voxel_size, standardization[, mask]}, ...]``; ``mask``:
+                      the sample mask's source (pipeline.masks), when the pair had one
 ``perm``              this epoch's cube order (int64), ``partial`` running sums of the epoch
 ``best_val_loss``     best validation loss so far (or ``None``)
 ``history``           ``[[epoch, fit_loss, val_loss or None, seconds], ...]``

@@ -30,10 +30,12 @@ class HalfPair:
     even_path: str | None = None
     odd_path: str | None = None
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mask_source: object = None  # what made the mask (pipeline.masks): recorded in the checkpoint
 
     def record(self) -> dict:
-        """The checkpoint's ``inputs`` entry of this pair."""
-        return {"name": str(self.name), "even_path": None if self.even_path is None else str(self.even_path),
+        """The checkpoint's ``inputs`` entry of this pair (``mask``: the mask's source, if any)."""
+        extra = {} if self.mask_source is None else {"mask": self.mask_source}
+        return {**extra, "name": str(self.name), "even_path": None if self.even_path is None else str(self.even_path),
                 "odd_path": None if self.odd_path is None else str(self.odd_path),
                 "shape": [int(n) for n in np.shape(self.even)],
                 "tilt_range": [float(v) for v in self.tilt_range],
@@ -63,7 +65,8 @@ def check_pairs(pairs) -> list[HalfPair]:
             raise DDWError(f"{label}: tilt range [{lo}, {hi}] is invalid: need -90 < min < max < 90 degrees")
         out.append(HalfPair(even=even, odd=odd, tilt_range=(lo, hi), mask=mask, name=p.name,
                             even_path=p.even_path, odd_path=p.odd_path,
-                            voxel_size=tuple(float(v) for v in p.voxel_size)))
+                            voxel_size=tuple(float(v) for v in p.voxel_size),
+                            mask_source=getattr(p, "mask_source", None)))
     return out
 
 

@@ -59,6 +59,7 @@ class FitRequest:
     even: object = None
     odd: object = None
     mask: object = None
+    mask_source: object = None  # what made ``mask`` (pipeline.masks), recorded in the checkpoint
     pairs: list[HalfPair] | None = None
     resume: str | Path | None = None
     init_from: str | Path | None = None
@@ -74,7 +75,7 @@ class FitRequest:
             return list(self.pairs)
         c = self.config
         return [HalfPair(even=self.even, odd=self.odd, tilt_range=(c.tilt_min, c.tilt_max), mask=self.mask,
-                         voxel_size=tuple(c.voxel_size))]
+                         voxel_size=tuple(c.voxel_size), mask_source=self.mask_source)]
 
     def planned_config(self) -> "FitConfig":
         """``config`` with pair 0's tilt range and voxel size (what the engine fits with)."""

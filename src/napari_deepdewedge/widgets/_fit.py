@@ -10,7 +10,6 @@ from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QLabel, QPushButton, QSpin
 from ..pipeline import FitResumed
 from ._common import (
     DEVICE_TIP,
-    LayerCombo,
     add_row,
     compact,
     device_choices,
@@ -23,6 +22,7 @@ from ._common import (
     percentile_limits,
     tip,
 )
+from ._fit_mask import MaskRow
 from ._fit_pairs import MorePairsRow, fit_request, pair_source, pairs_message
 from ._halves import HalvesPicker
 from ._names import PREVIEW_NAME
@@ -35,7 +35,7 @@ Resumed = FitResumed
 
 
 def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(),
-             size_typed=True):
+             size_typed=True, **mask_kw):
     """Worker generator: the pipeline's fit_events (as `deepdewedge fit`), one event per
     optimizer step at least, after a ``FitPairs`` message (the tomograms and their memory).
     The picked pair is read and the ``extra`` pairs are opened here
@@ -51,7 +51,7 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(
     from ..pipeline import fit_events
     from ..pipeline.fit_size import FitSizeChosen, with_fitting_size
 
-    request = fit_request(tomo0, tomo1, mask, config, resume, source, extra)
+    request = fit_request(tomo0, tomo1, mask, config, resume, source, extra, **mask_kw)
     request, note = with_fitting_size(request, typed=size_typed)
     if note is not None:
         yield FitSizeChosen(request.config.subtomo_size, note)
@@ -99,12 +99,9 @@ class FitWidget(FitEventsView, DDWPanel):
                      "learned away.",
             odd_tip="Tomogram of the odd half; same size as the even one.")
         self.even, self.odd = self.halves.even, self.halves.odd
-        self.mask = LayerCombo(self.viewer, "labels", ndim=3, allow_none=True)
-        add_row(form, "ROI mask", self.mask,
-                "Optional Labels layer (same size as the halves) marking the sample: training "
-                "cubes are taken only where at least 30 % of the cube is labelled. Paint one to "
-                "skip empty ice or vacuum.")
         self.more_pairs = MorePairsRow(form, self._picked_name)
+        self.mask_row = MaskRow(self, form)  # the sample mask: a Labels layer, Auto (issue 20)
+        self.mask = self.mask_row.combo
         self.preset = QComboBox()
         add_row(form, "Preset", self.preset,
                 "Starting values: 'fast' for a laptop CPU (small cubes, few channels); "
@@ -356,14 +353,8 @@ class FitWidget(FitEventsView, DDWPanel):
     def _inputs(self):
         """Lazy sources for the engine (read by the worker), or raise DDWError naming what is
         wrong."""
-        from ..core.halves import check_same_shape
-
         even, odd = self.halves.layers()
-        mask = None
-        mask_layer = self.mask.layer()
-        if mask_layer is not None:
-            check_same_shape(even.data, mask_layer.data, what="halves and ROI mask")
-            mask = layer_source(mask_layer)
+        mask = self.mask_row.job_inputs(even.data)  # mask, mask_name, mask_origin, extra_auto
         return even, odd, layer_source(even), layer_source(odd), mask
 
     def _check_size_fits(self, shape) -> None:
@@ -436,9 +427,9 @@ class FitWidget(FitEventsView, DDWPanel):
         if resume is not None and not Path(resume).is_file():
             raise DDWError(f"checkpoint {resume} not found; choose stopped.pt or latest.pt of "
                            "an earlier fit under 'Resume from'")
-        return dict(tomo0=tomo0, tomo1=tomo1, mask=mask, config=cfg, resume=resume,
+        return dict(tomo0=tomo0, tomo1=tomo1, config=cfg, resume=resume,
                     source=pair_source(even, odd), size_typed=self._size_typed,
-                    extra=self.more_pairs.pairs((cfg.tilt_min, cfg.tilt_max)))
+                    extra=self.more_pairs.pairs((cfg.tilt_min, cfg.tilt_max)), **mask)
 
     def _prepare(self, resume):
         inputs = self.job_inputs(resume)

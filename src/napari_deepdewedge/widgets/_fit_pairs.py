@@ -11,7 +11,7 @@ memory-mapped by the job (:func:`fit_request`, worker thread only).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel
@@ -36,6 +36,7 @@ class FitPairs:
     names: list
     memory: str | None
     warnings: list
+    masks: list = field(default_factory=list)  # what the masks keep (pipeline.masks)
 
 
 class MorePairsRow:
@@ -110,22 +111,36 @@ def pair_source(even, odd) -> dict:
     return {"name": name, "even_path": path_of(even), "odd_path": path_of(odd)}
 
 
-def fit_request(tomo0, tomo1, mask, config, resume, source=None, extra=()):
+def fit_request(tomo0, tomo1, mask, config, resume, source=None, extra=(), *, mask_name=None,
+                mask_origin=None, extra_auto=False):
     """The ``FitRequest`` of the dock: the picked layer pair (with the form's tilt range), then
     the ``extra`` pairs (``MorePairsRow.pairs``) memory-mapped. Worker thread only: reads the
-    layers and opens the files."""
+    layers and opens the files. ``mask``: the mask layer's data (any label > 0 is inside;
+    checked by ``pipeline.masks.apply_mask``), recorded as that layer (``mask_name``; with
+    ``mask_origin``, the settings of the Auto that made it); ``extra_auto``: the extra pairs get
+    automatic masks. What the masks did is in ``request.mask_notes`` (lines; warnings start
+    with ``"warning: "``)."""
     from ..pipeline import FitRequest
     from ..pipeline.fit_inputs import open_half_pair
     from ..pipeline.fitting import HalfPair
+    from ..pipeline.masks import AUTO, apply_mask
 
     tomo0, tomo1 = read_array(tomo0), read_array(tomo1)
-    if mask is not None:
-        mask = read_array(mask) > 0
     first = HalfPair(even=tomo0, odd=tomo1, tilt_range=(config.tilt_min, config.tilt_max),
-                     mask=mask, voxel_size=tuple(config.voxel_size), **(source or {}))
+                     voxel_size=tuple(config.voxel_size), **(source or {}))
+    notes = []
+    if mask is not None:
+        notes += apply_mask(first, read_array(mask) > 0, name=mask_name or "mask")
+        if mask_origin:
+            first.mask_source = dict(first.mask_source, auto=dict(mask_origin))
     pairs = [first] + [open_half_pair(p.even_path, p.odd_path, p.tilt_range) for p in extra]
-    return FitRequest(pairs=pairs, config=config, resume=resume or None,
-                      given=frozenset() if resume else None)
+    if extra_auto:
+        for pair in pairs[1:]:
+            notes += apply_mask(pair, AUTO)
+    request = FitRequest(pairs=pairs, config=config, resume=resume or None,
+                         given=frozenset() if resume else None)
+    request.mask_notes = notes
+    return request
 
 
 def pairs_message(request, config) -> FitPairs:
@@ -133,6 +148,11 @@ def pairs_message(request, config) -> FitPairs:
     settings, the checkpoint's for a resume)."""
     from ..pipeline.fit_inputs import memory_line, voxel_size_warnings
 
+    from ..pipeline.masks import cube_lines
+
     pairs = request.pairs
+    notes = list(getattr(request, "mask_notes", []))
+    warnings = [n[len("warning: "):] for n in notes if n.startswith("warning: ")]
+    masks = [n for n in notes if not n.startswith("warning: ")] + cube_lines(pairs, config)
     return FitPairs(names=[p.name for p in pairs], memory=memory_line(pairs, config),
-                    warnings=voxel_size_warnings(pairs))
+                    warnings=voxel_size_warnings(pairs) + warnings, masks=masks)

@@ -96,6 +96,8 @@ class FitEventsView:
         text = f"Preparing sub-tomograms of {_tomograms(event.names)}…"
         if event.memory:
             text += f" ({event.memory})"
+        if getattr(event, "masks", None):
+            text += " Masks: " + "; ".join(event.masks)
         self.status.setText(f"{self.status.text()} {text}" if resuming else text)
         for warning in event.warnings:
             notify_warning(warning)
