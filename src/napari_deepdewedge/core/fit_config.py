@@ -63,6 +63,10 @@ class FitConfig:
     lr_schedule: str = "constant"   # or "warmup_cosine"
     warmup_epochs: int = 0
     early_stop_patience: int = 0    # epochs without a lower validation loss; 0 = never stop early
+    # epochs between measurements of the no-ground-truth signals (core.fit_signals: the refined
+    # halves' FSC on a fixed crop, the validation loss's wedge term); 0 = never. Logged in
+    # losses.csv and EpochDone.signals
+    signal_every: int = 1
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
@@ -107,7 +111,8 @@ class FitConfig:
 
         for name in ("subtomo_size", "channels", "depth", "epochs", "batch_size", "validate_every"):
             positive_int(name)
-        for name in ("update_every", "checkpoint_every", "preview_every", "warmup_epochs", "early_stop_patience"):
+        for name in ("update_every", "checkpoint_every", "preview_every", "warmup_epochs", "early_stop_patience",
+                     "signal_every"):
             positive_int(name, 0)
         m = required_multiple(self.depth)
         if self.subtomo_size % m:

@@ -44,6 +44,7 @@ class EpochDone(FitEvent):
     fit_loss: float
     val_loss: float | None
     seconds: float
+    signals: dict = field(default_factory=dict)  # core.fit_signals: name → value, this epoch's
 
 
 @dataclass

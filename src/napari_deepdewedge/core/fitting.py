@@ -299,8 +299,11 @@ class _Masks:
 
 
 def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank: int, world: int,
-                     amp: bool) -> float | None:
-    """Mean masked Fourier loss over the validation cubes (fixed rotations), or None."""
+                     amp: bool, terms: dict | None = None) -> float | None:
+    """Mean masked Fourier loss over the validation cubes (fixed rotations), or None. With a
+    ``terms`` dict, also its mean missing-wedge term (core.fit_signals ``val_wedge``), from the
+    same forward passes."""
+    from .fit_signals import wedge_term
     from .loss import masked_fourier_loss, model_input
 
     n_val = int(cubes.val_pairs.shape[0])
@@ -310,7 +313,7 @@ def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank:
     if masks.val is None:
         masks.val = cubes.wedges.rotated(cubes.val_index, cubes.val_rot)
     mine = list(range(rank, n_val, world))
-    total = 0.0
+    total = wedge = 0.0
     with torch.no_grad():
         for i in range(0, len(mine), B):
             idx = torch.tensor(mine[i:i + B], dtype=torch.long)
@@ -322,7 +325,12 @@ def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank:
             loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)],
                                        wedge_weight=cfg.wedge_weight)
             total += float(loss) * len(idx)
-    return all_reduce_sum([total], device, world)[0] / n_val
+            if terms is not None:
+                wedge += float(wedge_term(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)]).sum())
+    total, wedge = all_reduce_sum([total, wedge], device, world)
+    if terms is not None:
+        terms["val_wedge"] = wedge / n_val
+    return total / n_val
 
 
 def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tensor, gen: torch.Generator,
@@ -383,6 +391,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     """
     from . import checkpoint as ckpt
     from .fit_data import CubeFeeder, HalfPair, WedgeMasks, check_pairs, pool_cubes
+    from .fit_signals import SIGNALS, SignalProbe
     from .fit_log import EpochRecord, EpochTally, LossLog
     from .fit_preview import Previewer
     from .fit_state import carry_state, prune_states, save_fit_state
@@ -491,7 +500,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     loss_log = None
     if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        loss_log = LossLog(out_dir / "losses.csv", history)
+        loss_log = LossLog(out_dir / "losses.csv", history, SIGNALS if cfg.signal_every else ())
         carry_state(state_ref, resume_dir, out_dir)  # resumed into another folder
     states_written: set[str] = set()
     state_refs: dict[str, str | None] = {}  # checkpoint file → the state file it refers to
@@ -504,6 +513,10 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
         previewer = Previewer(pairs[0].even, pairs[0].odd, subtomo_size=s, tilt_min=cfg.tilt_min,
                               tilt_max=cfg.tilt_max, stats=stats[0], batch_size=B, device=device, slab=preview_slab,
                               resampling=kind)
+    probe = None  # the no-ground-truth signals (core.fit_signals), on a crop of pair 0
+    if cfg.signal_every and main:
+        probe = SignalProbe(pairs[0].even, pairs[0].odd, subtomo_size=s, tilt_min=cfg.tilt_min, tilt_max=cfg.tilt_max,
+                            stats=stats[0], batch_size=B, device=device, resampling=kind, voxel_size=cfg.voxel_size)
 
     def save(kind: str, name: str, epoch_completed: int, step: int = 0, cur_perm=None, cur_tally=None):
         payload_now = ckpt.build_fit_payload(
@@ -551,7 +564,13 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
         fit_loss = tally.mean_loss()
 
         validated = epoch % cfg.validate_every == 0 or epoch == cfg.epochs
-        val_loss = _validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp) if validated else None
+        measured = bool(cfg.signal_every) and (epoch % cfg.signal_every == 0 or epoch == cfg.epochs)
+        terms = {} if measured else None
+        val_loss = (_validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp, terms=terms)
+                    if validated or measured else None)
+        if not validated:
+            val_loss = None
+        signals = dict(terms or {})
         updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
         if updated:
             update_wedges(net, fit0, None, cfg.depth, device, B, rank=rank, world=world, amp=amp,
@@ -564,12 +583,15 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
             if out_dir is not None and main:  # the cubes changed: the one time they are written
                 state_ref = save_fit_state(out_dir, epoch, fit0, val0)
                 states_written.add(state_ref)
-        record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - t_start)
+        if probe is not None and measured:  # after the update: the model (normalization) this epoch saves
+            signals.update(probe(net))
+            model.train()
+        record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - t_start, signals)
         history.append(record)
         tally = EpochTally()
         if loss_log is not None:
             loss_log.append(record)
-        yield EpochDone(epoch=epoch, fit_loss=fit_loss, val_loss=val_loss, seconds=record.seconds)
+        yield EpochDone(epoch=epoch, fit_loss=fit_loss, val_loss=val_loss, seconds=record.seconds, signals=signals)
         if updated:
             yield WedgesUpdated(epoch=epoch)
 
