@@ -67,6 +67,9 @@ class FitConfig:
     # halves' FSC on a fixed crop, the validation loss's wedge term); 0 = never. Logged in
     # losses.csv and EpochDone.signals
     signal_every: int = 1
+    # what picks best.pt and what early_stop_patience watches: "val_loss" (lowest validation
+    # loss, the original's choice) or a signal of core.fit_signals (bench/stopping_study.py)
+    best_by: str = "val_loss"
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
@@ -135,6 +138,13 @@ class FitConfig:
             raise DDWError(
                 f"tilt range [{self.tilt_min}, {self.tilt_max}] is invalid: need -90 < tilt_min < tilt_max < 90 degrees"
             )
+        from .fit_signals import BEST_BY
+
+        if self.best_by not in BEST_BY:
+            raise DDWError(f"best_by must be one of {', '.join(BEST_BY)}, got {self.best_by!r}")
+        if self.best_by != "val_loss" and not self.signal_every:
+            raise DDWError(f"best_by={self.best_by} needs the signals: set signal_every to 1 (or more), or "
+                           "use best_by=val_loss")
         from .rotation import check_resampling
 
         check_resampling(self.resampling)

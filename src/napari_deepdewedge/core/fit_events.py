@@ -73,3 +73,4 @@ class FitFinished(FitEvent):
     stopped: bool
     latest_path: Path | None
     best_path: Path | None
+    reason: str = ""  # why it ended before its epochs (core.fit_signals.stop_reason), else ""

@@ -237,3 +237,48 @@ def should_stop(history, signal: str, patience: int) -> bool:
     last = history[-1]
     last = int((last.as_list() if hasattr(last, "as_list") else last)[0])
     return best is not None and last - best >= patience
+
+
+# --------------------------------------------------------------------------------------------
+# the loop's decisions
+# --------------------------------------------------------------------------------------------
+#: what may pick best.pt and drive early stopping (FitConfig.best_by)
+BEST_BY = ("val_loss",) + SIGNALS
+_WORDS = {"val_loss": "validation loss", "val_wedge": "validation loss in the missing wedge",
+          "fsc_area": "half-map FSC (mean to ½ Nyquist)", "fsc_143": "half-map FSC 0.143 resolution",
+          "wedge_fsc": "half-map FSC in the missing wedge", "consistency": "half-map difference"}
+
+
+def check_best_by(cfg, n_val: int) -> None:
+    """A :class:`DDWError` when ``cfg.best_by`` cannot be measured by this fit."""
+    from .errors import DDWError
+
+    if cfg.best_by == "val_wedge" and n_val == 0:
+        raise DDWError(f"best_by={cfg.best_by} needs validation cubes, but this fit has none; raise "
+                       "val_fraction or choose another best_by")
+
+
+def improved_at(history, signal: str, epoch: int) -> bool:
+    """True when ``epoch`` (the last of ``history``) holds the best ``signal`` so far."""
+    return best_epoch(history, signal) == int(epoch)
+
+
+def stop_reason(history, signal: str, patience: int) -> str:
+    """Why the rule stops now (``patience`` epochs without a better ``signal``), or ``""``."""
+    if not should_stop(history, signal, patience):
+        return ""
+    best = best_epoch(history, signal)
+    return (f"the {_WORDS.get(signal, signal)} has not improved for {patience} epochs "
+            f"(best at epoch {best}, kept as best.pt)")
+
+
+def rule_text(cfg) -> str:
+    """The fit's rule in one line (printed at the start of a fit)."""
+    what = _WORDS.get(cfg.best_by, cfg.best_by)
+    word = "lowest" if DIRECTION[cfg.best_by] < 0 else "highest"
+    text = f"best.pt: the epoch with the {word} {what}"
+    if cfg.early_stop_patience:
+        text += f"; stops when it has not improved for {cfg.early_stop_patience} epochs (at most {cfg.epochs})"
+    else:
+        text += f"; runs all {cfg.epochs} epochs"
+    return text

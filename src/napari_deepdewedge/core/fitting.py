@@ -57,7 +57,7 @@ from .fit_events import (  # noqa: F401  (re-exported: the engine's event names)
 from .fit_config import FitConfig  # noqa: F401  (re-exported: where FitConfig was defined)
 from .fit_log import CSV_HEADER  # noqa: F401  (re-exported)
 from .perf import as_input, limit_cpu_threads, maybe_compile, needs_grad_scaler, pick_autocast
-from .schedule import lr_at, should_stop_early
+from .schedule import lr_at
 from .fit_parallel import (  # noqa: F401  (amp_enabled … init_distributed_from_env: re-exported)
     all_reduce_sum, amp_enabled, autocast, configure_backends, data_device, distributed_info, fit_device,
     init_distributed_from_env,
@@ -391,7 +391,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     """
     from . import checkpoint as ckpt
     from .fit_data import CubeFeeder, HalfPair, WedgeMasks, check_pairs, pool_cubes
-    from .fit_signals import SIGNALS, SignalProbe
+    from .fit_signals import SIGNALS, SignalProbe, check_best_by, improved_at, stop_reason
     from .fit_log import EpochRecord, EpochTally, LossLog
     from .fit_preview import Previewer
     from .fit_state import carry_state, prune_states, save_fit_state
@@ -513,6 +513,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
         previewer = Previewer(pairs[0].even, pairs[0].odd, subtomo_size=s, tilt_min=cfg.tilt_min,
                               tilt_max=cfg.tilt_max, stats=stats[0], batch_size=B, device=device, slab=preview_slab,
                               resampling=kind)
+    check_best_by(cfg, n_val)
     probe = None  # the no-ground-truth signals (core.fit_signals), on a crop of pair 0
     if cfg.signal_every and main:
         probe = SignalProbe(pairs[0].even, pairs[0].odd, subtomo_size=s, tilt_min=cfg.tilt_min, tilt_max=cfg.tilt_max,
@@ -596,9 +597,13 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
             yield WedgesUpdated(epoch=epoch)
 
         score = val_loss if n_val > 0 else fit_loss
-        improved = score is not None and (best is None or score < best)
-        if improved:
+        if score is not None and (best is None or score < best):
             best = float(score)
+            improved = cfg.best_by == "val_loss"
+        else:
+            improved = False
+        if cfg.best_by != "val_loss":  # best.pt follows the chosen signal (core.fit_signals)
+            improved = improved_at(history, cfg.best_by, epoch)
         if out_dir is not None and main:
             # best.pt before latest.pt (its byte copy): a kill between the two leaves best.pt one
             # epoch ahead, and the resumed run redoes that epoch to the same state — the other
@@ -626,8 +631,10 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
             model.train()
             yield preview
 
-        if should_stop_early([r.as_list() for r in history], cfg.early_stop_patience) and epoch < cfg.epochs:
-            yield FitFinished(epochs_done=epoch, stopped=False, latest_path=latest_path, best_path=best_path)
+        reason = stop_reason(history, cfg.best_by, cfg.early_stop_patience)
+        if reason and epoch < cfg.epochs:
+            yield FitFinished(epochs_done=epoch, stopped=False, latest_path=latest_path, best_path=best_path,
+                              reason=reason)
             return
 
     yield FitFinished(epochs_done=cfg.epochs, stopped=False, latest_path=latest_path, best_path=best_path)
