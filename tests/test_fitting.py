@@ -95,7 +95,7 @@ def test_config_checks_and_presets():
 
 def test_events_files_wedge_update_and_preview(halves, tmp_path):
     t0, t1 = halves
-    cfg = worker.tiny_config(tmp_path, epochs=2, update_every=2, checkpoint_every=1, preview_every=2)
+    cfg = worker.tiny_config(tmp_path, epochs=2, update_every=2, checkpoint_every=1, preview_every=2, signal_every=1)
     events = _events(ft.fit_iter(t0, t1, cfg, preview_slab=lambda: (4, 12)))
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "FitStarted" and kinds[-1] == "FitFinished"
@@ -121,7 +121,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
     assert header == ["epoch", "fit_loss", "val_loss", "seconds", *signals]
     assert [int(r[0]) for r in rows] == [1, 2]
     np.testing.assert_allclose([float(r[1]) for r in rows], [e.fit_loss for e in epochs])
-    # the signals (measured every epoch by default) are the events' and in their ranges
+    # the signals (here measured every epoch) are the events' and in their ranges
     for row, ev in zip(rows, epochs):
         assert sorted(ev.signals) == sorted(signals)
         np.testing.assert_allclose([float(v) for v in row[4:]], [ev.signals[k] for k in signals])
@@ -159,7 +159,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
 
 def test_resume_and_stop_continue_exactly(halves, tmp_path):
     t0, t1 = halves
-    kw = dict(epochs=4, update_every=2)
+    kw = dict(epochs=4, update_every=2, signal_every=1)
     ref_events = _events(ft.fit_iter(t0, t1, worker.tiny_config(tmp_path / "ref", **kw)))
     ref = [(e.fit_loss, e.val_loss) for e in ref_events if isinstance(e, ft.EpochDone)]
     ref_payload = ckpt.load_checkpoint(tmp_path / "ref" / "latest.pt")

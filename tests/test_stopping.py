@@ -53,7 +53,8 @@ def test_rule_stops_a_fit_whose_signal_plateaued_and_keeps_its_best(scripted, tm
     script, calls = scripted
     # rises to epoch 3, then flat below it: patience 2 → stops after epoch 5, best.pt = epoch 3
     script += [0.3, 0.5, 0.7, 0.69, 0.7, 0.9, 0.9, 0.9]
-    cfg = worker.tiny_config(tmp_path, epochs=8, update_every=0, best_by="fsc_area", early_stop_patience=2)
+    cfg = worker.tiny_config(tmp_path, epochs=8, update_every=0, best_by="fsc_area", early_stop_patience=2,
+                             signal_every=1)
     events = list(ft.fit_iter(*worker.tiny_halves(), cfg))
     fin = events[-1]
     assert isinstance(fin, ft.FitFinished) and not fin.stopped and fin.epochs_done == 5
@@ -70,7 +71,8 @@ def test_rule_stops_a_fit_whose_signal_plateaued_and_keeps_its_best(scripted, tm
 def test_lower_is_better_signals_and_no_stop_while_improving(scripted, tmp_path):
     script, calls = scripted
     script += [0.3, 0.5, 0.7, 0.8]  # consistency 0.7, 0.5, 0.3, 0.2: improving every epoch
-    cfg = worker.tiny_config(tmp_path, epochs=4, update_every=0, best_by="consistency", early_stop_patience=1)
+    cfg = worker.tiny_config(tmp_path, epochs=4, update_every=0, best_by="consistency", early_stop_patience=1,
+                             signal_every=1)
     events = list(ft.fit_iter(*worker.tiny_halves(), cfg))
     assert events[-1].epochs_done == 4 and events[-1].reason == ""
     assert [e.epoch for e in events if isinstance(e, ft.CheckpointSaved) and e.kind == "best"] == [1, 2, 3, 4]
@@ -78,13 +80,13 @@ def test_lower_is_better_signals_and_no_stop_while_improving(scripted, tmp_path)
 
 def test_signal_every_skips_epochs_and_the_csv_leaves_them_empty(scripted, tmp_path):
     script, calls = scripted
-    script += [0.4, 0.6]
-    cfg = worker.tiny_config(tmp_path, epochs=4, update_every=0, signal_every=2)
+    script += [0.4, 0.6, 0.5]
+    cfg = worker.tiny_config(tmp_path, epochs=5, update_every=0, signal_every=2)
     events = list(ft.fit_iter(*worker.tiny_halves(), cfg))
     signals = [e.signals for e in events if isinstance(e, ft.EpochDone)]
-    assert [bool(s) for s in signals] == [False, True, False, True] and len(calls) == 2
+    assert [bool(s) for s in signals] == [False, True, False, True, True] and len(calls) == 3  # and the last
     rows = _rows(tmp_path / "losses.csv")
-    assert [r["fsc_area"] for r in rows] == ["", "0.4", "", "0.6"]
+    assert [r["fsc_area"] for r in rows] == ["", "0.4", "", "0.6", "0.5"]
     # signal_every 0: no probe, no signal columns
     list(ft.fit_iter(*worker.tiny_halves(), worker.tiny_config(tmp_path / "off", epochs=1, signal_every=0)))
     with open(tmp_path / "off" / "losses.csv") as fh:

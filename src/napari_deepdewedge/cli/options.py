@@ -210,7 +210,7 @@ FITTING = Group("fitting (default: the --preset values, then core.fitting.FitCon
         "(docs/stopping.md)",
         choices=("val_loss", "fsc_area", "fsc_143", "wedge_fsc", "consistency", "val_wedge")),
     Opt(("--signal-every",), "signal_every", "measure the signals (losses.csv columns) every N epochs "
-        "(default 1; 0 = never)", type=non_negative_int, metavar="N"),
+        "and at the last epoch (default 5; 0 = never; 1 with a --best-by signal)", type=non_negative_int, metavar="N"),
     Opt(("--val-fraction",), "val_fraction", "fraction of cubes held out for validation "
         "(default 0.1)", type=fraction, metavar="F"),
     Opt(("--update-every",), "update_every", "update the input cubes' missing wedges every N "
