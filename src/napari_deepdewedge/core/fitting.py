@@ -17,9 +17,10 @@ computed from the model inputs (centre crops of the fitting cube0s, masked with 
 start and after every wedge update.
 
 Files (``out_dir``, written by rank 0 only): ``latest.pt`` (every epoch), ``best.pt`` (lowest
-validation loss; lowest fitting loss without validation cubes), ``epoch_NNNN.pt`` (every
-``checkpoint_every`` epochs), ``stopped.pt`` (when ``should_stop()`` fired) and ``losses.csv``
-(``epoch,fit_loss,val_loss,seconds``). Resuming from any of them continues exactly
+validation loss; lowest fitting loss without validation cubes; the best ``best_by`` signal when
+one is chosen), ``epoch_NNNN.pt`` (every ``checkpoint_every`` epochs), ``stopped.pt`` (when
+``should_stop()`` fired) and ``losses.csv`` (``epoch,fit_loss,val_loss,seconds`` and the
+progress signals of core.fit_signals, measured every ``signal_every`` epochs). Resuming from any of them continues exactly
 (mid-epoch for ``stopped.pt``). The checkpoints hold no cubes: the wedge-updated cube0s go to
 ``fit_state_NNNN.pt`` at each wedge update, named by the checkpoints (core.fit_state).
 
