@@ -585,7 +585,8 @@ def test_progress_in_a_log_is_a_few_plain_lines(tiny_pair, fitted, tilt_stack, t
     assert "\r" not in err and "\x1b" not in err
     assert [line.split(":")[0] for line in lines if line.startswith("fit epoch")] == \
         ["fit epoch 1/3", "fit epoch 2/3", "fit epoch 3/3"]
-    assert len(lines) <= 6, lines  # header + 3 epochs + summary
+    assert "best.pt: the epoch with the lowest validation loss; runs all 3 epochs" in lines  # the rule
+    assert len(lines) <= 7, lines  # header + rule + 3 epochs + summary
 
     ckpt = sorted(fitted.glob("latest.pt"))[0]
     rc = cli.main(["refine", "--even", str(even), "--odd", str(odd), "--model", str(ckpt),

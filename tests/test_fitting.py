@@ -95,7 +95,7 @@ def test_config_checks_and_presets():
 
 def test_events_files_wedge_update_and_preview(halves, tmp_path):
     t0, t1 = halves
-    cfg = worker.tiny_config(tmp_path, epochs=2, update_every=2, checkpoint_every=1, preview_every=2)
+    cfg = worker.tiny_config(tmp_path, epochs=2, update_every=2, checkpoint_every=1, preview_every=2, signal_every=1)
     events = _events(ft.fit_iter(t0, t1, cfg, preview_slab=lambda: (4, 12)))
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "FitStarted" and kinds[-1] == "FitFinished"
@@ -117,9 +117,16 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
     assert fin.latest_path == tmp_path / "latest.pt" and fin.best_path == tmp_path / "best.pt"
 
     header, rows = _csv_rows(tmp_path / "losses.csv")
-    assert header == ["epoch", "fit_loss", "val_loss", "seconds"]
+    signals = ["fsc_area", "fsc_143", "wedge_fsc", "consistency", "val_wedge"]  # core.fit_signals
+    assert header == ["epoch", "fit_loss", "val_loss", "seconds", *signals]
     assert [int(r[0]) for r in rows] == [1, 2]
     np.testing.assert_allclose([float(r[1]) for r in rows], [e.fit_loss for e in epochs])
+    # the signals (here measured every epoch) are the events' and in their ranges
+    for row, ev in zip(rows, epochs):
+        assert sorted(ev.signals) == sorted(signals)
+        np.testing.assert_allclose([float(v) for v in row[4:]], [ev.signals[k] for k in signals])
+        assert 0 < ev.signals["fsc_area"] <= 1 and -1 <= ev.signals["wedge_fsc"] <= 1
+        assert ev.signals["fsc_143"] >= 2.0 and 0 < ev.signals["consistency"] < 2 and ev.signals["val_wedge"] > 0
     # epoch fit loss = sample-weighted mean of the step losses (3 + 3 + 1 cubes)
     w = np.array([3, 3, 1])
     np.testing.assert_allclose(epochs[0].fit_loss, (np.array([s.loss for s in steps[:3]]) * w).sum() / 7)
@@ -152,7 +159,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
 
 def test_resume_and_stop_continue_exactly(halves, tmp_path):
     t0, t1 = halves
-    kw = dict(epochs=4, update_every=2)
+    kw = dict(epochs=4, update_every=2, signal_every=1)
     ref_events = _events(ft.fit_iter(t0, t1, worker.tiny_config(tmp_path / "ref", **kw)))
     ref = [(e.fit_loss, e.val_loss) for e in ref_events if isinstance(e, ft.EpochDone)]
     ref_payload = ckpt.load_checkpoint(tmp_path / "ref" / "latest.pt")
@@ -200,6 +207,9 @@ def test_resume_and_stop_continue_exactly(halves, tmp_path):
         _, rows = _csv_rows(tmp_path / other / "losses.csv")
         assert [r[0] for r in rows] == ["1", "2", "3", "4"]
         np.testing.assert_allclose([float(r[1]) for r in rows], [float(r[1]) for r in rows_ref], rtol=1e-5)
+        # the signal columns too (epoch 1 of "b" comes from the stopped checkpoint's history)
+        np.testing.assert_allclose([[float(v) for v in r[4:]] for r in rows],
+                                   [[float(v) for v in r[4:]] for r in rows_ref], rtol=1e-4)
 
     # resume refuses an incompatible run or one that is already complete
     with pytest.raises(CheckpointError, match="channels"):

@@ -16,7 +16,7 @@ from .progress import FitReport
 
 #: options that map one-to-one onto FitConfig fields
 FIT_OPTION_KEYS = ("subtomo_size", "channels", "depth", "epochs", "batch_size", "lr", "lr_schedule",
-                   "warmup_epochs", "early_stop_patience",
+                   "warmup_epochs", "early_stop_patience", "best_by", "signal_every",
                    "val_fraction", "update_every", "validate_every", "checkpoint_every",
                    "min_mask_fraction", "standardize", "seed", "device", "strides")
 
@@ -153,6 +153,8 @@ def report_fit(args, finished, seconds: float) -> None:
         return
     state = "stopped" if finished.stopped else "finished"
     info(args, f"fitting {state} after {finished.epochs_done} epochs in {seconds:.0f} s")
+    if getattr(finished, "reason", ""):
+        info(args, f"ended early: {finished.reason}")
     if finished.best_path:
         print(f"best checkpoint:   {finished.best_path}")
     if finished.latest_path:

@@ -244,8 +244,14 @@ FITTING = Group("fitting (default: the --preset values, then core.fitting.FitCon
         "README 'Time to quality')", choices=("constant", "warmup_cosine")),
     Opt(("--warmup-epochs",), "warmup_epochs", "with --lr-schedule warmup_cosine: warm-up epochs "
         "(default 0)", type=non_negative_int, metavar="N"),
-    Opt(("--early-stop",), "early_stop_patience", "stop when the validation loss has not improved "
-        "for N epochs (default 0 = never)", type=non_negative_int, metavar="N"),
+    Opt(("--early-stop",), "early_stop_patience", "stop when the --best-by measure has not improved "
+        "for N epochs (default 0 = never); --epochs is then the maximum", type=non_negative_int, metavar="N"),
+    Opt(("--best-by",), "best_by", "what picks best.pt and --early-stop watches: val_loss (default), "
+        "or a signal measured without ground truth: fsc_area, fsc_143, wedge_fsc, consistency, val_wedge "
+        "(docs/stopping.md)",
+        choices=("val_loss", "fsc_area", "fsc_143", "wedge_fsc", "consistency", "val_wedge")),
+    Opt(("--signal-every",), "signal_every", "measure the signals (losses.csv columns) every N epochs "
+        "and at the last epoch (default 5; 0 = never; 1 with a --best-by signal)", type=non_negative_int, metavar="N"),
     Opt(("--val-fraction",), "val_fraction", "fraction of cubes held out for validation "
         "(default 0.1)", type=fraction, metavar="F"),
     Opt(("--update-every",), "update_every", "update the input cubes' missing wedges every N "

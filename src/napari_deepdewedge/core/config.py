@@ -257,6 +257,8 @@ FIT_FIELDS = (
     "lr_schedule",
     "warmup_epochs",
     "early_stop_patience",
+    "best_by",
+    "signal_every",
     "val_fraction",
     "update_every",
     "validate_every",

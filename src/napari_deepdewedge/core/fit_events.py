@@ -44,6 +44,7 @@ class EpochDone(FitEvent):
     fit_loss: float
     val_loss: float | None
     seconds: float
+    signals: dict = field(default_factory=dict)  # core.fit_signals: name → value, this epoch's
 
 
 @dataclass
@@ -72,3 +73,4 @@ class FitFinished(FitEvent):
     stopped: bool
     latest_path: Path | None
     best_path: Path | None
+    reason: str = ""  # why it ended before its epochs (core.fit_signals.stop_reason), else ""

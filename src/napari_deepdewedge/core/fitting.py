@@ -17,9 +17,10 @@ computed from the model inputs (centre crops of the fitting cube0s, masked with 
 start and after every wedge update.
 
 Files (``out_dir``, written by rank 0 only): ``latest.pt`` (every epoch), ``best.pt`` (lowest
-validation loss; lowest fitting loss without validation cubes), ``epoch_NNNN.pt`` (every
-``checkpoint_every`` epochs), ``stopped.pt`` (when ``should_stop()`` fired) and ``losses.csv``
-(``epoch,fit_loss,val_loss,seconds``). Resuming from any of them continues exactly
+validation loss; lowest fitting loss without validation cubes; the best ``best_by`` signal when
+one is chosen), ``epoch_NNNN.pt`` (every ``checkpoint_every`` epochs), ``stopped.pt`` (when
+``should_stop()`` fired) and ``losses.csv`` (``epoch,fit_loss,val_loss,seconds`` and the
+progress signals of core.fit_signals, measured every ``signal_every`` epochs). Resuming from any of them continues exactly
 (mid-epoch for ``stopped.pt``). The checkpoints hold no cubes: the wedge-updated cube0s go to
 ``fit_state_NNNN.pt`` at each wedge update, named by the checkpoints (core.fit_state).
 
@@ -59,7 +60,7 @@ from .fit_events import (  # noqa: F401  (re-exported: the engine's event names)
 from .fit_config import FitConfig  # noqa: F401  (re-exported: where FitConfig was defined)
 from .fit_log import CSV_HEADER  # noqa: F401  (re-exported)
 from .perf import as_input, limit_cpu_threads, maybe_compile, needs_grad_scaler, pick_autocast
-from .schedule import lr_at, should_stop_early
+from .schedule import lr_at
 from .fit_parallel import (  # noqa: F401  (amp_enabled … init_distributed_from_env: re-exported)
     all_reduce_sum, amp_enabled, autocast, configure_backends, data_device, distributed_info, fit_device,
     init_distributed_from_env,
@@ -316,10 +317,12 @@ class _Masks:
 
 
 def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank: int, world: int,
-                     amp: bool, emulate: int = 1) -> float | None:
+                     amp: bool, emulate: int = 1, terms: dict | None = None) -> float | None:
     """Mean masked Fourier loss over the validation cubes (fixed rotations), or None. Each rank
     sums its share (round robin) in batches of ``batch_size``; ``emulate`` (one process): the
-    shares of that many ranks one after the other, summed as the all-reduce sums them."""
+    shares of that many ranks one after the other, summed as the all-reduce sums them. With a
+    ``terms`` dict, also its mean missing-wedge term (core.fit_signals ``val_wedge``), from the
+    same forward passes."""
     n_val = int(cubes.val_pairs.shape[0])
     if n_val == 0:
         return None
@@ -327,16 +330,23 @@ def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank:
         masks.val = cubes.wedges.rotated(cubes.val_index, cubes.val_rot)
     shares = [list(range(rank, n_val, world))] if world > 1 else [list(range(r, n_val, emulate))
                                                                    for r in range(emulate)]
-    total = sum(_validation_share(net, cubes, masks, cfg, mine, amp) for mine in shares)
-    return all_reduce_sum([total], cubes.device, world)[0] / n_val
+    sums = [_validation_share(net, cubes, masks, cfg, mine, amp, terms is not None) for mine in shares]
+    total, wedge = all_reduce_sum([sum(t for t, _ in sums), sum(w for _, w in sums)],
+                                  cubes.device, world)
+    if terms is not None:
+        terms["val_wedge"] = wedge / n_val
+    return total / n_val
 
 
-def _validation_share(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, mine: list, amp: bool) -> float:
-    """Summed loss of the validation cubes ``mine`` (batches of ``batch_size``)."""
+def _validation_share(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, mine: list, amp: bool,
+                      with_wedge: bool) -> tuple[float, float]:
+    """Summed loss (and summed wedge term when ``with_wedge``) of the validation cubes
+    ``mine`` (batches of ``batch_size``)."""
+    from .fit_signals import wedge_term
     from .loss import masked_fourier_loss, model_input
 
     device, B = cubes.device, cfg.batch_size
-    total = 0.0
+    total = wedge = 0.0
     with torch.no_grad():
         for i in range(0, len(mine), B):
             idx = torch.tensor(mine[i:i + B], dtype=torch.long)
@@ -348,7 +358,9 @@ def _validation_share(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, mine: l
             loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)],
                                        wedge_weight=cfg.wedge_weight)
             total += float(loss) * len(idx)
-    return total
+            if with_wedge:
+                wedge += float(wedge_term(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)]).sum())
+    return total, wedge
 
 
 def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tensor, gen: torch.Generator,
@@ -443,6 +455,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     """
     from . import checkpoint as ckpt
     from .fit_data import CubeFeeder, HalfPair, WedgeMasks, check_pairs, pool_cubes
+    from .fit_signals import SIGNALS, SignalProbe, check_best_by, improved_at, stop_reason
     from .fit_log import EpochRecord, EpochTally, LossLog
     from .fit_preview import Previewer
     from .fit_state import carry_state, prune_states, save_fit_state
@@ -554,7 +567,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     loss_log = None
     if out_dir is not None and main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        loss_log = LossLog(out_dir / "losses.csv", history)
+        loss_log = LossLog(out_dir / "losses.csv", history, SIGNALS if cfg.signal_every else ())
         carry_state(state_ref, resume_dir, out_dir)  # resumed into another folder
     states_written: set[str] = set()
     state_refs: dict[str, str | None] = {}  # checkpoint file → the state file it refers to
@@ -567,6 +580,11 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
         previewer = Previewer(pairs[0].even, pairs[0].odd, subtomo_size=s, tilt_min=cfg.tilt_min,
                               tilt_max=cfg.tilt_max, stats=stats[0], batch_size=B, device=device, slab=preview_slab,
                               resampling=kind)
+    check_best_by(cfg, n_val)
+    probe = None  # the no-ground-truth signals (core.fit_signals), on a crop of pair 0
+    if cfg.signal_every and main:
+        probe = SignalProbe(pairs[0].even, pairs[0].odd, subtomo_size=s, tilt_min=cfg.tilt_min, tilt_max=cfg.tilt_max,
+                            stats=stats[0], batch_size=B, device=device, resampling=kind, voxel_size=cfg.voxel_size)
 
     def save(kind: str, name: str, epoch_completed: int, step: int = 0, cur_perm=None, cur_tally=None):
         payload_now = ckpt.build_fit_payload(
@@ -615,8 +633,14 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
         fit_loss = tally.mean_loss()
 
         validated = epoch % cfg.validate_every == 0 or epoch == cfg.epochs
-        val_loss = (_validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp, emulate=emulate)
-                    if validated else None)
+        measured = bool(cfg.signal_every) and (epoch % cfg.signal_every == 0 or epoch == cfg.epochs)
+        terms = {} if measured else None
+        val_loss = (_validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp,
+                                     emulate=emulate, terms=terms)
+                    if validated or measured else None)
+        if not validated:
+            val_loss = None
+        signals = dict(terms or {})
         updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
         if updated:
             update_wedges(net, fit0, None, cfg.depth, device, B, rank=rank, world=world, amp=amp,
@@ -629,19 +653,26 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
             if out_dir is not None and main:  # the cubes changed: the one time they are written
                 state_ref = save_fit_state(out_dir, epoch, fit0, val0)
                 states_written.add(state_ref)
-        record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - t_start)
+        if probe is not None and measured:  # after the update: the model (normalization) this epoch saves
+            signals.update(probe(net))
+            model.train()
+        record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - t_start, signals)
         history.append(record)
         tally = EpochTally()
         if loss_log is not None:
             loss_log.append(record)
-        yield EpochDone(epoch=epoch, fit_loss=fit_loss, val_loss=val_loss, seconds=record.seconds)
+        yield EpochDone(epoch=epoch, fit_loss=fit_loss, val_loss=val_loss, seconds=record.seconds, signals=signals)
         if updated:
             yield WedgesUpdated(epoch=epoch)
 
         score = val_loss if n_val > 0 else fit_loss
-        improved = score is not None and (best is None or score < best)
-        if improved:
+        if score is not None and (best is None or score < best):
             best = float(score)
+            improved = cfg.best_by == "val_loss"
+        else:
+            improved = False
+        if cfg.best_by != "val_loss":  # best.pt follows the chosen signal (core.fit_signals)
+            improved = improved_at(history, cfg.best_by, epoch)
         if out_dir is not None and main:
             # best.pt before latest.pt (its byte copy): a kill between the two leaves best.pt one
             # epoch ahead, and the resumed run redoes that epoch to the same state — the other
@@ -669,8 +700,10 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
             model.train()
             yield preview
 
-        if should_stop_early([r.as_list() for r in history], cfg.early_stop_patience) and epoch < cfg.epochs:
-            yield FitFinished(epochs_done=epoch, stopped=False, latest_path=latest_path, best_path=best_path)
+        reason = stop_reason(history, cfg.best_by, cfg.early_stop_patience)
+        if reason and epoch < cfg.epochs:
+            yield FitFinished(epochs_done=epoch, stopped=False, latest_path=latest_path, best_path=best_path,
+                              reason=reason)
             return
 
     yield FitFinished(epochs_done=cfg.epochs, stopped=False, latest_path=latest_path, best_path=best_path)

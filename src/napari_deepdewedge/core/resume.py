@@ -55,6 +55,8 @@ RESUME_CHANGEABLE = {
     "lr_schedule": "the learning-rate schedule from now on",
     "warmup_epochs": "the learning-rate schedule from now on",
     "early_stop_patience": "when to stop early from now on",
+    "signal_every": "when the progress signals are measured from now on",
+    "best_by": "what picks best.pt and ends the fit early from now on",
 }
 
 

@@ -99,8 +99,8 @@ class FinishedFit:
 def finished_fit(request: FitRequest) -> FinishedFit | None:
     """Whether ``request.resume`` names a fit that is already over for this request.
 
-    Over means: the checkpoint has done the requested epochs, or its loss history already meets
-    the request's early-stopping patience. Then the result names ``best.pt`` beside the
+    Over means: the checkpoint has done the requested epochs, or its history already meets the
+    request's early-stopping rule (``best_by`` not improved for ``early_stop_patience`` epochs). Then the result names ``best.pt`` beside the
     checkpoint (else the checkpoint itself) for refinement; ``None`` when there is more to fit
     or nothing to resume. The checkpoint must match the request as a resume would (the fixed
     settings in ``given``, the same tomograms), else ``CheckpointError``: a job never goes on
@@ -113,14 +113,14 @@ def finished_fit(request: FitRequest) -> FinishedFit | None:
     if request.resume is None:
         return None
     from ..core.resume import check_resume_inputs, fixed_config
-    from ..core.schedule import should_stop_early
+    from ..core.fit_signals import should_stop
 
     checkpoint = Path(request.resume)
     payload = _load_resume(checkpoint)
     config = fixed_config(request.planned_config(), payload, given=request.given, name=checkpoint.name)
     done = int(payload["epoch"])
     history = payload.get("history") or []
-    if done < config.epochs and not should_stop_early(history, config.early_stop_patience):
+    if done < config.epochs and not should_stop(history, config.best_by, config.early_stop_patience):
         return None
     check_resume_inputs(payload, [pair.record() for pair in request.half_pairs()])
     best = checkpoint.parent / "best.pt"

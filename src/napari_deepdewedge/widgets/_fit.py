@@ -211,8 +211,9 @@ class FitWidget(FitEventsView, DDWPanel):
         lay.addWidget(self.status)
         self.loss_plot = LossPlot(self.viewer)
         tip(self.loss_plot, "Loss per epoch (log scale): blue = fitting cubes, orange = held-out "
-                            "validation cubes. Validation flattening out means further epochs "
-                            "bring little.")
+                            "validation cubes. Green (right axis): the half-map FSC of the two "
+                            "halves refined on a fixed crop, measured without ground truth "
+                            "(docs/stopping.md).")
         lay.addWidget(self.loss_plot)
 
         # presets come from the engine (torch is imported here, when the dock opens)

@@ -54,19 +54,23 @@ class FitEventsView:
         elif isinstance(event, FitResumed):
             cfg = event.config
             self.loss_plot.clear()
+            self.loss_plot.set_signal(_shown_signal(cfg))
             for record in event.history:  # core.fit_log.EpochRecord
                 if record.epoch <= event.epoch:
-                    self.loss_plot.add_epoch(record.epoch, record.fit_loss, record.val_loss)
+                    self.loss_plot.add_epoch(record.epoch, record.fit_loss, record.val_loss, record.signals)
             self._show_config(cfg)
             self.status.setText(f"Resuming after epoch {event.epoch} of {cfg.epochs}…")
         elif isinstance(event, F.FitStarted):
             self._epochs = event.config.epochs
             self._steps = max(event.steps_per_epoch, 1)
             self._total_steps = self._epochs * self._steps
+            self.loss_plot.set_signal(_shown_signal(event.config))
+            from ..core.fit_signals import rule_text
+
             self.status.setText(
                 f"{_tomograms(self._pair_names)}: {event.n_fit_cubes} training + "
                 f"{event.n_val_cubes} validation cubes, {event.steps_per_epoch} steps per epoch "
-                f"on {event.device}.")
+                f"on {event.device}. {rule_text(event.config)}.")
         elif isinstance(event, F.StepDone):
             if self._total_steps:
                 done = (event.epoch - 1) * self._steps + event.step
@@ -75,7 +79,7 @@ class FitEventsView:
             self._last_step = event
         elif isinstance(event, F.EpochDone):
             self.loss_plot.truncate_from(event.epoch)
-            self.loss_plot.add_epoch(event.epoch, event.fit_loss, event.val_loss)
+            self.loss_plot.add_epoch(event.epoch, event.fit_loss, event.val_loss, event.signals)
             remaining = (self._epochs - event.epoch) * event.seconds
             val = "" if event.val_loss is None else f", validation {event.val_loss:.4g}"
             self.status.setText(f"Epoch {event.epoch}/{self._epochs}: loss {event.fit_loss:.4g}"
@@ -128,6 +132,9 @@ class FitEventsView:
         if finished.stopped:
             self.status.setText(f"Stopped after epoch {finished.epochs_done}; Resume continues "
                                 "from the saved checkpoint.")
+        elif getattr(finished, "reason", ""):
+            self.bar.setValue(1000)
+            self.status.setText(f"Finished after {finished.epochs_done} epochs: {finished.reason}. Next: Refine.")
         else:
             self.bar.setValue(1000)
             self.status.setText(f"Finished {finished.epochs_done} epochs. Next: Refine.")
@@ -138,6 +145,12 @@ class FitEventsView:
             self.state.model_version += 1
             if not finished.stopped:
                 notify_info(f"Fitting finished; the model is in {Path(model).parent}.")
+
+
+def _shown_signal(cfg) -> str:
+    """The progress signal the loss plot draws: the one that picks best.pt, else the half-map FSC."""
+    best_by = getattr(cfg, "best_by", "val_loss")
+    return "fsc_area" if best_by == "val_loss" else best_by
 
 
 def _tomograms(names) -> str:

@@ -10,6 +10,7 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 FIT_COLOUR = "#4aa3ff"
 VAL_COLOUR = "#ffb14a"
+SIGNAL_COLOUR = "#7fe07f"  # a progress signal (core.fit_signals), on its own right-hand axis
 WEDGE_COLOUR = "#3ee0ff"  # cyan: stands out on the magma colour map
 
 
@@ -66,7 +67,8 @@ class _Canvas(QWidget):
 
 
 class LossPlot(_Canvas):
-    """Fitting and validation loss per epoch, log y axis.
+    """Fitting and validation loss per epoch, log y axis; and one progress signal measured
+    without ground truth (core.fit_signals, ``signal_name``) on a linear right-hand axis.
 
     A redraw (clearing the axes, plotting, ``tight_layout``) costs tens of milliseconds of the
     GUI thread; it is done at most once per ``min_redraw_s``: a point that arrives sooner is
@@ -88,7 +90,11 @@ class LossPlot(_Canvas):
         self.fit_losses: list[float] = []
         self.val_epochs: list[int] = []
         self.val_losses: list[float] = []
+        self.signal_name = "fsc_area"  # which of EpochDone.signals is drawn
+        self.signal_epochs: list[int] = []
+        self.signal_values: list[float] = []
         self.ax = self.figure.add_subplot(111)
+        self.ax2 = self.ax.twinx()
         self._fit_line = None
         self._val_line = None
         self.clear()
@@ -98,7 +104,17 @@ class LossPlot(_Canvas):
         self.fit_losses.clear()
         self.val_epochs.clear()
         self.val_losses.clear()
+        self.signal_epochs.clear()
+        self.signal_values.clear()
         self._redraw()
+
+    def set_signal(self, name: str) -> None:
+        """Draw the signal ``name`` (a key of ``EpochDone.signals``) from now on."""
+        if name != self.signal_name:
+            self.signal_name = name
+            self.signal_epochs.clear()
+            self.signal_values.clear()
+            self._redraw()
 
     def truncate_from(self, epoch: int) -> None:
         """Forget points at ``epoch`` and later (a resumed fit redoes them)."""
@@ -108,14 +124,22 @@ class LossPlot(_Canvas):
         keep = [i for i, e in enumerate(self.val_epochs) if e < epoch]
         self.val_epochs[:] = [self.val_epochs[i] for i in keep]
         self.val_losses[:] = [self.val_losses[i] for i in keep]
+        keep = [i for i, e in enumerate(self.signal_epochs) if e < epoch]
+        self.signal_epochs[:] = [self.signal_epochs[i] for i in keep]
+        self.signal_values[:] = [self.signal_values[i] for i in keep]
         self._redraw()
 
-    def add_epoch(self, epoch: int, fit_loss: float, val_loss: float | None = None) -> None:
+    def add_epoch(self, epoch: int, fit_loss: float, val_loss: float | None = None,
+                  signals: dict | None = None) -> None:
         self.epochs.append(int(epoch))
         self.fit_losses.append(float(fit_loss))
         if val_loss is not None and math.isfinite(float(val_loss)):
             self.val_epochs.append(int(epoch))
             self.val_losses.append(float(val_loss))
+        value = (signals or {}).get(self.signal_name)
+        if value is not None and math.isfinite(float(value)):
+            self.signal_epochs.append(int(epoch))
+            self.signal_values.append(float(value))
         self._redraw()
 
     def _redraw(self) -> None:
@@ -138,7 +162,10 @@ class LossPlot(_Canvas):
         self._last_redraw = time.monotonic()
         ax = self.ax
         ax.clear()
+        self.ax2.clear()
         _style_axes(ax, self.colours)
+        _style_axes(self.ax2, self.colours)
+        self.ax2.set_visible(bool(self.signal_epochs))
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel("loss", fontsize=8)
         positive = [v for v in self.fit_losses + self.val_losses if v > 0]
@@ -160,8 +187,14 @@ class LossPlot(_Canvas):
         if self.val_epochs:
             ax.plot(self.val_epochs, self.val_losses, "-s", color=VAL_COLOUR, markersize=2.5,
                     linewidth=1.2, label="validation")
+        if self.signal_epochs:
+            self.ax2.plot(self.signal_epochs, self.signal_values, "-^", color=SIGNAL_COLOUR, markersize=2.5,
+                          linewidth=1.0, label=self.signal_name)
+            self.ax2.set_ylabel(self.signal_name, fontsize=8, color=SIGNAL_COLOUR)
         if self.epochs or self.val_epochs:
-            legend = ax.legend(fontsize=7, loc="upper right", frameon=False)
+            handles, labels = ax.get_legend_handles_labels()
+            more = self.ax2.get_legend_handles_labels() if self.signal_epochs else ([], [])
+            legend = ax.legend(handles + more[0], labels + more[1], fontsize=7, loc="upper right", frameon=False)
             for text in legend.get_texts():
                 text.set_color(self.colours["text"])
             last = max(self.epochs + self.val_epochs)
