@@ -31,10 +31,10 @@ import torch
 
 from napari_deepdewedge.core.device import pick_device
 from napari_deepdewedge.core.fourier import observed_mask, rotated_observed_masks
-from napari_deepdewedge.core.loss import masked_fourier_loss, model_input
-from napari_deepdewedge.core.rotation import random_rotations, rotate_center_crop, stack_channels_last
-from napari_deepdewedge.core.subtomos import extraction_size
-from napari_deepdewedge.core.unet import UNet3D
+from napari_deepdewedge.core.fit.loss import masked_fourier_loss, model_input
+from napari_deepdewedge.core.model.rotation import random_rotations, rotate_center_crop, stack_channels_last
+from napari_deepdewedge.core.fit.cubes import extraction_size
+from napari_deepdewedge.core.model.unet import UNet3D
 
 TILTS = (-60.0, 60.0)
 
@@ -168,7 +168,7 @@ def bench_fit_step(s: int, channels: int, batch_size: int, reps: int, device) ->
     is the best of the ``reps`` following ones (time between consecutive ``StepDone`` events)."""
     import numpy as np
 
-    from napari_deepdewedge.core.fitting import FitConfig, StepDone, fit_iter
+    from napari_deepdewedge.core.fit.loop import FitConfig, StepDone, fit_iter
 
     e = extraction_size(s)
     shape = (e, e, e + batch_size - 1)  # strides 1 → exactly batch_size cubes along X
@@ -233,8 +233,8 @@ def tutorial_job(device_name: str, epochs: int = 3, tiny: bool = False) -> int:
     import numpy as np
 
     from napari_deepdewedge.core import perf
-    from napari_deepdewedge.core.fitting import EpochDone, FitConfig, FitStarted, fit_iter
-    from napari_deepdewedge.core.refine import refine_tomogram
+    from napari_deepdewedge.core.fit.loop import EpochDone, FitConfig, FitStarted, fit_iter
+    from napari_deepdewedge.core.refine.tiles import refine_tomogram
 
     if not tiny and (not device_name.startswith("cuda") or not torch.cuda.is_available()):
         print(f"no CUDA GPU on this machine (device '{device_name}', torch.cuda.is_available() = "
@@ -277,7 +277,7 @@ def tutorial_job(device_name: str, epochs: int = 3, tiny: bool = False) -> int:
           f"peak memory {fit_peak:.2f} GiB", flush=True)
     del tomo0, tomo1
     torch.manual_seed(0)
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     net = UNet3D(channels=job["channels"], depth=job["depth"], residual=False).to(device)
     tomo = rng.standard_normal(job["refine_shape"], dtype=np.float32)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 
 from napari_deepdewedge.core import perf
-from napari_deepdewedge.core.unet import InstanceNormLeakyReLU
+from napari_deepdewedge.core.model.unet import InstanceNormLeakyReLU
 
 
 @contextlib.contextmanager

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_deepdewedge.core.fitting import EpochDone, FitConfig, FitFinished, fit_iter
-from napari_deepdewedge.core.halves import split_even_odd
-from napari_deepdewedge.core.io import TiltSeries
-from napari_deepdewedge.core.metrics import cc, fsc, fsc_crossing, wedge_correlation
-from napari_deepdewedge.core.phantom import make_sample, slab_extent
-from napari_deepdewedge.core.reconstruction import fbp
-from napari_deepdewedge.core.refine import refine_halves
+from napari_deepdewedge.core.fit.loop import EpochDone, FitConfig, FitFinished, fit_iter
+from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+from napari_deepdewedge.core.io.mrc import TiltSeries
+from napari_deepdewedge.core.evaluate.metrics import cc, fsc, fsc_crossing, wedge_correlation
+from napari_deepdewedge.core.evaluate.phantom import make_sample, slab_extent
+from napari_deepdewedge.core.reconstruct.fbp import fbp
+from napari_deepdewedge.core.refine.tiles import refine_halves
 
 HELD_OUT_SEED = 2024
 REFERENCE = {"fbp": 0.32, "gauss": 0.74, "refined": 0.84, "wedge_before": 0.04, "wedge_after": 0.77}

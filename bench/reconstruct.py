@@ -94,8 +94,8 @@ def blob_phantom(shape, angles, seed=0):
 
 
 def core_phantom(shape, angles):
-    from napari_deepdewedge.core.phantom import make_phantom
-    from napari_deepdewedge.core.reconstruction import forward_project
+    from napari_deepdewedge.core.evaluate.phantom import make_phantom
+    from napari_deepdewedge.core.reconstruct.fbp import forward_project
 
     vol = make_phantom(shape, 0)
     return vol, forward_project(vol, angles)
@@ -215,7 +215,7 @@ def main(argv=None):
 
     import torch
 
-    from napari_deepdewedge.core.reconstruction import fbp
+    from napari_deepdewedge.core.reconstruct.fbp import fbp
 
     shape, n_tilts, n_iradon = SIZES[args.size]
     n_iradon = args.iradon_slices or n_iradon

@@ -36,13 +36,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from napari_deepdewedge.core import perf  # noqa: E402
-from napari_deepdewedge.core.fitting import EpochDone, FitConfig, fit_iter  # noqa: E402
-from napari_deepdewedge.core.halves import split_even_odd  # noqa: E402
-from napari_deepdewedge.core.io import TiltSeries  # noqa: E402
-from napari_deepdewedge.core.metrics import cc, wedge_correlation  # noqa: E402
-from napari_deepdewedge.core.phantom import make_sample  # noqa: E402
-from napari_deepdewedge.core.reconstruction import fbp  # noqa: E402
-from napari_deepdewedge.core.refine import default_overlap, refine_halves, tile_shape  # noqa: E402
+from napari_deepdewedge.core.fit.loop import EpochDone, FitConfig, fit_iter  # noqa: E402
+from napari_deepdewedge.core.reconstruct.halves import split_even_odd  # noqa: E402
+from napari_deepdewedge.core.io.mrc import TiltSeries  # noqa: E402
+from napari_deepdewedge.core.evaluate.metrics import cc, wedge_correlation  # noqa: E402
+from napari_deepdewedge.core.evaluate.phantom import make_sample  # noqa: E402
+from napari_deepdewedge.core.reconstruct.fbp import fbp  # noqa: E402
+from napari_deepdewedge.core.refine.tiles import default_overlap, refine_halves, tile_shape  # noqa: E402
 
 HELD_OUT_SEED = 2024
 
@@ -96,7 +96,7 @@ def fit_ours(tomo0, tomo1, truth, args, out_dir: Path, overrides: dict):
 
 
 def fit_original(ddw, tomo0, tomo1, truth, args):
-    from napari_deepdewedge.core.subtomos import default_strides
+    from napari_deepdewedge.core.fit.cubes import default_strides
 
     epochs = list(range(args.every, args.epochs + 1, args.every))
     # the same extraction strides as ours (its own default would be one cube edge: ~4× fewer cubes)

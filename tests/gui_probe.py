@@ -194,8 +194,8 @@ def tiny_model(path):
     """An untrained tiny U-Net checkpoint (refinement only needs a model, not a good one)."""
     import torch
 
-    from napari_deepdewedge.core import checkpoint as ckpt
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model import checkpoint as ckpt
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     torch.manual_seed(0)
     model = UNet3D(channels=4, depth=2)

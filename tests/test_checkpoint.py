@@ -5,9 +5,9 @@ import pickle
 import pytest
 import torch
 
-from napari_deepdewedge.core import checkpoint as ckpt
+from napari_deepdewedge.core.model import checkpoint as ckpt
 from napari_deepdewedge.core.errors import CheckpointError, DDWError
-from napari_deepdewedge.core.unet import UNet3D
+from napari_deepdewedge.core.model.unet import UNet3D
 
 
 def _payload(model=None, **extra):

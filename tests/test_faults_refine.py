@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import refine as rf
+from napari_deepdewedge.core.refine import tiles as rf
 from napari_deepdewedge.core.errors import DDWError, DDWWarning
-from napari_deepdewedge.core.unet import UNet3D
+from napari_deepdewedge.core.model.unet import UNet3D
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -159,7 +159,7 @@ class PeakAnon:
 def test_refinement_memory_is_one_band_not_the_volume(tmp_path, monkeypatch):
     import mrcfile
 
-    from napari_deepdewedge.core.io import read_mrc
+    from napari_deepdewedge.core.io.mrc import read_mrc
 
     shape = (32, 1024, 512)  # 64 MB of float32 on disk
     volume_bytes = 4 * int(np.prod(shape))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import checkpoint as ckpt
-from napari_deepdewedge.core import fitting as ft
+from napari_deepdewedge.core.model import checkpoint as ckpt
+from napari_deepdewedge.core.fit import loop as ft
 from napari_deepdewedge.core.errors import CheckpointError, DDWError
 
 HERE = Path(__file__).parent
@@ -48,7 +48,7 @@ def _csv_rows(path):
 def _probe(state_dict, arch):
     """Model output on a fixed input: compares functions, not parameters (conv biases in front
     of InstanceNorm have zero gradient, so Adam moves them by float noise)."""
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     m = UNet3D(**arch)
     m.load_state_dict(state_dict)
@@ -126,7 +126,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
 
     # wedge update: observed frequencies of every fitting cube0 unchanged, unobserved ones changed
     from napari_deepdewedge.core.fourier import observed_mask
-    from napari_deepdewedge.core.subtomos import extract_subtomos
+    from napari_deepdewedge.core.fit.cubes import extract_subtomos
 
     p = ckpt.load_checkpoint(tmp_path / "latest.pt", require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
     st = p["standardization"]
@@ -134,7 +134,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
                             val_fraction=0.2, seed=3, depth=2).fit0
     m = observed_mask((24, 24, 24), -60, 60, rfft=True)
     # the wedge-updated cubes live in the fitting-state file the checkpoint names
-    from napari_deepdewedge.core.fit_state import resume_cubes
+    from napari_deepdewedge.core.fit.state import resume_cubes
 
     assert p["fit_state"] == "fit_state_0002.pt" and "fit0" not in p
     assert sorted(q.name for q in tmp_path.glob("fit_state_*.pt")) == ["fit_state_0002.pt"]
@@ -255,12 +255,12 @@ def test_quality_beats_fbp_on_held_out_phantom(tmp_path):
     """Fit + refine on a small phantom never used for tuning (seed 7; tuning used 1 and 100):
     the validation loss falls, and the refined tomogram beats the even/odd FBP average against
     the ground truth, overall and inside the missing wedge, by a clear margin."""
-    from napari_deepdewedge.core.halves import split_even_odd
-    from napari_deepdewedge.core.io import TiltSeries
-    from napari_deepdewedge.core.metrics import cc, wedge_correlation
-    from napari_deepdewedge.core.phantom import make_sample
-    from napari_deepdewedge.core.reconstruction import fbp
-    from napari_deepdewedge.core.refine import refine_halves
+    from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+    from napari_deepdewedge.core.io.mrc import TiltSeries
+    from napari_deepdewedge.core.evaluate.metrics import cc, wedge_correlation
+    from napari_deepdewedge.core.evaluate.phantom import make_sample
+    from napari_deepdewedge.core.reconstruct.fbp import fbp
+    from napari_deepdewedge.core.refine.tiles import refine_halves
 
     sample = make_sample((32, 96, 96), (-60, 60, 2), snr=0.3, seed=7)
     even, odd = split_even_odd(TiltSeries(sample.tilt_series, sample.angles))
@@ -280,7 +280,7 @@ def test_quality_beats_fbp_on_held_out_phantom(tmp_path):
 
 
 def _standardized_val0(t0, t1, payload):
-    from napari_deepdewedge.core.subtomos import extract_subtomos
+    from napari_deepdewedge.core.fit.cubes import extract_subtomos
 
     st = payload["standardization"]
     return extract_subtomos((t0 - st[0][0]) / st[0][1], (t1 - st[1][0]) / st[1][1], 16, strides=(8, 8, 8),
@@ -291,7 +291,7 @@ def _standardized_val0(t0, t1, payload):
 def test_validation_cubes_get_the_wedge_updates(halves, tmp_path, update_val):
     """As in the original, a wedge update also fills the validation cube0s' wedges (observed
     frequencies kept); with update_val_wedges=False they stay as extracted."""
-    from napari_deepdewedge.core.fit_state import resume_state
+    from napari_deepdewedge.core.fit.state import resume_state
     from napari_deepdewedge.core.fourier import observed_mask
 
     t0, t1 = halves
@@ -311,7 +311,7 @@ def test_validation_cubes_get_the_wedge_updates(halves, tmp_path, update_val):
 
 @pytest.mark.parametrize("kind,filt", [("trilinear", "trilinear-3tap"), ("bspline3", "bspline3-9tap")])
 def test_checkpoint_records_resampling_and_refinement_checks_it(halves, tmp_path, kind, filt):
-    from napari_deepdewedge.core.refine import refine_halves
+    from napari_deepdewedge.core.refine.tiles import refine_halves
 
     t0, t1 = halves
     _events(ft.fit_iter(t0, t1, worker.tiny_config(tmp_path, epochs=1, resampling=kind)))

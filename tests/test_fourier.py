@@ -232,7 +232,7 @@ def test_mask_agrees_with_projection_convention(theta0):
 
 
 def test_mask_agrees_with_package_projector():
-    rec = pytest.importorskip("napari_deepdewedge.core.reconstruction")
+    rec = pytest.importorskip("napari_deepdewedge.core.reconstruct.fbp")
     fp = getattr(rec, "forward_project", None)
     if fp is None:
         pytest.skip("core.reconstruction.forward_project not written yet")

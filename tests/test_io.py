@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.io import (
+from napari_deepdewedge.core.io.mrc import (
     angles_from_range,
     find_angle_file,
     load_tilt_series,

@@ -7,7 +7,7 @@ import pytest
 
 from mrc_fixtures import SERIALEM_LABELS, marker_stack, old_style_header, write_old_style_mrc
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.io import (
+from napari_deepdewedge.core.io.mrc import (
     MRCHeaderWarning,
     VoxelSizeWarning,
     load_tilt_series,

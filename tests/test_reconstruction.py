@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import reconstruction as rec
+from napari_deepdewedge.core.reconstruct import fbp as rec
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.reconstruction import angular_weights, bin_stack, fbp, forward_project
+from napari_deepdewedge.core.reconstruct.fbp import angular_weights, bin_stack, fbp, forward_project
 
 
 # --------------------------------------------------------------------------------------------

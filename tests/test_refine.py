@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import refine as rf
+from napari_deepdewedge.core.refine import tiles as rf
 from napari_deepdewedge.core.errors import DDWError
 from napari_deepdewedge.core.fourier import observed_mask
 
@@ -117,8 +117,8 @@ def test_refine_halves_average_and_difference():
 
 
 def test_refine_halves_from_checkpoint(tmp_path):
-    from napari_deepdewedge.core import checkpoint as ckpt
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model import checkpoint as ckpt
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     torch.manual_seed(0)
     model = UNet3D(channels=4, depth=2)
@@ -199,7 +199,7 @@ def test_default_tiles_cover_short_axes_in_one_tile():
 
 def test_unet_tiles_blend_close_to_whole_volume():
     # a U-Net's instance norm sees the tile: big tiles (default) stay close to one whole-volume pass
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     torch.manual_seed(0)
     net = UNet3D(channels=4, depth=2).eval()

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_deepdewedge.core import fitting as ft
-from napari_deepdewedge.core import schedule as sc
+from napari_deepdewedge.core.fit import loop as ft
+from napari_deepdewedge.core.fit import schedule as sc
 from napari_deepdewedge.core.errors import DDWError
 
 HERE = Path(__file__).parent

@@ -253,8 +253,8 @@ def _halves(viewer, tiny_sample, shape_odd=None):
 
 
 def test_stop_returns_quickly_and_resume_continues(make_napari_viewer, qtbot, tiny_sample, tmp_path):
-    from napari_deepdewedge.core import fitting as F
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.fit import loop as F
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
     from napari_deepdewedge.widgets._fit import Resumed
 
     viewer = make_napari_viewer()
@@ -397,7 +397,7 @@ def test_quit_or_close_during_fit_ends_cleanly_with_checkpoint(make_napari_viewe
                                                                 tiny_sample, tmp_path):
     """napari quits workers when it closes; a quit fit still saves stopped.pt, and closing the
     viewer mid-fit returns within seconds with the checkpoint written."""
-    from napari_deepdewedge.core import fitting as F
+    from napari_deepdewedge.core.fit import loop as F
 
     viewer = make_napari_viewer()
     _halves(viewer, tiny_sample)

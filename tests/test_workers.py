@@ -204,8 +204,8 @@ def test_quit_fit_job_finishes_with_a_stopped_checkpoint(qtbot, tmp_path):
     stopped.pt, and keeps its last events (FitFinished) for the dock to show."""
     from napari.qt.threading import create_worker  # noqa: F401  (a Qt app is needed)
 
-    from napari_deepdewedge.core import fitting as F
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.fit import loop as F
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
     from napari_deepdewedge.widgets._fit import _fit_job
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .core.io import MRC_SUFFIXES
+from .core.io.mrc import MRC_SUFFIXES
 
 
 def get_reader(path):
@@ -36,8 +36,8 @@ def layer_data_for(path, voxel_size=None):
     import numpy as np
 
     from .core.errors import DDWError
-    from .core.io import read_mrc
-    from .core.tilt_metadata import find_metadata_file, resolve_tilt_metadata
+    from .core.io.mrc import read_mrc
+    from .core.io.tilt_metadata import find_metadata_file, resolve_tilt_metadata
 
     path = Path(path)
     volume = read_mrc(path, voxel_size=voxel_size)

@@ -9,7 +9,7 @@ def write_mrc_layer(path: str, data, attributes: dict) -> list[str]:
     import numpy as np
 
     from .core.errors import DDWError
-    from .core.io import write_mrc
+    from .core.io.mrc import write_mrc
 
     array = np.asarray(data)
     if array.ndim != 3:

@@ -131,7 +131,7 @@ def cmd_refine(args) -> int:
 
 
 def refine_one(args) -> int:
-    from ..core.checkpoint import load_model
+    from ..core.model.checkpoint import load_model
     from ..core.device import pick_device
 
     even, odd = read_pair(args.even[0], args.odd[0])

@@ -74,7 +74,7 @@ def apply_config(args) -> None:
     path = getattr(args, "config", None)
     if not path:
         return
-    from ..core.config import load_config
+    from .config import load_config
 
     loaded = load_config(path, known_keys=known_keys())
     for line in loaded.warnings:

@@ -33,7 +33,7 @@ def pick_preset(args) -> str:
 
 def fit_config(args, *, tilt_range, out_dir, voxel_size):
     """The engine's FitConfig from flags (and config values already merged into ``args``)."""
-    from ..core.config import fit_config_from_options
+    from .config import fit_config_from_options
 
     options = {k: getattr(args, k, None) for k in FIT_OPTION_KEYS}
     options["tilt_range"] = list(tilt_range)
@@ -157,7 +157,7 @@ def maybe_init_distributed() -> bool:
         return False
     import torch.distributed as dist
 
-    from ..core.fitting import init_distributed_from_env
+    from ..core.fit.loop import init_distributed_from_env
 
     already = dist.is_available() and dist.is_initialized()
     init_distributed_from_env()

@@ -19,7 +19,7 @@ def angle_spec(args):
 
 def halves_request(args, *, want_full: bool) -> HalvesRequest:
     """A ``HalvesRequest`` from the stack options (TILTSERIES or --even-odd EVN ODD)."""
-    from ..core.io import find_angle_file, load_tilt_series
+    from ..core.io.mrc import find_angle_file, load_tilt_series
 
     angles = angle_spec(args)
     if args.tiltseries is not None and args.even_odd is not None:
@@ -59,8 +59,8 @@ def _info_angles(args, series) -> None:
 
 def read_pair(even_path, odd_path):
     """The two half tomograms as memory-mapped ``Volume``s of one shape."""
-    from ..core.halves import check_same_shape
-    from ..core.io import read_mrc
+    from ..core.reconstruct.halves import check_same_shape
+    from ..core.io.mrc import read_mrc
 
     if not even_path or not odd_path:
         raise DDWError("both half tomograms are needed: give --even E.mrc and --odd O.mrc "
@@ -75,7 +75,7 @@ def read_mask(path, shape):
         return None
     import numpy as np
 
-    from ..core.io import read_mrc
+    from ..core.io.mrc import read_mrc
 
     mask = read_mrc(path)
     if tuple(mask.data.shape) != tuple(shape):
@@ -86,7 +86,7 @@ def read_mask(path, shape):
 
 def tilt_range_for_fit(args) -> tuple[float, float]:
     """The missing wedge's tilt range from --angles FILE or --tilt-range MIN MAX."""
-    from ..core.io import check_angle_values, read_angles
+    from ..core.io.mrc import check_angle_values, read_angles
 
     if getattr(args, "angles", None) is not None:
         angles = read_angles(args.angles)

@@ -1,6 +1,6 @@
 """Fitting as a job: a request in, the engine's typed events out (``Iterator[FitEvent]``).
 
-The rule for what a resumed fit may change is :mod:`napari_deepdewedge.core.resume` (the
+The rule for what a resumed fit may change is :mod:`napari_deepdewedge.core.fit.resume` (the
 engine applies the same rule); :func:`plan_fit` is how a front end asks it before starting.
 torch is imported only when a fit is planned or run.
 """
@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..core.pairs import HalfPair  # noqa: F401  (the contract's pipeline.fitting.HalfPair)
-from ..core.fit_events import FitEvent
-from ..core.fit_log import EpochRecord
+from ..core.fit.pairs import HalfPair  # noqa: F401  (the contract's pipeline.fitting.HalfPair)
+from ..core.fit.events import FitEvent
+from ..core.fit.log import EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..core.fitting import FitConfig
+    from ..core.fit.loop import FitConfig
 
 
 def _load_resume(resume) -> dict:
-    from ..core import checkpoint as ckpt
+    from ..core.model import checkpoint as ckpt
 
     if isinstance(resume, dict):
         return ckpt.check_payload(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
@@ -27,7 +27,7 @@ def _load_resume(resume) -> dict:
 
 
 def _plan(requested: "FitConfig", payload: dict, given, name: str) -> "FitConfig":
-    from ..core.resume import resumed_config
+    from ..core.fit.resume import resumed_config
 
     return resumed_config(requested, payload, given=given, name=name).validate()
 
@@ -111,8 +111,8 @@ def finished_fit(request: FitRequest) -> FinishedFit | None:
     """
     if request.resume is None:
         return None
-    from ..core.resume import check_resume_inputs, fixed_config
-    from ..core.schedule import should_stop_early
+    from ..core.fit.resume import check_resume_inputs, fixed_config
+    from ..core.fit.schedule import should_stop_early
 
     checkpoint = Path(request.resume)
     payload = _load_resume(checkpoint)
@@ -145,7 +145,7 @@ def fit_events(request: FitRequest, *, should_stop: Callable[[], bool] | None = 
     ``should_stop()`` is polled before every optimizer step; when it returns True the fit saves
     ``stopped.pt`` (with an ``out_dir``) and finishes.
     """
-    from ..core.fitting import fit_iter
+    from ..core.fit.loop import fit_iter
 
     if request.resume is not None and request.init_from is not None:
         from ..core.errors import DDWError

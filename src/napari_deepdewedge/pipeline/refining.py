@@ -34,7 +34,7 @@ def refine(request: RefineRequest, progress: Callable[[int, int], None] | None =
     and with ``keep_halves`` ``half0``, ``half1`` and the signed ``difference``).
     ``progress(done, total)`` counts batches over both halves; a front end cancels by raising
     from it."""
-    from ..core.refine import refine_halves
+    from ..core.refine.tiles import refine_halves
 
     if isinstance(request.model, (str, Path)) and not Path(request.model).exists():
         raise DDWError(f"{request.model}: checkpoint not found; check the path (fitting writes "
@@ -62,7 +62,7 @@ def write_refined(out_path, result, voxel_size, origin=(0.0, 0.0, 0.0), *,
     The per-half files are written when the result holds them, before the main file. Refuses (``OutputExists``)
     before writing anything if one of the files exists, unless ``overwrite``.
     """
-    from ..core.io import write_mrc
+    from ..core.io.mrc import write_mrc
 
     with_halves = result.half0 is not None and result.half1 is not None
     paths = refuse_existing(refined_paths(out_path, with_halves=with_halves), overwrite=overwrite)

@@ -44,7 +44,7 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(
     (``given=frozenset()``: the form's fixed fields are not compared; the dock shows the
     checkpoint's values when it resumes). A preview's contrast is computed here, so that
     showing it reads nothing in the GUI thread."""
-    from ..core.fitting import PreviewReady
+    from ..core.fit.loop import PreviewReady
     from ..pipeline import fit_events
 
     request = fit_request(tomo0, tomo1, mask, config, resume, source, extra)
@@ -204,7 +204,7 @@ class FitWidget(FitEventsView, DDWPanel):
 
         # presets come from the engine (torch is imported here, when the dock opens)
         try:
-            from ..core.unet import PRESETS
+            from ..core.model.unet import PRESETS
         except Exception:  # pragma: no cover - engine import problem shows when fitting
             PRESETS = {"fast": dict(subtomo_size=48, channels=16, depth=3)}
         self._presets = dict(PRESETS)
@@ -254,7 +254,7 @@ class FitWidget(FitEventsView, DDWPanel):
 
     def config(self):
         """The FitConfig of the form (raises DDWError for values the engine refuses)."""
-        from ..core.fitting import FitConfig
+        from ..core.fit.loop import FitConfig
 
         layer = self.even.layer()
         voxel = geometry(layer)[0] if layer is not None else (1.0, 1.0, 1.0)
@@ -303,7 +303,7 @@ class FitWidget(FitEventsView, DDWPanel):
         """Lazy sources for the engine (read by the worker), or raise DDWError naming what is
         wrong."""
         from ..core.errors import DDWError
-        from ..core.halves import check_same_shape
+        from ..core.reconstruct.halves import check_same_shape
 
         even, odd = self.halves.layers()
         mask = None

@@ -39,7 +39,7 @@ class FitEventsView:
             box.setValue(value)
 
     def _on_event(self, event):
-        from ..core import fitting as F
+        from ..core.fit import loop as F
 
         limits = None
         if isinstance(event, ShownPreview):

@@ -272,7 +272,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
     def _tilt_metadata_for(self, layer, n_tilts: int):
         """Resolve the tilt angles the user chose (core.tilt_metadata.resolve_tilt_metadata,
         as the reader and the CLI do); raises DDWError with the fix."""
-        from ..core import tilt_metadata
+        from ..core.io import tilt_metadata
         from ..core.errors import DDWError
 
         meta = layer.metadata or {}
@@ -324,7 +324,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
     def _validate(self):
         """Everything the worker needs, or raise DDWError naming the problem and the fix."""
         from ..core.errors import DDWError
-        from ..core.halves import check_same_shape
+        from ..core.reconstruct.halves import check_same_shape
 
         mode = self.mode.currentText()
         layer = self.series.layer()

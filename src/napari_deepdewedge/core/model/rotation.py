@@ -17,7 +17,7 @@ import functools
 
 import torch
 
-from .errors import DDWError
+from ..errors import DDWError
 
 
 def random_rotations(n: int, generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DDWError
+from ..errors import DDWError
 
 #: suffix → kind, in the order a file beside the stack is preferred (aligned angles first).
 KINDS_BY_SUFFIX = {
@@ -52,7 +52,7 @@ def _kind_of(path: Path) -> str:
 
 
 def _read_tlt(path: Path) -> Listed:
-    from .io import read_angles
+    from .mrc import read_angles
 
     return Listed(read_angles(path), "rawtlt" if path.suffix.lower() == ".rawtlt" else "tlt",
                   path)
@@ -244,7 +244,7 @@ def _read_relion_star(path: Path, stack_stem: str | None = None) -> Listed:
 
 def read_metadata_file(path, stack_stem: str | None = None) -> Listed:
     """Every view one metadata file lists (any supported kind), unmatched to a stack."""
-    from .io import check_angle_values
+    from .mrc import check_angle_values
 
     path = Path(path)
     if not path.is_file():

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DDWError
+from ..core.errors import DDWError
 
 LAYOUT_FLAT = "flat"
 LAYOUT_DDW = "deepdewedge"
@@ -275,8 +275,8 @@ def fit_config_from_options(options: dict, preset: str = "fast", **extra):
     ``tilt_range`` ``[min, max(, step)]`` becomes ``tilt_min``/``tilt_max``; ``strides`` a
     3-tuple; ``extra`` (e.g. ``out_dir``, ``voxel_size``) is passed through last.
     """
-    from .fitting import FitConfig
-    from .unet import PRESETS
+    from ..core.fit.loop import FitConfig
+    from ..core.model.unet import PRESETS
 
     if preset not in PRESETS:
         raise DDWError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DDWError
+from ..errors import DDWError
 
 
 @dataclass(kw_only=True)
@@ -42,7 +42,7 @@ class HalfPair:
 
 def check_pairs(pairs) -> list[HalfPair]:
     """The pairs as a non-empty list with arrays of one 3D shape per pair and valid tilt ranges."""
-    from .halves import check_same_shape
+    from ..reconstruct.halves import check_same_shape
 
     pairs = list(pairs or [])
     if not pairs:
@@ -72,14 +72,14 @@ def check_pairs(pairs) -> list[HalfPair]:
 # --------------------------------------------------------------------------------------------
 def cube_pair_bytes(subtomo_size: int) -> int:
     """Bytes of one stored cube pair: both halves, float32, at the extraction edge E."""
-    from .subtomos import extraction_size
+    from .cubes import extraction_size
 
     return 2 * extraction_size(subtomo_size) ** 3 * 4
 
 
 def estimate_cubes(shape, subtomo_size: int, strides=None) -> int:
     """Cubes the grid cuts from a volume of ``shape`` (before an ROI mask removes some)."""
-    from .subtomos import default_strides, extraction_size, grid_corners_1d
+    from .cubes import default_strides, extraction_size, grid_corners_1d
 
     e = extraction_size(subtomo_size)
     t = default_strides(shape, subtomo_size) if strides is None else tuple(strides)

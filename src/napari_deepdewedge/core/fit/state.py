@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 STATE_KIND = "fitting-state"
 
@@ -27,7 +27,7 @@ def state_name(epoch: int) -> str:
 
 def save_fit_state(folder, epoch: int, fit0, val0=None) -> str:
     """Write the cubes after the wedge update of ``epoch`` (atomically); returns the file name."""
-    from .checkpoint import save_checkpoint
+    from ..model.checkpoint import save_checkpoint
 
     state = {"kind": STATE_KIND, "epoch": int(epoch), "fit0": fit0.detach().cpu().contiguous()}
     if val0 is not None:
@@ -46,7 +46,7 @@ def resume_cubes(payload: dict, folder):
 def resume_state(payload: dict, folder) -> dict | None:
     """``{"fit0", "val0" (may be absent)}``: the wedge-updated cube0s a checkpoint refers to
     (``None``: the extracted cubes), loaded from ``folder`` (the checkpoint's own folder)."""
-    from .checkpoint import load_checkpoint
+    from ..model.checkpoint import load_checkpoint
 
     if payload.get("fit0") is not None:  # earlier format: inline
         return {"fit0": payload["fit0"], "val0": payload.get("val0")}
@@ -72,7 +72,7 @@ def carry_state(name: str | None, src_folder, dst_folder) -> None:
         return
     src, dst = Path(src_folder) / name, Path(dst_folder) / name
     if src.exists() and not dst.exists():
-        from .checkpoint import copy_checkpoint
+        from ..model.checkpoint import copy_checkpoint
 
         copy_checkpoint(src, dst)
 

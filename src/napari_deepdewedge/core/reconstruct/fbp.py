@@ -36,8 +36,8 @@ from typing import Callable
 
 import numpy as np
 
-from .device import pick_device
-from .errors import DDWError
+from ..device import pick_device
+from ..errors import DDWError
 
 #: Weight of the zero frequency of the ramp, as a fraction of the first non-zero ramp bin
 #: (``1/L`` for a padded row of length ``L``). ``2/π²`` is the zero-frequency value of the

@@ -49,16 +49,16 @@ from typing import Callable, Iterator
 
 import torch
 
-from .errors import CheckpointError, DDWError
-from .fit_events import (  # noqa: F401  (re-exported: the engine's event names)
+from ..errors import CheckpointError, DDWError
+from .events import (  # noqa: F401  (re-exported: the engine's event names)
     CheckpointSaved, EpochDone, FitEvent, FitFinished, FitStarted, PreviewReady, StepDone, WedgesUpdated,
 )
 
-from .fit_config import FitConfig  # noqa: F401  (re-exported: where FitConfig was defined)
-from .fit_log import CSV_HEADER  # noqa: F401  (re-exported)
-from .perf import as_input, limit_cpu_threads, maybe_compile, needs_grad_scaler, pick_autocast
+from .config import FitConfig  # noqa: F401  (re-exported: where FitConfig was defined)
+from .log import CSV_HEADER  # noqa: F401  (re-exported)
+from ..perf import as_input, limit_cpu_threads, maybe_compile, needs_grad_scaler, pick_autocast
 from .schedule import lr_at, should_stop_early
-from .fit_parallel import (  # noqa: F401  (amp_enabled … init_distributed_from_env: re-exported)
+from .parallel import (  # noqa: F401  (amp_enabled … init_distributed_from_env: re-exported)
     all_reduce_sum, amp_enabled, autocast, configure_backends, data_device, distributed_info, fit_device,
     init_distributed_from_env,
 )
@@ -77,7 +77,7 @@ def input_normalization(fit0: torch.Tensor, mask_s, s: int, device, chunk: int =
     matching filter of ``resampling``). ``mask_of(index)`` (optional) gives the masks of the
     cubes ``index`` (several pairs) instead of ``mask_s``."""
     from .loss import model_input
-    from .rotation import match_resampling
+    from ..model.rotation import match_resampling
 
     means, variances = [], []
     with torch.no_grad():
@@ -107,7 +107,7 @@ def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_s
     the matching filter of ``resampling`` (the kind the model was fitted with). Used for the
     fitting and (``FitConfig.update_val_wedges``) the validation cube0s."""
     from .loss import model_input
-    from .rotation import match_resampling
+    from ..model.rotation import match_resampling
 
     E = fit0.shape[-1]
     m = 2 ** int(depth)
@@ -145,7 +145,7 @@ def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_s
 def _load_resume(resume, cfg: FitConfig):
     """``(payload, config)`` to resume from (``(None, cfg)`` without ``resume``): a path or an
     already loaded payload; every fixed setting must match (core.resume)."""
-    from . import checkpoint as ckpt
+    from ..model import checkpoint as ckpt
     from .resume import resumed_config
 
     if resume is None:
@@ -159,7 +159,7 @@ def _load_resume(resume, cfg: FitConfig):
 
 def _pair_stats(cfg: FitConfig, payload, pairs) -> list:
     """Per pair, per half ``(mean, std)`` (the checkpoint's when resuming), or None each."""
-    from .fit_data import pair_stats
+    from .data import pair_stats
 
     if not cfg.standardize:
         return [None] * len(pairs)
@@ -176,7 +176,7 @@ def _restore_cubes(fit_pairs: torch.Tensor, val_pairs: torch.Tensor, payload, fo
     """Put the checkpoint's wedge-updated cube0s (its fitting-state file) into the pair stores:
     the fitting cubes, and the validation cubes when the state holds them (states written
     before validation cubes were updated do not: those keep their extracted values)."""
-    from .fit_state import resume_state
+    from .state import resume_state
 
     saved = resume_state(payload, folder)
     if saved is None:  # no wedge update yet: the extracted cubes are the state
@@ -197,7 +197,7 @@ def _restore_cubes(fit_pairs: torch.Tensor, val_pairs: torch.Tensor, payload, fo
 def _init_weights(init_from, net) -> None:
     """Fine-tuning: load another fit's weights (a path or payload) into ``net``; its
     architecture must be ``net``'s (DDWError naming every difference)."""
-    from . import checkpoint as ckpt
+    from ..model import checkpoint as ckpt
 
     if isinstance(init_from, dict):
         source, name = ckpt.check_payload(init_from), "the initial model"
@@ -218,14 +218,14 @@ def _init_weights(init_from, net) -> None:
 def _build_net(cfg: FitConfig, device, payload, init_from=None):
     """The U-Net with seeded initial weights (without touching the caller's RNG), the
     checkpoint's weights (resume) or another fit's weights (``init_from``: fine-tuning)."""
-    from .unet import UNet3D
+    from ..model.unet import UNet3D
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
     if init_from is not None and payload is None:
         _init_weights(init_from, net)
-    from . import perf
+    from .. import perf
 
     net = perf.to_channels_last(net.to(device), device)
     if payload is not None:
@@ -266,12 +266,12 @@ class _Cubes:
         """Cubic B-spline resampling reads coefficients, recomputed whenever the cube0s change
         (at the start and after each wedge update); trilinear reads the stores themselves."""
         if self.resampling == "bspline3":
-            from .rotation import bspline_prefilter
+            from ..model.rotation import bspline_prefilter
 
             self.coefficients = {id(store): bspline_prefilter(store) for store in (self.fit_pairs, self.val_pairs)}
 
     def rotated(self, pairs: torch.Tensor, rotations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        from .rotation import rotate_center_crop_kind
+        from ..model.rotation import rotate_center_crop_kind
 
         kind = self.resampling
         if self.coefficients is not None:  # B-spline coefficients (same layout as the store)
@@ -329,7 +329,7 @@ def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tenso
               cfg: FitConfig, *, rank: int, world: int, amp: bool) -> float:
     """One optimizer step on the cubes ``idx`` (this rank's share of them); the batch's loss."""
     from .loss import masked_fourier_loss, model_input
-    from .rotation import random_rotations
+    from ..model.rotation import random_rotations
 
     device = cubes.device
     nb = len(idx)
@@ -381,11 +381,11 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     ``(z_start, z_stop)`` rows of pair 0 previewed every ``preview_every`` epochs (default: a
     central slab of thickness ``subtomo_size``).
     """
-    from . import checkpoint as ckpt
-    from .fit_data import CubeFeeder, HalfPair, WedgeMasks, check_pairs, pool_cubes
-    from .fit_log import EpochRecord, EpochTally, LossLog
-    from .fit_preview import Previewer
-    from .fit_state import carry_state, prune_states, save_fit_state
+    from ..model import checkpoint as ckpt
+    from .data import CubeFeeder, HalfPair, WedgeMasks, check_pairs, pool_cubes
+    from .log import EpochRecord, EpochTally, LossLog
+    from .preview import Previewer
+    from .state import carry_state, prune_states, save_fit_state
 
     cfg = dataclasses.replace(config).validate()
     if pairs is None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DDWError
+from ..errors import DDWError
 
 _DIMS = (-3, -2, -1)
 

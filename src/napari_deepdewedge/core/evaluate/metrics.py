@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from .errors import DDWError
+from ..errors import DDWError
 
 
 def _arr(v, name: str) -> np.ndarray:
@@ -156,7 +156,7 @@ def fsc_crossing(freqs, curve, threshold: float = 0.143) -> float:
 
 
 def _wedge_and_weights(shape, tilt_min, tilt_max):
-    from .fourier import observed_mask
+    from ..fourier import observed_mask
 
     if len(shape) != 3:
         raise DDWError(f"missing-wedge measures need a 3D volume (Z, Y, X), got shape {shape}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DDWError
+from ..errors import DDWError
 from .storage import atomic_write
 
 MRC_SUFFIXES = (".mrc", ".st", ".ali", ".rec", ".mrcs", ".map")

@@ -11,13 +11,13 @@ import os
 
 import torch
 
-from .errors import DDWError
+from ..errors import DDWError
 
 
 def amp_enabled(device) -> bool:
     """Mixed precision: fp16 autocast + GradScaler on CUDA, bf16 autocast on a CPU whose quick
     probe finds it faster (``core.perf.pick_autocast``), fp32 otherwise."""
-    from .perf import pick_autocast
+    from ..perf import pick_autocast
 
     return pick_autocast(device) is not None
 
@@ -66,7 +66,7 @@ def init_distributed_from_env(backend: str | None = None) -> tuple[int, int]:
 
 def fit_device(name, world: int):
     """``pick_device(name)``; with several CUDA processes, GPU ``LOCAL_RANK``."""
-    from .device import pick_device
+    from ..device import pick_device
 
     dev = pick_device(name)
     if world > 1 and dev.type == "cuda":
@@ -88,7 +88,7 @@ def all_reduce_sum(values: list[float], device, world: int) -> list[float]:
 def autocast(device, enabled: bool):
     """The autocast ``core.perf.pick_autocast`` chooses (fp16 on CUDA, bf16 on a CPU that the
     probe finds faster with it) when enabled; a no-op context otherwise."""
-    from .perf import autocast as perf_autocast, pick_autocast
+    from ..perf import autocast as perf_autocast, pick_autocast
 
     return perf_autocast(device, pick_autocast(device)) if enabled else contextlib.nullcontext()
 

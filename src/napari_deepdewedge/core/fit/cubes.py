@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import DDWError
-from .halves import check_same_shape
-from .rotation import random_rotations
+from ..errors import DDWError
+from ..reconstruct.halves import check_same_shape
+from ..model.rotation import random_rotations
 
 #: Number of cubes :func:`default_strides` aims for.
 TARGET_CUBES = 150

@@ -43,9 +43,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError, DDWWarning
-from .fit_log import EpochRecord, EpochTally
-from .storage import TEMP_SUFFIX, atomic_write, remove_stale_temps, temp_prefix
+from ..errors import CheckpointError, DDWWarning
+from ..fit.log import EpochRecord, EpochTally
+from ..io.storage import TEMP_SUFFIX, atomic_write, remove_stale_temps, temp_prefix
 
 FORMAT_TAG = "napari-deepdewedge-checkpoint"
 FORMAT_VERSION = 1
@@ -305,7 +305,7 @@ def load_model(path_or_payload, device=None):
     eval mode, and the metadata (``subtomo_size``, ``tilt_min``, ``tilt_max``, ``voxel_size``,
     ``standardization``, ``epoch``, ``config``, ...).
     """
-    from .device import pick_device
+    from ..device import pick_device
     from .unet import UNet3D
 
     if isinstance(path_or_payload, dict):

@@ -7,8 +7,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DDWError
-from .fit_events import PreviewReady
+from ..errors import DDWError
+from .events import PreviewReady
 
 
 def default_slab(Z: int, s: int) -> tuple[int, int]:
@@ -44,7 +44,7 @@ class Previewer:
         return z0, z1
 
     def __call__(self, net, epoch: int) -> PreviewReady:
-        from .refine import predict_tiled, prepare_half
+        from ..refine.tiles import predict_tiled, prepare_half
 
         Z = int(self.halves[0].shape[0])
         s = self.s

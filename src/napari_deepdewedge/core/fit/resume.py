@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 #: fixed for a resume: field → why
 RESUME_FIXED = {

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import DDWError
+from ..errors import DDWError
 from .pairs import HalfPair, check_pairs, memory_estimate  # noqa: F401  (re-exported)
 
 
@@ -51,7 +51,7 @@ def _standardize_(store: torch.Tensor, stats) -> None:
 
 
 def pair_stats(pair: HalfPair, standardize: bool):
-    from .refine import standardization_stats
+    from ..refine.tiles import standardization_stats
 
     if not standardize:
         return None
@@ -60,7 +60,7 @@ def pair_stats(pair: HalfPair, standardize: bool):
 
 def pool_cubes(pairs: list[HalfPair], cfg, stats: list) -> PooledCubes:
     """Cut, standardize and pool the cubes of every pair (pair ``k`` with seed ``cfg.seed + k``)."""
-    from .subtomos import extract_subtomos
+    from .cubes import extract_subtomos
 
     fit, val, rot, fit_idx, val_idx = [], [], [], [], []
     for k, pair in enumerate(pairs):
@@ -109,7 +109,7 @@ class WedgeMasks:
     range the shared mask itself is returned (exactly the single-pair tensors)."""
 
     def __init__(self, tilt_ranges, s: int, E: int, device):
-        from .fourier import observed_mask
+        from ..fourier import observed_mask
 
         self.ranges: list[tuple[float, float]] = []
         group = []
@@ -144,7 +144,7 @@ class WedgeMasks:
 
     def rotated(self, pair_index: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
         """``M_R`` ``(B, s, s, s')`` of the cubes of ``pair_index`` rotated by ``rotations``."""
-        from .fourier import rotated_observed_masks
+        from ..fourier import rotated_observed_masks
 
         shape = (self.s,) * 3
         if self.shared:

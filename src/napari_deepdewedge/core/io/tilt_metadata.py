@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DDWError
+from ..errors import DDWError
 
 from .tilt_formats import (  # noqa: F401  (re-exported: the kinds and the file reader)
     KINDS_BY_SUFFIX,
@@ -214,7 +214,7 @@ def _user_exclusions(exclude) -> set[int]:
 
 
 def _listed_from_spec(angles, n_tilts: int, stack_path) -> Listed:
-    from .io import angles_from_range, check_angle_values
+    from .mrc import angles_from_range, check_angle_values
 
     stack_path = None if stack_path is None else Path(stack_path)
     stem = None if stack_path is None else HALF_SUFFIX.sub("", stack_path.stem)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DDWError
-from .io import TiltSeries
+from ..errors import DDWError
+from ..io.mrc import TiltSeries
 
 
 def split_even_odd(series: TiltSeries) -> tuple[TiltSeries, TiltSeries]:

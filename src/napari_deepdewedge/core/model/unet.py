@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from .errors import DDWError
+from ..errors import DDWError
 
 #: Presets offered by the front ends (subtomogram edge, first-level channels, depth).
 PRESETS = {

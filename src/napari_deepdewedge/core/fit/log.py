@@ -66,7 +66,7 @@ class LossLog:
     one row appended per finished epoch."""
 
     def __init__(self, path: Path, history: list[EpochRecord]):
-        from .storage import atomic_write
+        from ..io.storage import atomic_write
 
         self.path = Path(path)
 
@@ -80,6 +80,6 @@ class LossLog:
         atomic_write(self.path, write, what="loss log")  # a full disk: one WriteError, old file kept
 
     def append(self, record: EpochRecord) -> None:
-        from .storage import append_line
+        from ..io.storage import append_line
 
         append_line(self.path, ",".join(str(v) for v in record.csv_row()) + "\r\n", what="loss log")

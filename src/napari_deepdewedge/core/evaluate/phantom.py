@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DDWError
+from ..errors import DDWError
 
 ICE = 0.25  # ice density inside the slab (vacuum outside is 0)
 PROTEIN = 1.0  # peak density of particles above the ice
@@ -441,7 +441,7 @@ def simulate_tilt_series(volume, angles, snr: float | None = 0.3, seed: int = 0,
     still cross the full ice, as in a real specimen wider than the field of view; ``False``
     projects the bare box.
     """
-    from .reconstruction import forward_project
+    from ..reconstruct.fbp import forward_project
 
     if snr is not None:
         try:
@@ -497,7 +497,7 @@ def make_sample(
     device=None,
 ) -> SampleData:
     """Phantom + its noisy tilt series over ``tilt_range = (min, max, step)`` degrees."""
-    from .io import angles_from_range
+    from ..io.mrc import angles_from_range
 
     try:
         tmin, tmax, step = (float(t) for t in tilt_range)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DDWError
+from ..errors import DDWError
 
 
 @dataclass
@@ -67,7 +67,7 @@ class FitConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
         """``FitConfig`` with a preset's subtomo size, channels and depth (``unet.PRESETS``)."""
-        from .unet import PRESETS
+        from ..model.unet import PRESETS
 
         if name not in PRESETS:
             raise DDWError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
@@ -98,7 +98,7 @@ class FitConfig:
 
     def validate(self) -> "FitConfig":
         """Raise :class:`DDWError` (problem and fix) for values the loop cannot run with."""
-        from .unet import required_multiple
+        from ..model.unet import required_multiple
 
         def positive_int(name, minimum=1):
             v = getattr(self, name)
@@ -130,7 +130,7 @@ class FitConfig:
             raise DDWError(
                 f"tilt range [{self.tilt_min}, {self.tilt_max}] is invalid: need -90 < tilt_min < tilt_max < 90 degrees"
             )
-        from .rotation import check_resampling
+        from ..model.rotation import check_resampling
 
         check_resampling(self.resampling)
         if self.strides is not None and (len(self.strides) != 3 or any(int(s) < 1 for s in self.strides)):

@@ -34,8 +34,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import DDWError
-from .oom import BatchRunner, is_out_of_memory, release_device_memory, smaller_tile, warn_user
+from ..errors import DDWError
+from ..oom import BatchRunner, is_out_of_memory, release_device_memory, smaller_tile, warn_user
 
 #: voxels per chunk when masking a large tomogram (float + complex intermediates ~ 200 MB)
 _MASK_CHUNK_VOXELS = 8 * 1024 * 1024
@@ -95,7 +95,7 @@ class RowPreparer:
     """
 
     def __init__(self, shape_zx, tilt_min, tilt_max, stats=None):
-        from .fourier import observed_mask
+        from ..fourier import observed_mask
 
         self.Z, self.X = (int(n) for n in shape_zx)
         self.stats = stats
@@ -306,8 +306,8 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
     """
     import torch
 
-    from . import perf
-    from .device import pick_device
+    from .. import perf
+    from ..device import pick_device
 
     s = int(subtomo_size)
     if s < 1:
@@ -354,7 +354,7 @@ def predict_tiled(model, volume: np.ndarray, subtomo_size: int, *, overlap=None,
         xs = np.arange(xs.start, xs.stop) if isinstance(xs, slice) else xs
         return band[np.ix_(zs, np.arange(ty), xs)]
 
-    from .rotation import match_resampling as _match
+    from ..model.rotation import match_resampling as _match
 
     def run(x):
         if match_resampling:
@@ -455,7 +455,7 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
                     f"out of memory on the device even with one tile of {tile}³ voxels per batch; free "
                     "device memory (close other programs using the GPU) or refine on the CPU (--device cpu)"
                 ) from None
-            from .device import pick_device
+            from ..device import pick_device
 
             release_device_memory(pick_device(device))
             if overlap is not None:
@@ -481,7 +481,7 @@ class RefineResult:
 
 def _resolve_model(model_or_checkpoint, device):
     """(model, meta) from a checkpoint path/payload, a (model, meta) pair or a bare module."""
-    from .checkpoint import load_model
+    from ..model.checkpoint import load_model
 
     if isinstance(model_or_checkpoint, (str, Path, dict)):
         return load_model(model_or_checkpoint, device=device)
@@ -493,8 +493,8 @@ def _resolve_model(model_or_checkpoint, device):
 def _resolve_resampling(meta: dict, requested) -> str:
     """The matching filter's kind: the checkpoint's, unless ``requested`` says otherwise — which
     is refused when it differs from the checkpoint's (the network would see other statistics)."""
-    from .checkpoint import checkpoint_resampling
-    from .rotation import check_resampling
+    from ..model.checkpoint import checkpoint_resampling
+    from ..model.rotation import check_resampling
 
     fitted = checkpoint_resampling(meta)
     if requested is None:
@@ -525,8 +525,8 @@ def refine_halves(model_or_checkpoint, tomo0, tomo1, *, overlap=None, batch_size
     old checkpoint), and a kind that differs from the checkpoint's raises :class:`DDWError`
     naming both.
     """
-    from .device import pick_device
-    from .halves import check_same_shape
+    from ..device import pick_device
+    from ..reconstruct.halves import check_same_shape
 
     dev = pick_device(device)
     model, meta = _resolve_model(model_or_checkpoint, dev)
