@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from napari_deepdewedge.core.fit.data import HalfPair
-from napari_deepdewedge.core.fit.loop import EpochDone, FitConfig, FitFinished, FitStarted, fit_iter
+from napari_deepdewedge.core.fit.loop import EpochDone, FitFinished, FitStarted, fit_iter
+from napari_deepdewedge.core.fit.config import FitConfig
 from napari_deepdewedge.core.reconstruct.halves import split_even_odd
 from napari_deepdewedge.core.io.mrc import TiltSeries
 from napari_deepdewedge.core.evaluate.metrics import cc

@@ -168,7 +168,8 @@ def bench_fit_step(s: int, channels: int, batch_size: int, reps: int, device) ->
     is the best of the ``reps`` following ones (time between consecutive ``StepDone`` events)."""
     import numpy as np
 
-    from napari_deepdewedge.core.fit.loop import FitConfig, StepDone, fit_iter
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.fit.loop import StepDone, fit_iter
 
     e = extraction_size(s)
     shape = (e, e, e + batch_size - 1)  # strides 1 → exactly batch_size cubes along X
@@ -233,7 +234,8 @@ def tutorial_job(device_name: str, epochs: int = 3, tiny: bool = False) -> int:
     import numpy as np
 
     from napari_deepdewedge.core import perf
-    from napari_deepdewedge.core.fit.loop import EpochDone, FitConfig, FitStarted, fit_iter
+    from napari_deepdewedge.core.fit.loop import EpochDone, FitStarted, fit_iter
+    from napari_deepdewedge.core.fit.config import FitConfig
     from napari_deepdewedge.core.refine.tiles import refine_tomogram
 
     if not tiny and (not device_name.startswith("cuda") or not torch.cuda.is_available()):

@@ -53,7 +53,8 @@ from peers.ddw import OriginalDDW  # noqa: E402
 
 from napari_deepdewedge.core import perf  # noqa: E402
 from napari_deepdewedge.core.model import unet as unet_mod  # noqa: E402
-from napari_deepdewedge.core.fit.loop import FitConfig, StepDone, fit_iter  # noqa: E402
+from napari_deepdewedge.core.fit.config import FitConfig  # noqa: E402
+from napari_deepdewedge.core.fit.loop import StepDone, fit_iter  # noqa: E402
 
 CONFIGS = {"ddw-cpu": (32, 16, 4), "s48": (48, 16, 4)}
 CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_deepdewedge.core.fit.loop import EpochDone, FitConfig, FitFinished, fit_iter
+from napari_deepdewedge.core.fit.loop import EpochDone, FitFinished, fit_iter
+from napari_deepdewedge.core.fit.config import FitConfig
 from napari_deepdewedge.core.reconstruct.halves import split_even_odd
 from napari_deepdewedge.core.io.mrc import TiltSeries
 from napari_deepdewedge.core.evaluate.metrics import cc, fsc, fsc_crossing, wedge_correlation

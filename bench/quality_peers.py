@@ -134,7 +134,8 @@ class Sample:
 
 def make_data(name: str, shape) -> Sample:
     from napari_deepdewedge.core.reconstruct.halves import split_even_odd
-    from napari_deepdewedge.core.io.mrc import TiltSeries, angles_from_range
+    from napari_deepdewedge.core.io.mrc import TiltSeries
+    from napari_deepdewedge.core.io.angles import angles_from_range
     from napari_deepdewedge.core.evaluate.phantom import make_phantom, simulate_tilt_series, slab_extent
     from napari_deepdewedge.core.reconstruct.fbp import fbp
 
@@ -185,7 +186,8 @@ def update_every(epochs: int) -> int:
 
 def fit_ours(sample: Sample, size, out_dir: Path, *, cpu_limit: float | None = None, epochs=None, **overrides):
     """Fit ours; returns (best checkpoint path, fit CPU seconds, epochs done)."""
-    from napari_deepdewedge.core.fit.loop import FitConfig, FitFinished, fit_iter
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.fit.loop import FitFinished, fit_iter
 
     _, s, ch, depth, batch, n_epochs = size
     cfg = FitConfig(subtomo_size=s, channels=ch, depth=depth, batch_size=batch, epochs=epochs or n_epochs,

@@ -36,7 +36,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from napari_deepdewedge.core import perf  # noqa: E402
-from napari_deepdewedge.core.fit.loop import EpochDone, FitConfig, fit_iter  # noqa: E402
+from napari_deepdewedge.core.fit.loop import EpochDone, fit_iter  # noqa: E402
+from napari_deepdewedge.core.fit.config import FitConfig  # noqa: E402
 from napari_deepdewedge.core.reconstruct.halves import split_even_odd  # noqa: E402
 from napari_deepdewedge.core.io.mrc import TiltSeries  # noqa: E402
 from napari_deepdewedge.core.evaluate.metrics import cc, wedge_correlation  # noqa: E402

@@ -25,7 +25,7 @@ def tiny_halves(seed: int = 7, shape=(24, 40, 40)):
 
 
 def tiny_config(out_dir=None, **kw):
-    from napari_deepdewedge.core.fit.loop import FitConfig
+    from napari_deepdewedge.core.fit.config import FitConfig
 
     # 24×40×40 with E = 24 and strides 8 → 1·3·3 = 9 cubes: 7 fitting + 2 validation; batch 3 →
     # steps of 3, 3, 1 (split 2/1, 2/1 and 1/0 over two ranks: rank 1 joins the last one empty)

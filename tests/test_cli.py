@@ -610,8 +610,8 @@ def test_parity_cli_and_pipeline_write_the_same_files(tilt_stack, tmp_path, caps
     thread, same seed)."""
     import torch
 
-    from napari_deepdewedge.core.fit.loop import FitConfig
-    from napari_deepdewedge.core.io.mrc import load_tilt_series
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.io.series import load_tilt_series
     from napari_deepdewedge.pipeline import (FitRequest, HalvesRequest, RefineRequest, fit_events,
                                              reconstruct_halves, refine, write_halves,
                                              write_refined)

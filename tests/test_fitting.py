@@ -12,6 +12,7 @@ import torch
 
 from napari_deepdewedge.core.model import checkpoint as ckpt
 from napari_deepdewedge.core.fit import loop as ft
+from napari_deepdewedge.core.fit.config import FitConfig
 from napari_deepdewedge.core.errors import CheckpointError, DDWError
 
 HERE = Path(__file__).parent
@@ -75,19 +76,19 @@ def test_amp_only_on_cuda_and_backends():
 
 
 def test_config_checks_and_presets():
-    c = ft.FitConfig.from_preset("fast", epochs=3)
+    c = FitConfig.from_preset("fast", epochs=3)
     assert (c.subtomo_size, c.channels, c.depth, c.epochs) == (48, 16, 3, 3)
-    assert ft.FitConfig.from_dict(c.to_dict()) == c
+    assert FitConfig.from_dict(c.to_dict()) == c
     with pytest.raises(DDWError, match="unknown preset"):
-        ft.FitConfig.from_preset("huge")
+        FitConfig.from_preset("huge")
     with pytest.raises(DDWError, match="unknown fitting option"):
-        ft.FitConfig.from_preset("fast", epoch=3)
+        FitConfig.from_preset("fast", epoch=3)
     with pytest.raises(DDWError, match="multiple of 4"):
-        ft.FitConfig(subtomo_size=18, depth=2).validate()
+        FitConfig(subtomo_size=18, depth=2).validate()
     with pytest.raises(DDWError, match="val_fraction"):
-        ft.FitConfig(val_fraction=1.0).validate()
+        FitConfig(val_fraction=1.0).validate()
     with pytest.raises(DDWError, match="tilt range"):
-        ft.FitConfig(tilt_min=30, tilt_max=-30).validate()
+        FitConfig(tilt_min=30, tilt_max=-30).validate()
     a = np.zeros((24, 40, 40), np.float32)
     with pytest.raises(DDWError, match="different shapes"):
         next(ft.fit_iter(a, a[:20], worker.tiny_config()))
@@ -265,7 +266,7 @@ def test_quality_beats_fbp_on_held_out_phantom(tmp_path):
     sample = make_sample((32, 96, 96), (-60, 60, 2), snr=0.3, seed=7)
     even, odd = split_even_odd(TiltSeries(sample.tilt_series, sample.angles))
     tomo0, tomo1 = fbp(even.data, even.angles, 32), fbp(odd.data, odd.angles, 32)
-    cfg = ft.FitConfig(subtomo_size=16, channels=8, depth=2, epochs=12, batch_size=8, strides=(8, 12, 12),
+    cfg = FitConfig(subtomo_size=16, channels=8, depth=2, epochs=12, batch_size=8, strides=(8, 12, 12),
                        update_every=5, device="cpu", out_dir=str(tmp_path))
     events = _events(ft.fit_iter(tomo0, tomo1, cfg))
     val = [e.val_loss for e in events if isinstance(e, ft.EpochDone)]
@@ -334,4 +335,4 @@ def test_checkpoint_records_resampling_and_refinement_checks_it(halves, tmp_path
 
 def test_unknown_resampling_is_refused():
     with pytest.raises(DDWError, match="unknown resampling 'cubic'"):
-        ft.FitConfig(resampling="cubic").validate()
+        FitConfig(resampling="cubic").validate()

@@ -164,7 +164,7 @@ def _payload(config, epoch=3):
 
 
 def test_resume_rule_tables_cover_every_fit_setting_once():
-    from napari_deepdewedge.core.fit.loop import FitConfig
+    from napari_deepdewedge.core.fit.config import FitConfig
     from napari_deepdewedge.core.fit.resume import RESUME_CHANGEABLE, RESUME_FIXED
 
     fields = {f.name for f in dataclasses.fields(FitConfig)}
@@ -174,7 +174,7 @@ def test_resume_rule_tables_cover_every_fit_setting_once():
 
 
 def test_plan_fit_refuses_and_accepts_per_the_rule():
-    from napari_deepdewedge.core.fit.loop import FitConfig
+    from napari_deepdewedge.core.fit.config import FitConfig
 
     saved = FitConfig(subtomo_size=16, channels=4, depth=2, epochs=3, voxel_size=(8.0, 8.0, 8.0),
                       wedge_weight=2.0, lr=1e-3)
@@ -280,7 +280,7 @@ def test_fit_events_resume_inherits_unset_fixed_settings_then_refine(tmp_path, o
 def test_finished_fit_skips_only_a_fit_that_is_over_and_of_these_tomograms(tmp_path):
     """pipeline.finished_fit: the one 'skip the fit, refine' decision (run, project)."""
     from napari_deepdewedge.core.model.checkpoint import save_checkpoint
-    from napari_deepdewedge.core.fit.loop import FitConfig
+    from napari_deepdewedge.core.fit.config import FitConfig
     from napari_deepdewedge.core.fit.pairs import HalfPair
     from napari_deepdewedge.pipeline import FitRequest, finished_fit
 

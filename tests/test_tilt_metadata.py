@@ -9,13 +9,8 @@ import pytest
 from napari_deepdewedge.core.io import tilt_metadata
 from napari_deepdewedge.core.errors import DDWError
 from napari_deepdewedge.core.reconstruct.halves import split_even_odd
-from napari_deepdewedge.core.io.mrc import (
-    find_angle_file,
-    load_tilt_series,
-    read_angles,
-    resolve_angles,
-    write_mrc,
-)
+from napari_deepdewedge.core.io.series import find_angle_file, load_tilt_series, read_angles, resolve_angles
+from napari_deepdewedge.core.io.mrc import write_mrc
 from napari_deepdewedge.core.io.tilt_metadata import (
     parse_view_list,
     read_imod_exclusions,

@@ -275,7 +275,7 @@ def fit_config_from_options(options: dict, preset: str = "fast", **extra):
     ``tilt_range`` ``[min, max(, step)]`` becomes ``tilt_min``/``tilt_max``; ``strides`` a
     3-tuple; ``extra`` (e.g. ``out_dir``, ``voxel_size``) is passed through last.
     """
-    from ..core.fit.loop import FitConfig
+    from ..core.fit.config import FitConfig
     from ..core.model.unet import PRESETS
 
     if preset not in PRESETS:

@@ -19,7 +19,7 @@ def angle_spec(args):
 
 def halves_request(args, *, want_full: bool) -> HalvesRequest:
     """A ``HalvesRequest`` from the stack options (TILTSERIES or --even-odd EVN ODD)."""
-    from ..core.io.mrc import find_angle_file, load_tilt_series
+    from ..core.io.series import find_angle_file, load_tilt_series
 
     angles = angle_spec(args)
     if args.tiltseries is not None and args.even_odd is not None:
@@ -86,7 +86,8 @@ def read_mask(path, shape):
 
 def tilt_range_for_fit(args) -> tuple[float, float]:
     """The missing wedge's tilt range from --angles FILE or --tilt-range MIN MAX."""
-    from ..core.io.mrc import check_angle_values, read_angles
+    from ..core.io.angles import check_angle_values
+    from ..core.io.series import read_angles
 
     if getattr(args, "angles", None) is not None:
         angles = read_angles(args.angles)

@@ -185,7 +185,7 @@ def fitting_options(*, with_mask: bool) -> "Group":
     return Group(FITTING.title, tuple(o for o in FITTING.options if with_mask or o.dest != "mask"))
 
 
-FITTING = Group("fitting (default: the --preset values, then core.fitting.FitConfig)", (
+FITTING = Group("fitting (default: the --preset values, then core.fit.config.FitConfig)", (
     Opt(("--preset",), "preset", "fast (48³ cubes, 16 channels), balanced (96³, 32) or default "
         "(96³, 64); default: 'default' on a CUDA GPU, 'fast' otherwise", metavar="NAME"),
     Opt(("--subtomo-size",), "subtomo_size", "edge of the fitting cubes; a multiple of 2^depth",

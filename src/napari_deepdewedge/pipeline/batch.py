@@ -80,7 +80,7 @@ def odd_partner(even_path) -> Path:
 
 def _tilt_column(text: str, where: str, folder: Path) -> tuple[float, float]:
     """A list file's third column: ``MIN,MAX`` or an angle file (its min and max)."""
-    from ..core.io.mrc import read_angles
+    from ..core.io.series import read_angles
 
     if "," in text:
         try:

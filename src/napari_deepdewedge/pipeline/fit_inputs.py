@@ -24,7 +24,7 @@ from .names import stem_of
 
 def angle_file_beside(even, odd=None) -> Path | None:
     """The angle file beside a pair: beside the even file, the odd file, or the stem's ``.mrc``."""
-    from ..core.io.mrc import find_angle_file
+    from ..core.io.series import find_angle_file
 
     even = Path(even)
     candidates = [even] + ([Path(odd)] if odd is not None else [])
@@ -39,7 +39,8 @@ def angle_file_beside(even, odd=None) -> Path | None:
 def listed_or_beside_tilt_range(even, odd=None, listed=None) -> tuple[float, float] | None:
     """This pair's own tilt range ``(min, max)``: ``listed`` (its list-file column) first, else
     the angle file beside it (its min and max), else ``None`` (the caller's fallback)."""
-    from ..core.io.mrc import check_angle_values, read_angles
+    from ..core.io.angles import check_angle_values
+    from ..core.io.series import read_angles
 
     name = Path(even).name
     if listed is not None:

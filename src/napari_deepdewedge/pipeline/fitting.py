@@ -15,7 +15,7 @@ from ..core.fit.events import FitEvent
 from ..core.fit.log import EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..core.fit.loop import FitConfig
+    from ..core.fit.config import FitConfig
 
 
 def _load_resume(resume) -> dict:

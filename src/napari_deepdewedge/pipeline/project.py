@@ -204,7 +204,7 @@ class ProjectResult:
 
 
 def _reconstruct_all(request, job: JobFile, report, progress) -> None:
-    from ..core.io.mrc import load_tilt_series
+    from ..core.io.series import load_tilt_series
     from .halves import HalvesRequest, reconstruct_halves, write_halves
 
     tomograms = job.state["tomograms"]

@@ -254,7 +254,7 @@ class FitWidget(FitEventsView, DDWPanel):
 
     def config(self):
         """The FitConfig of the form (raises DDWError for values the engine refuses)."""
-        from ..core.fit.loop import FitConfig
+        from ..core.fit.config import FitConfig
 
         layer = self.even.layer()
         voxel = geometry(layer)[0] if layer is not None else (1.0, 1.0, 1.0)

@@ -497,7 +497,7 @@ def make_sample(
     device=None,
 ) -> SampleData:
     """Phantom + its noisy tilt series over ``tilt_range = (min, max, step)`` degrees."""
-    from ..io.mrc import angles_from_range
+    from ..io.angles import angles_from_range
 
     try:
         tmin, tmax, step = (float(t) for t in tilt_range)

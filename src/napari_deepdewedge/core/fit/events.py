@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .loop import FitConfig
+    from .config import FitConfig
 
 
 class FitEvent:

@@ -50,13 +50,11 @@ from typing import Callable, Iterator
 import torch
 
 from ..errors import CheckpointError, DDWError
-from .events import (  # noqa: F401  (re-exported: the engine's event names)
+from ..perf import as_input, limit_cpu_threads, maybe_compile, needs_grad_scaler, pick_autocast
+from .config import FitConfig
+from .events import (  # noqa: F401  (re-exported: the events fit_iter yields)
     CheckpointSaved, EpochDone, FitEvent, FitFinished, FitStarted, PreviewReady, StepDone, WedgesUpdated,
 )
-
-from .config import FitConfig  # noqa: F401  (re-exported: where FitConfig was defined)
-from .log import CSV_HEADER  # noqa: F401  (re-exported)
-from ..perf import as_input, limit_cpu_threads, maybe_compile, needs_grad_scaler, pick_autocast
 from .schedule import lr_at, should_stop_early
 from .parallel import (  # noqa: F401  (amp_enabled … init_distributed_from_env: re-exported)
     all_reduce_sum, amp_enabled, autocast, configure_backends, data_device, distributed_info, fit_device,
@@ -384,6 +382,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     from ..model import checkpoint as ckpt
     from .data import CubeFeeder, HalfPair, WedgeMasks, check_pairs, pool_cubes
     from .log import EpochRecord, EpochTally, LossLog
+    from .payload import build_fit_payload, parse_fit_payload
     from .preview import Previewer
     from .state import carry_state, prune_states, save_fit_state
 
@@ -476,7 +475,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     best = None
     history: list[EpochRecord] = []
     if payload is not None:
-        state = ckpt.parse_fit_payload(payload, n_fit)
+        state = parse_fit_payload(payload, n_fit)
         opt.load_state_dict(state.optimizer)
         for group in opt.param_groups:
             group["lr"] = cfg.lr
@@ -506,7 +505,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
                               resampling=kind)
 
     def save(kind: str, name: str, epoch_completed: int, step: int = 0, cur_perm=None, cur_tally=None):
-        payload_now = ckpt.build_fit_payload(
+        payload_now = build_fit_payload(
             net=net, config=cfg, subtomo_size=s, stats=stats[0], epoch=epoch_completed, step=step,
             optimizer=opt, scaler=scaler, generator=gen, fit_state=state_ref, perm=cur_perm,
             tally=cur_tally or EpochTally(), best_val_loss=best, history=history, n_fit=n_fit, n_val=n_val,

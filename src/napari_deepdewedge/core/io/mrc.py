@@ -1,4 +1,4 @@
-"""Reading and writing MRC-family volumes and IMOD tilt-angle files.
+"""Reading and writing MRC-family volumes.
 
 Conventions (DESIGN §1): arrays are (Z, Y, X) for tomograms and (n_tilts, Y, X) for tilt series;
 voxel sizes are in Å and in (Z, Y, X) order; angles are in degrees, in stack order.
@@ -15,7 +15,6 @@ from ..errors import DDWError
 from .storage import atomic_write
 
 MRC_SUFFIXES = (".mrc", ".st", ".ali", ".rec", ".mrcs", ".map")
-ANGLE_SUFFIXES = (".tlt", ".rawtlt")
 
 
 @dataclass
@@ -245,129 +244,3 @@ def write_mrc(path, data, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) ->
 
     atomic_write(path, write, what="volume")
     return path
-
-
-def read_angles(path) -> np.ndarray:
-    """Tilt angles (degrees, in the order the file lists the views it keeps) of one file.
-
-    IMOD ``.tlt``/``.rawtlt`` (one angle per line) here; any other metadata kind
-    (:mod:`core.tilt_metadata`: ``.mdoc``, ``.aln``, Warp ``.xml``/``.tomostar``, RELION
-    ``.star``) through its parser, without the views it marks excluded.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DDWError(f"{path}: angle file not found; check the path")
-    if path.suffix.lower() not in ANGLE_SUFFIXES:
-        from .tilt_metadata import read_metadata_file
-
-        listed = read_metadata_file(path)
-        kept = [i for i in range(listed.angles.size) if i + 1 not in listed.excluded]
-        return listed.angles[kept]
-    values = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            try:
-                values.append(float(text.split()[0]))
-            except ValueError:
-                raise DDWError(
-                    f"{path.name} line {number}: '{text[:40]}' is not a number; a .tlt/.rawtlt "
-                    "file holds one tilt angle in degrees per line"
-                ) from None
-    angles = np.asarray(values, dtype=np.float64)
-    if angles.size == 0:
-        raise DDWError(f"{path.name}: holds no angles; expected one tilt angle per line")
-    check_angle_values(angles, source=path.name)
-    return angles
-
-
-def angles_from_range(tilt_min: float, tilt_max: float, step: float) -> np.ndarray:
-    """Angles ``tilt_min, tilt_min + step, …, tilt_max`` (inclusive), as IMOD's manual range."""
-    if step <= 0:
-        raise DDWError(f"tilt step must be positive, got {step}; e.g. --tilt-range -60 60 3")
-    if tilt_max < tilt_min:
-        raise DDWError(
-            f"tilt range minimum {tilt_min} is above its maximum {tilt_max}; give MIN MAX STEP"
-        )
-    n = int(np.floor((tilt_max - tilt_min) / step + 1e-6)) + 1
-    angles = tilt_min + step * np.arange(n, dtype=np.float64)
-    check_angle_values(angles, source="tilt range")
-    return angles
-
-
-def check_angle_values(angles, source: str = "angles") -> None:
-    """Refuse NaN/inf and angles outside the open interval (-90°, 90°)."""
-    angles = np.asarray(angles, dtype=np.float64)
-    if not np.all(np.isfinite(angles)):
-        raise DDWError(f"{source}: contains NaN or infinite angles; fix the angle list")
-    bad = angles[(angles <= -90) | (angles >= 90)]
-    if bad.size:
-        raise DDWError(
-            f"{source}: angle {bad[0]:g}° is outside (-90°, 90°); tilt angles are in degrees "
-            "(radians, or a file of another kind, would explain this)"
-        )
-
-
-def check_angle_count(angles, n_tilts: int, source: str = "angles") -> None:
-    n = int(np.size(angles))
-    if n != n_tilts:
-        raise DDWError(
-            f"{source} gives {n} tilt angles but the stack has {n_tilts} projections; "
-            "use the angle file that belongs to this stack (or fix the range/step)"
-        )
-
-
-def find_angle_file(stack_path) -> Path | None:
-    """The angle or metadata file beside a stack (same stem, also without ``_EVN``/``_ODD``):
-    ``.tlt`` (preferred), ``.rawtlt``, ``.aln``, Warp ``.xml``, ``.tomostar``, ``.mdoc``,
-    RELION ``.star`` (:func:`core.tilt_metadata.find_metadata_file`)."""
-    from .tilt_metadata import find_metadata_file
-
-    return find_metadata_file(stack_path)
-
-
-def resolve_angles(angles, n_tilts: int, stack_path=None, *, exclude=None) -> np.ndarray:
-    """Turn what the user gave into an angle array of length ``n_tilts``.
-
-    ``angles`` may be an array/list, a path to any angle/metadata file
-    (:mod:`core.tilt_metadata`), a ``(min, max, step)`` tuple, or ``None`` (then a file beside
-    ``stack_path`` is used). Resolved by :func:`core.tilt_metadata.resolve_tilt_metadata`; a
-    stack that still holds excluded views needs :func:`load_tilt_series` (which drops them).
-    """
-    from .tilt_metadata import resolve_tilt_metadata
-
-    meta = resolve_tilt_metadata(angles, n_tilts, stack_path, exclude=exclude)
-    if meta.keep is not None:
-        raise DDWError(
-            f"the stack holds {n_tilts} views of which {len(meta.excluded)} "
-            f"({', '.join(map(str, meta.excluded))}) are excluded; load it with its metadata "
-            "so they are dropped, or remove them from the stack")
-    return meta.angles
-
-
-def load_tilt_series(path, angles=None, tilt_axis_x: bool = False, *, exclude=None,
-                     voxel_size=None) -> TiltSeries:
-    """Read an aligned tilt series and its angles (see :func:`resolve_tilt_metadata`).
-
-    ``tilt_axis_x`` transposes Y and X for stacks whose tilt axis runs along X. ``exclude``:
-    1-based views left out (list, ``"1,2,40"`` or an IMOD ``.com``); views the metadata marks
-    excluded that the stack still holds are dropped. ``voxel_size`` (Å) overrides the header.
-    ``series.meta["tilt_metadata"]`` is the :class:`~core.tilt_metadata.TiltMetadata`.
-    """
-    from .tilt_metadata import resolve_tilt_metadata
-
-    vol = read_mrc(path, voxel_size=voxel_size)
-    data = vol.data
-    meta = resolve_tilt_metadata(angles, data.shape[0], stack_path=path, exclude=exclude,
-                                 frame_shape=data.shape[1:])
-    if meta.keep is not None:
-        data = data[meta.keep]
-    if tilt_axis_x:
-        data = np.swapaxes(data, 1, 2)
-    pixel = vol.voxel_size[2 if not tilt_axis_x else 1]
-    return TiltSeries(
-        data=data, angles=meta.angles, pixel_size=float(pixel), origin=vol.origin,
-        name=Path(path).stem, meta={"tilt_metadata": meta},
-    )

@@ -4,7 +4,7 @@ Each parser returns a :class:`Listed`: every view the file lists, in the file's 
 views it marks excluded (1-based) and what else it carries (tilt axis, dose, defocus, the image
 size). Matching to a stack is :mod:`core.tilt_metadata`'s job. A maintained parser is used
 wherever one exists (``mdocfile``, ``alnfile``, ``starfile``); Warp's XML is plain XML for the
-standard library, and IMOD's one-number-per-line ``.tlt`` is read by ``core.io.read_angles``.
+standard library, and IMOD's one-number-per-line ``.tlt`` is read by ``core.io.angles.read_tlt``.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DDWError
+from .angles import check_angle_values, read_tlt
 
 #: suffix → kind, in the order a file beside the stack is preferred (aligned angles first).
 KINDS_BY_SUFFIX = {
@@ -52,9 +53,7 @@ def _kind_of(path: Path) -> str:
 
 
 def _read_tlt(path: Path) -> Listed:
-    from .mrc import read_angles
-
-    return Listed(read_angles(path), "rawtlt" if path.suffix.lower() == ".rawtlt" else "tlt",
+    return Listed(read_tlt(path), "rawtlt" if path.suffix.lower() == ".rawtlt" else "tlt",
                   path)
 
 
@@ -244,8 +243,6 @@ def _read_relion_star(path: Path, stack_stem: str | None = None) -> Listed:
 
 def read_metadata_file(path, stack_stem: str | None = None) -> Listed:
     """Every view one metadata file lists (any supported kind), unmatched to a stack."""
-    from .mrc import check_angle_values
-
     path = Path(path)
     if not path.is_file():
         raise DDWError(f"{path}: angle file not found; check the path")

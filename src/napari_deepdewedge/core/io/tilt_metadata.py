@@ -1,7 +1,7 @@
 """Tilt angles from the metadata the acquisition and alignment tools write, matched to a stack.
 
 One result type (:class:`TiltMetadata`) and ONE resolving function
-(:func:`resolve_tilt_metadata`) that every front end uses (``core.io.resolve_angles``,
+(:func:`resolve_tilt_metadata`) that every front end uses (``core.io.series.resolve_angles``,
 ``load_tilt_series`` and ``find_angle_file`` route through here).
 
 Formats and their parsers (in :mod:`core.tilt_formats`; a maintained parser wherever one
@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DDWError
+from .angles import angles_from_range, check_angle_values
 
 from .tilt_formats import (  # noqa: F401  (re-exported: the kinds and the file reader)
     KINDS_BY_SUFFIX,
@@ -214,8 +215,6 @@ def _user_exclusions(exclude) -> set[int]:
 
 
 def _listed_from_spec(angles, n_tilts: int, stack_path) -> Listed:
-    from .mrc import angles_from_range, check_angle_values
-
     stack_path = None if stack_path is None else Path(stack_path)
     stem = None if stack_path is None else HALF_SUFFIX.sub("", stack_path.stem)
     if angles is None:
