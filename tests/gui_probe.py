@@ -228,10 +228,10 @@ def tilt_series(n_tilts=31, size=64, seed=0):
 
 def set_tiny_fit(fit, out_dir, epochs):
     fit.device.setCurrentText("cpu")
-    fit.size.setValue(16)
+    fit.subtomo_size.setValue(16)
     fit.channels.setValue(4)
     fit.depth.setValue(2)
-    fit.batch.setValue(4)
+    fit.batch_size.setValue(4)
     fit.epochs.setValue(epochs)
     fit.update_every.setValue(2)
     fit.preview_every.setValue(1)

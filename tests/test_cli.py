@@ -111,7 +111,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 
 def test_preset_names_match_engine():
-    from napari_deepdewedge.core.model.unet import PRESETS
+    from napari_deepdewedge.core.fit.settings import PRESETS
 
     assert set(cli.PRESET_NAMES) == set(PRESETS)
 

@@ -100,13 +100,13 @@ def dock_outputs(viewer, qtbot, stack, out: Path):
     assert (fit.even.layer_name(), fit.odd.layer_name()) == ("TS even", "TS odd")
     fit.preset.setCurrentText("fast")
     fit.device.setCurrentText("cpu")
-    for box, key in ((fit.size, "subtomo_size"), (fit.channels, "channels"),
-                     (fit.depth, "depth"), (fit.epochs, "epochs"), (fit.batch, "batch_size"),
+    for box, key in ((fit.subtomo_size, "subtomo_size"), (fit.channels, "channels"),
+                     (fit.depth, "depth"), (fit.epochs, "epochs"), (fit.batch_size, "batch_size"),
                      (fit.update_every, "update_every"), (fit.val_fraction, "val_fraction")):
         box.setValue(FIT[key])
     fit.lr_schedule.setCurrentText("warmup_cosine")
-    fit.warmup.setValue(1)
-    fit.early_stop.setValue(50)
+    fit.warmup_epochs.setValue(1)
+    fit.early_stop_patience.setValue(50)
     fit.preview_every.setValue(1)  # as a user watches it: previews must not change the fit
     fit.out_dir.setText(str(out / "model"))
     assert fit.start()

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.model.unet import PRESETS, UNet3D, required_multiple
+from napari_deepdewedge.core.fit.settings import PRESETS
+from napari_deepdewedge.core.model.unet import UNet3D, required_multiple
 
 
 def _zero_final(model):

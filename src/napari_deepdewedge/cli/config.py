@@ -21,27 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import DDWError
+from ..core.fit.settings import BY_NAME, PRESETS, config_overrides, ddw_keys
 
 LAYOUT_FLAT = "flat"
 LAYOUT_DDW = "deepdewedge"
 DDW_SECTIONS = ("shared", "prepare_data", "fit_model", "refine_tomogram")
 
-# deepdewedge key → our key (same in every section, except batch_size, see below)
+#: deepdewedge key → our key, for the fit settings (core/fit/settings.py: ``Setting.ddw``)
+_DDW_SETTINGS = ddw_keys()
+#: keys the original layout converts (not copies): batch_size (per section), mw_angle, gpu
+_DDW_CONVERTED = {"batch_size", "mw_angle", "gpu"}
+# deepdewedge key → our key (same in every section), the fit settings' and the others'
 _DDW_SIMPLE = {
-    "subtomo_size": "subtomo_size",
-    "seed": "seed",
-    "val_fraction": "val_fraction",
-    "num_epochs": "epochs",
-    "update_subtomo_missing_wedges_every_n_epochs": "update_every",
-    "check_val_every_n_epochs": "validate_every",
-    "save_model_every_n_epochs": "checkpoint_every",
-    "subtomo_extraction_strides": "strides",
-    "min_nonzero_mask_fraction_in_subtomo": "min_mask_fraction",
-    "standardize_full_tomos": "standardize",
+    **{k: v for k, v in _DDW_SETTINGS.items() if "." not in k and k not in _DDW_CONVERTED},
     "resume_from_checkpoint": "resume",
     "model_checkpoint_file": "model",
     "subtomo_overlap": "overlap",
-    "device": "device",
+    "device": "device",  # not the original's key (it has gpu), read as ours
     "project_dir": "project_dir",
     "logdir": "logdir",
     "output_dir": "output_dir",
@@ -217,18 +213,20 @@ def _from_ddw(raw: dict, source: str) -> LoadedConfig:
     return LoadedConfig(values=values, layout=LAYOUT_DDW, warnings=warnings)
 
 
+def _nested(where: str, key: str):
+    """The fit setting of a nested original-layout key (``unet_params_dict.chans``), or None."""
+    return _DDW_SETTINGS.get(f"{where.split('.')[-1]}.{key}")
+
+
 def _unet_params(params, values, warnings, source, where):
     if not isinstance(params, dict):
         raise DDWError(f"{source}: {where} must be a mapping (chans, num_downsample_layers, …)")
     for key, value in params.items():
-        if key == "chans":
-            values["channels"] = value
-        elif key == "num_downsample_layers":
-            values["depth"] = value
-        elif key == "residual":  # the original's U-Net adds its normalized input to its output
-            if not isinstance(value, bool):
-                raise DDWError(f"{source}: {where}.residual must be true or false, got {value!r}")
-            values["residual"] = value
+        name = _nested(where, key)
+        if name is not None:
+            if BY_NAME[name].type is bool and not isinstance(value, bool):
+                raise DDWError(f"{source}: {where}.{key} must be true or false, got {value!r}")
+            values[name] = value
         elif key == "drop_prob":
             if value not in (None, 0, 0.0):
                 warnings.append(f"{source}: {where}.drop_prob={value} ignored (no dropout here)")
@@ -240,56 +238,24 @@ def _adam_params(params, values, warnings, source, where):
     if not isinstance(params, dict):
         raise DDWError(f"{source}: {where} must be a mapping (lr, …)")
     for key, value in params.items():
-        if key == "lr":
-            values["lr"] = value
+        name = _nested(where, key)
+        if name is not None:
+            values[name] = value
         else:
             warnings.append(f"{source}: '{where}.{key}' ignored (only lr is used)")
-
-
-#: FitConfig fields that come straight from flat options of the same name
-FIT_FIELDS = (
-    "subtomo_size",
-    "channels",
-    "depth",
-    "epochs",
-    "batch_size",
-    "lr",
-    "lr_schedule",
-    "warmup_epochs",
-    "early_stop_patience",
-    "val_fraction",
-    "update_every",
-    "validate_every",
-    "checkpoint_every",
-    "min_mask_fraction",
-    "standardize",
-    "seed",
-    "device",
-    "residual",
-)
 
 
 def fit_config_from_options(options: dict, preset: str = "fast", **extra):
     """A ``FitConfig`` from flat options (``None`` values are skipped), on top of ``preset``.
 
-    ``tilt_range`` ``[min, max(, step)]`` becomes ``tilt_min``/``tilt_max``; ``strides`` a
-    3-tuple; ``extra`` (e.g. ``out_dir``, ``voxel_size``) is passed through last.
+    The options are read as the settings declare them (``core.fit.settings.config_overrides``:
+    ``tilt_range`` ``[min, max(, step)]`` becomes ``tilt_min``/``tilt_max``, ``strides`` a
+    3-tuple); ``extra`` (e.g. ``out_dir``, ``voxel_size``) is passed through last.
     """
     from ..core.fit.config import FitConfig
-    from ..core.model.unet import PRESETS
 
     if preset not in PRESETS:
         raise DDWError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
-    overrides = {k: options[k] for k in FIT_FIELDS if options.get(k) is not None}
-    tilt_range = options.get("tilt_range")
-    if tilt_range is not None:
-        if len(tilt_range) not in (2, 3):
-            raise DDWError(f"tilt_range needs MIN MAX, got {list(tilt_range)}")
-        overrides["tilt_min"], overrides["tilt_max"] = float(tilt_range[0]), float(tilt_range[1])
-    strides = options.get("strides")
-    if strides is not None:
-        if len(strides) != 3:
-            raise DDWError(f"strides needs three numbers (Z Y X), got {list(strides)}")
-        overrides["strides"] = tuple(int(s) for s in strides)
+    overrides = config_overrides(options)
     overrides.update({k: v for k, v in extra.items() if v is not None})
     return FitConfig.from_preset(preset, **overrides)

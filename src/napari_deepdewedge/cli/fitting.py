@@ -9,16 +9,21 @@ import time
 from pathlib import Path
 
 from ..core.errors import DDWError
+from ..core.fit.settings import PRESETS, SETTINGS
 from ..pipeline import FitRequest, OutputExists, fit_events, refuse_earlier_fit
 from .options import PRESET_NAMES
 from .output import info, is_rank_zero
 from .progress import FitReport
 
-#: options that map one-to-one onto FitConfig fields
-FIT_OPTION_KEYS = ("subtomo_size", "channels", "depth", "epochs", "batch_size", "lr", "lr_schedule",
-                   "warmup_epochs", "early_stop_patience",
-                   "val_fraction", "update_every", "validate_every", "checkpoint_every",
-                   "min_mask_fraction", "standardize", "seed", "device", "strides")
+#: the settings a flag or a config file sets (core/fit/settings.py), except the tilt range,
+#: which the command reads from the data (``tilt_range_for_fit``)
+FIT_OPTION_KEYS = tuple(s.name for s in SETTINGS if s.yaml and s.name != "tilt_range")
+
+
+def _option(args, name):
+    """A setting's value: its flag (config values already merged in), else a config-only key."""
+    value = getattr(args, name, None)
+    return getattr(args, "config_values", {}).get(name) if value is None else value
 
 
 def pick_preset(args) -> str:
@@ -35,9 +40,8 @@ def fit_config(args, *, tilt_range, out_dir, voxel_size):
     """The engine's FitConfig from flags (and config values already merged into ``args``)."""
     from .config import fit_config_from_options
 
-    options = {k: getattr(args, k, None) for k in FIT_OPTION_KEYS}
+    options = {k: _option(args, k) for k in FIT_OPTION_KEYS}
     options["tilt_range"] = list(tilt_range)
-    options["residual"] = getattr(args, "config_values", {}).get("residual")  # config only (no flag)
     return fit_config_from_options(options, preset=pick_preset(args),
                                    out_dir=None if out_dir is None else str(out_dir),
                                    voxel_size=tuple(float(v) for v in voxel_size))
@@ -47,9 +51,9 @@ def given_fields(args) -> frozenset:
     """FitConfig fields the user set (flag or config file): for a resume, every other fixed
     setting is the checkpoint's (pipeline.plan_fit). The tilt range and voxel size come from
     the data, so they always count as given."""
-    given = {k for k in FIT_OPTION_KEYS if getattr(args, k, None) is not None}
+    given = {k for k in FIT_OPTION_KEYS if _option(args, k) is not None}
     if args.preset is not None:
-        given |= {"subtomo_size", "channels", "depth"}
+        given |= set(PRESETS.get(args.preset, ()))
     return frozenset(given | {"tilt_min", "tilt_max", "voxel_size", "out_dir"})
 
 

@@ -102,79 +102,7 @@ class FitWidget(FitEventsView, DDWPanel):
         add_row(form, "Preset", self.preset,
                 "Starting values: 'fast' for a laptop CPU (small cubes, few channels); "
                 "'default' for a GPU (the published settings); 'balanced' in between.")
-        self.size = _spin(8, 256, 48, 8, " px")
-        add_row(form, "Cube size", self.size,
-                "Edge of the training sub-tomograms in voxels (a multiple of 2^depth). Larger "
-                "cubes see more context but need more memory; 96 is the published value.")
-        self.channels = _spin(2, 256, 16)
-        self.depth = _spin(1, 5, 3)
-        tip(self.depth, "Number of down-sampling levels of the U-Net (3 is standard).")
-        add_row(form, "Channels, depth", hbox(self.channels, self.depth),
-                "Width of the network (channels of the first level; 64 as published, 32 "
-                "nearly as good and much faster) and its number of levels.")
-        self.epochs = _spin(1, 100000, 50)
-        add_row(form, "Epochs", self.epochs,
-                "How many passes over all training cubes. Good results often appear after a "
-                "few dozen; the paper fits hundreds. Raise it to continue a finished fit with "
-                "Resume.")
-        self.batch = _spin(1, 256, 5)
-        add_row(form, "Batch size", self.batch,
-                "Cubes per optimizer step. Lower it if the GPU runs out of memory.")
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(6)
-        self.lr.setRange(1e-6, 1e-1)
-        self.lr.setSingleStep(1e-4)
-        self.lr.setValue(4e-4)
-        add_row(form, "Learning rate", self.lr,
-                "Step size of the Adam optimizer; 0.0004 is the published value. Lower it if "
-                "the loss jumps around.")
-        self.lr_schedule = QComboBox()
-        self.lr_schedule.addItems(["constant", "warmup_cosine"])
-        self.warmup = _spin(0, 10000, 0, suffix=" ep")
-        tip(self.warmup, "warmup_cosine: epochs of linear warm-up to the learning rate.")
-        add_row(form, "LR schedule", hbox(self.lr_schedule, self.warmup),
-                "constant (the published way) or warmup_cosine: a linear warm-up over the "
-                "given epochs, then a cosine down to 0.1 × the rate at the last epoch. With a "
-                "rate of 0.001 and 1 warm-up epoch a fit reaches a given quality sooner, but "
-                "is no better after many epochs (README, 'Time to quality').")
-        self.early_stop = _spin(0, 10000, 0, suffix=" ep")
-        add_row(form, "Early stop", self.early_stop,
-                "Stop when the validation loss has not improved for this many epochs "
-                "(0 = never).")
-        self.val_fraction = QDoubleSpinBox()
-        self.val_fraction.setRange(0.0, 0.5)
-        self.val_fraction.setSingleStep(0.05)
-        self.val_fraction.setValue(0.1)
-        add_row(form, "Validation", self.val_fraction,
-                "Fraction of the cubes held out to check the fit on data it does not learn "
-                "from (the orange curve). 0 disables validation.")
-        self.update_every = _spin(0, 10000, 10, suffix=" ep")
-        add_row(form, "Wedge update", self.update_every,
-                "Every this many epochs the network's own prediction fills the missing wedge "
-                "of the inputs (0 = never). The published value is 10.")
-        self.preview_every = _spin(0, 10000, 10, suffix=" ep")
-        add_row(form, "Preview every", self.preview_every,
-                f"Every this many epochs the current model refines the slab around the slice "
-                f"you are looking at and shows it as the layer '{PREVIEW_NAME}' (0 = off).")
-        self.tilt_min = QDoubleSpinBox()
-        self.tilt_max = QDoubleSpinBox()
-        for box, value in ((self.tilt_min, -60.0), (self.tilt_max, 60.0)):
-            box.setRange(-89.9, 89.9)
-            box.setDecimals(1)
-            box.setSuffix("°")
-            box.setValue(value)
-            compact(box)
-        add_row(form, "Tilt range", hbox(self.tilt_min, self.tilt_max),
-                "Tilt range of the data (filled in from the halves); it defines the missing "
-                "wedge.")
-        self.device = QComboBox()
-        self.device.addItems(device_choices())
-        add_row(form, "Device", self.device, DEVICE_TIP)
-        row, self.out_dir = path_field("folder for checkpoints",
-                                       "Folder for checkpoints (latest.pt, best.pt, stopped.pt) "
-                                       "and losses.csv. Resume and Refine read from it.",
-                                       dialog="dir")
-        add_row(form, "Output folder", row, self.out_dir.toolTip())
+        self.fields = self._setting_rows(form)  # setting name → widget; also self.<name>
         row, self.resume_path = path_field("checkpoint to resume from",
                                            "Checkpoint to continue from with Resume: "
                                            "stopped.pt or latest.pt of an earlier run "
@@ -202,11 +130,8 @@ class FitWidget(FitEventsView, DDWPanel):
                             "bring little.")
         lay.addWidget(self.loss_plot)
 
-        # presets come from the engine (torch is imported here, when the dock opens)
-        try:
-            from ..core.model.unet import PRESETS
-        except Exception:  # pragma: no cover - engine import problem shows when fitting
-            PRESETS = {"fast": dict(subtomo_size=48, channels=16, depth=3)}
+        from ..core.fit.settings import PRESETS
+
         self._presets = dict(PRESETS)
         self.preset.addItems(list(self._presets))
         gpu = any(d.startswith("cuda") for d in device_choices())
@@ -226,13 +151,80 @@ class FitWidget(FitEventsView, DDWPanel):
         self._on_halves()
 
     # ------------------------------------------------------------------ form
+    def _setting_rows(self, form) -> dict:
+        """One widget per fit setting that has a dock row (core/fit/settings.py), in the
+        declared order; a row with ``join`` shares the line before it. Each widget is also the
+        attribute of the setting's name (``self.epochs``); the tilt range is ``self.tilt_min``
+        and ``self.tilt_max``."""
+        from ..core.fit.config import FitConfig
+        from ..core.fit.settings import SETTINGS
+
+        defaults = FitConfig()
+        fields, lines = {}, []
+        for setting in SETTINGS:
+            row = setting.row
+            if row is None:
+                continue
+            widget, shown = self._setting_widget(setting, row, defaults)
+            fields[setting.name] = widget
+            if setting.name != "tilt_range":
+                setattr(self, setting.name, widget)
+            # the device row's tip is the one every dock shows; a preview names its layer
+            text = (row.tip or DEVICE_TIP).replace("{preview}", PREVIEW_NAME)
+            if row.join and lines:
+                tip(widget, text)
+                lines[-1][2].append(shown)
+            else:
+                lines.append((row.label, text, [shown]))
+        for label, text, widgets in lines:
+            add_row(form, label, widgets[0] if len(widgets) == 1 else hbox(*widgets), text)
+        return fields
+
+    def _setting_widget(self, setting, row, defaults):
+        """``(widget, what the form shows)`` of one setting."""
+        if setting.name == "tilt_range":
+            self.tilt_min, self.tilt_max = QDoubleSpinBox(), QDoubleSpinBox()
+            for box, value in ((self.tilt_min, defaults.tilt_min), (self.tilt_max, defaults.tilt_max)):
+                box.setRange(row.lo, row.hi)
+                box.setDecimals(row.decimals)
+                box.setSuffix(row.suffix)
+                box.setValue(value)
+                compact(box)
+            return (self.tilt_min, self.tilt_max), hbox(self.tilt_min, self.tilt_max)
+        if setting.name == "device":
+            box = QComboBox()
+            box.addItems(device_choices())
+            return box, box
+        if setting.name == "out_dir":
+            shown, box = path_field("folder for checkpoints", row.tip, dialog="dir")
+            return box, shown
+        default = getattr(defaults, setting.name)
+        if setting.choices:
+            box = QComboBox()
+            box.addItems(list(setting.choices))
+            box.setCurrentText(default)
+        elif setting.type is float:
+            box = QDoubleSpinBox()
+            if row.decimals is not None:
+                box.setDecimals(row.decimals)
+            box.setRange(row.lo, row.hi)
+            box.setSingleStep(row.step)
+            box.setValue(default)
+        else:
+            box = _spin(int(row.lo), int(row.hi), int(default), int(row.step or 1), row.suffix)
+        return box, box
+
+    def _setting_value(self, name: str):
+        widget = self.fields[name]
+        if isinstance(widget, QComboBox):
+            return widget.currentText()
+        if isinstance(widget, QDoubleSpinBox):
+            return float(widget.value())
+        return int(widget.value())
+
     def apply_preset(self, name: str) -> None:
-        values = self._presets.get(name)
-        if not values:
-            return
-        self.size.setValue(int(values.get("subtomo_size", self.size.value())))
-        self.channels.setValue(int(values.get("channels", self.channels.value())))
-        self.depth.setValue(int(values.get("depth", self.depth.value())))
+        for setting, value in self._presets.get(name, {}).items():
+            self.fields[setting].setValue(int(value))
 
     def _on_halves(self, *_):
         state = self.state
@@ -259,15 +251,11 @@ class FitWidget(FitEventsView, DDWPanel):
         layer = self.even.layer()
         voxel = geometry(layer)[0] if layer is not None else (1.0, 1.0, 1.0)
         out_dir = self.out_dir.text().strip() or None
+        special = {"tilt_range", "device", "out_dir"}
+        values = {name: self._setting_value(name) for name in self.fields if name not in special}
         cfg = FitConfig(
-            subtomo_size=self.size.value(), channels=self.channels.value(),
-            depth=self.depth.value(), epochs=self.epochs.value(), batch_size=self.batch.value(),
-            lr=float(self.lr.value()), lr_schedule=self.lr_schedule.currentText(),
-            warmup_epochs=self.warmup.value(), early_stop_patience=self.early_stop.value(),
-            val_fraction=float(self.val_fraction.value()),
-            update_every=self.update_every.value(), tilt_min=float(self.tilt_min.value()),
-            tilt_max=float(self.tilt_max.value()), device=self.device.currentText(),
-            out_dir=out_dir, preview_every=self.preview_every.value(),
+            **values, tilt_min=float(self.tilt_min.value()), tilt_max=float(self.tilt_max.value()),
+            device=self.device.currentText(), out_dir=out_dir,
             voxel_size=tuple(float(v) for v in voxel),
         )
         return cfg.validate()
@@ -283,7 +271,7 @@ class FitWidget(FitEventsView, DDWPanel):
             self._slab = None
             return
         n_z = int(layer.data.shape[0])
-        thick = min(n_z, self.size.value())
+        thick = min(n_z, self.subtomo_size.value())
         z = n_z // 2
         dims = self.viewer.dims
         if dims.ndisplay == 2 and len(dims.point) >= 3 and (dims.ndim - 3) in dims.not_displayed:
@@ -312,8 +300,8 @@ class FitWidget(FitEventsView, DDWPanel):
             check_same_shape(even.data, mask_layer.data, what="halves and ROI mask")
             mask = layer_source(mask_layer)
         smallest = min(even.data.shape)
-        if self.size.value() > smallest:
-            raise DDWError(f"cube size {self.size.value()} is larger than the halves "
+        if self.subtomo_size.value() > smallest:
+            raise DDWError(f"cube size {self.subtomo_size.value()} is larger than the halves "
                            f"({'×'.join(map(str, even.data.shape))}); choose a cube size of at "
                            f"most {smallest // 8 * 8}")
         return even, odd, layer_source(even), layer_source(odd), mask

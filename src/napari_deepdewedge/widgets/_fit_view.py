@@ -32,11 +32,15 @@ class FitEventsView:
     def _show_config(self, cfg) -> None:
         """Show the settings a resumed fit runs with (its fixed ones come from the checkpoint,
         pipeline.plan_fit), so the form never claims what is not running."""
-        for box, value in ((self.size, cfg.subtomo_size), (self.channels, cfg.channels),
-                           (self.depth, cfg.depth), (self.batch, cfg.batch_size),
-                           (self.val_fraction, cfg.val_fraction), (self.tilt_min, cfg.tilt_min),
-                           (self.tilt_max, cfg.tilt_max)):
-            box.setValue(value)
+        for name, box in self.fields.items():  # every setting the form shows (settings.py)
+            if name in ("tilt_range", "device", "out_dir"):
+                continue
+            if hasattr(box, "setCurrentText"):
+                box.setCurrentText(getattr(cfg, name))
+            else:
+                box.setValue(getattr(cfg, name))
+        self.tilt_min.setValue(cfg.tilt_min)
+        self.tilt_max.setValue(cfg.tilt_max)
 
     def _on_event(self, event):
         from ..core.fit import loop as F

@@ -1,6 +1,7 @@
-"""``FitConfig``: everything that defines a fitting run (DESIGN §2.4–2.7), its presets, its
-checks and its dict form (what checkpoints record). Re-exported by ``core.fitting``; kept apart
-so that front ends can build and check a configuration without importing the fitting loop.
+"""``FitConfig``: everything that defines a fitting run (DESIGN §2.4–2.7), its engine defaults,
+its checks and its dict form (what checkpoints record). Each field is declared once more, as a
+row of :mod:`.settings` (presets, limits, flag, YAML keys, dock row). Kept apart from the loop
+so that front ends can build and check a configuration without importing torch.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DDWError
+from .settings import NON_NEGATIVE, POSITIVE, PRESETS, SETTINGS
 
 
 @dataclass
@@ -64,11 +66,15 @@ class FitConfig:
     warmup_epochs: int = 0
     early_stop_patience: int = 0    # epochs without a lower validation loss; 0 = never stop early
 
+    @property
+    def tilt_range(self) -> tuple[float, float]:
+        """``(tilt_min, tilt_max)``: the pair the data, the CLI and the dock speak of."""
+        return (self.tilt_min, self.tilt_max)
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
-        """``FitConfig`` with a preset's subtomo size, channels and depth (``unet.PRESETS``)."""
-        from ..model.unet import PRESETS
-
+        """``FitConfig`` with a preset's values (``settings.PRESETS``: subtomo size, channels,
+        depth)."""
         if name not in PRESETS:
             raise DDWError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
         values = dict(PRESETS[name])
@@ -105,10 +111,9 @@ class FitConfig:
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < minimum:
                 raise DDWError(f"{name} must be an integer ≥ {minimum}, got {v!r}")
 
-        for name in ("subtomo_size", "channels", "depth", "epochs", "batch_size", "validate_every"):
-            positive_int(name)
-        for name in ("update_every", "checkpoint_every", "preview_every", "warmup_epochs", "early_stop_patience"):
-            positive_int(name, 0)
+        for setting in SETTINGS:  # the integers' limits, as declared
+            if setting.type is int and setting.limits in (POSITIVE, NON_NEGATIVE):
+                positive_int(setting.name, 1 if setting.limits == POSITIVE else 0)
         m = required_multiple(self.depth)
         if self.subtomo_size % m:
             lo = max(m, self.subtomo_size // m * m)

@@ -25,13 +25,6 @@ from torch import nn
 
 from ..errors import DDWError
 
-#: Presets offered by the front ends (subtomogram edge, first-level channels, depth).
-PRESETS = {
-    "fast": dict(subtomo_size=48, channels=16, depth=3),  # laptop CPU
-    "balanced": dict(subtomo_size=96, channels=32, depth=3),  # a small GPU; nearly as good
-    "default": dict(subtomo_size=96, channels=64, depth=3),  # a GPU
-}
-
 NEGATIVE_SLOPE = 0.05
 
 
