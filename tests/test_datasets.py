@@ -31,11 +31,11 @@ def two_pair_fit(tmp_path_factory):
     """A 2-epoch fit on two pairs with different tilt ranges, recording every step's cubes,
     rotations and the masks handed to the loss."""
     out = tmp_path_factory.mktemp("two")
-    from napari_deepdewedge.core.fit import loss
+    from napari_deepdewedge.core.fit import loss, steps
     from napari_deepdewedge.core.model import rotation
 
     seen = {"steps": [], "rot": [], "loss": [], "in_step": False}
-    real_step, real_rot, real_loss = ft._fit_step, rotation.random_rotations, loss.masked_fourier_loss
+    real_step, real_rot, real_loss = steps.fit_step, rotation.random_rotations, loss.masked_fourier_loss
 
     def step(model, opt, scaler, cubes, masks, idx, *a, **kw):
         seen["steps"].append(cubes.fit_index[idx].clone())
@@ -57,7 +57,7 @@ def two_pair_fit(tmp_path_factory):
         return real_loss(pred, target, mask, rotated, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(ft, "_fit_step", step)
+    mp.setattr(steps, "fit_step", step)
     mp.setattr(rotation, "random_rotations", rot)
     mp.setattr(loss, "masked_fourier_loss", masked_loss)
     try:
@@ -253,6 +253,7 @@ def test_memory_model_known_answer():
 def test_host_resident_cubes_fit_like_device_resident(monkeypatch):
     """The host-store path (cubes gathered per batch by CubeFeeder; the CPU side of the CUDA
     prefetch) gives the losses of the in-place path."""
+    from napari_deepdewedge.core.fit import setup
     from napari_deepdewedge.core.fit.data import CubeFeeder
 
     store = torch.arange(4 * 2 * 8**3, dtype=torch.float32).reshape(4, 2, 8, 8, 8)
@@ -272,7 +273,7 @@ def test_host_resident_cubes_fit_like_device_resident(monkeypatch):
         return real_take(self, index)
 
     monkeypatch.setattr(CubeFeeder, "take", take)
-    monkeypatch.setattr(ft, "data_device", lambda device, nbytes: torch.device("cpu", 0))  # "not the device"
+    monkeypatch.setattr(setup, "data_device", lambda device, nbytes: torch.device("cpu", 0))  # "not the device"
     host = [e.fit_loss for e in ft.fit_iter(t0, t1, cfg) if isinstance(e, ft.EpochDone)]
     assert sum(taken) >= 7  # every fitting cube went through the feeder
     np.testing.assert_allclose(host, ref, rtol=1e-5)

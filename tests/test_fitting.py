@@ -12,6 +12,7 @@ import torch
 
 from napari_deepdewedge.core.model import checkpoint as ckpt
 from napari_deepdewedge.core.fit import loop as ft
+from napari_deepdewedge.core.fit import steps as fit_steps
 from napari_deepdewedge.core.fit.config import FitConfig
 from napari_deepdewedge.core.errors import CheckpointError, DDWError
 
@@ -145,7 +146,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
     assert float(((f_new - f_old) * m).abs().max()) < 1e-4 * scale
     assert float(((f_new - f_old) * (1 - m)).abs().max()) > 1e-2 * scale
     # the stored normalization is that of the model inputs after the update
-    loc, sc = ft.input_normalization(fit0, observed_mask((16, 16, 16), -60, 60, rfft=True), 16, "cpu")
+    loc, sc = fit_steps.input_normalization(fit0, observed_mask((16, 16, 16), -60, 60, rfft=True), 16, "cpu")
     assert abs(float(p["state_dict"]["loc"]) - loc) < 1e-6 and abs(float(p["state_dict"]["scale"]) - sc) < 1e-6
     model, meta = ckpt.load_model(tmp_path / "best.pt", device="cpu")
     assert meta["subtomo_size"] == 16 and meta["tilt_min"] == -60.0 and not model.training

@@ -18,18 +18,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..core.fit.config import FitConfig
 
 
-def _load_resume(resume) -> dict:
-    from ..core.model import checkpoint as ckpt
+def _planned(requested: "FitConfig", resume, given) -> tuple["FitConfig", dict | None]:
+    """The one resume plan: ``(config, payload)`` — ``requested`` validated without
+    ``resume``; else the checkpoint (loaded once) and the rule of ``core.fit.resume`` applied.
+    The engine then only checks the planned config against the checkpoint."""
+    if resume is None:
+        return requested.validate(), None
+    from ..core.fit.resume import load_resume, resumed_config
 
-    if isinstance(resume, dict):
-        return ckpt.check_payload(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
-    return ckpt.load_checkpoint(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
-
-
-def _plan(requested: "FitConfig", payload: dict, given, name: str) -> "FitConfig":
-    from ..core.fit.resume import resumed_config
-
-    return resumed_config(requested, payload, given=given, name=name).validate()
+    payload, name = load_resume(resume)
+    return resumed_config(requested, payload, given=given, name=name).validate(), payload
 
 
 def plan_fit(requested: "FitConfig", resume, *, given=None) -> "FitConfig":
@@ -41,10 +39,7 @@ def plan_fit(requested: "FitConfig", resume, *, given=None) -> "FitConfig":
     ``given is None``) that differs from the checkpoint's raises ``CheckpointError``, as does
     asking for no more epochs than the checkpoint has done.
     """
-    if resume is None:
-        return requested.validate()
-    name = "checkpoint" if isinstance(resume, dict) else Path(resume).name
-    return _plan(requested, _load_resume(resume), given, name)
+    return _planned(requested, resume, given)[0]
 
 
 @dataclass(kw_only=True)
@@ -73,17 +68,12 @@ class FitRequest:
                 raise DDWError("a fit request takes either pairs or even/odd (and mask), not both")
             return list(self.pairs)
         c = self.config
-        return [HalfPair(even=self.even, odd=self.odd, tilt_range=(c.tilt_min, c.tilt_max), mask=self.mask,
+        return [HalfPair(even=self.even, odd=self.odd, tilt_range=c.tilt_range, mask=self.mask,
                          voxel_size=tuple(c.voxel_size))]
 
     def planned_config(self) -> "FitConfig":
         """``config`` with pair 0's tilt range and voxel size (what the engine fits with)."""
-        import dataclasses
-
-        first = self.half_pairs()[0]
-        return dataclasses.replace(self.config, tilt_min=float(first.tilt_range[0]),
-                                   tilt_max=float(first.tilt_range[1]),
-                                   voxel_size=tuple(float(v) for v in first.voxel_size))
+        return self.config.for_pair(self.half_pairs()[0])
 
 
 @dataclass(frozen=True)
@@ -111,11 +101,11 @@ def finished_fit(request: FitRequest) -> FinishedFit | None:
     """
     if request.resume is None:
         return None
-    from ..core.fit.resume import check_resume_inputs, fixed_config
+    from ..core.fit.resume import check_resume_inputs, fixed_config, load_resume
     from ..core.fit.schedule import should_stop_early
 
     checkpoint = Path(request.resume)
-    payload = _load_resume(checkpoint)
+    payload, _ = load_resume(checkpoint)
     config = fixed_config(request.planned_config(), payload, given=request.given, name=checkpoint.name)
     done = int(payload["epoch"])
     history = payload.get("history") or []
@@ -151,10 +141,9 @@ def fit_events(request: FitRequest, *, should_stop: Callable[[], bool] | None = 
         from ..core.errors import DDWError
 
         raise DDWError("give either a checkpoint to resume (--resume) or one to start from (--init-from), not both")
-    config, payload, resume_dir = request.planned_config(), None, None
-    if request.resume is not None:
-        payload = _load_resume(request.resume)
-        config = _plan(config, payload, request.given, Path(request.resume).name)
+    config, payload = _planned(request.planned_config(), request.resume, request.given)
+    resume_dir = None
+    if payload is not None:
         resume_dir = Path(request.resume).parent
         yield FitResumed(config=config, epoch=int(payload["epoch"]),
                          history=[EpochRecord.from_list(row) for row in payload.get("history") or []])

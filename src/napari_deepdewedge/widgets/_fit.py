@@ -359,7 +359,7 @@ class FitWidget(FitEventsView, DDWPanel):
                            "an earlier fit under 'Resume from'")
         return dict(tomo0=tomo0, tomo1=tomo1, mask=mask, config=cfg, resume=resume,
                     source=pair_source(even, odd),
-                    extra=self.more_pairs.pairs((cfg.tilt_min, cfg.tilt_max)))
+                    extra=self.more_pairs.pairs(cfg.tilt_range))
 
     def _prepare(self, resume):
         inputs = self.job_inputs(resume)

@@ -121,7 +121,7 @@ def fit_request(tomo0, tomo1, mask, config, resume, source=None, extra=()):
     tomo0, tomo1 = read_array(tomo0), read_array(tomo1)
     if mask is not None:
         mask = read_array(mask) > 0
-    first = HalfPair(even=tomo0, odd=tomo1, tilt_range=(config.tilt_min, config.tilt_max),
+    first = HalfPair(even=tomo0, odd=tomo1, tilt_range=config.tilt_range,
                      mask=mask, voxel_size=tuple(config.voxel_size), **(source or {}))
     pairs = [first] + [open_half_pair(p.even_path, p.odd_path, p.tilt_range) for p in extra]
     return FitRequest(pairs=pairs, config=config, resume=resume or None,

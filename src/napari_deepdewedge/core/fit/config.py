@@ -71,6 +71,13 @@ class FitConfig:
         """``(tilt_min, tilt_max)``: the pair the data, the CLI and the dock speak of."""
         return (self.tilt_min, self.tilt_max)
 
+    def for_pair(self, pair) -> "FitConfig":
+        """This config with a half pair's tilt range and voxel size — what a fit on pairs runs
+        with (pair 0's); the one pair → config conversion (config → pair: ``tilt_range``)."""
+        lo, hi = pair.tilt_range
+        return dataclasses.replace(self, tilt_min=float(lo), tilt_max=float(hi),
+                                   voxel_size=tuple(float(v) for v in pair.voxel_size))
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "FitConfig":
         """``FitConfig`` with a preset's values (``settings.PRESETS``: subtomo size, channels,

@@ -21,357 +21,237 @@ validation loss; lowest fitting loss without validation cubes), ``epoch_NNNN.pt`
 ``checkpoint_every`` epochs), ``stopped.pt`` (when ``should_stop()`` fired) and ``losses.csv``
 (``epoch,fit_loss,val_loss,seconds``). Resuming from any of them continues exactly
 (mid-epoch for ``stopped.pt``). The checkpoints hold no cubes: the wedge-updated cube0s go to
-``fit_state_NNNN.pt`` at each wedge update, named by the checkpoints (core.fit_state).
+``fit_state_NNNN.pt`` at each wedge update, named by the checkpoints (core.fit.state).
 
 Several tomograms: ``pairs=[HalfPair, ...]`` — pooled cubes, each masked with its own pair's
-wedge (core.fit_data); one pair is exactly the single-pair fit.
+wedge (core.fit.data); one pair is exactly the single-pair fit.
 
 Several GPUs: launch with ``torchrun --nproc-per-node N -m napari_deepdewedge.cli fit ...``.
 The CLI calls :func:`init_distributed_from_env`; ``fit_iter`` then wraps the model in
 ``DistributedDataParallel`` and splits every batch across the ranks so that the *global* batch
 is ``batch_size`` (the result matches a single-process run with the same batch size).
 
-Where the pieces live: this module holds the data pieces (standardized cube stores, input
-normalization, wedge updates), one fitting step, the validation loss and the loop (≈620
-lines: they share the cube stores, masks and settings, and the loop reads as the method's
-recipe); ``FitConfig`` in ``fit_config.py``, events in ``fit_events.py``, the loss log in ``fit_log.py``, previews in
-``fit_preview.py``, checkpoint payloads in ``checkpoint.py``, devices/AMP/DDP in
-``fit_parallel.py``, the resume rule in ``resume.py``.
+Where the pieces live: this module holds the loop and its phases (``_Run``: the steps of an
+epoch, the end of an epoch with the wedge update, the checkpoints); ``setup.py`` sets a fit up
+or restores it to resume; ``steps.py`` holds one fitting step, the validation loss, the input
+normalization and the wedge update; ``config.py``/``settings.py`` the settings, ``events.py``
+the events, ``log.py`` the loss log, ``preview.py`` previews, ``payload.py`` the checkpoint
+payload, ``parallel.py`` devices/AMP/DDP, ``resume.py`` the resume rule.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from ..errors import CheckpointError, DDWError
-from ..perf import as_input, limit_cpu_threads, maybe_compile, needs_grad_scaler, pick_autocast
 from .config import FitConfig
 from .events import (  # noqa: F401  (re-exported: the events fit_iter yields)
     CheckpointSaved, EpochDone, FitEvent, FitFinished, FitStarted, PreviewReady, StepDone, WedgesUpdated,
 )
-from .schedule import lr_at, should_stop_early
+from .log import EpochRecord, EpochTally, LossLog
 from .parallel import (  # noqa: F401  (amp_enabled … init_distributed_from_env: re-exported)
-    all_reduce_sum, amp_enabled, autocast, configure_backends, data_device, distributed_info, fit_device,
-    init_distributed_from_env,
+    amp_enabled, configure_backends, distributed_info, init_distributed_from_env,
 )
-
-
-def _center_crop(cubes: torch.Tensor, s: int) -> torch.Tensor:
-    E = cubes.shape[-1]
-    a = E // 2 - s // 2
-    return cubes[..., a:a + s, a:a + s, a:a + s]
-
-
-def input_normalization(fit0: torch.Tensor, mask_s, s: int, device, chunk: int = 8, *, mask_of=None,
-                        resampling: str = "trilinear"):
-    """``(loc, scale)`` of the model inputs: mean of per-cube means and √(mean of per-cube
-    variances) of ``F⁻¹(M·F(centre crop of cube0))`` over all fitting cubes (through the
-    matching filter of ``resampling``). ``mask_of(index)`` (optional) gives the masks of the
-    cubes ``index`` (several pairs) instead of ``mask_s``."""
-    from .loss import model_input
-    from ..model.rotation import match_resampling
-
-    means, variances = [], []
-    with torch.no_grad():
-        for i in range(0, fit0.shape[0], chunk):
-            # un-rotated crops, filtered to the noise statistics of the rotated fitting inputs
-            m = mask_s if mask_of is None else mask_of(torch.arange(i, min(i + chunk, fit0.shape[0])))
-            x = match_resampling(model_input(_center_crop(fit0[i:i + chunk], s).to(device), m), resampling)
-            flat = x.reshape(x.shape[0], -1).double()
-            means.append(flat.mean(dim=1))
-            variances.append(flat.var(dim=1, unbiased=False))
-    loc = torch.cat(means).mean().item()
-    scale = math.sqrt(torch.cat(variances).mean().item())
-    return loc, scale
-
-
-def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_size: int,
-                  *, rank: int = 0, world: int = 1, amp: bool = False, mask_of=None,
-                  resampling: str = "trilinear") -> torch.Tensor:
-    """Replace the unobserved frequencies of every (un-rotated) cube0 by the model's prediction:
-    ``cube0 ← F⁻¹(M·F(cube0) + (1 − M)·F(f(M·cube0)))``. Cubes whose edge is not a multiple
-    of ``2**depth`` are reflect-padded at the far side for the model and cropped back.
-    ``fit0`` (``(N, 1, E, E, E)``, possibly a view of the pair store) is updated in place and
-    returned. Each cube depends only on itself, so one process overwrites batch by batch; with
-    several ranks each computes a share, the shares are summed across ranks (exact: the others
-    are zero) and copied in. ``mask_e`` is the rfft-layout mask of the cube size; ``mask_of(index)``
-    (optional, several pairs) gives each cube's own mask instead. The model input goes through
-    the matching filter of ``resampling`` (the kind the model was fitted with). Used for the
-    fitting and (``FitConfig.update_val_wedges``) the validation cube0s."""
-    from .loss import model_input
-    from ..model.rotation import match_resampling
-
-    E = fit0.shape[-1]
-    m = 2 ** int(depth)
-    pad = (-E) % m
-    new = torch.zeros(fit0.shape, dtype=fit0.dtype, device=fit0.device) if world > 1 else fit0
-    mine = list(range(rank, fit0.shape[0], world))
-    with torch.no_grad():
-        for i in range(0, len(mine), batch_size):
-            idx = torch.tensor(mine[i:i + batch_size], dtype=torch.long)
-            cube = fit0[idx].to(device)
-            me = mask_e if mask_of is None else mask_of(idx)
-            spec0 = torch.fft.rfftn(cube, dim=(-3, -2, -1))
-            x = match_resampling(model_input(cube, me), resampling)  # the statistics fitting inputs have
-            if pad:
-                x = torch.nn.functional.pad(x, (0, pad, 0, pad, 0, pad), mode="reflect")
-            with autocast(device, amp):
-                pred = model(x)
-            pred = pred.float()[..., :E, :E, :E]
-            specp = torch.fft.rfftn(pred, dim=(-3, -2, -1))
-            spec = me * spec0 + (1 - me) * specp
-            out = torch.fft.irfftn(spec, s=(E, E, E), dim=(-3, -2, -1))
-            new[idx] = out.to(new.device, new.dtype)
-    if world > 1:
-        import torch.distributed as dist
-
-        buf = new.to(device)
-        dist.all_reduce(buf)
-        fit0.copy_(buf)
-    return fit0
-
-
-# --------------------------------------------------------------------------------------------
-# the pieces of the loop
-# --------------------------------------------------------------------------------------------
-def _load_resume(resume, cfg: FitConfig):
-    """``(payload, config)`` to resume from (``(None, cfg)`` without ``resume``): a path or an
-    already loaded payload; every fixed setting must match (core.resume)."""
-    from ..model import checkpoint as ckpt
-    from .resume import resumed_config
-
-    if resume is None:
-        return None, cfg
-    if isinstance(resume, dict):  # loaded by pipeline.fit_events
-        payload, name = ckpt.check_payload(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS), "checkpoint"
-    else:
-        payload, name = ckpt.load_checkpoint(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS), Path(resume).name
-    return payload, resumed_config(cfg, payload, name=name)
-
-
-def _pair_stats(cfg: FitConfig, payload, pairs) -> list:
-    """Per pair, per half ``(mean, std)`` (the checkpoint's when resuming), or None each."""
-    from .data import pair_stats
-
-    if not cfg.standardize:
-        return [None] * len(pairs)
-    if payload is not None:
-        saved = [rec.get("standardization") for rec in payload.get("inputs") or []]
-        if len(saved) == len(pairs) and all(st is not None for st in saved):
-            return [[tuple(float(v) for v in h) for h in st] for st in saved]
-        if len(pairs) == 1 and payload.get("standardization") is not None:
-            return [[tuple(float(v) for v in st) for st in payload["standardization"]]]
-    return [pair_stats(pair, True) for pair in pairs]
-
-
-def _restore_cubes(fit_pairs: torch.Tensor, val_pairs: torch.Tensor, payload, folder) -> None:
-    """Put the checkpoint's wedge-updated cube0s (its fitting-state file) into the pair stores:
-    the fitting cubes, and the validation cubes when the state holds them (states written
-    before validation cubes were updated do not: those keep their extracted values)."""
-    from .state import resume_state
-
-    saved = resume_state(payload, folder)
-    if saved is None:  # no wedge update yet: the extracted cubes are the state
-        return
-    fit0 = saved["fit0"]
-    if not isinstance(fit0, torch.Tensor) or tuple(fit0.shape) != tuple(fit_pairs[:, 0:1].shape):
-        raise CheckpointError(
-            f"cannot resume: the checkpoint's fitting cubes have shape {tuple(getattr(fit0, 'shape', ()))} but "
-            f"these tomograms give {tuple(fit_pairs[:, 0:1].shape)}; resume with the same tomograms, mask and "
-            "settings"
-        )
-    fit_pairs[:, 0:1].copy_(fit0)
-    val0 = saved.get("val0")
-    if isinstance(val0, torch.Tensor) and tuple(val0.shape) == tuple(val_pairs[:, 0:1].shape):
-        val_pairs[:, 0:1].copy_(val0)
-
-
-def _init_weights(init_from, net) -> None:
-    """Fine-tuning: load another fit's weights (a path or payload) into ``net``; its
-    architecture must be ``net``'s (DDWError naming every difference)."""
-    from ..model import checkpoint as ckpt
-
-    if isinstance(init_from, dict):
-        source, name = ckpt.check_payload(init_from), "the initial model"
-    else:
-        source, name = ckpt.load_checkpoint(init_from), Path(init_from).name
-    theirs, ours = dict(source["arch"] or {}), net.arch_dict()
-    diffs = [f"{k}={theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted(set(theirs) | set(ours))
-             if theirs.get(k) != ours.get(k)]
-    if diffs:
-        raise DDWError(f"cannot start from {name}: its U-Net differs from this fit's ({'; '.join(diffs)}); "
-                       "fit with the same channels/depth/residual (or preset) as that model, or drop --init-from")
-    try:
-        net.load_state_dict(source["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"cannot start from {name}: its weights do not fit its U-Net ({str(exc)[:200]})") from None
-
-
-def _build_net(cfg: FitConfig, device, payload, init_from=None):
-    """The U-Net with seeded initial weights (without touching the caller's RNG), the
-    checkpoint's weights (resume) or another fit's weights (``init_from``: fine-tuning)."""
-    from ..model.unet import UNet3D
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        net = UNet3D(channels=cfg.channels, depth=cfg.depth, residual=cfg.residual)
-    if init_from is not None and payload is None:
-        _init_weights(init_from, net)
-    from .. import perf
-
-    net = perf.to_channels_last(net.to(device), device)
-    if payload is not None:
-        try:
-            net.load_state_dict(payload["state_dict"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"cannot resume: checkpoint weights do not fit this U-Net ({str(exc)[:200]})") from None
-    return net
-
-
-def _stop_requested(should_stop, device, world: int) -> bool:
-    """``should_stop()`` (OR-ed across ranks)."""
-    flag = bool(should_stop()) if should_stop is not None else False
-    if world > 1:
-        flag = all_reduce_sum([1.0 if flag else 0.0], device, world)[0] > 0
-    return flag
-
-
-@dataclass
-class _Cubes:
-    """The pooled fitting and validation cube pairs of all half pairs, the pair of each cube,
-    each cube's wedge masks, where the cubes live and how to rotate them."""
-
-    fit_pairs: torch.Tensor   # (N, 2, E, E, E) channels-last, channel 0 = half 0
-    val_pairs: torch.Tensor
-    val_rot: torch.Tensor
-    fit_index: torch.Tensor   # (N,) pair of each fitting cube
-    val_index: torch.Tensor   # (Nv,)
-    wedges: object            # fit_data.WedgeMasks
-    s: int
-    device: torch.device      # the fitting device
-    in_place: bool            # stores on the fitting device: rotate straight out of them
-    feeders: dict | None = None  # host stores: fit_data.CubeFeeder per store
-    resampling: str = "trilinear"  # FitConfig.resampling
-    coefficients: dict | None = None  # "bspline3": id(store) → its B-spline coefficients
-
-    def refresh_coefficients(self) -> None:
-        """Cubic B-spline resampling reads coefficients, recomputed whenever the cube0s change
-        (at the start and after each wedge update); trilinear reads the stores themselves."""
-        if self.resampling == "bspline3":
-            from ..model.rotation import bspline_prefilter
-
-            self.coefficients = {id(store): bspline_prefilter(store) for store in (self.fit_pairs, self.val_pairs)}
-
-    def rotated(self, pairs: torch.Tensor, rotations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        from ..model.rotation import rotate_center_crop_kind
-
-        kind = self.resampling
-        if self.coefficients is not None:  # B-spline coefficients (same layout as the store)
-            pairs = self.coefficients[id(pairs)]
-        elif not self.in_place:
-            feeder = self.feeders.get(id(pairs)) if self.feeders else None
-            if feeder is not None:
-                return rotate_center_crop_kind(feeder.take(index), rotations, self.s, kind)
-        if self.in_place:
-            return rotate_center_crop_kind(pairs, rotations, self.s, kind, index=index)
-        return rotate_center_crop_kind(pairs[index].to(self.device), rotations, self.s, kind)
-
-    def prefetch(self, index: torch.Tensor) -> None:
-        """Start moving the fitting cubes ``index`` to the device (host stores under CUDA)."""
-        if not self.in_place and self.feeders:
-            self.feeders[id(self.fit_pairs)].prefetch(index)
-
-
-@dataclass
-class _Masks:
-    """The validation cubes' rotated observed-masks (rfft layout, each cube with its own pair's
-    wedge), made on first use; the fitting cubes' masks come from ``_Cubes.wedges`` per batch."""
-
-    val: torch.Tensor | None = None
-
-
-def _validation_loss(net, cubes: _Cubes, masks: _Masks, cfg: FitConfig, *, rank: int, world: int,
-                     amp: bool) -> float | None:
-    """Mean masked Fourier loss over the validation cubes (fixed rotations), or None."""
-    from .loss import masked_fourier_loss, model_input
-
-    n_val = int(cubes.val_pairs.shape[0])
-    if n_val == 0:
-        return None
-    s, device, B = cubes.s, cubes.device, cfg.batch_size
-    if masks.val is None:
-        masks.val = cubes.wedges.rotated(cubes.val_index, cubes.val_rot)
-    mine = list(range(rank, n_val, world))
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(mine), B):
-            idx = torch.tensor(mine[i:i + B], dtype=torch.long)
-            rot = cubes.rotated(cubes.val_pairs, cubes.val_rot[idx].to(device), idx)
-            m = cubes.wedges.crop(cubes.val_index[idx])
-            x = as_input(model_input(rot[:, 0:1], m), device)
-            with autocast(device, amp):
-                pred = net(x)
-            loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)],
-                                       wedge_weight=cfg.wedge_weight)
-            total += float(loss) * len(idx)
-    return all_reduce_sum([total], device, world)[0] / n_val
-
-
-def _fit_step(model, opt, scaler, cubes: _Cubes, masks: _Masks, idx: torch.Tensor, gen: torch.Generator,
-              cfg: FitConfig, *, rank: int, world: int, amp: bool) -> float:
-    """One optimizer step on the cubes ``idx`` (this rank's share of them); the batch's loss."""
-    from .loss import masked_fourier_loss, model_input
-    from ..model.rotation import random_rotations
-
-    device = cubes.device
-    nb = len(idx)
-    rots = random_rotations(nb, generator=gen)
-    share = torch.tensor_split(torch.arange(nb), world)[rank] if world > 1 else torch.arange(nb)
-    n_local = len(share)
-    use = share if n_local > 0 else torch.arange(1)  # an empty share still joins the all-reduce
-    sel = idx[use]
-    r_local = rots[use].to(device)
-    rot = cubes.rotated(cubes.fit_pairs, r_local, sel)
-    pair_of = cubes.fit_index[sel]          # each cube's own wedge: M and M_R of its pair
-    m = cubes.wedges.crop(pair_of)
-    x = as_input(model_input(rot[:, 0:1], m), device)
-    m_r = cubes.wedges.rotated(pair_of, r_local)
-    with autocast(device, amp):
-        pred = model(x)
-    loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, m_r, wedge_weight=cfg.wedge_weight)
-    # DDP averages gradients over ranks: weight each rank by its share of the global batch
-    weight = n_local * world / nb
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss * weight).backward()
-        scaler.step(opt)
-        scaler.update()
-    else:
-        (loss * weight).backward()
-        opt.step()
-    return all_reduce_sum([float(loss.detach()) * n_local], device, world)[0] / nb
+from .schedule import lr_at, should_stop_early
+from . import setup, steps
 
 
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
+class _Run:
+    """One fit: set up (or restored) once, then the loop's phases as methods — the steps of an
+    epoch, the wedge update, the checkpoints and the preview."""
+
+    def __init__(self, tomo0, tomo1, config, *, mask, pairs, resume, resume_dir, init_from, preview_slab):
+        cfg, self.pairs = setup.checked_pairs(tomo0, tomo1, config, mask, pairs)
+        self.dev = setup.devices(cfg)
+        self.payload, self.cfg, self.resume_dir = setup.resume_point(resume, resume_dir, cfg, self.pairs)
+        self.data = setup.cube_data(self.cfg, self.pairs, self.payload, self.resume_dir, self.dev.device)
+        self.cubes, self.state_ref = self.data.cubes, self.data.state_ref
+        self.fit0, self.val0 = self.cubes.fit_pairs[:, 0:1], self.cubes.val_pairs[:, 0:1]
+        self.m = setup.model_and_optimizer(self.cfg, self.data, self.dev, self.payload, init_from, self.crop_masks)
+        self.steps_per_epoch = -(-self.data.n_fit // self.cfg.batch_size)
+        self.stopped = False  # set by epoch_steps when should_stop() fired
+        self._set_up_files(preview_slab)
+
+    # the masks of cubes ``index``: centre crops (fitting) and the extraction edge (wedge updates)
+    def crop_masks(self, index):
+        return self.cubes.wedges.crop(self.cubes.fit_index[index])
+
+    def extraction_masks(self, index):
+        return self.cubes.wedges.extraction(self.cubes.fit_index[index])
+
+    def val_extraction_masks(self, index):
+        return self.cubes.wedges.extraction(self.cubes.val_index[index])
+
+    def _set_up_files(self, preview_slab) -> None:
+        from .preview import Previewer
+        from .state import carry_state
+
+        cfg, main = self.cfg, self.dev.main
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+        self.loss_log = None
+        if self.out_dir is not None and main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.loss_log = LossLog(self.out_dir / "losses.csv", self.m.history)
+            carry_state(self.state_ref, self.resume_dir, self.out_dir)  # resumed into another folder
+        self.states_written: set[str] = set()
+        self.state_refs: dict[str, str | None] = {}  # checkpoint file → the state file it refers to
+        self.latest_path = self.best_path = None
+        if self.out_dir is not None and self.payload is not None:
+            latest, best = self.out_dir / "latest.pt", self.out_dir / "best.pt"
+            self.latest_path = latest if latest.exists() else None
+            self.best_path = best if best.exists() else None
+        self.previewer = None
+        if cfg.preview_every and main:
+            self.previewer = Previewer(
+                self.pairs[0].even, self.pairs[0].odd, subtomo_size=cfg.subtomo_size, tilt_min=cfg.tilt_min,
+                tilt_max=cfg.tilt_max, stats=self.data.stats[0], batch_size=cfg.batch_size,
+                device=self.dev.device, slab=preview_slab, resampling=cfg.resampling)
+
+    def started(self) -> FitStarted:
+        return FitStarted(n_fit_cubes=self.data.n_fit, n_val_cubes=self.data.n_val,
+                          steps_per_epoch=self.steps_per_epoch, device=str(self.dev.device), config=self.cfg)
+
+    def finished(self, epochs_done: int, *, stopped: bool = False, latest_path=None) -> FitFinished:
+        return FitFinished(epochs_done=epochs_done, stopped=stopped, latest_path=latest_path or self.latest_path,
+                           best_path=self.best_path)
+
+    # ---- one epoch -----------------------------------------------------------------------------
+    def epoch_steps(self, epoch: int, should_stop) -> Iterator[FitEvent]:
+        """The optimizer steps of ``epoch`` (from the step a stopped checkpoint was at); when
+        ``should_stop()`` fires: ``stopped.pt`` and ``FitFinished``, then ``self.stopped``."""
+        m, cfg, B, steps_n = self.m, self.cfg, self.cfg.batch_size, self.steps_per_epoch
+        if m.perm is None:  # a new epoch (not one a stopped checkpoint was in the middle of)
+            m.perm = torch.randperm(self.data.n_fit, generator=m.gen)
+            m.tally = EpochTally()
+        self.t_start = time.perf_counter() - m.tally.seconds
+        for step in range(m.step0, steps_n):
+            if steps.stop_requested(should_stop, self.dev.device, self.dev.world):
+                m.tally.seconds = time.perf_counter() - self.t_start
+                stopped_path = None
+                if self.out_dir is not None and self.dev.main:
+                    event = self.save("stopped", "stopped.pt", epoch - 1, step, m.perm, m.tally)
+                    stopped_path = event.path
+                    yield event
+                yield self.finished(epoch - 1, stopped=True, latest_path=stopped_path)
+                self.stopped = True
+                return
+            idx = m.perm[step * B:(step + 1) * B]
+            if cfg.lr_schedule != "constant":
+                for group in m.opt.param_groups:
+                    group["lr"] = lr_at(cfg.lr, cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs, epoch, step, steps_n)
+            if step + 1 < steps_n:
+                self.cubes.prefetch(m.perm[(step + 1) * B:(step + 2) * B])
+            loss = steps.fit_step(m.model, m.opt, m.scaler, self.cubes, self.data.masks, idx, m.gen, cfg,
+                                  rank=self.dev.rank, world=self.dev.world, amp=self.dev.amp)
+            m.tally.add(loss, len(idx))
+            yield StepDone(epoch=epoch, step=step + 1, steps_per_epoch=steps_n, loss=loss)
+        m.step0, m.perm = 0, None
+
+    def end_epoch(self, epoch: int) -> tuple[EpochRecord, bool]:
+        """Validation (when due), the wedge update (when due) and the epoch's record (logged)."""
+        m, cfg, dev = self.m, self.cfg, self.dev
+        fit_loss = m.tally.mean_loss()
+        validated = epoch % cfg.validate_every == 0 or epoch == cfg.epochs
+        val_loss = steps.validation_loss(m.net, self.cubes, self.data.masks, cfg, rank=dev.rank, world=dev.world,
+                                         amp=dev.amp) if validated else None
+        updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
+        if updated:
+            self.update_wedges(epoch)
+        record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - self.t_start)
+        m.history.append(record)
+        m.tally = EpochTally()
+        if self.loss_log is not None:
+            self.loss_log.append(record)
+        return record, updated
+
+    def update_wedges(self, epoch: int) -> None:
+        """The model fills the unobserved frequencies of every fitting (and validation) cube0;
+        the input normalization is recomputed and the cubes written to a fitting-state file."""
+        from .state import save_fit_state
+
+        m, cfg, dev, kind = self.m, self.cfg, self.dev, self.cfg.resampling
+        common = dict(rank=dev.rank, world=dev.world, amp=dev.amp, resampling=kind)
+        steps.update_wedges(m.net, self.fit0, None, cfg.depth, dev.device, cfg.batch_size,
+                            mask_of=self.extraction_masks, **common)
+        if cfg.update_val_wedges and self.data.n_val:  # as the original: validation sees what fitting sees
+            steps.update_wedges(m.net, self.val0, None, cfg.depth, dev.device, cfg.batch_size,
+                                mask_of=self.val_extraction_masks, **common)
+        self.cubes.refresh_coefficients()
+        m.net.set_normalization(*steps.input_normalization(self.fit0, None, cfg.subtomo_size, dev.device,
+                                                           mask_of=self.crop_masks, resampling=kind))
+        if self.out_dir is not None and dev.main:  # the cubes changed: the one time they are written
+            self.state_ref = save_fit_state(self.out_dir, epoch, self.fit0, self.val0)
+            self.states_written.add(self.state_ref)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save(self, kind: str, name: str, epoch_completed: int, step: int = 0, perm=None, tally=None):
+        from ..model import checkpoint as ckpt
+        from .payload import build_fit_payload
+
+        m = self.m
+        payload = build_fit_payload(
+            net=m.net, config=self.cfg, subtomo_size=self.cfg.subtomo_size, stats=self.data.stats[0],
+            epoch=epoch_completed, step=step, optimizer=m.opt, scaler=m.scaler, generator=m.gen,
+            fit_state=self.state_ref, perm=perm, tally=tally or EpochTally(), best_val_loss=m.best,
+            history=m.history, n_fit=self.data.n_fit, n_val=self.data.n_val, inputs=self.data.inputs)
+        # latest.pt keeps its predecessor as latest.prev.pt: one corrupt file is survivable (and the
+        # fitting state the predecessor refers to is kept with it)
+        if kind == "latest":
+            self.state_refs["latest.prev.pt"] = self.state_refs.get("latest.pt")
+        write = ckpt.save_rotating if kind == "latest" else ckpt.save_checkpoint
+        self.state_refs[name] = self.state_ref
+        return CheckpointSaved(epoch=epoch_completed, path=write(self.out_dir / name, payload), kind=kind)
+
+    def checkpoints(self, epoch: int, record: EpochRecord) -> Iterator[FitEvent]:
+        """``best.pt`` when the score improved, ``latest.pt``, a periodic ``epoch_NNNN.pt``
+        when due; fitting-state files no checkpoint names are removed."""
+        from ..model import checkpoint as ckpt
+        from .state import prune_states
+
+        m, out_dir, refs = self.m, self.out_dir, self.state_refs
+        score = record.val_loss if self.data.n_val > 0 else record.fit_loss
+        improved = score is not None and (m.best is None or score < m.best)
+        if improved:
+            m.best = float(score)
+        if out_dir is None or not self.dev.main:
+            return
+        # best.pt before latest.pt (its byte copy): a kill between the two leaves best.pt one
+        # epoch ahead, and the resumed run redoes that epoch to the same state — the other
+        # order could leave a stale best.pt for good
+        if improved:
+            self.best_path = self.save("best", "best.pt", epoch).path
+            refs["latest.prev.pt"] = refs.get("latest.pt")
+            refs["latest.pt"] = self.state_ref
+            self.latest_path = ckpt.copy_checkpoint(self.best_path, out_dir / "latest.pt", keep_previous=True)
+        else:
+            self.latest_path = self.save("latest", "latest.pt", epoch).path
+        yield CheckpointSaved(epoch=epoch, path=self.latest_path, kind="latest")
+        if improved:
+            yield CheckpointSaved(epoch=epoch, path=self.best_path, kind="best")
+            refs["best.pt"] = self.state_ref
+        if self.cfg.checkpoint_every and epoch % self.cfg.checkpoint_every == 0:
+            path = ckpt.copy_checkpoint(self.latest_path, out_dir / f"epoch_{epoch:04d}.pt")
+            refs[path.name] = self.state_ref
+            yield CheckpointSaved(epoch=epoch, path=path, kind="periodic")
+        prune_states(out_dir, self.states_written, set(refs.values()))
+
+
 def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=None, resume_dir=None,
              init_from=None, should_stop: Callable[[], bool] | None = None,
              preview_slab: Callable[[], tuple[int, int]] | None = None) -> Iterator[FitEvent]:
     """Fit a U-Net to one or more half pairs (DESIGN §2.4–2.7), yielding events.
 
     One pair: ``tomo0``/``tomo1`` with ``config.tilt_min/tilt_max`` and the optional ROI
-    ``mask``. Several: ``pairs`` (a list of :class:`core.fit_data.HalfPair`, ``tomo0``/``tomo1``
+    ``mask``. Several: ``pairs`` (a list of :class:`core.fit.pairs.HalfPair`, ``tomo0``/``tomo1``
     None); each pair keeps its own tilt range, standardization, ROI and validation share
-    (core.fit_data); ``config``'s tilt range and voxel size become pair 0's. ``resume``: a
+    (core.fit.data); ``config``'s tilt range and voxel size become pair 0's. ``resume``: a
     checkpoint path (or its loaded payload, then ``resume_dir`` is its folder) to continue from
-    (exactly); every setting that ``core.resume.RESUME_FIXED`` lists must match the
+    (exactly); every setting that ``core.fit.resume.RESUME_FIXED`` lists must match the
     checkpoint's. ``init_from``: a checkpoint (path or payload) whose weights start a new fit
     (fine-tuning: fresh optimizer, schedule and normalization; same architecture).
     ``should_stop``: polled before every step; when it returns True the loop saves
@@ -379,235 +259,28 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
     ``(z_start, z_stop)`` rows of pair 0 previewed every ``preview_every`` epochs (default: a
     central slab of thickness ``subtomo_size``).
     """
-    from ..model import checkpoint as ckpt
-    from .data import CubeFeeder, HalfPair, WedgeMasks, check_pairs, pool_cubes
-    from .log import EpochRecord, EpochTally, LossLog
-    from .payload import build_fit_payload, parse_fit_payload
-    from .preview import Previewer
-    from .state import carry_state, prune_states, save_fit_state
-
-    cfg = dataclasses.replace(config).validate()
-    if pairs is None:
-        pairs = [HalfPair(even=tomo0, odd=tomo1, tilt_range=(cfg.tilt_min, cfg.tilt_max), mask=mask,
-                          voxel_size=cfg.voxel_size)]
-    elif tomo0 is not None or tomo1 is not None or mask is not None:
-        raise DDWError("give either tomo0/tomo1 (and mask) or pairs, not both")
-    pairs = check_pairs(pairs)
-    cfg = dataclasses.replace(cfg, tilt_min=pairs[0].tilt_range[0], tilt_max=pairs[0].tilt_range[1],
-                              voxel_size=tuple(pairs[0].voxel_size))
-    rank, world = distributed_info()
-    main = rank == 0
-    device = fit_device(cfg.device, world)
-    amp = amp_enabled(device)
-    configure_backends(device)
-    limit_cpu_threads(device)
-    payload, cfg = _load_resume(resume, cfg)
-    if payload is not None:
-        from .resume import check_resume_inputs
-
-        check_resume_inputs(payload, [pair.record() for pair in pairs])
-        if resume_dir is None and not isinstance(resume, dict):
-            resume_dir = Path(resume).parent
-
-    # ---- data ------------------------------------------------------------------------------
-    stats = _pair_stats(cfg, payload, pairs)
-    s = cfg.subtomo_size
-    # cubes are cut from the raw halves and standardized afterwards: no full-size copies;
-    # (N, 2, E, E, E) channels-last stores, channel 0 = half 0; cube0s are updated in place
-    pooled = pool_cubes(pairs, cfg, stats)
-    fit_pairs, val_pairs = pooled.fit_pairs, pooled.val_pairs
-    n_fit, n_val = int(fit_pairs.shape[0]), int(val_pairs.shape[0])
-    if n_fit == 0:
-        raise DDWError("no fitting sub-tomograms could be extracted; use smaller strides, a smaller subtomo_size "
-                       "or a larger ROI mask")
-    state_ref = None  # the fitting-state file the cubes are in (None: as extracted)
-    if payload is not None:
-        _restore_cubes(fit_pairs, val_pairs, payload, resume_dir)
-        state_ref = payload.get("fit_state")
-    E = int(fit_pairs.shape[-1])
-    ddev = data_device(device, 4 * (fit_pairs.numel() + val_pairs.numel()))
-    in_place = ddev == device
-    fit_store, val_store = fit_pairs.to(ddev), val_pairs.to(ddev)
-    feeders = None
-    if not in_place:  # host stores (pinned under CUDA, next batch copied while this one runs)
-        fit_feed, val_feed = CubeFeeder(fit_store, device), CubeFeeder(val_store, device)
-        fit_store, val_store = fit_feed.store, val_feed.store
-        feeders = {id(fit_store): fit_feed, id(val_store): val_feed}
-    wedges = WedgeMasks([pair.tilt_range for pair in pairs], s, E, device)
-    kind = cfg.resampling
-    cubes = _Cubes(fit_store, val_store, pooled.val_rot, pooled.fit_index, pooled.val_index, wedges, s, device,
-                   in_place=in_place, feeders=feeders, resampling=kind)
-    cubes.refresh_coefficients()
-    del pooled, fit_pairs, val_pairs
-    fit0, val0 = cubes.fit_pairs[:, 0:1], cubes.val_pairs[:, 0:1]
-    masks = _Masks()  # the validation cubes' rotated masks, built once
-
-    def crop_masks(index):
-        return wedges.crop(cubes.fit_index[index])
-
-    def extraction_masks(index):
-        return wedges.extraction(cubes.fit_index[index])
-
-    def val_extraction_masks(index):
-        return wedges.extraction(cubes.val_index[index])
-
-    inputs = [dict(pair.record(), standardization=None if st is None else [list(h) for h in st])
-              for pair, st in zip(pairs, stats)]
-
-    # ---- model and optimizer ---------------------------------------------------------------
-    net = _build_net(cfg, device, payload, init_from)
-    if payload is None:
-        net.set_normalization(*input_normalization(fit0, None, s, device, mask_of=crop_masks, resampling=kind))
-    model = maybe_compile(net, device, cfg.epochs * int(math.ceil(n_fit / cfg.batch_size)), cfg.compile)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda") if amp and needs_grad_scaler(pick_autocast(device)) else None
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(cfg.seed)
-
-    B = cfg.batch_size
-    steps = int(math.ceil(n_fit / B))
-    epoch_done, step0, perm = 0, 0, None
-    tally = EpochTally()
-    best = None
-    history: list[EpochRecord] = []
-    if payload is not None:
-        state = parse_fit_payload(payload, n_fit)
-        opt.load_state_dict(state.optimizer)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr
-        if scaler is not None and state.scaler:
-            scaler.load_state_dict(state.scaler)
-        gen.set_state(state.generator)
-        epoch_done, step0, perm = state.epoch, state.step, state.perm
-        tally, best, history = state.tally, state.best_val_loss, state.history
-
-    # ---- files -----------------------------------------------------------------------------
-    out_dir = Path(cfg.out_dir) if cfg.out_dir else None
-    loss_log = None
-    if out_dir is not None and main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        loss_log = LossLog(out_dir / "losses.csv", history)
-        carry_state(state_ref, resume_dir, out_dir)  # resumed into another folder
-    states_written: set[str] = set()
-    state_refs: dict[str, str | None] = {}  # checkpoint file → the state file it refers to
-    latest_path = best_path = None
-    if out_dir is not None and payload is not None:
-        latest_path = out_dir / "latest.pt" if (out_dir / "latest.pt").exists() else None
-        best_path = out_dir / "best.pt" if (out_dir / "best.pt").exists() else None
-    previewer = None
-    if cfg.preview_every and main:
-        previewer = Previewer(pairs[0].even, pairs[0].odd, subtomo_size=s, tilt_min=cfg.tilt_min,
-                              tilt_max=cfg.tilt_max, stats=stats[0], batch_size=B, device=device, slab=preview_slab,
-                              resampling=kind)
-
-    def save(kind: str, name: str, epoch_completed: int, step: int = 0, cur_perm=None, cur_tally=None):
-        payload_now = build_fit_payload(
-            net=net, config=cfg, subtomo_size=s, stats=stats[0], epoch=epoch_completed, step=step,
-            optimizer=opt, scaler=scaler, generator=gen, fit_state=state_ref, perm=cur_perm,
-            tally=cur_tally or EpochTally(), best_val_loss=best, history=history, n_fit=n_fit, n_val=n_val,
-            inputs=inputs)
-        # latest.pt keeps its predecessor as latest.prev.pt: one corrupt file is survivable (and the
-        # fitting state the predecessor refers to is kept with it)
-        if kind == "latest":
-            state_refs["latest.prev.pt"] = state_refs.get("latest.pt")
-        write = ckpt.save_rotating if kind == "latest" else ckpt.save_checkpoint
-        state_refs[name] = state_ref
-        return CheckpointSaved(epoch=epoch_completed, path=write(out_dir / name, payload_now), kind=kind)
-
-    yield FitStarted(n_fit_cubes=n_fit, n_val_cubes=n_val, steps_per_epoch=steps, device=str(device), config=cfg)
-
-    model.train()
-    for epoch in range(epoch_done + 1, cfg.epochs + 1):
-        if perm is None:  # a new epoch (not one a stopped checkpoint was in the middle of)
-            perm = torch.randperm(n_fit, generator=gen)
-            tally = EpochTally()
-        t_start = time.perf_counter() - tally.seconds
-        for step in range(step0, steps):
-            if _stop_requested(should_stop, device, world):
-                tally.seconds = time.perf_counter() - t_start
-                stopped_path = None
-                if out_dir is not None and main:
-                    ev = save("stopped", "stopped.pt", epoch - 1, step, perm, tally)
-                    stopped_path = ev.path
-                    yield ev
-                yield FitFinished(epochs_done=epoch - 1, stopped=True,
-                                  latest_path=stopped_path or latest_path, best_path=best_path)
-                return
-            idx = perm[step * B:(step + 1) * B]
-            if cfg.lr_schedule != "constant":
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(cfg.lr, cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs, epoch, step, steps)
-            if step + 1 < steps:
-                cubes.prefetch(perm[(step + 1) * B:(step + 2) * B])
-            batch_loss = _fit_step(model, opt, scaler, cubes, masks, idx, gen, cfg, rank=rank, world=world, amp=amp)
-            tally.add(batch_loss, len(idx))
-            yield StepDone(epoch=epoch, step=step + 1, steps_per_epoch=steps, loss=batch_loss)
-        step0, perm = 0, None
-        fit_loss = tally.mean_loss()
-
-        validated = epoch % cfg.validate_every == 0 or epoch == cfg.epochs
-        val_loss = _validation_loss(net, cubes, masks, cfg, rank=rank, world=world, amp=amp) if validated else None
-        updated = cfg.update_every > 0 and epoch % cfg.update_every == 0
-        if updated:
-            update_wedges(net, fit0, None, cfg.depth, device, B, rank=rank, world=world, amp=amp,
-                          mask_of=extraction_masks, resampling=kind)
-            if cfg.update_val_wedges and n_val:  # as the original: validation sees what fitting sees
-                update_wedges(net, val0, None, cfg.depth, device, B, rank=rank, world=world, amp=amp,
-                              mask_of=val_extraction_masks, resampling=kind)
-            cubes.refresh_coefficients()
-            net.set_normalization(*input_normalization(fit0, None, s, device, mask_of=crop_masks, resampling=kind))
-            if out_dir is not None and main:  # the cubes changed: the one time they are written
-                state_ref = save_fit_state(out_dir, epoch, fit0, val0)
-                states_written.add(state_ref)
-        record = EpochRecord(epoch, fit_loss, val_loss, time.perf_counter() - t_start)
-        history.append(record)
-        tally = EpochTally()
-        if loss_log is not None:
-            loss_log.append(record)
-        yield EpochDone(epoch=epoch, fit_loss=fit_loss, val_loss=val_loss, seconds=record.seconds)
+    run = _Run(tomo0, tomo1, config, mask=mask, pairs=pairs, resume=resume, resume_dir=resume_dir,
+               init_from=init_from, preview_slab=preview_slab)
+    cfg = run.cfg
+    yield run.started()
+    run.m.model.train()
+    for epoch in range(run.m.epoch_done + 1, cfg.epochs + 1):
+        yield from run.epoch_steps(epoch, should_stop)
+        if run.stopped:
+            return
+        record, updated = run.end_epoch(epoch)
+        yield EpochDone(epoch=epoch, fit_loss=record.fit_loss, val_loss=record.val_loss, seconds=record.seconds)
         if updated:
             yield WedgesUpdated(epoch=epoch)
-
-        score = val_loss if n_val > 0 else fit_loss
-        improved = score is not None and (best is None or score < best)
-        if improved:
-            best = float(score)
-        if out_dir is not None and main:
-            # best.pt before latest.pt (its byte copy): a kill between the two leaves best.pt one
-            # epoch ahead, and the resumed run redoes that epoch to the same state — the other
-            # order could leave a stale best.pt for good
-            if improved:
-                best_path = save("best", "best.pt", epoch).path
-                state_refs["latest.prev.pt"] = state_refs.get("latest.pt")
-                state_refs["latest.pt"] = state_ref
-                latest_path = ckpt.copy_checkpoint(best_path, out_dir / "latest.pt", keep_previous=True)
-            else:
-                latest_path = save("latest", "latest.pt", epoch).path
-            yield CheckpointSaved(epoch=epoch, path=latest_path, kind="latest")
-            if improved:
-                yield CheckpointSaved(epoch=epoch, path=best_path, kind="best")
-            if improved:
-                state_refs["best.pt"] = state_ref
-            if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
-                path = ckpt.copy_checkpoint(latest_path, out_dir / f"epoch_{epoch:04d}.pt")
-                state_refs[path.name] = state_ref
-                yield CheckpointSaved(epoch=epoch, path=path, kind="periodic")
-            prune_states(out_dir, states_written, set(state_refs.values()))
-
-        if previewer is not None and epoch % cfg.preview_every == 0:
-            preview = previewer(net, epoch)
-            model.train()
+        yield from run.checkpoints(epoch, record)
+        if run.previewer is not None and epoch % cfg.preview_every == 0:
+            preview = run.previewer(run.m.net, epoch)
+            run.m.model.train()
             yield preview
-
-        if should_stop_early([r.as_list() for r in history], cfg.early_stop_patience) and epoch < cfg.epochs:
-            yield FitFinished(epochs_done=epoch, stopped=False, latest_path=latest_path, best_path=best_path)
+        if should_stop_early([r.as_list() for r in run.m.history], cfg.early_stop_patience) and epoch < cfg.epochs:
+            yield run.finished(epoch)
             return
-
-    yield FitFinished(epochs_done=cfg.epochs, stopped=False, latest_path=latest_path, best_path=best_path)
+    yield run.finished(cfg.epochs)
 
 
 def fit(tomo0, tomo1, config: FitConfig, *, on_event: Callable[[object], None] | None = None, **kw) -> FitFinished:

@@ -20,7 +20,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from pathlib import Path
+
 from ..errors import CheckpointError
+from ..model import checkpoint as ckpt
 
 #: fixed for a resume: field → why
 RESUME_FIXED = {
@@ -56,6 +59,17 @@ RESUME_CHANGEABLE = {
     "warmup_epochs": "the learning-rate schedule from now on",
     "early_stop_patience": "when to stop early from now on",
 }
+
+
+def load_resume(resume) -> tuple[dict, str]:
+    """``(payload, name)`` of the checkpoint to resume from: a path, or a payload already loaded
+    (by the pipeline, which plans the resume), checked for every key a resume needs; ``name``
+    is what error messages call it. The one loader of the pipeline's plan and the engine's
+    check."""
+    require = ckpt.MODEL_KEYS + ckpt.RESUME_KEYS
+    if isinstance(resume, dict):
+        return ckpt.check_payload(resume, require=require), "checkpoint"
+    return ckpt.load_checkpoint(resume, require=require), Path(resume).name
 
 
 def _same(a, b) -> bool:
