@@ -3,7 +3,7 @@
 Run:  python bench/finetune.py --threads 2            (reduced size, see below; ~10–15 min on a shared 2-core machine)
       python bench/finetune.py --part finetune        (only the fine-tuning comparison)
 
-Reduced setting (labelled in the output): phantoms 24×48×48 (core.phantom seeds 11 and 12),
+Reduced setting (labelled in the output): phantoms 24×48×48 (core.evaluate.phantom seeds 11 and 12),
 even/odd halves by angle parity, FBP; s = 16, 8 channels, depth 2, batch 8, lr 4e-4.
 
 * finetune: a model fitted on phantom A (tilts −60…60, ``--source-epochs``) starts a fit on
@@ -39,7 +39,7 @@ from napari_deepdewedge.core.io.mrc import TiltSeries
 from napari_deepdewedge.core.evaluate.metrics import cc
 from napari_deepdewedge.core.evaluate.phantom import make_sample
 from napari_deepdewedge.core.reconstruct.fbp import fbp
-from napari_deepdewedge.core.refine.tiles import refine_halves
+from napari_deepdewedge.core.refine.tomogram import refine_halves
 
 SHAPE = (24, 48, 48)
 

@@ -147,7 +147,7 @@ def fitting_comparison(ddw: OriginalDDW, names, steps: int, rounds: int, with_le
 
 
 def refine_comparison(ddw: OriginalDDW, shape, batch: int) -> None:
-    from napari_deepdewedge.core.refine.tiles import refine_tomogram
+    from napari_deepdewedge.core.refine.tomogram import refine_tomogram
     from napari_deepdewedge.core.model.unet import UNet3D
 
     s, ch, _ = CONFIGS["s48"]

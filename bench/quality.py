@@ -4,16 +4,16 @@ Run:  python bench/quality.py                   (the acceptance setting; ~1–2 
       python bench/quality.py --quick           (small volume, few epochs: a smoke run)
       python bench/quality.py --device cuda
 
-Setting: phantom 64×160×160 (core.phantom, seed 2024 — never used for tuning; tuning used
+Setting: phantom 64×160×160 (core.evaluate.phantom, seed 2024 — never used for tuning; tuning used
 seeds 1 and 100), 61 tilts over ±60° (2° steps), per-projection SNR 0.3; even/odd halves by
-angle parity, each reconstructed with core.reconstruction.fbp; DeepDeWedge fit with s = 32,
+angle parity, each reconstructed with core.reconstruct.fbp.fbp; DeepDeWedge fit with s = 32,
 16 channels, depth 3, batch 4, 40 epochs (other settings: FitConfig defaults); refinement of
 both halves with the best-validation checkpoint, averaged.
 
 Printed: CC against the ground truth for FBP of the full series, the even/odd FBP average, the
 best Gaussian low-pass of the full FBP (σ scanned against the ground truth — an oracle choice,
 so an upper bound for that baseline) and the refined tomogram; the correlation inside the
-missing wedge (core.metrics.wedge_correlation) of FBP and refined; the FSC 0.143 crossing
+missing wedge (core.evaluate.metrics.wedge_correlation) of FBP and refined; the FSC 0.143 crossing
 against the ground truth. For scale, the original DeepDeWedge reaches CC 0.84 from FBP 0.32 on
 its phantom, wedge correlation 0.04 → 0.77, best Gaussian low-pass 0.74.
 """
@@ -35,7 +35,7 @@ from napari_deepdewedge.core.io.mrc import TiltSeries
 from napari_deepdewedge.core.evaluate.metrics import cc, fsc, fsc_crossing, wedge_correlation
 from napari_deepdewedge.core.evaluate.phantom import make_sample, slab_extent
 from napari_deepdewedge.core.reconstruct.fbp import fbp
-from napari_deepdewedge.core.refine.tiles import refine_halves
+from napari_deepdewedge.core.refine.tomogram import refine_halves
 
 HELD_OUT_SEED = 2024
 REFERENCE = {"fbp": 0.32, "gauss": 0.74, "refined": 0.84, "wedge_before": 0.04, "wedge_after": 0.77}

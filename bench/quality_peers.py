@@ -10,7 +10,7 @@ Run:  python bench/quality_peers.py --ddw-path /work/peers/DeepDeWedge          
       python bench/quality_peers.py --quick                                    (minutes; the test's run)
       python bench/quality_peers.py --size reduced --phantoms sym60 --ablations all
 
-Phantoms (core.phantom, held-out seed 2024): ``sym60`` ±60° (2° steps), SNR 0.3; ``asym``
+Phantoms (core.evaluate.phantom, held-out seed 2024): ``sym60`` ±60° (2° steps), SNR 0.3; ``asym``
 −54…+62°, SNR 0.3; ``lowsnr`` ±60°, SNR 0.1; ``thick`` ±60°, SNR 0.3, ice slab 85 % of Z (vs
 60 %) with twice the particle density. Even/odd halves by angle parity, each FBP'd.
 
@@ -23,7 +23,7 @@ batch and epochs; CAREamics the same epochs over its own patches); with ``--equa
 also runs for exactly the CPU seconds the original's fit took.
 
 Columns: CC with the ground truth inside the ice slab; FSC 0.143 crossing against the ground
-truth (Å); correlation inside the missing wedge (core.metrics.wedge_correlation); CPU seconds
+truth (Å); correlation inside the missing wedge (core.evaluate.metrics.wedge_correlation); CPU seconds
 (this process's CPU time for in-process work, the children's for peers; all pinned to
 ``--threads``).
 
@@ -202,7 +202,7 @@ def fit_ours(sample: Sample, size, out_dir: Path, *, cpu_limit: float | None = N
 
 
 def refine_ours(checkpoint, sample: Sample, **kw):
-    from napari_deepdewedge.core.refine.tiles import refine_halves
+    from napari_deepdewedge.core.refine.tomogram import refine_halves
 
     with CpuClock() as clock:
         refined = refine_halves(checkpoint, sample.half0, sample.half1, device="cpu", batch_size=4, **kw).refined

@@ -77,7 +77,8 @@ def main(argv=None) -> None:
     import mrcfile
 
     from napari_deepdewedge.core.io.mrc import read_mrc
-    from napari_deepdewedge.core.refine.tiles import n_tiles, refine_tomogram
+    from napari_deepdewedge.core.refine.tiles import n_tiles
+    from napari_deepdewedge.core.refine.tomogram import refine_tomogram
     from napari_deepdewedge.core.model.unet import UNet3D
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

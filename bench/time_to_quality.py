@@ -5,7 +5,7 @@ Run:  python bench/time_to_quality.py --ddw-path /path/to/DeepDeWedge           
       python bench/time_to_quality.py --ddw-path DIR --shape 64 160 160 --epochs 40  (issue size)
       python bench/time_to_quality.py --no-peer                                   (ours only)
 
-Both tools fit the same even/odd FBP halves of a phantom (core.phantom, seed 2024, never used
+Both tools fit the same even/odd FBP halves of a phantom (core.evaluate.phantom, seed 2024, never used
 for tuning; 61 tilts ±60°, SNR 0.3) at the original's CPU settings (s = 32, 16 channels,
 depth 3, batch 4), each with its own defaults otherwise. The original's model is saved every
 ``--every`` epochs, ours every ``--ours-every`` (default 1: at this size our grid, with cubes
@@ -43,7 +43,8 @@ from napari_deepdewedge.core.io.mrc import TiltSeries  # noqa: E402
 from napari_deepdewedge.core.evaluate.metrics import cc, wedge_correlation  # noqa: E402
 from napari_deepdewedge.core.evaluate.phantom import make_sample  # noqa: E402
 from napari_deepdewedge.core.reconstruct.fbp import fbp  # noqa: E402
-from napari_deepdewedge.core.refine.tiles import default_overlap, refine_halves, tile_shape  # noqa: E402
+from napari_deepdewedge.core.refine.tiles import default_overlap, tile_shape  # noqa: E402
+from napari_deepdewedge.core.refine.tomogram import refine_halves  # noqa: E402
 
 HELD_OUT_SEED = 2024
 

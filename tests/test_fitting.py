@@ -262,7 +262,7 @@ def test_quality_beats_fbp_on_held_out_phantom(tmp_path):
     from napari_deepdewedge.core.evaluate.metrics import cc, wedge_correlation
     from napari_deepdewedge.core.evaluate.phantom import make_sample
     from napari_deepdewedge.core.reconstruct.fbp import fbp
-    from napari_deepdewedge.core.refine.tiles import refine_halves
+    from napari_deepdewedge.core.refine.tomogram import refine_halves
 
     sample = make_sample((32, 96, 96), (-60, 60, 2), snr=0.3, seed=7)
     even, odd = split_even_odd(TiltSeries(sample.tilt_series, sample.angles))
@@ -313,7 +313,7 @@ def test_validation_cubes_get_the_wedge_updates(halves, tmp_path, update_val):
 
 @pytest.mark.parametrize("kind,filt", [("trilinear", "trilinear-3tap"), ("bspline3", "bspline3-9tap")])
 def test_checkpoint_records_resampling_and_refinement_checks_it(halves, tmp_path, kind, filt):
-    from napari_deepdewedge.core.refine.tiles import refine_halves
+    from napari_deepdewedge.core.refine.tomogram import refine_halves
 
     t0, t1 = halves
     _events(ft.fit_iter(t0, t1, worker.tiny_config(tmp_path, epochs=1, resampling=kind)))

@@ -131,7 +131,7 @@ def test_write_halves_names_and_overwrite_refusal(tmp_path):
 # refined outputs
 
 def test_write_refined_names_and_signed_consistency(tmp_path):
-    from napari_deepdewedge.core.refine.tiles import RefineResult
+    from napari_deepdewedge.core.refine.tomogram import RefineResult
 
     half0 = np.full((4, 5, 6), 1.0, np.float32)
     half1 = np.full((4, 5, 6), 3.0, np.float32)

@@ -1,5 +1,5 @@
 """The napari reader with real-format metadata, and every front end resolving angles through
-the one function (core.tilt_metadata.resolve_tilt_metadata)."""
+the one function (core.io.tilt_metadata.resolve_tilt_metadata)."""
 import json
 import shutil
 import subprocess

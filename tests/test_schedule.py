@@ -1,4 +1,4 @@
-"""Time-to-quality levers (core/schedule.py): learning-rate schedule and early stopping, as
+"""Time-to-quality levers (core/fit/schedule.py): learning-rate schedule and early stopping, as
 functions and inside the fitting loop."""
 import importlib.util
 from pathlib import Path

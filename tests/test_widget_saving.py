@@ -38,7 +38,7 @@ def read(path):
 def a_result(seed):
     """A refinement result as pipeline.refine returns it (the Save path does not care how it
     was computed)."""
-    from napari_deepdewedge.core.refine.tiles import RefineResult
+    from napari_deepdewedge.core.refine.tomogram import RefineResult
 
     rng = np.random.default_rng(seed)
     half0, half1 = (rng.normal(size=(8, 12, 12)).astype(np.float32) for _ in range(2))

@@ -26,7 +26,7 @@ def layer_data_for(path, voxel_size=None):
     """The layer-data tuple for one file: data, kwargs (scale, translate, metadata), "image".
 
     Scale in Å with units; a tilt series' angles come from the one resolving function
-    (:func:`core.tilt_metadata.resolve_tilt_metadata`) with whatever angle or metadata file
+    (:func:`core.io.tilt_metadata.resolve_tilt_metadata`) with whatever angle or metadata file
     sits beside the stack: ``metadata["tilt_angles"]`` (one per projection of the layer),
     ``"excluded_views"`` (1-based views the layer still holds that are to be left out),
     ``"angle_file"`` and ``"tilt_metadata"`` (kind, source, count, range, excluded views and

@@ -299,7 +299,7 @@ def refine_batch(request: BatchRefineRequest,
     """
     from ..core.fit.parallel import fit_device
     from ..core.io.mrc import read_mrc
-    from ..core.refine.tiles import refine_halves
+    from ..core.refine.tomogram import refine_halves
 
     emit = report or (lambda event: None)
     _check_outputs(request)

@@ -34,7 +34,7 @@ def plan_fit(requested: "FitConfig", resume, *, given=None) -> "FitConfig":
     """The ``FitConfig`` a fit will run with.
 
     ``resume=None``: ``requested`` (validated). Otherwise ``resume`` is a checkpoint path or a
-    loaded payload and the rule of :mod:`core.resume` applies: the checkpoint's fixed
+    loaded payload and the rule of :mod:`core.fit.resume` applies: the checkpoint's fixed
     settings, the request's changeable ones; a fixed setting in ``given`` (all of them when
     ``given is None``) that differs from the checkpoint's raises ``CheckpointError``, as does
     asking for no more epochs than the checkpoint has done.
@@ -97,7 +97,7 @@ def finished_fit(request: FitRequest) -> FinishedFit | None:
 
     The one place a front end decides "skip the fit, refine" (``run`` on one series and a
     project's job). Continuing such a checkpoint is still refused by the engine
-    (``core.resume.resumed_config``: "raise epochs"), so ``fit --resume`` stays strict.
+    (``core.fit.resume.resumed_config``: "raise epochs"), so ``fit --resume`` stays strict.
     """
     if request.resume is None:
         return None

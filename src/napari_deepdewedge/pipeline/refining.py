@@ -34,7 +34,7 @@ def refine(request: RefineRequest, progress: Callable[[int, int], None] | None =
     and with ``keep_halves`` ``half0``, ``half1`` and the signed ``difference``).
     ``progress(done, total)`` counts batches over both halves; a front end cancels by raising
     from it."""
-    from ..core.refine.tiles import refine_halves
+    from ..core.refine.tomogram import refine_halves
 
     if isinstance(request.model, (str, Path)) and not Path(request.model).exists():
         raise DDWError(f"{request.model}: checkpoint not found; check the path (fitting writes "

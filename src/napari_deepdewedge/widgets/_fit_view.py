@@ -54,7 +54,7 @@ class FitEventsView:
         elif isinstance(event, FitResumed):
             cfg = event.config
             self.loss_plot.clear()
-            for record in event.history:  # core.fit_log.EpochRecord
+            for record in event.history:  # core.fit.log.EpochRecord
                 if record.epoch <= event.epoch:
                     self.loss_plot.add_epoch(record.epoch, record.fit_loss, record.val_loss)
             self._show_config(cfg)

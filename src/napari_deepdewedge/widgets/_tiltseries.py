@@ -270,7 +270,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
 
     # ------------------------------------------------------------------ angles
     def _tilt_metadata_for(self, layer, n_tilts: int):
-        """Resolve the tilt angles the user chose (core.tilt_metadata.resolve_tilt_metadata,
+        """Resolve the tilt angles the user chose (core.io.tilt_metadata.resolve_tilt_metadata,
         as the reader and the CLI do); raises DDWError with the fix."""
         from ..core.io import tilt_metadata
         from ..core.errors import DDWError

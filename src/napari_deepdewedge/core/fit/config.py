@@ -48,7 +48,7 @@ class FitConfig:
     # vs 0.743/0.337, 40 epochs 0.859/0.712 vs 0.851/0.668, 200 epochs 0.838/0.667 vs 0.842/0.590
     residual: bool = False
     # how fitting cubes are rotated: "trilinear" (grid_sample) or "bspline3" (cubic B-spline,
-    # as the original); un-rotated inputs get the kind's matching filter (core.rotation).
+    # as the original); un-rotated inputs get the kind's matching filter (core.model.rotation).
     # Trilinear stays the default: bench/quality_peers.py small run (sym60, 32×64×64, s=16,
     # 8 ch, 6 epochs) CC in slab / in-wedge CC 0.811 / 0.553 trilinear vs 0.794 / 0.425 bspline3
     # (the merged run on main: 0.812 / 0.525 vs 0.793 / 0.427)
@@ -61,7 +61,7 @@ class FitConfig:
     # torch.compile the U-Net: honoured on CUDA for long runs only (core.perf.decide_compile;
     # on the CPU it costs 100 s and gains 3 %, so it is never used there)
     compile: bool = False
-    # time-to-quality levers (core/schedule.py); the defaults keep the original's behaviour
+    # time-to-quality levers (core/fit/schedule.py); the defaults keep the original's behaviour
     lr_schedule: str = "constant"   # or "warmup_cosine"
     warmup_epochs: int = 0
     early_stop_patience: int = 0    # epochs without a lower validation loss; 0 = never stop early

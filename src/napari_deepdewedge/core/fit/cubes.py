@@ -2,7 +2,7 @@
 
 Cubes are cut from the two half tomograms on one 3D grid, at the *extraction* edge
 ``E = ceil_even(√2·s)`` so that any rotation of a cube can still be centre-cropped to the
-network edge ``s`` (:func:`core.rotation.rotate_center_crop`). They stay in memory as tensors;
+network edge ``s`` (:func:`core.model.rotation.rotate_center_crop`). They stay in memory as tensors;
 nothing is written to disk.
 
 Grid placement, per axis of length ``N``: corners ``0, t, 2t, …`` while the cube fits, plus a
@@ -95,7 +95,7 @@ class SubtomoSet:
 
     Storage: ``fit_pairs``/``val_pairs`` of shape ``(N, 2, E, E, E)`` float32, channel 0 = half 0,
     channel 1 = half 1, in channels-last memory (both halves of a voxel adjacent): the layout
-    :func:`core.rotation.rotate_center_crop` reads fastest, in place, with ``index=``.
+    :func:`core.model.rotation.rotate_center_crop` reads fastest, in place, with ``index=``.
     ``fit0``, ``fit1``, ``val0``, ``val1`` are ``(N, 1, E, E, E)`` *views* of the pairs, so writing
     into ``fit0`` (e.g. ``sub.fit0[i] = updated`` or ``sub.fit0.copy_(new)``) updates the pairs.
     Being views, they keep the whole pair store alive and ``torch.save`` of one of them writes the

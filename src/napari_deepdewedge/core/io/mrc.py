@@ -220,7 +220,7 @@ def write_mrc(path, data, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) ->
     """Write ``data`` as MRC with its voxel size (Å, (Z, Y, X) or one number), atomically.
 
     The file is written under a temporary name in the target folder, fsynced, then renamed
-    (:func:`core.storage.atomic_write`), so a crash never leaves a half-written file under the
+    (:func:`core.io.storage.atomic_write`), so a crash never leaves a half-written file under the
     final name and a failed write (full disk: one ``WriteError`` naming the path and the free
     space) leaves the previous file intact. float64 is stored as float32.
     """

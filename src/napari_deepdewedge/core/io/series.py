@@ -35,7 +35,7 @@ def read_angles(path) -> np.ndarray:
 def find_angle_file(stack_path) -> Path | None:
     """The angle or metadata file beside a stack (same stem, also without ``_EVN``/``_ODD``):
     ``.tlt`` (preferred), ``.rawtlt``, ``.aln``, Warp ``.xml``, ``.tomostar``, ``.mdoc``,
-    RELION ``.star`` (:func:`core.tilt_metadata.find_metadata_file`)."""
+    RELION ``.star`` (:func:`core.io.tilt_metadata.find_metadata_file`)."""
     return tilt_metadata.find_metadata_file(stack_path)
 
 
@@ -43,8 +43,8 @@ def resolve_angles(angles, n_tilts: int, stack_path=None, *, exclude=None) -> np
     """Turn what the user gave into an angle array of length ``n_tilts``.
 
     ``angles`` may be an array/list, a path to any angle/metadata file
-    (:mod:`core.tilt_metadata`), a ``(min, max, step)`` tuple, or ``None`` (then a file beside
-    ``stack_path`` is used). Resolved by :func:`core.tilt_metadata.resolve_tilt_metadata`; a
+    (:mod:`core.io.tilt_metadata`), a ``(min, max, step)`` tuple, or ``None`` (then a file beside
+    ``stack_path`` is used). Resolved by :func:`core.io.tilt_metadata.resolve_tilt_metadata`; a
     stack that still holds excluded views needs :func:`load_tilt_series` (which drops them).
     """
     meta = tilt_metadata.resolve_tilt_metadata(angles, n_tilts, stack_path, exclude=exclude)
@@ -63,7 +63,7 @@ def load_tilt_series(path, angles=None, tilt_axis_x: bool = False, *, exclude=No
     ``tilt_axis_x`` transposes Y and X for stacks whose tilt axis runs along X. ``exclude``:
     1-based views left out (list, ``"1,2,40"`` or an IMOD ``.com``); views the metadata marks
     excluded that the stack still holds are dropped. ``voxel_size`` (Å) overrides the header.
-    ``series.meta["tilt_metadata"]`` is the :class:`~core.tilt_metadata.TiltMetadata`.
+    ``series.meta["tilt_metadata"]`` is the :class:`~core.io.tilt_metadata.TiltMetadata`.
     """
     vol = read_mrc(path, voxel_size=voxel_size)
     data = vol.data

@@ -2,7 +2,7 @@
 
 Each parser returns a :class:`Listed`: every view the file lists, in the file's order, with the
 views it marks excluded (1-based) and what else it carries (tilt axis, dose, defocus, the image
-size). Matching to a stack is :mod:`core.tilt_metadata`'s job. A maintained parser is used
+size). Matching to a stack is :mod:`core.io.tilt_metadata`'s job. A maintained parser is used
 wherever one exists (``mdocfile``, ``alnfile``, ``starfile``); Warp's XML is plain XML for the
 standard library, and IMOD's one-number-per-line ``.tlt`` is read by ``core.io.angles.read_tlt``.
 """

@@ -4,7 +4,7 @@ One result type (:class:`TiltMetadata`) and ONE resolving function
 (:func:`resolve_tilt_metadata`) that every front end uses (``core.io.series.resolve_angles``,
 ``load_tilt_series`` and ``find_angle_file`` route through here).
 
-Formats and their parsers (in :mod:`core.tilt_formats`; a maintained parser wherever one
+Formats and their parsers (in :mod:`core.io.tilt_formats`; a maintained parser wherever one
 exists):
 
 ===================  =====================  ==========================================

@@ -56,7 +56,7 @@ RESUME_KEYS = ("epoch", "step", "optimizer", "rng", "config", "history", "best_v
 
 def save_checkpoint(path, payload: dict, *, before_replace=None) -> Path:
     """Write ``payload`` to ``path`` atomically (temporary file in the same folder, fsync, then
-    rename; :func:`core.storage.atomic_write`).
+    rename; :func:`core.io.storage.atomic_write`).
 
     A reader never sees a half-written checkpoint, and an interrupted save leaves the previous
     file intact; a full disk or another ``OSError`` raises one ``WriteError`` naming the path and
