@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-PLUGIN = "napari-deepdewedge"
+from conftest import PLUGIN, dock  # noqa: E402  (the one dock helper)
 PIXEL = 10.0
 
 
@@ -186,8 +186,6 @@ def write_big_mrc(path, shape, voxel_size=10.0, seed=0) -> Path:
 
 
 # ----------------------------------------------------------------------------- docks
-def dock(viewer, name):
-    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
 
 
 def tiny_model(path):

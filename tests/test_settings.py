@@ -11,8 +11,8 @@ import pytest
 from napari_deepdewedge import cli
 from napari_deepdewedge.core.fit.config import FitConfig
 from napari_deepdewedge.core.fit.settings import PRESETS, SETTINGS, Flag, Setting
+from conftest import dock as add_dock
 
-PLUGIN = "napari-deepdewedge"
 DATA_TILT = (-60.0, 60.0)  # what a command reads from the data when no tilt range is given
 
 
@@ -124,7 +124,7 @@ def test_every_fit_setting_is_declared_once_and_reaches_its_front_ends(tmp_path,
     assert declaration_problems(FitConfig, SETTINGS) == []
     fit_parser_flags = {flag for opt in cli.options.options_of("fit").values() for flag in opt.flags}
     viewer = make_napari_viewer()
-    dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Fit")[1]
+    dock = add_dock(viewer, "Fit")
     problems = []
     for setting in SETTINGS:
         if setting.flag is None and not setting.yaml and not setting.ddw and setting.row is None:

@@ -17,14 +17,10 @@ pytest.importorskip("napari")
 
 pytestmark = pytest.mark.gui
 
-PLUGIN = "napari-deepdewedge"
+from conftest import PLUGIN, dock  # noqa: E402  (the one dock helper)
 WAIT_MS = 120_000
 VOXEL = (20.0, 20.0, 20.0)
 ORIGIN = (0.0, 30.0, -20.0)
-
-
-def dock(viewer, name):
-    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
 
 
 def read(path):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.gui
 sys.path.insert(0, str(Path(__file__).parent))
 from gui_probe import set_tiny_fit  # noqa: E402  (the tiny fit form, shared with the probes)
 
-PLUGIN = "napari-deepdewedge"
+from conftest import PLUGIN, dock  # noqa: E402  (the one dock helper)
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SHAPE = (32, 48, 48)
 PIXEL = 10.0
@@ -40,12 +40,6 @@ def tiny_sample():
 def add_sample(viewer, layers):
     for data, kwargs, _kind in layers:
         viewer.add_image(data, **kwargs)
-
-
-def dock(viewer, name):
-    """Dock a manifest widget through napari's plugin system; returns the widget."""
-    _dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
 
 
 class Notes:
