@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from napari_deepdewedge import cli
-from napari_deepdewedge.core.refine import tiles as core_refine
+from napari_deepdewedge.core.refine import tomogram as core_refine
 from napari_deepdewedge.core.errors import DDWError
 from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
 from napari_deepdewedge.pipeline import batch
