@@ -123,6 +123,8 @@ def declaration_problems(config_cls, settings) -> list[str]:
 def test_every_fit_setting_is_declared_once_and_reaches_its_front_ends(tmp_path, make_napari_viewer):
     assert declaration_problems(FitConfig, SETTINGS) == []
     fit_parser_flags = {flag for opt in cli.options.options_of("fit").values() for flag in opt.flags}
+    from napari_deepdewedge.widgets._fit import set_field
+
     viewer = make_napari_viewer()
     dock = add_dock(viewer, "Fit")
     problems = []
@@ -157,31 +159,27 @@ def test_every_fit_setting_is_declared_once_and_reaches_its_front_ends(tmp_path,
             elif setting.name == "out_dir":
                 dock.out_dir.setText(str(tmp_path / "out"))
                 expected = {"out_dir": str(tmp_path / "out")}
-            elif setting.choices or setting.name == "device":
-                dock.fields[setting.name].setCurrentText(value)
             else:
-                dock.fields[setting.name].setValue(value)
+                set_field(dock.fields[setting.name], value)
             check("the Fit dock", dock.config())
             for name in setting.config_fields:  # back, so that the next row's value is valid
                 widget = dock.fields.get(name) or {"tilt_min": dock.tilt_min, "tilt_max": dock.tilt_max}[name]
                 old = getattr(before, name)
                 if name == "out_dir":
                     widget.setText(old or "")
-                elif isinstance(old, str):
-                    widget.setCurrentText(old)
                 else:
-                    widget.setValue(old)
+                    set_field(widget, old)
     assert problems == [], problems
 
 
 def test_the_declaration_check_finds_a_field_without_its_row_and_a_row_without_a_reason():
     @dataclasses.dataclass
-    class WithCtf(FitConfig):
-        ctf_loss: bool = False
+    class WithNewField(FitConfig):
+        a_new_setting: bool = False
 
     bare = Setting("seed", int, "random seed", Flag(("--seed",)), "")
-    problems = declaration_problems(WithCtf, [s for s in SETTINGS if s.name != "seed"] + [bare])
-    assert "FitConfig.ctf_loss has no row in SETTINGS" in problems
+    problems = declaration_problems(WithNewField, [s for s in SETTINGS if s.name != "seed"] + [bare])
+    assert "FitConfig.a_new_setting has no row in SETTINGS" in problems
     assert "row 'seed' has no dock row and no reason why" in problems
     assert declaration_problems(FitConfig, SETTINGS + SETTINGS[:1]) == \
         ["FitConfig.subtomo_size has more than one row"]

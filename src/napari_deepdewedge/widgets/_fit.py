@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QPushButton, QSpinBox
 
 from ..pipeline import FitResumed
 from ._common import (
@@ -58,6 +58,27 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(
         if isinstance(event, FitResumed):  # the checkpoint's settings define the cubes
             yield pairs_message(request, event.config)
     return last
+
+
+def field_value(widget):
+    """The value a setting's widget shows (combo: its text; check box: bool; spin box: number)."""
+    if isinstance(widget, QComboBox):
+        return widget.currentText()
+    if isinstance(widget, QCheckBox):
+        return widget.isChecked()
+    if isinstance(widget, QDoubleSpinBox):
+        return float(widget.value())
+    return int(widget.value())
+
+
+def set_field(widget, value) -> None:
+    """Show ``value`` in a setting's widget (the inverse of :func:`field_value`)."""
+    if isinstance(widget, QComboBox):
+        widget.setCurrentText(value)
+    elif isinstance(widget, QCheckBox):
+        widget.setChecked(bool(value))
+    else:
+        widget.setValue(value)
 
 
 def _spin(lo, hi, value, step=1, suffix=""):
@@ -199,7 +220,10 @@ class FitWidget(FitEventsView, DDWPanel):
             shown, box = path_field("folder for checkpoints", row.tip, dialog="dir")
             return box, shown
         default = getattr(defaults, setting.name)
-        if setting.choices:
+        if setting.type is bool:
+            box = QCheckBox()
+            box.setChecked(default)
+        elif setting.choices:
             box = QComboBox()
             box.addItems(list(setting.choices))
             box.setCurrentText(default)
@@ -215,16 +239,11 @@ class FitWidget(FitEventsView, DDWPanel):
         return box, box
 
     def _setting_value(self, name: str):
-        widget = self.fields[name]
-        if isinstance(widget, QComboBox):
-            return widget.currentText()
-        if isinstance(widget, QDoubleSpinBox):
-            return float(widget.value())
-        return int(widget.value())
+        return field_value(self.fields[name])
 
     def apply_preset(self, name: str) -> None:
         for setting, value in self._presets.get(name, {}).items():
-            self.fields[setting].setValue(int(value))
+            set_field(self.fields[setting], value)
 
     def _on_halves(self, *_):
         state = self.state

@@ -32,13 +32,11 @@ class FitEventsView:
     def _show_config(self, cfg) -> None:
         """Show the settings a resumed fit runs with (its fixed ones come from the checkpoint,
         pipeline.plan_fit), so the form never claims what is not running."""
+        from ._fit import set_field
+
         for name, box in self.fields.items():  # every setting the form shows (settings.py)
-            if name in ("tilt_range", "device", "out_dir"):
-                continue
-            if hasattr(box, "setCurrentText"):
-                box.setCurrentText(getattr(cfg, name))
-            else:
-                box.setValue(getattr(cfg, name))
+            if name not in ("tilt_range", "device", "out_dir"):
+                set_field(box, getattr(cfg, name))
         self.tilt_min.setValue(cfg.tilt_min)
         self.tilt_max.setValue(cfg.tilt_max)
 

@@ -33,9 +33,10 @@ class Flag:
 @dataclass(frozen=True)
 class DockRow:
     """A setting's row in the Fit dock. ``join``: on the same form line as the row before it
-    (``tip`` is then the widget's own tooltip). ``lo``/``hi``/``step``/``decimals``/``suffix``:
-    the spin box. ``special``: the dock builds the widget itself (device list, folder, the
-    tilt range filled in from the halves)."""
+    (``tip`` is then the widget's own tooltip). The widget follows the setting: a check box for a
+    bool, a list for choices, else a spin box (``lo``/``hi``/``step``/``decimals``/``suffix``).
+    ``special``: the dock builds the widget itself (device list, folder, the tilt range filled
+    in from the halves)."""
 
     label: str
     tip: str
