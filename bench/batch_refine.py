@@ -41,7 +41,7 @@ def timed(command) -> tuple[float, float]:
 
 
 def make_data(root: Path, n: int, shape) -> list[Path]:
-    from napari_deepdewedge.core.io import write_mrc
+    from napari_deepdewedge.core.io.mrc import write_mrc
 
     rng = np.random.default_rng(0)
     evens = []

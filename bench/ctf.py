@@ -6,7 +6,7 @@ detector column its own defocus).
 Run:  OMP_NUM_THREADS=1 python bench/ctf.py            (the three cases below, ~8 min on 1 core)
       OMP_NUM_THREADS=1 python bench/ctf.py --case A   (one case)
 
-Cases (core.ctf_phantom: 5 ± 0.3 µm per view, 300 kV, Cs 2.7 mm, A 0.07, the gradient across
+Cases (core.evaluate.ctf_phantom: 5 ± 0.3 µm per view, 300 kV, Cs 2.7 mm, A 0.07, the gradient across
 the tilted specimen and through its thickness; seed 3):
   A  5 Å pixels, 48×128×128, 61 views ±60°, SNR 0.5 (the issue's setting)
   B  10 Å pixels, same (the first zero, ~32 Å, sits near Nyquist = 20 Å)
@@ -37,14 +37,15 @@ CASES = {
 
 def run_case(name: str, shape, step, pixel, snr, layer_voxels=8) -> dict:
     from napari_deepdewedge.core.ctf import PhaseFlip, first_zero
-    from napari_deepdewedge.core.ctf_phantom import (
+    from napari_deepdewedge.core.evaluate.ctf_phantom import (
         make_ctf_sample,
         write_ctffind_txt,
         write_imod_defocus,
     )
-    from napari_deepdewedge.core.io import load_tilt_series, write_mrc
-    from napari_deepdewedge.core.metrics import fsc, fsc_crossing
-    from napari_deepdewedge.core.reconstruction import fbp
+    from napari_deepdewedge.core.io.series import load_tilt_series
+    from napari_deepdewedge.core.io.mrc import write_mrc
+    from napari_deepdewedge.core.evaluate.metrics import fsc, fsc_crossing
+    from napari_deepdewedge.core.reconstruct.fbp import fbp
     from napari_deepdewedge.pipeline.halves import HalvesRequest, reconstruct_halves
 
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
 Run:  python bench/finetune.py --threads 2            (reduced size, see below; ~10–15 min on a shared 2-core machine)
       python bench/finetune.py --part finetune        (only the fine-tuning comparison)
 
-Reduced setting (labelled in the output): phantoms 24×48×48 (core.phantom seeds 11 and 12),
+Reduced setting (labelled in the output): phantoms 24×48×48 (core.evaluate.phantom seeds 11 and 12),
 even/odd halves by angle parity, FBP; s = 16, 8 channels, depth 2, batch 8, lr 4e-4.
 
 * finetune: a model fitted on phantom A (tilts −60…60, ``--source-epochs``) starts a fit on
@@ -31,14 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_deepdewedge.core.fit_data import HalfPair
-from napari_deepdewedge.core.fitting import EpochDone, FitConfig, FitFinished, FitStarted, fit_iter
-from napari_deepdewedge.core.halves import split_even_odd
-from napari_deepdewedge.core.io import TiltSeries
-from napari_deepdewedge.core.metrics import cc
-from napari_deepdewedge.core.phantom import make_sample
-from napari_deepdewedge.core.reconstruction import fbp
-from napari_deepdewedge.core.refine import refine_halves
+from napari_deepdewedge.core.fit.data import HalfPair
+from napari_deepdewedge.core.fit.loop import EpochDone, FitFinished, FitStarted, fit_iter
+from napari_deepdewedge.core.fit.config import FitConfig
+from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+from napari_deepdewedge.core.io.mrc import TiltSeries
+from napari_deepdewedge.core.evaluate.metrics import cc
+from napari_deepdewedge.core.evaluate.phantom import make_sample
+from napari_deepdewedge.core.reconstruct.fbp import fbp
+from napari_deepdewedge.core.refine.tomogram import refine_halves
 
 SHAPE = (24, 48, 48)
 
@@ -99,7 +100,7 @@ def pooled(a, b, truth_b, work: Path, args) -> None:
     both, fin_both, n_both = run([a, b], both_cfg)
     steps_both = math.ceil(n_both / both_cfg.batch_size) * args.epochs
     # A alone with the same number of optimizer steps
-    from napari_deepdewedge.core.subtomos import extract_subtomos
+    from napari_deepdewedge.core.fit.cubes import extract_subtomos
 
     n_one = extract_subtomos(a.even, a.odd, both_cfg.subtomo_size, val_fraction=both_cfg.val_fraction,
                              depth=both_cfg.depth).n_fit

@@ -16,7 +16,7 @@ Run:  python bench/fit.py            (all parts, default sizes)
     masks M_R (rfft half grid) → model input F⁻¹(M·F(x)) and target. Printed as samples/s
     and ms per sample; the headline figure is s = 96 from 136³ cubes on ONE CPU thread
     (target ≤ 100 ms per sample, so that the network, not the data, bounds fitting).
-(b) one optimizer step through core.fitting (to be provided by the fitting-loop author: see
+(b) one optimizer step through core.fit.loop (to be provided by the fitting-loop author: see
     ``bench_fit_step``; skipped with a note until then).
 (c) U-Net forward + backward + masked Fourier loss on ready inputs, s = 48 / 16 channels and
     s = 96 / 32 channels.
@@ -31,10 +31,10 @@ import torch
 
 from napari_deepdewedge.core.device import pick_device
 from napari_deepdewedge.core.fourier import observed_mask, rotated_observed_masks
-from napari_deepdewedge.core.loss import masked_fourier_loss, model_input
-from napari_deepdewedge.core.rotation import random_rotations, rotate_center_crop, stack_channels_last
-from napari_deepdewedge.core.subtomos import extraction_size
-from napari_deepdewedge.core.unet import UNet3D
+from napari_deepdewedge.core.fit.loss import masked_fourier_loss, model_input
+from napari_deepdewedge.core.model.rotation import random_rotations, rotate_center_crop, stack_channels_last
+from napari_deepdewedge.core.fit.cubes import extraction_size
+from napari_deepdewedge.core.model.unet import UNet3D
 
 TILTS = (-60.0, 60.0)
 
@@ -156,19 +156,20 @@ def bench_network(s: int, channels: int, batch_size: int, reps: int, device, dep
 
 # ---------------------------------------------------------------------------------------------
 # (b) FULL FITTING STEP — placeholder for the fitting-loop author.
-# Replace the body with one optimizer step driven by core.fitting (data pipeline + network +
+# Replace the body with one optimizer step driven by core.fit.loop (data pipeline + network +
 # loss + optimizer, as fit_iter runs it) and return samples/s. main() prints a note instead of a
 # figure while this raises NotImplementedError.
 # ---------------------------------------------------------------------------------------------
 def bench_fit_step(s: int, channels: int, batch_size: int, reps: int, device) -> float:
-    """(b) Optimizer steps exactly as ``core.fitting.fit_iter`` runs them (shuffle, rotations,
+    """(b) Optimizer steps exactly as ``core.fit.loop.fit_iter`` runs them (shuffle, rotations,
     rotate+crop from the pair store, M_R, model input, U-Net, loss, backward, Adam); returns
     samples/s. A volume that yields exactly ``batch_size`` fitting cubes (no validation, no wedge
     updates, no files) makes every epoch one full step; the first step is the warm-up, the figure
     is the best of the ``reps`` following ones (time between consecutive ``StepDone`` events)."""
     import numpy as np
 
-    from napari_deepdewedge.core.fitting import FitConfig, StepDone, fit_iter
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.fit.loop import StepDone, fit_iter
 
     e = extraction_size(s)
     shape = (e, e, e + batch_size - 1)  # strides 1 → exactly batch_size cubes along X
@@ -233,8 +234,9 @@ def tutorial_job(device_name: str, epochs: int = 3, tiny: bool = False) -> int:
     import numpy as np
 
     from napari_deepdewedge.core import perf
-    from napari_deepdewedge.core.fitting import EpochDone, FitConfig, FitStarted, fit_iter
-    from napari_deepdewedge.core.refine import refine_tomogram
+    from napari_deepdewedge.core.fit.loop import EpochDone, FitStarted, fit_iter
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.refine.tomogram import refine_tomogram
 
     if not tiny and (not device_name.startswith("cuda") or not torch.cuda.is_available()):
         print(f"no CUDA GPU on this machine (device '{device_name}', torch.cuda.is_available() = "
@@ -277,7 +279,7 @@ def tutorial_job(device_name: str, epochs: int = 3, tiny: bool = False) -> int:
           f"peak memory {fit_peak:.2f} GiB", flush=True)
     del tomo0, tomo1
     torch.manual_seed(0)
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     net = UNet3D(channels=job["channels"], depth=job["depth"], residual=False).to(device)
     tomo = rng.standard_normal(job["refine_shape"], dtype=np.float32)
@@ -337,7 +339,7 @@ def main(argv=None) -> None:
     print(f"  breakdown at s={s_b}, 1 thr (ms per sample): " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     torch.set_num_threads(threads)
 
-    print("\n(b) full fitting step (core.fitting)")
+    print("\n(b) full fitting step (core.fit.loop)")
     for s, ch in configs:
         try:
             sps = bench_fit_step(s, ch, args.batch, args.reps, device)

@@ -2,7 +2,7 @@
 restored on exit). ``today()`` = the engine before issue 10: contiguous NCDHW tensors and
 torch's InstanceNorm3d (which copies channels-last tensors back to contiguous).
 
-``norm`` picks :class:`core.unet.InstanceNormLeakyReLU`'s kernel: ``None`` = the engine's own
+``norm`` picks :class:`core.model.unet.InstanceNormLeakyReLU`'s kernel: ``None`` = the engine's own
 choice (fused on the CPU), ``"group_norm"`` (a layout-keeping group norm + LeakyReLU, the
 engine between the channels-last change and the fused kernel) or ``"torch"``."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 
 from napari_deepdewedge.core import perf
-from napari_deepdewedge.core.unet import InstanceNormLeakyReLU
+from napari_deepdewedge.core.model.unet import InstanceNormLeakyReLU
 
 
 @contextlib.contextmanager

@@ -6,12 +6,12 @@ Run:  OMP_NUM_THREADS=2 python bench/mask.py                 (coverage + time to
       python bench/mask.py --only big                         (300×1024×1024 float32 timing;
                                                               writes 2.4 GB of halves to --tmp)
 
-Coverage: for every phantom kind of core.mask_phantoms (thin slab = a third of Z, tilted slab,
+Coverage: for every phantom kind of core.evaluate.mask_phantoms (thin slab = a third of Z, tilted slab,
 slab with gold beads and a contamination blob above it), halves reconstructed by the project's
 FBP from a simulated tilt series (±60°, 3° steps, SNR 0.3), the fraction of specimen voxels
 and of empty voxels each mask keeps:
 
-* ``auto``: core.sample_mask.auto_mask (defaults), from both halves;
+* ``auto``: core.fit.sample_mask.auto_mask (defaults), from both halves;
 * ``single``: the single-tomogram recipe of IsoNet's mask, as we understand it from its docs
   (our code): the halves' average binned 2×, smoothed, a voxel kept when its local mean AND
   its local standard deviation are both above their volume's median, the outer 10 % of Z
@@ -37,8 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_deepdewedge.core.mask_phantoms import KINDS, mask_phantom_halves  # noqa: E402
-from napari_deepdewedge.core.sample_mask import auto_mask  # noqa: E402
+from napari_deepdewedge.core.evaluate.mask_phantoms import KINDS, mask_phantom_halves  # noqa: E402
+from napari_deepdewedge.core.fit.sample_mask import auto_mask  # noqa: E402
 
 
 def single_tomogram_mask(even, odd, keep=0.5, z_crop=0.2, sigma=1.5):
@@ -124,7 +124,7 @@ def big(args) -> None:
     even, odd = (np.memmap(p, np.float32, "r", shape=shape) for p in paths)
     print(f"300×1024×1024 float32 halves (memory-mapped, page cache warm after the first run); "
           f"torch threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.1f}")
-    from napari_deepdewedge.core import sample_mask as sm
+    from napari_deepdewedge.core.fit import sample_mask as sm
 
     for run in range(args.repeats):
         t0 = time.perf_counter()
@@ -141,9 +141,9 @@ def big(args) -> None:
 
 
 def time_to_quality(args) -> None:
-    from napari_deepdewedge.core.fitting import EpochDone, FitConfig, FitStarted, fit_iter
-    from napari_deepdewedge.core.metrics import cc
-    from napari_deepdewedge.core.refine import refine_halves
+    from napari_deepdewedge.core.fit.loop import EpochDone, FitConfig, FitStarted, fit_iter
+    from napari_deepdewedge.core.evaluate.metrics import cc
+    from napari_deepdewedge.core.refine.tomogram import refine_halves
 
     ph = mask_phantom_halves((96, 96, 96), "thin", seed=7, snr=0.3)
     mask = auto_mask(ph.even, ph.odd)

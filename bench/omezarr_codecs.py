@@ -1,4 +1,4 @@
-"""Compression of OME-Zarr chunks (core.omezarr.CHUNKS, float32): ratio and single-thread
+"""Compression of OME-Zarr chunks (core.io.omezarr.CHUNKS, float32): ratio and single-thread
 encode/decode speed of Blosc codecs on a noisy chunk and on a smooth-plus-noise chunk (a
 tomogram is mostly noise at the voxel level, so neither compresses much).
 
@@ -14,7 +14,7 @@ import numpy as np
 def main() -> None:
     from numcodecs import Blosc
 
-    from napari_deepdewedge.core.omezarr import CHUNKS
+    from napari_deepdewedge.core.io.omezarr import CHUNKS
 
     rng = np.random.default_rng(0)
     noise = rng.standard_normal(CHUNKS).astype(np.float32)

@@ -52,8 +52,9 @@ from levers import levers, today  # noqa: E402
 from peers.ddw import OriginalDDW  # noqa: E402
 
 from napari_deepdewedge.core import perf  # noqa: E402
-from napari_deepdewedge.core import unet as unet_mod  # noqa: E402
-from napari_deepdewedge.core.fitting import FitConfig, StepDone, fit_iter  # noqa: E402
+from napari_deepdewedge.core.model import unet as unet_mod  # noqa: E402
+from napari_deepdewedge.core.fit.config import FitConfig  # noqa: E402
+from napari_deepdewedge.core.fit.loop import StepDone, fit_iter  # noqa: E402
 
 CONFIGS = {"ddw-cpu": (32, 16, 4), "s48": (48, 16, 4)}
 CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -80,8 +81,8 @@ def ours_fit_rate(half0, half1, s: int, channels: int, batch: int, steps: int, *
 def ours_network_rate(s: int, channels: int, batch: int, steps: int, depth: int = 3) -> float:
     """Samples/s of our U-Net forward + loss + backward + Adam on ready inputs."""
     from napari_deepdewedge.core.fourier import observed_mask, rotated_observed_masks
-    from napari_deepdewedge.core.loss import masked_fourier_loss
-    from napari_deepdewedge.core.rotation import random_rotations
+    from napari_deepdewedge.core.fit.loss import masked_fourier_loss
+    from napari_deepdewedge.core.model.rotation import random_rotations
 
     torch.manual_seed(0)
     net = perf.to_channels_last(unet_mod.UNet3D(channels=channels, depth=depth, residual=False), "cpu")
@@ -146,8 +147,8 @@ def fitting_comparison(ddw: OriginalDDW, names, steps: int, rounds: int, with_le
 
 
 def refine_comparison(ddw: OriginalDDW, shape, batch: int) -> None:
-    from napari_deepdewedge.core.refine import refine_tomogram
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.refine.tomogram import refine_tomogram
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     s, ch, _ = CONFIGS["s48"]
     rng = np.random.default_rng(1)

@@ -23,15 +23,16 @@ import argparse
 import numpy as np
 import torch
 
-from napari_deepdewedge.core.checkpoint import load_model
-from napari_deepdewedge.core.halves import split_even_odd
-from napari_deepdewedge.core.io import TiltSeries
-from napari_deepdewedge.core.metrics import period2_peak_ratio
-from napari_deepdewedge.core.phantom import make_sample
-from napari_deepdewedge.core.reconstruction import fbp
-from napari_deepdewedge.core.refine import prepare_half, refine_tomogram, standardization_stats
-from napari_deepdewedge.core.rotation import match_resampling
-from napari_deepdewedge.core.unet import UNet3D
+from napari_deepdewedge.core.model.checkpoint import load_model
+from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+from napari_deepdewedge.core.io.mrc import TiltSeries
+from napari_deepdewedge.core.evaluate.metrics import period2_peak_ratio
+from napari_deepdewedge.core.evaluate.phantom import make_sample
+from napari_deepdewedge.core.reconstruct.fbp import fbp
+from napari_deepdewedge.core.refine.tiles import prepare_half, standardization_stats
+from napari_deepdewedge.core.refine.tomogram import refine_tomogram
+from napari_deepdewedge.core.model.rotation import match_resampling
+from napari_deepdewedge.core.model.unet import UNet3D
 
 
 def fmt(vol) -> str:

@@ -4,17 +4,17 @@ Run:  python bench/quality.py                   (the acceptance setting; ~1–2 
       python bench/quality.py --quick           (small volume, few epochs: a smoke run)
       python bench/quality.py --device cuda
 
-Setting: phantom 64×160×160 (core.phantom, seed 2024 — never used for tuning; tuning used
+Setting: phantom 64×160×160 (core.evaluate.phantom, seed 2024 — never used for tuning; tuning used
 seeds 1 and 100), 61 tilts over ±60° (2° steps), per-projection SNR 0.3; even/odd halves by
-angle parity, each reconstructed with core.reconstruction.fbp; DeepDeWedge fit with s = 32,
+angle parity, each reconstructed with core.reconstruct.fbp.fbp; DeepDeWedge fit with s = 32,
 16 channels, depth 3, batch 4, 40 epochs (other settings: FitConfig defaults); refinement of
 both halves with the best-validation checkpoint, averaged.
 
 Printed: CC against the ground truth for FBP of the full series, the even/odd FBP average, the
 best Gaussian low-pass of the full FBP (σ scanned against the ground truth — an oracle choice,
 so an upper bound for that baseline) and the refined tomogram; the correlation inside the
-missing wedge (core.metrics.wedge_correlation) of FBP and refined; the FSC 0.143 crossing
-against the ground truth; the period-2 texture measure (core.metrics.period2_peak_ratio) of the
+missing wedge (core.evaluate.metrics.wedge_correlation) of FBP and refined; the FSC 0.143 crossing
+against the ground truth; the period-2 texture measure (core.evaluate.metrics.period2_peak_ratio) of the
 ground truth, FBP and refined (issue 17: a refined volume's voxel-to-voxel texture). For
 scale, the original DeepDeWedge reaches CC 0.84 from FBP 0.32 on
 its phantom, wedge correlation 0.04 → 0.77, best Gaussian low-pass 0.74.
@@ -30,15 +30,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_deepdewedge.core.fitting import EpochDone, FitConfig, FitFinished, fit_iter
-from napari_deepdewedge.core.halves import split_even_odd
-from napari_deepdewedge.core.io import TiltSeries
-from napari_deepdewedge.core.metrics import cc, fsc, fsc_crossing, period2_peak_ratio, wedge_correlation
-from napari_deepdewedge.core.phantom import make_sample, slab_extent
-from napari_deepdewedge.core.reconstruction import fbp
-from napari_deepdewedge.core.refine import refine_halves
-from napari_deepdewedge.core import unet
-from napari_deepdewedge.core.unet import UPSAMPLE_KINDS
+from napari_deepdewedge.core.fit.loop import EpochDone, FitFinished, fit_iter
+from napari_deepdewedge.core.fit.config import FitConfig
+from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+from napari_deepdewedge.core.io.mrc import TiltSeries
+from napari_deepdewedge.core.evaluate.metrics import cc, fsc, fsc_crossing, period2_peak_ratio, wedge_correlation
+from napari_deepdewedge.core.evaluate.phantom import make_sample, slab_extent
+from napari_deepdewedge.core.reconstruct.fbp import fbp
+from napari_deepdewedge.core.refine.tomogram import refine_halves
+from napari_deepdewedge.core.model import unet
+from napari_deepdewedge.core.model.unet import UPSAMPLE_KINDS
 
 HELD_OUT_SEED = 2024
 REFERENCE = {"fbp": 0.32, "gauss": 0.74, "refined": 0.84, "wedge_before": 0.04, "wedge_after": 0.77}
@@ -71,7 +72,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--residual", choices=("on", "off"), default=None,
                     help="U-Net residual connection (default: FitConfig's)")
     ap.add_argument("--upsample", choices=UPSAMPLE_KINDS, default=None,
-                    help="U-Net up-sampling layers (default: core.unet.DEFAULT_UPSAMPLE; "
+                    help="U-Net up-sampling layers (default: core.model.unet.DEFAULT_UPSAMPLE; "
                          "'transposed' = before issue 17)")
     ap.add_argument("--fit-seed", type=int, default=0, help="FitConfig.seed (initial weights, cube order)")
     ap.add_argument("--device", default="auto")

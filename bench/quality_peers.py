@@ -10,7 +10,7 @@ Run:  python bench/quality_peers.py --ddw-path /work/peers/DeepDeWedge          
       python bench/quality_peers.py --quick                                    (minutes; the test's run)
       python bench/quality_peers.py --size reduced --phantoms sym60 --ablations all
 
-Phantoms (core.phantom, held-out seed 2024): ``sym60`` ±60° (2° steps), SNR 0.3; ``asym``
+Phantoms (core.evaluate.phantom, held-out seed 2024): ``sym60`` ±60° (2° steps), SNR 0.3; ``asym``
 −54…+62°, SNR 0.3; ``lowsnr`` ±60°, SNR 0.1; ``thick`` ±60°, SNR 0.3, ice slab 85 % of Z (vs
 60 %) with twice the particle density. Even/odd halves by angle parity, each FBP'd.
 
@@ -23,7 +23,7 @@ batch and epochs; CAREamics the same epochs over its own patches); with ``--equa
 also runs for exactly the CPU seconds the original's fit took.
 
 Columns: CC with the ground truth inside the ice slab; FSC 0.143 crossing against the ground
-truth (Å); correlation inside the missing wedge (core.metrics.wedge_correlation); CPU seconds
+truth (Å); correlation inside the missing wedge (core.evaluate.metrics.wedge_correlation); CPU seconds
 (this process's CPU time for in-process work, the children's for peers; all pinned to
 ``--threads``).
 
@@ -133,10 +133,11 @@ class Sample:
 
 
 def make_data(name: str, shape) -> Sample:
-    from napari_deepdewedge.core.halves import split_even_odd
-    from napari_deepdewedge.core.io import TiltSeries, angles_from_range
-    from napari_deepdewedge.core.phantom import make_phantom, simulate_tilt_series, slab_extent
-    from napari_deepdewedge.core.reconstruction import fbp
+    from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+    from napari_deepdewedge.core.io.mrc import TiltSeries
+    from napari_deepdewedge.core.io.angles import angles_from_range
+    from napari_deepdewedge.core.evaluate.phantom import make_phantom, simulate_tilt_series, slab_extent
+    from napari_deepdewedge.core.reconstruct.fbp import fbp
 
     (tmin, tmax, step), snr, slab_fraction, density = PHANTOMS[name]
     angles = angles_from_range(tmin, tmax, step)
@@ -151,7 +152,7 @@ def make_data(name: str, shape) -> Sample:
 
 
 def score(name: str, vol: np.ndarray, sample: Sample, cpu: float | None, note: str = "") -> Row:
-    from napari_deepdewedge.core.metrics import cc, fsc, fsc_crossing, wedge_correlation
+    from napari_deepdewedge.core.evaluate.metrics import cc, fsc, fsc_crossing, wedge_correlation
 
     z0, z1 = sample.slab
     f, c = fsc(vol, sample.truth, voxel_size=sample.pixel_size)
@@ -168,7 +169,7 @@ def gaussian_lowpass(vol: np.ndarray, sigma: float) -> np.ndarray:
 
 def best_gaussian(vol, sample: Sample, sigmas=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)):
     """(blurred volume, σ) with the best CC in the slab against the ground truth (an oracle)."""
-    from napari_deepdewedge.core.metrics import cc
+    from napari_deepdewedge.core.evaluate.metrics import cc
 
     z0, z1 = sample.slab
     best = max(((cc(gaussian_lowpass(vol, s)[z0:z1], sample.truth[z0:z1]), s) for s in sigmas))
@@ -185,7 +186,8 @@ def update_every(epochs: int) -> int:
 
 def fit_ours(sample: Sample, size, out_dir: Path, *, cpu_limit: float | None = None, epochs=None, **overrides):
     """Fit ours; returns (best checkpoint path, fit CPU seconds, epochs done)."""
-    from napari_deepdewedge.core.fitting import FitConfig, FitFinished, fit_iter
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.fit.loop import FitFinished, fit_iter
 
     _, s, ch, depth, batch, n_epochs = size
     cfg = FitConfig(subtomo_size=s, channels=ch, depth=depth, batch_size=batch, epochs=epochs or n_epochs,
@@ -200,7 +202,7 @@ def fit_ours(sample: Sample, size, out_dir: Path, *, cpu_limit: float | None = N
 
 
 def refine_ours(checkpoint, sample: Sample, **kw):
-    from napari_deepdewedge.core.refine import refine_halves
+    from napari_deepdewedge.core.refine.tomogram import refine_halves
 
     with CpuClock() as clock:
         refined = refine_halves(checkpoint, sample.half0, sample.half1, device="cpu", batch_size=4, **kw).refined

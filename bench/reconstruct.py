@@ -2,12 +2,12 @@
 
 Run:  python bench/reconstruct.py                 (full: 128×512×512 tomogram, 61 tilts, ±60°)
       python bench/reconstruct.py --size small    (32×128×128, seconds)
-      python bench/reconstruct.py --phantom core  (core.phantom's cryo-ET-like phantom)
+      python bench/reconstruct.py --phantom core  (core.evaluate.phantom's cryo-ET-like phantom)
 
 All three methods get the same noiseless projections and reconstruct the same (Z, Y, X) slab with
 the same apodization (cosine):
 
-- ours:   core.reconstruction.fbp on the whole stack (sparse back-projection, all CPU threads);
+- ours:   core.reconstruct.fbp.fbp on the whole stack (sparse back-projection, all CPU threads);
 - iradon: skimage.transform.iradon slice by slice (one Y-row = one sinogram). It is slow, so it
           is timed on a few evenly spaced Y-slices and the time is extrapolated to all of Y
           (the output says so);
@@ -17,7 +17,7 @@ the same apodization (cosine):
 
 Phantoms: ``blobs`` (default) is a smooth sum of Gaussians made here, whose projections are exact
 analytic line integrals, so no method is favoured by the projector that made its data;
-``core`` uses ``core.phantom.make_phantom`` (slow to build at full size; several minutes) projected
+``core`` uses ``core.evaluate.phantom.make_phantom`` (slow to build at full size; several minutes) projected
 with the package's own projector (which shares our back-projector's interpolation).
 
 CC is the Pearson correlation with the noiseless phantom inside the central region that every
@@ -94,8 +94,8 @@ def blob_phantom(shape, angles, seed=0):
 
 
 def core_phantom(shape, angles):
-    from napari_deepdewedge.core.phantom import make_phantom
-    from napari_deepdewedge.core.reconstruction import forward_project
+    from napari_deepdewedge.core.evaluate.phantom import make_phantom
+    from napari_deepdewedge.core.reconstruct.geometry import forward_project
 
     vol = make_phantom(shape, 0)
     return vol, forward_project(vol, angles)
@@ -215,7 +215,7 @@ def main(argv=None):
 
     import torch
 
-    from napari_deepdewedge.core.reconstruction import fbp
+    from napari_deepdewedge.core.reconstruct.fbp import fbp
 
     shape, n_tilts, n_iradon = SIZES[args.size]
     n_iradon = args.iradon_slices or n_iradon

@@ -39,10 +39,11 @@ from napari_deepdewedge.core.device import pick_device
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from levers import today  # noqa: E402
 
-from napari_deepdewedge.core.refine import (DEFAULT_TILE, RowPreparer, n_tiles,  # noqa: E402
+from napari_deepdewedge.core.refine.tiles import (DEFAULT_TILE, RowPreparer, n_tiles,  # noqa: E402
                                             predict_tiled, standardization_stats, tile_shape)
-from napari_deepdewedge.core.subtomos import extraction_size  # noqa: E402
-from napari_deepdewedge.core.unet import PRESETS, UNet3D  # noqa: E402
+from napari_deepdewedge.core.fit.cubes import extraction_size  # noqa: E402
+from napari_deepdewedge.core.fit.settings import PRESETS  # noqa: E402
+from napari_deepdewedge.core.model.unet import UNet3D  # noqa: E402
 
 
 def _sync(device):

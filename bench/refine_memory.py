@@ -76,9 +76,10 @@ def write_noise(path: Path, shape, seed=0) -> None:
 def main(argv=None) -> None:
     import mrcfile
 
-    from napari_deepdewedge.core.io import read_mrc
-    from napari_deepdewedge.core.refine import n_tiles, refine_tomogram
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.io.mrc import read_mrc
+    from napari_deepdewedge.core.refine.tiles import n_tiles
+    from napari_deepdewedge.core.refine.tomogram import refine_tomogram
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", type=int, nargs=3, default=(512, 1024, 1024), metavar=("Z", "Y", "X"))

@@ -4,7 +4,7 @@ Each phantom is fitted far past its quality peak with the fitting engine (core.f
 the signals measured every epoch: ``FitConfig.signal_every = 1``). Every epoch's model is
 scored against the ground truth — both halves refined over the whole volume
 (core.refine.refine_halves), averaged, CC and in-wedge correlation (core.metrics) — and the
-signals of core.fit_signals (plus the validation loss, which picks ``best.pt`` today) are
+signals of core.fit.signals (plus the validation loss, which picks ``best.pt`` today) are
 read from the engine's events. For each signal the report gives: the epoch it picks (its best
 value over the run), the CC and in-wedge correlation lost there against the best epoch of
 each, the epoch a patience-P rule stops at ("stop when the best value is P epochs old") and the
@@ -47,10 +47,10 @@ PATIENCES = (5, 10)
 
 
 def halves(name: str, shape):
-    from napari_deepdewedge.core.halves import split_even_odd
-    from napari_deepdewedge.core.io import TiltSeries
-    from napari_deepdewedge.core.phantom import make_sample
-    from napari_deepdewedge.core.reconstruction import fbp
+    from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+    from napari_deepdewedge.core.io.mrc import TiltSeries
+    from napari_deepdewedge.core.evaluate.phantom import make_sample
+    from napari_deepdewedge.core.reconstruct.fbp import fbp
 
     tilt, snr = PHANTOMS[name]
     sample = make_sample(tuple(shape), tilt, snr=snr, seed=SEED)
@@ -65,9 +65,9 @@ def run_phantom(args) -> dict:
     """Fit one phantom, score every epoch; the per-epoch rows (also written to the part file)."""
     import torch
 
-    from napari_deepdewedge.core.fitting import CheckpointSaved, EpochDone, FitConfig, fit_iter
-    from napari_deepdewedge.core.metrics import cc, wedge_correlation
-    from napari_deepdewedge.core.refine import refine_halves
+    from napari_deepdewedge.core.fit.loop import CheckpointSaved, EpochDone, FitConfig, fit_iter
+    from napari_deepdewedge.core.evaluate.metrics import cc, wedge_correlation
+    from napari_deepdewedge.core.refine.tomogram import refine_halves
 
     torch.set_num_threads(args.threads)
     shape = tuple(args.shape)
@@ -160,7 +160,7 @@ def spearman(a, b) -> float:
 
 def analyse(part: dict) -> dict:
     """Per signal: picked epoch, losses vs the best epochs, patience stops, Spearman with CC."""
-    from napari_deepdewedge.core.fit_signals import DIRECTION, best_epoch, stop_epoch
+    from napari_deepdewedge.core.fit.signals import DIRECTION, best_epoch, stop_epoch
 
     rows = part["rows"]
     by_epoch = {r["epoch"]: r for r in rows}

@@ -5,7 +5,7 @@ Run:  python bench/time_to_quality.py --ddw-path /path/to/DeepDeWedge           
       python bench/time_to_quality.py --ddw-path DIR --shape 64 160 160 --epochs 40  (issue size)
       python bench/time_to_quality.py --no-peer                                   (ours only)
 
-Both tools fit the same even/odd FBP halves of a phantom (core.phantom, seed 2024, never used
+Both tools fit the same even/odd FBP halves of a phantom (core.evaluate.phantom, seed 2024, never used
 for tuning; 61 tilts ±60°, SNR 0.3) at the original's CPU settings (s = 32, 16 channels,
 depth 3, batch 4), each with its own defaults otherwise. The original's model is saved every
 ``--every`` epochs, ours every ``--ours-every`` (default 1: at this size our grid, with cubes
@@ -36,13 +36,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from napari_deepdewedge.core import perf  # noqa: E402
-from napari_deepdewedge.core.fitting import EpochDone, FitConfig, fit_iter  # noqa: E402
-from napari_deepdewedge.core.halves import split_even_odd  # noqa: E402
-from napari_deepdewedge.core.io import TiltSeries  # noqa: E402
-from napari_deepdewedge.core.metrics import cc, wedge_correlation  # noqa: E402
-from napari_deepdewedge.core.phantom import make_sample  # noqa: E402
-from napari_deepdewedge.core.reconstruction import fbp  # noqa: E402
-from napari_deepdewedge.core.refine import default_overlap, refine_halves, tile_shape  # noqa: E402
+from napari_deepdewedge.core.fit.loop import EpochDone, fit_iter  # noqa: E402
+from napari_deepdewedge.core.fit.config import FitConfig  # noqa: E402
+from napari_deepdewedge.core.reconstruct.halves import split_even_odd  # noqa: E402
+from napari_deepdewedge.core.io.mrc import TiltSeries  # noqa: E402
+from napari_deepdewedge.core.evaluate.metrics import cc, wedge_correlation  # noqa: E402
+from napari_deepdewedge.core.evaluate.phantom import make_sample  # noqa: E402
+from napari_deepdewedge.core.reconstruct.fbp import fbp  # noqa: E402
+from napari_deepdewedge.core.refine.tiles import default_overlap, tile_shape  # noqa: E402
+from napari_deepdewedge.core.refine.tomogram import refine_halves  # noqa: E402
 
 HELD_OUT_SEED = 2024
 
@@ -96,7 +98,7 @@ def fit_ours(tomo0, tomo1, truth, args, out_dir: Path, overrides: dict):
 
 
 def fit_original(ddw, tomo0, tomo1, truth, args):
-    from napari_deepdewedge.core.subtomos import default_strides
+    from napari_deepdewedge.core.fit.cubes import default_strides
 
     epochs = list(range(args.every, args.epochs + 1, args.every))
     # the same extraction strides as ours (its own default would be one cube edge: ~4× fewer cubes)

@@ -20,9 +20,9 @@ import torch
 
 from napari_deepdewedge.core import perf
 from napari_deepdewedge.core.fourier import observed_mask, rotated_observed_masks
-from napari_deepdewedge.core.loss import masked_fourier_loss
-from napari_deepdewedge.core.rotation import random_rotations
-from napari_deepdewedge.core.unet import UPSAMPLE_KINDS, UNet3D
+from napari_deepdewedge.core.fit.loss import masked_fourier_loss
+from napari_deepdewedge.core.model.rotation import random_rotations
+from napari_deepdewedge.core.model.unet import UPSAMPLE_KINDS, UNet3D
 
 TILTS = (-60.0, 60.0)
 

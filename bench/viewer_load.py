@@ -99,7 +99,7 @@ def measure_once(app, panel, start, what):
 
 
 def memmapped(folder, name, array):
-    from napari_deepdewedge.core.io import read_mrc, write_mrc
+    from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
 
     return read_mrc(write_mrc(Path(folder) / f"{name}.mrc", array, 10.0)).data
 
@@ -187,7 +187,7 @@ def main() -> int:
         measured(app, ref, ref.refine, f"refine ({size}, both halves)", viewer,
                  args.compare)
     if "many" in args.jobs:
-        from napari_deepdewedge.core.io import write_mrc
+        from napari_deepdewedge.core.io.mrc import write_mrc
 
         for k in range(2):
             for half, data in zip(("even", "odd"), noisy_halves(shape, seed=k + 1)):

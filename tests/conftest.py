@@ -9,6 +9,14 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+PLUGIN = "napari-deepdewedge"
+
+
+def dock(viewer, name):
+    """Dock a manifest widget through napari's plugin system (as a user opens it from the
+    Plugins menu); returns the widget. Test modules import it: ``from conftest import dock``."""
+    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+
 
 @pytest.fixture
 def ddw_plugin(npe2pm):

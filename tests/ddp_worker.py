@@ -25,7 +25,7 @@ def tiny_halves(seed: int = 7, shape=(24, 40, 40)):
 
 
 def tiny_config(out_dir=None, **kw):
-    from napari_deepdewedge.core.fitting import FitConfig
+    from napari_deepdewedge.core.fit.config import FitConfig
 
     # 24×40×40 with E = 24 and strides 8 → 1·3·3 = 9 cubes: 7 fitting + 2 validation; batch 3 →
     # steps of 3, 3, 1 (split 2/1, 2/1 and 1/0 over two ranks: rank 1 joins the last one empty)
@@ -57,7 +57,7 @@ class fp32_on_cpu:
 
 
 def run(out_dir=None, emulate_ranks=1, **kw):
-    from napari_deepdewedge.core.fitting import EpochDone, StepDone, fit_iter
+    from napari_deepdewedge.core.fit.loop import EpochDone, StepDone, fit_iter
 
     t0, t1 = tiny_halves()
     epochs, steps = [], []
@@ -71,10 +71,10 @@ def run(out_dir=None, emulate_ranks=1, **kw):
 
 
 def main(out):
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
-    from napari_deepdewedge.core.fitting import distributed_info, init_distributed_from_env
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.fit.loop import distributed_info, init_distributed_from_env
 
-    import napari_deepdewedge.core.unet as unet
+    import napari_deepdewedge.core.model.unet as unet
 
     torch.set_num_threads(1)
     rank, world = init_distributed_from_env()

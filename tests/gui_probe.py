@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-PLUGIN = "napari-deepdewedge"
+from conftest import PLUGIN, dock  # noqa: E402  (the one dock helper)
 PIXEL = 10.0
 
 
@@ -186,16 +186,14 @@ def write_big_mrc(path, shape, voxel_size=10.0, seed=0) -> Path:
 
 
 # ----------------------------------------------------------------------------- docks
-def dock(viewer, name):
-    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
 
 
 def tiny_model(path):
     """An untrained tiny U-Net checkpoint (refinement only needs a model, not a good one)."""
     import torch
 
-    from napari_deepdewedge.core import checkpoint as ckpt
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model import checkpoint as ckpt
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     torch.manual_seed(0)
     model = UNet3D(channels=4, depth=2)
@@ -228,10 +226,10 @@ def tilt_series(n_tilts=31, size=64, seed=0):
 
 def set_tiny_fit(fit, out_dir, epochs):
     fit.device.setCurrentText("cpu")
-    fit.size.setValue(16)
+    fit.subtomo_size.setValue(16)
     fit.channels.setValue(4)
     fit.depth.setValue(2)
-    fit.batch.setValue(4)
+    fit.batch_size.setValue(4)
     fit.epochs.setValue(epochs)
     fit.update_every.setValue(2)
     fit.preview_every.setValue(1)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from napari_deepdewedge import cli
-from napari_deepdewedge.core import refine as core_refine
+from napari_deepdewedge.core.refine import tomogram as core_refine
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.io import read_mrc, write_mrc
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
 from napari_deepdewedge.pipeline import batch
 from napari_deepdewedge.pipeline.batch import (
     BatchRefineRequest,
@@ -157,7 +157,7 @@ def test_interrupted_batch_resumes_without_recomputing(dataset, uninterrupted, t
 
 def test_output_killed_while_writing_is_redone(dataset, uninterrupted, tmp_path, monkeypatch):
     """The main file is written last: per-half files without it are an unfinished output."""
-    from napari_deepdewedge.core import io as core_io
+    from napari_deepdewedge.core.io import mrc as core_io
 
     out = tmp_path / "crash"
     real_write = core_io.write_mrc

@@ -5,9 +5,9 @@ import pickle
 import pytest
 import torch
 
-from napari_deepdewedge.core import checkpoint as ckpt
+from napari_deepdewedge.core.model import checkpoint as ckpt
 from napari_deepdewedge.core.errors import CheckpointError, DDWError
-from napari_deepdewedge.core.unet import UNet3D
+from napari_deepdewedge.core.model.unet import UNet3D
 
 
 def _payload(model=None, **extra):
@@ -153,7 +153,8 @@ def test_checkpoint_of_the_layout_before_issue17_loads_and_computes_the_same(tmp
     relative allows for a different summation order), and fine-tuning from it keeps the layout."""
     from pathlib import Path
 
-    from napari_deepdewedge.core.fitting import FitConfig, _build_net
+    from napari_deepdewedge.core.fit.loop import FitConfig
+    from napari_deepdewedge.core.fit.setup import _build_net
 
     path = Path(__file__).parent / "data" / "checkpoints" / "pre_issue17_unet.pt"
     payload = ckpt.load_checkpoint(path)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from napari_deepdewedge import cli
-from napari_deepdewedge.core.io import read_mrc, write_mrc
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
 
 PIXEL = 5.0
 # the tiniest fitting that runs the whole engine: 16³ cubes, 4 channels, depth 2, one epoch
@@ -111,7 +111,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 
 def test_preset_names_match_engine():
-    from napari_deepdewedge.core.unet import PRESETS
+    from napari_deepdewedge.core.fit.settings import PRESETS
 
     assert set(cli.PRESET_NAMES) == set(PRESETS)
 
@@ -316,7 +316,7 @@ def test_schedule_and_early_stop_flags_reach_fit_config(tmp_path, capsys):
 
 
 def test_mw_angle_and_gpu_mapping():
-    from napari_deepdewedge.core.config import normalize_config, tilt_range_from_mw_angle
+    from napari_deepdewedge.cli.config import normalize_config, tilt_range_from_mw_angle
 
     assert tilt_range_from_mw_angle(50) == [-65.0, 65.0]
     loaded = normalize_config({"shared": {"gpu": [1, 2], "mw_angle": 70}})
@@ -402,7 +402,7 @@ def test_fit_errors(tiny_pair, tmp_path, capsys):
 
 def test_ctrl_c_during_fit_saves_stopped_checkpoint_and_exits_130(tiny_pair, tmp_path,
                                                                    monkeypatch, capsys):
-    from napari_deepdewedge.core import fitting
+    from napari_deepdewedge.core.fit import loop as fitting
 
     real_fit_iter = fitting.fit_iter
 
@@ -529,7 +529,7 @@ def test_fit_without_subtomo_size_lowers_the_presets_cube_to_fit_the_halves(tiny
     """No --subtomo-size: the preset's 48 (cut at 68) cannot fit 24 slices, so the fit takes the
     largest that does (16 at depth 2, cut at 24) and says so in one line; a resume keeps the
     checkpoint's size (also with --preset given); a typed size keeps the engine's error."""
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
 
     even, odd = tiny_pair
     base = ["fit", "--even", str(even), "--odd", str(odd), "--tilt-range", "-60", "60",
@@ -651,7 +651,8 @@ def fit_records(monkeypatch):
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    from napari_deepdewedge.core import fitting, unet
+    from napari_deepdewedge.core.fit import loop as fitting
+    from napari_deepdewedge.core.model import unet
 
     records = []
 
@@ -699,8 +700,8 @@ def test_parity_cli_and_pipeline_write_the_same_files(tilt_stack, tmp_path, caps
     import torch
 
     from napari_deepdewedge.core import perf
-    from napari_deepdewedge.core.fitting import FitConfig
-    from napari_deepdewedge.core.io import load_tilt_series
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.io.series import load_tilt_series
     from napari_deepdewedge.pipeline import (FitRequest, HalvesRequest, RefineRequest, fit_events,
                                              reconstruct_halves, refine, write_halves,
                                              write_refined)
@@ -770,7 +771,7 @@ def test_ddw_yaml_residual_reaches_fit_config(tmp_path, capsys, residual):
 
 
 def test_ddw_yaml_residual_must_be_boolean(tmp_path):
-    from napari_deepdewedge.core.config import normalize_config
+    from napari_deepdewedge.cli.config import normalize_config
     from napari_deepdewedge.core.errors import DDWError
 
     with pytest.raises(DDWError, match="residual must be true or false"):

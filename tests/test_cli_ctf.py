@@ -10,14 +10,14 @@ import pytest
 
 from napari_deepdewedge import cli
 from napari_deepdewedge.core.ctf import PhaseFlip
-from napari_deepdewedge.core.ctf_phantom import (
+from napari_deepdewedge.core.evaluate.ctf_phantom import (
     make_ctf_sample,
     write_ctffind_txt,
     write_imod_defocus,
 )
-from napari_deepdewedge.core.io import read_mrc, write_mrc
-from napari_deepdewedge.core.metrics import fsc, fsc_crossing
-from napari_deepdewedge.core.reconstruction import fbp
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
+from napari_deepdewedge.core.evaluate.metrics import fsc, fsc_crossing
+from napari_deepdewedge.core.reconstruct.fbp import fbp
 
 PIXEL = 5.0
 SHAPE = (32, 64, 64)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from napari_deepdewedge import cli
-from napari_deepdewedge.core.io import read_mrc, write_mrc
-from napari_deepdewedge.core.mask_phantoms import mask_phantom_halves
-from napari_deepdewedge.core.sample_mask import auto_mask
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
+from napari_deepdewedge.core.evaluate.mask_phantoms import mask_phantom_halves
+from napari_deepdewedge.core.fit.sample_mask import auto_mask
 
 # one epoch of the smallest U-Net on 16³ cubes
 TINY_FIT = ["--subtomo-size", "16", "--channels", "4", "--depth", "2", "--epochs", "1",

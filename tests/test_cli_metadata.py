@@ -6,7 +6,7 @@ import numpy as np
 
 from mrc_fixtures import SERIALEM_LABELS, write_old_style_mrc
 from napari_deepdewedge import cli
-from napari_deepdewedge.core.io import read_mrc, write_mrc
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
 
 DATA = Path(__file__).parent / "data"
 

@@ -48,7 +48,7 @@ def _env():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from napari_deepdewedge.core.io import write_mrc
+    from napari_deepdewedge.core.io.mrc import write_mrc
 
     folder = tmp_path_factory.mktemp("refine_inputs")
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_cli import PIXEL, TINY_FIT, _stack, _write_tlt  # noqa: E402
 
 from napari_deepdewedge import cli  # noqa: E402
-from napari_deepdewedge.core.io import read_mrc, write_mrc  # noqa: E402
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc  # noqa: E402
 
 REFINED = ("TS_refined.mrc", "TS_refined_half0.mrc", "TS_refined_half1.mrc",
            "TS_refined_consistency.mrc")
@@ -76,7 +76,7 @@ def weights(checkpoint):
 
 def test_run_killed_after_its_fit_finishes_with_the_printed_command_without_refitting(
         stack, tmp_path, monkeypatch, capsys):
-    from napari_deepdewedge.core import io
+    from napari_deepdewedge.core.io import mrc as io
 
     out = tmp_path / "job"
     model = out / "model"
@@ -110,7 +110,7 @@ def test_run_killed_after_its_fit_finishes_with_the_printed_command_without_refi
     # not refitted: no checkpoint or loss log written again, and no new files
     assert {p.name: p.stat().st_mtime_ns for p in model.iterdir()} == fit_files
     assert (model / "losses.csv").read_text() == losses
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
 
     assert load_checkpoint(model / "latest.pt")["epoch"] == 2
     # the halves were reconstructed again into the same files, to the same voxels
@@ -150,7 +150,7 @@ def test_run_resume_refuses_a_finished_checkpoint_of_other_tomograms(stack, tmp_
 
 def test_run_killed_mid_fit_continues_with_the_printed_command_to_the_same_weights(
         stack, tmp_path, monkeypatch, capsys):
-    from napari_deepdewedge.core import fitting
+    from napari_deepdewedge.core.fit import loop as fitting
 
     reference = tmp_path / "reference"
     assert cli.main(run_args(stack, reference, epochs=3) + ["-q"]) == 0

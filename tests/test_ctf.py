@@ -135,7 +135,8 @@ def test_flip_refuses_a_ctf_for_other_views():
 def test_flip_with_binning_equals_flipping_the_binned_stack_at_the_binned_pixel():
     """fbp flips after binning, at pixel·binning: the same as binning first and flipping the
     binned stack at twice the pixel (same kernels on the same tensors: equal to float32)."""
-    from napari_deepdewedge.core.reconstruction import bin_stack, fbp
+    from napari_deepdewedge.core.reconstruct.binning import bin_stack
+    from napari_deepdewedge.core.reconstruct.fbp import fbp
 
     rng = np.random.default_rng(0)
     stack = rng.normal(size=(5, 32, 64)).astype(np.float32)

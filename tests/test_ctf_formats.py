@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_deepdewedge.core.ctf_formats import CTFRequest, find_ctf_file, read_ctf_file
+from napari_deepdewedge.core.io.ctf_formats import CTFRequest, find_ctf_file, read_ctf_file
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.halves import split_even_odd
-from napari_deepdewedge.core.io import load_tilt_series, write_mrc
-from napari_deepdewedge.core.tilt_metadata import resolve_tilt_metadata
+from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+from napari_deepdewedge.core.io.series import load_tilt_series
+from napari_deepdewedge.core.io.mrc import write_mrc
+from napari_deepdewedge.core.io.tilt_metadata import resolve_tilt_metadata
 
 DATA = Path(__file__).parent / "data"
 CTF = DATA / "ctf"
@@ -213,7 +214,7 @@ def test_not_a_ctf_file(tmp_path):
 
 
 def test_the_simulator_writes_every_format_and_each_reads_back(tmp_path):
-    from napari_deepdewedge.core.ctf_phantom import (
+    from napari_deepdewedge.core.evaluate.ctf_phantom import (
         view_defoci,
         write_ctffind_txt,
         write_imod_defocus,

@@ -11,8 +11,8 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import ddp_worker as worker  # noqa: E402
 
-from napari_deepdewedge.core import checkpoint as ckpt  # noqa: E402
-from napari_deepdewedge.core import fitting as ft  # noqa: E402
+from napari_deepdewedge.core.model import checkpoint as ckpt  # noqa: E402
+from napari_deepdewedge.core.fit import loop as ft  # noqa: E402
 from napari_deepdewedge.core.errors import DDWError  # noqa: E402
 from napari_deepdewedge.pipeline.fitting import FitRequest, HalfPair, fit_events  # noqa: E402
 
@@ -31,10 +31,11 @@ def two_pair_fit(tmp_path_factory):
     """A 2-epoch fit on two pairs with different tilt ranges, recording every step's cubes,
     rotations and the masks handed to the loss."""
     out = tmp_path_factory.mktemp("two")
-    from napari_deepdewedge.core import loss, rotation
+    from napari_deepdewedge.core.fit import loss, steps
+    from napari_deepdewedge.core.model import rotation
 
     seen = {"steps": [], "rot": [], "loss": [], "in_step": False}
-    real_step, real_rot, real_loss = ft._fit_step, rotation.random_rotations, loss.masked_fourier_loss
+    real_step, real_rot, real_loss = steps.fit_step, rotation.random_rotations, loss.masked_fourier_loss
 
     def step(model, opt, scaler, cubes, masks, idx, *a, **kw):
         seen["steps"].append(cubes.fit_index[idx].clone())
@@ -56,7 +57,7 @@ def two_pair_fit(tmp_path_factory):
         return real_loss(pred, target, mask, rotated, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(ft, "_fit_step", step)
+    mp.setattr(steps, "fit_step", step)
     mp.setattr(rotation, "random_rotations", rot)
     mp.setattr(loss, "masked_fourier_loss", masked_loss)
     try:
@@ -89,9 +90,9 @@ def test_each_cube_is_masked_with_its_own_pairs_wedge(two_pair_fit):
 
 
 def test_wedge_update_keeps_each_pairs_own_observed_frequencies(two_pair_fit):
-    from napari_deepdewedge.core.fit_state import resume_cubes
+    from napari_deepdewedge.core.fit.state import resume_cubes
     from napari_deepdewedge.core.fourier import observed_mask
-    from napari_deepdewedge.core.subtomos import extract_subtomos
+    from napari_deepdewedge.core.fit.cubes import extract_subtomos
 
     out, _, _ = two_pair_fit
     payload = ckpt.load_checkpoint(out / "latest.pt", require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
@@ -152,7 +153,7 @@ def test_init_from_loads_weights_and_refuses_another_architecture(two_pair_fit, 
 
 
 def _write_pair(folder: Path, stem: str, seed: int, tilt_range):
-    from napari_deepdewedge.core.io import write_mrc
+    from napari_deepdewedge.core.io.mrc import write_mrc
 
     t0, t1 = worker.tiny_halves(seed)
     write_mrc(folder / f"{stem}_even.mrc", t0, voxel_size=(4.0, 4.0, 4.0))
@@ -240,7 +241,7 @@ def test_cli_pair_errors_are_one_line(tmp_path, capsys):
 
 
 def test_memory_model_known_answer():
-    from napari_deepdewedge.core.pairs import cube_pair_bytes, memory_estimate
+    from napari_deepdewedge.core.fit.pairs import cube_pair_bytes, memory_estimate
 
     assert cube_pair_bytes(32) == 2 * 46**3 * 4  # E = ceil_even(√2·32) = 46
     est = memory_estimate([(64, 160, 160), (24, 40, 40)], 16, strides=(8, 8, 8))
@@ -252,7 +253,8 @@ def test_memory_model_known_answer():
 def test_host_resident_cubes_fit_like_device_resident(monkeypatch):
     """The host-store path (cubes gathered per batch by CubeFeeder; the CPU side of the CUDA
     prefetch) gives the losses of the in-place path."""
-    from napari_deepdewedge.core.fit_data import CubeFeeder
+    from napari_deepdewedge.core.fit import setup
+    from napari_deepdewedge.core.fit.data import CubeFeeder
 
     store = torch.arange(4 * 2 * 8**3, dtype=torch.float32).reshape(4, 2, 8, 8, 8)
     feeder = CubeFeeder(store, "cpu")
@@ -271,7 +273,7 @@ def test_host_resident_cubes_fit_like_device_resident(monkeypatch):
         return real_take(self, index)
 
     monkeypatch.setattr(CubeFeeder, "take", take)
-    monkeypatch.setattr(ft, "data_device", lambda device, nbytes: torch.device("cpu", 0))  # "not the device"
+    monkeypatch.setattr(setup, "data_device", lambda device, nbytes: torch.device("cpu", 0))  # "not the device"
     host = [e.fit_loss for e in ft.fit_iter(t0, t1, cfg) if isinstance(e, ft.EpochDone)]
     assert sum(taken) >= 7  # every fitting cube went through the feeder
     np.testing.assert_allclose(host, ref, rtol=1e-5)

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import checkpoint as ckpt
-from napari_deepdewedge.core import fitting as ft
-from napari_deepdewedge.core import storage
+from napari_deepdewedge.core.model import checkpoint as ckpt
+from napari_deepdewedge.core.fit import loop as ft
+from napari_deepdewedge.core.io import storage
 from napari_deepdewedge.core.errors import CheckpointError, DDWWarning, WriteError
-from napari_deepdewedge.core.io import read_mrc, write_mrc
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("ddp_worker", HERE / "ddp_worker.py")

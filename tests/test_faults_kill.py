@@ -23,9 +23,9 @@ import pytest
 import torch
 
 import napari_deepdewedge
-from napari_deepdewedge.core import checkpoint as ckpt
-from napari_deepdewedge.core.fit_state import resume_cubes
-from napari_deepdewedge.core.io import write_mrc
+from napari_deepdewedge.core.model import checkpoint as ckpt
+from napari_deepdewedge.core.fit.state import resume_cubes
+from napari_deepdewedge.core.io.mrc import write_mrc
 
 EPOCHS = 12  # room for every planned kill (each run is killed after at most 2 new epochs)
 # 33 fitting cubes of 16³ (batch 8: 5 steps per epoch); a checkpoint is ~2 MB

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import refine as rf
+from napari_deepdewedge.core.refine import tiles as rf
+from napari_deepdewedge.core.refine import tomogram
 from napari_deepdewedge.core.errors import DDWError, DDWWarning
-from napari_deepdewedge.core.unet import UNet3D
+from napari_deepdewedge.core.model.unet import UNet3D
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -61,7 +62,7 @@ def tomo():
 
 def _refine(model, tomo, s, **kw):
     kw.setdefault("tile_size", s)  # tiles of the fitting cube: many small tiles to batch and halve
-    return rf.refine_tomogram(model, tomo, -60, 60, subtomo_size=s, device="cpu", **kw)
+    return tomogram.refine_tomogram(model, tomo, -60, 60, subtomo_size=s, device="cpu", **kw)
 
 
 def test_batch_is_halved_until_it_fits_and_the_result_is_unchanged(net, tomo):
@@ -115,7 +116,7 @@ def test_out_of_memory_with_the_smallest_tile_is_one_clear_error(net, tomo):
 
 def test_refine_halves_passes_the_report_through(net, tomo):
     messages = []
-    rf.refine_halves(Cramped(net, max_batch=1), tomo, tomo[::-1].copy(), subtomo_size=16, tilt_min=-60,
+    tomogram.refine_halves(Cramped(net, max_batch=1), tomo, tomo[::-1].copy(), subtomo_size=16, tilt_min=-60,
                      tilt_max=60, batch_size=2, device="cpu", report=messages.append, tile_size=16)
     # each half starts from the requested batch again (one failed allocation per half)
     assert messages == ["out of memory on cpu with a batch of 2 cubes; continuing with batches of 1"] * 2
@@ -159,7 +160,7 @@ class PeakAnon:
 def test_refinement_memory_is_one_band_not_the_volume(tmp_path, monkeypatch):
     import mrcfile
 
-    from napari_deepdewedge.core.io import read_mrc
+    from napari_deepdewedge.core.io.mrc import read_mrc
 
     shape = (32, 1024, 512)  # 64 MB of float32 on disk
     volume_bytes = 4 * int(np.prod(shape))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_deepdewedge.core import fitting as ft
+from napari_deepdewedge.core.fit import loop as ft
 
 HERE = Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("ddp_worker", HERE / "ddp_worker.py")

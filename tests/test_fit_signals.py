@@ -1,13 +1,13 @@
-"""The no-ground-truth signals of a fit (core.fit_signals): known answers, and the stopping rule."""
+"""The no-ground-truth signals of a fit (core.fit.signals): known answers, and the stopping rule."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import fit_signals as fs
+from napari_deepdewedge.core.fit import signals as fs
 from napari_deepdewedge.core.fourier import observed_mask
-from napari_deepdewedge.core.metrics import fsc
+from napari_deepdewedge.core.evaluate.metrics import fsc
 
 
 def _noise(shape, seed):
@@ -80,8 +80,8 @@ def test_signals_do_not_depend_on_scale():
 
 def test_wedge_term_is_the_loss_wedge_part():
     from napari_deepdewedge.core.fourier import rotated_observed_masks
-    from napari_deepdewedge.core.loss import masked_fourier_loss
-    from napari_deepdewedge.core.rotation import random_rotations
+    from napari_deepdewedge.core.fit.loss import masked_fourier_loss
+    from napari_deepdewedge.core.model.rotation import random_rotations
 
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(3, 1, 16, 16, 16, generator=g), torch.randn(3, 1, 16, 16, 16, generator=g)
@@ -100,7 +100,7 @@ def test_crop_box_is_central_and_clipped():
 
 
 def test_probe_crop_and_identical_halves():
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     torch.manual_seed(0)
     net = UNet3D(channels=4, depth=2).eval()

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import checkpoint as ckpt
-from napari_deepdewedge.core import fitting as ft
+from napari_deepdewedge.core.model import checkpoint as ckpt
+from napari_deepdewedge.core.fit import loop as ft
+from napari_deepdewedge.core.fit import steps as fit_steps
+from napari_deepdewedge.core.fit.config import FitConfig
 from napari_deepdewedge.core.errors import CheckpointError, DDWError
 
 HERE = Path(__file__).parent
@@ -48,7 +50,7 @@ def _csv_rows(path):
 def _probe(state_dict, arch):
     """Model output on a fixed input: compares functions, not parameters (conv biases in front
     of InstanceNorm have zero gradient, so Adam moves them by float noise)."""
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     m = UNet3D(**arch)
     m.load_state_dict(state_dict)
@@ -75,19 +77,19 @@ def test_amp_only_on_cuda_and_backends():
 
 
 def test_config_checks_and_presets():
-    c = ft.FitConfig.from_preset("fast", epochs=3)
+    c = FitConfig.from_preset("fast", epochs=3)
     assert (c.subtomo_size, c.channels, c.depth, c.epochs) == (48, 16, 3, 3)
-    assert ft.FitConfig.from_dict(c.to_dict()) == c
+    assert FitConfig.from_dict(c.to_dict()) == c
     with pytest.raises(DDWError, match="unknown preset"):
-        ft.FitConfig.from_preset("huge")
+        FitConfig.from_preset("huge")
     with pytest.raises(DDWError, match="unknown fitting option"):
-        ft.FitConfig.from_preset("fast", epoch=3)
+        FitConfig.from_preset("fast", epoch=3)
     with pytest.raises(DDWError, match="multiple of 4"):
-        ft.FitConfig(subtomo_size=18, depth=2).validate()
+        FitConfig(subtomo_size=18, depth=2).validate()
     with pytest.raises(DDWError, match="val_fraction"):
-        ft.FitConfig(val_fraction=1.0).validate()
+        FitConfig(val_fraction=1.0).validate()
     with pytest.raises(DDWError, match="tilt range"):
-        ft.FitConfig(tilt_min=30, tilt_max=-30).validate()
+        FitConfig(tilt_min=30, tilt_max=-30).validate()
     a = np.zeros((24, 40, 40), np.float32)
     with pytest.raises(DDWError, match="different shapes"):
         next(ft.fit_iter(a, a[:20], worker.tiny_config()))
@@ -117,7 +119,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
     assert fin.latest_path == tmp_path / "latest.pt" and fin.best_path == tmp_path / "best.pt"
 
     header, rows = _csv_rows(tmp_path / "losses.csv")
-    signals = ["fsc_area", "fsc_143", "wedge_fsc", "consistency", "val_wedge"]  # core.fit_signals
+    signals = ["fsc_area", "fsc_143", "wedge_fsc", "consistency", "val_wedge"]  # core.fit.signals
     assert header == ["epoch", "fit_loss", "val_loss", "seconds", *signals]
     assert [int(r[0]) for r in rows] == [1, 2]
     np.testing.assert_allclose([float(r[1]) for r in rows], [e.fit_loss for e in epochs])
@@ -133,7 +135,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
 
     # wedge update: observed frequencies of every fitting cube0 unchanged, unobserved ones changed
     from napari_deepdewedge.core.fourier import observed_mask
-    from napari_deepdewedge.core.subtomos import extract_subtomos
+    from napari_deepdewedge.core.fit.cubes import extract_subtomos
 
     p = ckpt.load_checkpoint(tmp_path / "latest.pt", require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
     st = p["standardization"]
@@ -141,7 +143,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
                             val_fraction=0.2, seed=3, depth=2).fit0
     m = observed_mask((24, 24, 24), -60, 60, rfft=True)
     # the wedge-updated cubes live in the fitting-state file the checkpoint names
-    from napari_deepdewedge.core.fit_state import resume_cubes
+    from napari_deepdewedge.core.fit.state import resume_cubes
 
     assert p["fit_state"] == "fit_state_0002.pt" and "fit0" not in p
     assert sorted(q.name for q in tmp_path.glob("fit_state_*.pt")) == ["fit_state_0002.pt"]
@@ -151,7 +153,7 @@ def test_events_files_wedge_update_and_preview(halves, tmp_path):
     assert float(((f_new - f_old) * m).abs().max()) < 1e-4 * scale
     assert float(((f_new - f_old) * (1 - m)).abs().max()) > 1e-2 * scale
     # the stored normalization is that of the model inputs after the update
-    loc, sc = ft.input_normalization(fit0, observed_mask((16, 16, 16), -60, 60, rfft=True), 16, "cpu")
+    loc, sc = fit_steps.input_normalization(fit0, observed_mask((16, 16, 16), -60, 60, rfft=True), 16, "cpu")
     assert abs(float(p["state_dict"]["loc"]) - loc) < 1e-6 and abs(float(p["state_dict"]["scale"]) - sc) < 1e-6
     model, meta = ckpt.load_model(tmp_path / "best.pt", device="cpu")
     assert meta["subtomo_size"] == 16 and meta["tilt_min"] == -60.0 and not model.training
@@ -284,17 +286,17 @@ def test_quality_beats_fbp_on_held_out_phantom(tmp_path):
     """Fit + refine on a small phantom never used for tuning (seed 7; tuning used 1 and 100):
     the validation loss falls, and the refined tomogram beats the even/odd FBP average against
     the ground truth, overall and inside the missing wedge, by a clear margin."""
-    from napari_deepdewedge.core.halves import split_even_odd
-    from napari_deepdewedge.core.io import TiltSeries
-    from napari_deepdewedge.core.metrics import cc, wedge_correlation
-    from napari_deepdewedge.core.phantom import make_sample
-    from napari_deepdewedge.core.reconstruction import fbp
-    from napari_deepdewedge.core.refine import refine_halves
+    from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+    from napari_deepdewedge.core.io.mrc import TiltSeries
+    from napari_deepdewedge.core.evaluate.metrics import cc, wedge_correlation
+    from napari_deepdewedge.core.evaluate.phantom import make_sample
+    from napari_deepdewedge.core.reconstruct.fbp import fbp
+    from napari_deepdewedge.core.refine.tomogram import refine_halves
 
     sample = make_sample((32, 96, 96), (-60, 60, 2), snr=0.3, seed=7)
     even, odd = split_even_odd(TiltSeries(sample.tilt_series, sample.angles))
     tomo0, tomo1 = fbp(even.data, even.angles, 32), fbp(odd.data, odd.angles, 32)
-    cfg = ft.FitConfig(subtomo_size=16, channels=8, depth=2, epochs=12, batch_size=8, strides=(8, 12, 12),
+    cfg = FitConfig(subtomo_size=16, channels=8, depth=2, epochs=12, batch_size=8, strides=(8, 12, 12),
                        update_every=5, device="cpu", out_dir=str(tmp_path))
     events = _events(ft.fit_iter(tomo0, tomo1, cfg))
     val = [e.val_loss for e in events if isinstance(e, ft.EpochDone)]
@@ -309,7 +311,7 @@ def test_quality_beats_fbp_on_held_out_phantom(tmp_path):
 
 
 def _standardized_val0(t0, t1, payload):
-    from napari_deepdewedge.core.subtomos import extract_subtomos
+    from napari_deepdewedge.core.fit.cubes import extract_subtomos
 
     st = payload["standardization"]
     return extract_subtomos((t0 - st[0][0]) / st[0][1], (t1 - st[1][0]) / st[1][1], 16, strides=(8, 8, 8),
@@ -320,7 +322,7 @@ def _standardized_val0(t0, t1, payload):
 def test_validation_cubes_get_the_wedge_updates(halves, tmp_path, update_val):
     """As in the original, a wedge update also fills the validation cube0s' wedges (observed
     frequencies kept); with update_val_wedges=False they stay as extracted."""
-    from napari_deepdewedge.core.fit_state import resume_state
+    from napari_deepdewedge.core.fit.state import resume_state
     from napari_deepdewedge.core.fourier import observed_mask
 
     t0, t1 = halves
@@ -340,7 +342,7 @@ def test_validation_cubes_get_the_wedge_updates(halves, tmp_path, update_val):
 
 @pytest.mark.parametrize("kind,filt", [("trilinear", "trilinear-3tap"), ("bspline3", "bspline3-9tap")])
 def test_checkpoint_records_resampling_and_refinement_checks_it(halves, tmp_path, kind, filt):
-    from napari_deepdewedge.core.refine import refine_halves
+    from napari_deepdewedge.core.refine.tomogram import refine_halves
 
     t0, t1 = halves
     _events(ft.fit_iter(t0, t1, worker.tiny_config(tmp_path, epochs=1, resampling=kind)))
@@ -363,4 +365,4 @@ def test_checkpoint_records_resampling_and_refinement_checks_it(halves, tmp_path
 
 def test_unknown_resampling_is_refused():
     with pytest.raises(DDWError, match="unknown resampling 'cubic'"):
-        ft.FitConfig(resampling="cubic").validate()
+        FitConfig(resampling="cubic").validate()

@@ -232,10 +232,7 @@ def test_mask_agrees_with_projection_convention(theta0):
 
 
 def test_mask_agrees_with_package_projector():
-    rec = pytest.importorskip("napari_deepdewedge.core.reconstruction")
-    fp = getattr(rec, "forward_project", None)
-    if fp is None:
-        pytest.skip("core.reconstruction.forward_project not written yet")
+    from napari_deepdewedge.core.reconstruct.geometry import forward_project as fp
 
     def project(vol, theta):
         return np.asarray(fp(vol.astype(np.float32), [theta], device="cpu"))[0]

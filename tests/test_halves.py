@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.halves import check_same_shape, frame_half_series, split_even_odd
-from napari_deepdewedge.core.io import TiltSeries
+from napari_deepdewedge.core.reconstruct.halves import check_same_shape, frame_half_series, split_even_odd
+from napari_deepdewedge.core.io.mrc import TiltSeries
 
 
 def _series(angles):

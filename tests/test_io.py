@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.io import (
-    angles_from_range,
-    find_angle_file,
-    load_tilt_series,
-    read_angles,
-    read_mrc,
-    resolve_angles,
-    write_mrc,
-)
+from napari_deepdewedge.core.io.angles import angles_from_range
+from napari_deepdewedge.core.io.series import find_angle_file, load_tilt_series, read_angles, resolve_angles
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
 
 
 def test_write_read_round_trip_keeps_data_dtype_voxel_and_origin(tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.loss import masked_fourier_loss, model_input
+from napari_deepdewedge.core.fit.loss import masked_fourier_loss, model_input
 
 
 def _mirror(m: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ def test_rfft_loss_equals_full_loss(shape):
 
 def test_with_fourier_masks():
     fourier = pytest.importorskip("napari_deepdewedge.core.fourier")
-    from napari_deepdewedge.core.rotation import random_rotations
+    from napari_deepdewedge.core.model.rotation import random_rotations
 
     s = (8, 8, 8)
     g = torch.Generator().manual_seed(5)

@@ -6,7 +6,7 @@ import torch
 
 from napari_deepdewedge.core.errors import DDWError
 from napari_deepdewedge.core.fourier import observed_mask
-from napari_deepdewedge.core.metrics import (
+from napari_deepdewedge.core.evaluate.metrics import (
     cc,
     fsc,
     fsc_crossing,

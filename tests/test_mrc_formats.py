@@ -7,13 +7,8 @@ import pytest
 
 from mrc_fixtures import SERIALEM_LABELS, marker_stack, old_style_header, write_old_style_mrc
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.io import (
-    MRCHeaderWarning,
-    VoxelSizeWarning,
-    load_tilt_series,
-    read_mrc,
-    write_mrc,
-)
+from napari_deepdewedge.core.io.mrc import MRCHeaderWarning, VoxelSizeWarning, read_mrc, write_mrc
+from napari_deepdewedge.core.io.series import load_tilt_series
 
 
 def test_old_style_serialem_header_opens_with_a_warning(tmp_path):

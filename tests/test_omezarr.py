@@ -19,8 +19,8 @@ ome_zarr = pytest.importorskip("ome_zarr")
 
 from napari_deepdewedge import cli  # noqa: E402
 from napari_deepdewedge.core.errors import DDWError  # noqa: E402
-from napari_deepdewedge.core.io import read_mrc, write_mrc  # noqa: E402
-from napari_deepdewedge.core.omezarr import (  # noqa: E402
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc  # noqa: E402
+from napari_deepdewedge.core.io.omezarr import (  # noqa: E402
     LazyZarrArray,
     omezarr_levels,
     pyramid_shapes,
@@ -213,7 +213,7 @@ def test_killed_write_leaves_no_image_under_the_final_name(tmp_path):
     script = textwrap.dedent(f"""
         import time, numpy as np
         from pathlib import Path
-        from napari_deepdewedge.core.omezarr import write_omezarr
+        from napari_deepdewedge.core.io.omezarr import write_omezarr
         a = np.ones((48, 16, 16), np.float32)
         class Stalling:
             shape, dtype, reads = a.shape, a.dtype, 0
@@ -394,7 +394,7 @@ def test_refinement_reads_an_ome_zarr_half_in_bands_never_whole(tmp_path, monkey
     gives what refining the same arrays in memory gives."""
     import torch
 
-    from napari_deepdewedge.core.refine import refine_halves
+    from napari_deepdewedge.core.refine.tomogram import refine_halves
 
     a, b = volume((20, 40, 24), seed=7), volume((20, 40, 24), seed=8)
     za = read_mrc(ome_image(tmp_path / "a.zarr", [a, a[::2, ::2, ::2]])).data

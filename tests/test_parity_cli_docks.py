@@ -46,8 +46,8 @@ NOT_RESULTS = {"out_dir", "preview_every", "device"}
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """TS.mrc (voxel size and origin in the header) and TS.tlt beside it."""
-    from napari_deepdewedge.core.io import write_mrc
-    from napari_deepdewedge.core.phantom import make_sample
+    from napari_deepdewedge.core.io.mrc import write_mrc
+    from napari_deepdewedge.core.evaluate.phantom import make_sample
 
     folder = tmp_path_factory.mktemp("inputs")
     sample = make_sample(shape=SHAPE, tilt_range=(-60.0, 60.0, 4.0), snr=0.5, seed=5,
@@ -100,13 +100,13 @@ def dock_outputs(viewer, qtbot, stack, out: Path):
     assert (fit.even.layer_name(), fit.odd.layer_name()) == ("TS even", "TS odd")
     fit.preset.setCurrentText("fast")
     fit.device.setCurrentText("cpu")
-    for box, key in ((fit.size, "subtomo_size"), (fit.channels, "channels"),
-                     (fit.depth, "depth"), (fit.epochs, "epochs"), (fit.batch, "batch_size"),
+    for box, key in ((fit.subtomo_size, "subtomo_size"), (fit.channels, "channels"),
+                     (fit.depth, "depth"), (fit.epochs, "epochs"), (fit.batch_size, "batch_size"),
                      (fit.update_every, "update_every"), (fit.val_fraction, "val_fraction")):
         box.setValue(FIT[key])
     fit.lr_schedule.setCurrentText("warmup_cosine")
-    fit.warmup.setValue(1)
-    fit.early_stop.setValue(50)
+    fit.warmup_epochs.setValue(1)
+    fit.early_stop_patience.setValue(50)
     fit.preview_every.setValue(1)  # as a user watches it: previews must not change the fit
     fit.out_dir.setText(str(out / "model"))
     assert fit.start()
@@ -142,7 +142,7 @@ def assert_same_mrc(a: Path, b: Path):
 
 
 def assert_same_checkpoint(a: Path, b: Path):
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
 
     # a fitting-state file (the wedge-updated cubes) is not a model checkpoint
     need = {"require": ("fit0",)} if a.name.startswith("fit_state_") else {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_deepdewedge.core import perf
-from napari_deepdewedge.core.unet import Conv3d, InstanceNormLeakyReLU, PointwiseConv3d, UNet3D, conv_route
+from napari_deepdewedge.core.model.unet import Conv3d, InstanceNormLeakyReLU, PointwiseConv3d, UNet3D, conv_route
 
 FAST = perf.Bf16Probe(supported=True, fp32_seconds=1.0, bf16_seconds=0.5, rel_error=0.01)
 SLOW = perf.Bf16Probe(supported=True, fp32_seconds=1.0, bf16_seconds=1.2, rel_error=0.01)
@@ -46,7 +46,7 @@ def test_bf16_probe_outcome_drives_cpu_autocast():
         assert probe.rel_error < 0.1  # bf16 of a 3×3×3 convolution: a few 1e-3
     assert (perf.autocast_dtype("cpu", probe) is torch.bfloat16) == probe.worth_it
     assert (perf.pick_autocast("cpu") is torch.bfloat16) == probe.worth_it
-    from napari_deepdewedge.core.fitting import amp_enabled
+    from napari_deepdewedge.core.fit.loop import amp_enabled
 
     assert amp_enabled("cpu") == probe.worth_it
 

@@ -1,11 +1,11 @@
-"""Tests of the synthetic phantom and its simulated tilt series (core/phantom.py)."""
+"""Tests of the synthetic phantom and its simulated tilt series (core/evaluate/phantom.py)."""
 import math
 
 import numpy as np
 import pytest
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.phantom import (
+from napari_deepdewedge.core.evaluate.phantom import (
     BEAD,
     ICE,
     PROTEIN,
@@ -120,7 +120,7 @@ def test_tilt_series_snr_and_determinism():
 
 
 def test_tilt_series_uses_the_package_projector():
-    from napari_deepdewedge.core.reconstruction import forward_project
+    from napari_deepdewedge.core.reconstruct.geometry import forward_project
 
     v = make_phantom(SMALL, seed=2)
     angles = [-45.0, 10.0]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from napari_deepdewedge.core.errors import CheckpointError, DDWError
-from napari_deepdewedge.core.io import TiltSeries, read_mrc
+from napari_deepdewedge.core.io.mrc import TiltSeries, read_mrc
 from napari_deepdewedge.pipeline import (
     HalvesRequest,
     OutputExists,
@@ -131,7 +131,7 @@ def test_write_halves_names_and_overwrite_refusal(tmp_path):
 # refined outputs
 
 def test_write_refined_names_and_signed_consistency(tmp_path):
-    from napari_deepdewedge.core.refine import RefineResult
+    from napari_deepdewedge.core.refine.tomogram import RefineResult
 
     half0 = np.full((4, 5, 6), 1.0, np.float32)
     half1 = np.full((4, 5, 6), 3.0, np.float32)
@@ -164,8 +164,8 @@ def _payload(config, epoch=3):
 
 
 def test_resume_rule_tables_cover_every_fit_setting_once():
-    from napari_deepdewedge.core.fitting import FitConfig
-    from napari_deepdewedge.core.resume import RESUME_CHANGEABLE, RESUME_FIXED
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.fit.resume import RESUME_CHANGEABLE, RESUME_FIXED
 
     fields = {f.name for f in dataclasses.fields(FitConfig)}
     assert set(RESUME_FIXED) | set(RESUME_CHANGEABLE) == fields
@@ -174,7 +174,7 @@ def test_resume_rule_tables_cover_every_fit_setting_once():
 
 
 def test_plan_fit_refuses_and_accepts_per_the_rule():
-    from napari_deepdewedge.core.fitting import FitConfig
+    from napari_deepdewedge.core.fit.config import FitConfig
 
     saved = FitConfig(subtomo_size=16, channels=4, depth=2, epochs=3, voxel_size=(8.0, 8.0, 8.0),
                       wedge_weight=2.0, lr=1e-3)
@@ -248,7 +248,7 @@ def one_thread():
 
 
 def test_fit_events_resume_inherits_unset_fixed_settings_then_refine(tmp_path, one_thread):
-    from napari_deepdewedge.core.fitting import EpochDone, FitEvent, FitFinished, FitStarted
+    from napari_deepdewedge.core.fit.loop import EpochDone, FitEvent, FitFinished, FitStarted
     from napari_deepdewedge.pipeline import FitRequest, FitResumed, RefineRequest, fit_events, refine
 
     t0, t1 = worker.tiny_halves()
@@ -279,9 +279,9 @@ def test_fit_events_resume_inherits_unset_fixed_settings_then_refine(tmp_path, o
 
 def test_finished_fit_skips_only_a_fit_that_is_over_and_of_these_tomograms(tmp_path):
     """pipeline.finished_fit: the one 'skip the fit, refine' decision (run, project)."""
-    from napari_deepdewedge.core.checkpoint import save_checkpoint
-    from napari_deepdewedge.core.fitting import FitConfig
-    from napari_deepdewedge.core.pairs import HalfPair
+    from napari_deepdewedge.core.model.checkpoint import save_checkpoint
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.fit.pairs import HalfPair
     from napari_deepdewedge.pipeline import FitRequest, finished_fit
 
     even = odd = np.zeros((24, 32, 32), np.float32)
@@ -319,7 +319,7 @@ def test_finished_fit_skips_only_a_fit_that_is_over_and_of_these_tomograms(tmp_p
 def test_fitting_size_lowers_a_presets_cube_to_the_largest_that_fits():
     """Known answers of the rule (issue 17): a size s is cut at ceil_even(√2·s) and must be a
     multiple of 2^depth; 48 → 68, 40 → 58, 96 → 136, 80 → 114."""
-    from napari_deepdewedge.core.subtomos import extraction_size
+    from napari_deepdewedge.core.fit.cubes import extraction_size
     from napari_deepdewedge.pipeline.fit_size import SizeChoice, fitting_size, largest_fitting_size
 
     sample = fitting_size(48, 3, [(64, 128, 128)])  # the built-in sample's halves
@@ -343,7 +343,7 @@ def test_fitting_size_lowers_a_presets_cube_to_the_largest_that_fits():
 
 
 def test_with_fitting_size_leaves_typed_sizes_and_resumes_alone(tmp_path):
-    from napari_deepdewedge.core.fit_config import FitConfig
+    from napari_deepdewedge.core.fit.config import FitConfig
     from napari_deepdewedge.pipeline import FitRequest
     from napari_deepdewedge.pipeline.fit_size import with_fitting_size
 
@@ -360,7 +360,7 @@ def test_with_fitting_size_leaves_typed_sizes_and_resumes_alone(tmp_path):
 def test_a_projects_fit_lowers_a_presets_cube_and_reports_it():
     """``run`` on a folder: the preset's size (not among the given fields) is fitted to the
     fit subset's halves and reported as one FitSizeChosen event; a given size is kept."""
-    from napari_deepdewedge.core.fit_config import FitConfig
+    from napari_deepdewedge.core.fit.config import FitConfig
     from napari_deepdewedge.pipeline import FitRequest, FitSizeChosen
     from napari_deepdewedge.pipeline.project import ProjectRequest, _fit_size_for_halves
 

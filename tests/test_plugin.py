@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import napari_deepdewedge
-from napari_deepdewedge.core.io import read_mrc, write_mrc
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
 
 REPO = Path(__file__).resolve().parents[1]
 

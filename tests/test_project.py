@@ -15,7 +15,7 @@ import pytest
 
 from napari_deepdewedge import cli
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.io import write_mrc
+from napari_deepdewedge.core.io.mrc import write_mrc
 from napari_deepdewedge.pipeline.project import (
     JobFile,
     discover_series,
@@ -97,7 +97,7 @@ def test_project_with_a_fit_subset_and_per_series_wedges(tmp_path, capsys):
     assert [job["tomograms"][s]["fitted_with"] for s in STEMS] == [None, "model/best.pt", None]
     assert all(job["tomograms"][s]["refined"] for s in STEMS)
     assert all((out / f"{s}_refined.mrc").exists() for s in STEMS)
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
 
     inputs = load_checkpoint(out / "model" / "best.pt")["inputs"]
     assert [i["name"] for i in inputs] == ["TS_01"] and inputs[0]["tilt_range"] == [-48.0, 64.0]

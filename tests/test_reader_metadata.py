@@ -1,5 +1,5 @@
 """The napari reader with real-format metadata, and every front end resolving angles through
-the one function (core.tilt_metadata.resolve_tilt_metadata)."""
+the one function (core.io.tilt_metadata.resolve_tilt_metadata)."""
 import json
 import shutil
 import subprocess
@@ -11,8 +11,8 @@ import pytest
 
 from mrc_fixtures import SERIALEM_LABELS, marker_stack, write_old_style_mrc
 from napari_deepdewedge._reader import layer_data_for
-from napari_deepdewedge.core import tilt_metadata
-from napari_deepdewedge.core.io import MRCHeaderWarning, write_mrc
+from napari_deepdewedge.core.io import tilt_metadata
+from napari_deepdewedge.core.io.mrc import MRCHeaderWarning, write_mrc
 
 DATA = Path(__file__).parent / "data"
 SORTED = np.arange(-60.0, 60.1, 6.0)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import reconstruction as rec
+from napari_deepdewedge.core.reconstruct import geometry as rec
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.reconstruction import angular_weights, bin_stack, fbp, forward_project
+from napari_deepdewedge.core.reconstruct.fbp import angular_weights, fbp
+from napari_deepdewedge.core.reconstruct.binning import bin_stack
+from napari_deepdewedge.core.reconstruct.geometry import forward_project
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import refine as rf
+from napari_deepdewedge.core.refine import tiles as rf
+from napari_deepdewedge.core.refine import tomogram
 from napari_deepdewedge.core.errors import DDWError
 from napari_deepdewedge.core.fourier import observed_mask
 
@@ -43,7 +44,7 @@ def _wedge_masked(v, tmin, tmax):
 def test_identity_model_reproduces_wedge_masked_tomogram(shape, s, overlap):
     rng = np.random.default_rng(sum(shape))
     v = (rng.standard_normal(shape) * 3e-3 + 5e-3).astype(np.float32)  # low-variance input
-    out = rf.refine_tomogram(Identity(), v, -54, 62, subtomo_size=s, overlap=overlap, batch_size=3,
+    out = tomogram.refine_tomogram(Identity(), v, -54, 62, subtomo_size=s, overlap=overlap, batch_size=3,
                             match_resampling=False)
     ref = _wedge_masked(v, -54, 62)
     assert out.shape == v.shape and out.dtype == np.float32
@@ -57,15 +58,15 @@ def test_blend_weights_sum_to_one_and_standardization_is_undone():
     rng = np.random.default_rng(3)
     v = (rng.standard_normal((21, 30, 26)) * 4 + 7).astype(np.float32)
     mean, std = float(v.astype(np.float64).mean()), float(v.astype(np.float64).std())
-    out = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, match_resampling=False)
+    out = tomogram.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, match_resampling=False)
     ref = _wedge_masked(v, -60, 60) + std
     np.testing.assert_allclose(out, ref, atol=2e-5 * np.abs(ref).max())
     # without standardization the +1 is in raw units
-    out_raw = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=False,
+    out_raw = tomogram.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=False,
                                  match_resampling=False)
     np.testing.assert_allclose(out_raw, _wedge_masked(v, -60, 60) + 1.0, atol=2e-5 * np.abs(ref).max())
     # explicit stats
-    out_st = rf.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=(mean, 2.0),
+    out_st = tomogram.refine_tomogram(AddOne(), v, -60, 60, subtomo_size=8, overlap=3, standardize=(mean, 2.0),
                                 match_resampling=False)
     np.testing.assert_allclose(out_st, _wedge_masked(v, -60, 60) + 2.0, atol=2e-5 * np.abs(ref).max())
 
@@ -89,7 +90,7 @@ def test_progress_batches_and_bounded_batches():
     v = np.random.default_rng(0).standard_normal((20, 40, 40)).astype(np.float32)
     calls = []
     rec = Recorder()
-    rf.refine_tomogram(rec, v, -60, 60, subtomo_size=16, overlap=6, batch_size=4, tile_size=16,
+    tomogram.refine_tomogram(rec, v, -60, 60, subtomo_size=16, overlap=6, batch_size=4, tile_size=16,
                        progress=lambda d, t: calls.append((d, t)))
     n = rf.n_tiles(v.shape, 16, 6, tile_size=16)
     assert n == 2 * 4 * 4
@@ -102,7 +103,7 @@ def test_refine_halves_average_and_difference():
     a = rng.standard_normal((18, 24, 20)).astype(np.float32)
     b = (2 * a + rng.standard_normal(a.shape)).astype(np.float32)
     calls = []
-    res = rf.refine_halves(Identity(), a, b, subtomo_size=8, tilt_min=-60, tilt_max=60, keep_halves=True,
+    res = tomogram.refine_halves(Identity(), a, b, subtomo_size=8, tilt_min=-60, tilt_max=60, keep_halves=True,
                            standardize=False, match_resampling=False, progress=lambda d, t: calls.append((d, t)))
     ra, rb = _wedge_masked(a, -60, 60), _wedge_masked(b, -60, 60)
     np.testing.assert_allclose(res.half0, ra, atol=1e-5)
@@ -110,15 +111,15 @@ def test_refine_halves_average_and_difference():
     np.testing.assert_allclose(res.refined, (ra + rb) / 2, atol=1e-5)
     np.testing.assert_allclose(res.difference, ra - rb, atol=1e-5)
     assert calls[-1][0] == calls[-1][1] and len(calls) == calls[-1][1]
-    res2 = rf.refine_halves(Identity(), a, b, subtomo_size=8, tilt_min=-60, tilt_max=60, standardize=False,
+    res2 = tomogram.refine_halves(Identity(), a, b, subtomo_size=8, tilt_min=-60, tilt_max=60, standardize=False,
                             match_resampling=False)
     assert res2.half0 is None and res2.difference is None
     np.testing.assert_allclose(res2.refined, res.refined, atol=1e-6)
 
 
 def test_refine_halves_from_checkpoint(tmp_path):
-    from napari_deepdewedge.core import checkpoint as ckpt
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model import checkpoint as ckpt
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     torch.manual_seed(0)
     model = UNet3D(channels=4, depth=2)
@@ -131,7 +132,7 @@ def test_refine_halves_from_checkpoint(tmp_path):
     rng = np.random.default_rng(1)
     a = rng.standard_normal((16, 20, 24)).astype(np.float32)
     b = rng.standard_normal((16, 20, 24)).astype(np.float32)
-    res = rf.refine_halves(path, a, b, device="cpu", keep_halves=True, match_resampling=False)
+    res = tomogram.refine_halves(path, a, b, device="cpu", keep_halves=True, match_resampling=False)
     np.testing.assert_allclose(res.half0, _wedge_masked(a, -50, 60), atol=1e-4)
     np.testing.assert_allclose(res.half1, _wedge_masked(b, -50, 60), atol=1e-4)
 
@@ -139,14 +140,14 @@ def test_refine_halves_from_checkpoint(tmp_path):
 def test_bad_input_names_the_fix():
     v = np.zeros((8, 8, 8), np.float32)
     with pytest.raises(DDWError, match="constant"):
-        rf.refine_tomogram(Identity(), v, -60, 60, subtomo_size=8)
+        tomogram.refine_tomogram(Identity(), v, -60, 60, subtomo_size=8)
     v = np.random.default_rng(0).standard_normal((8, 8, 8)).astype(np.float32)
     with pytest.raises(DDWError, match="overlap 8 is invalid"):
-        rf.refine_tomogram(Identity(), v, -60, 60, subtomo_size=8, overlap=8)
+        tomogram.refine_tomogram(Identity(), v, -60, 60, subtomo_size=8, overlap=8)
     with pytest.raises(DDWError, match="needs subtomo_size"):
-        rf.refine_halves(Identity(), v, v, tilt_min=-60, tilt_max=60)
+        tomogram.refine_halves(Identity(), v, v, tilt_min=-60, tilt_max=60)
     with pytest.raises(DDWError, match="different shapes"):
-        rf.refine_halves(Identity(), v, v[:4], subtomo_size=8, tilt_min=-60, tilt_max=60)
+        tomogram.refine_halves(Identity(), v, v[:4], subtomo_size=8, tilt_min=-60, tilt_max=60)
 
 
 def test_chunked_masking_and_z_range_match_whole_volume():
@@ -191,7 +192,7 @@ def test_tile_batch_size_by_memory():
 def test_default_tiles_cover_short_axes_in_one_tile():
     v = np.random.default_rng(0).standard_normal((20, 40, 40)).astype(np.float32)
     rec = Recorder()
-    out = rf.refine_tomogram(rec, v, -60, 60, subtomo_size=16, overlap=6, batch_size=4, standardize=False,
+    out = tomogram.refine_tomogram(rec, v, -60, 60, subtomo_size=16, overlap=6, batch_size=4, standardize=False,
                              match_resampling=False)
     assert [sz[1:] for sz in rec.sizes] == [(1, 20, 40, 40)]
     np.testing.assert_allclose(out, _wedge_masked(v, -60, 60), atol=1e-5)
@@ -199,7 +200,7 @@ def test_default_tiles_cover_short_axes_in_one_tile():
 
 def test_unet_tiles_blend_close_to_whole_volume():
     # a U-Net's instance norm sees the tile: big tiles (default) stay close to one whole-volume pass
-    from napari_deepdewedge.core.unet import UNet3D
+    from napari_deepdewedge.core.model.unet import UNet3D
 
     torch.manual_seed(0)
     net = UNet3D(channels=4, depth=2).eval()
@@ -231,7 +232,7 @@ def test_tiles_shrink_to_the_memory_bound_and_the_result_is_unchanged(monkeypatc
     budget = 2 * rf.tile_activation_bytes((20, 24, 24), 16)  # Recorder: no channels attribute → 16
     monkeypatch.setattr(rf, "_free_memory", lambda dev: budget)
     rec = Recorder()
-    out = rf.refine_tomogram(rec, v, -60, 60, subtomo_size=8, overlap=3, batch_size=8, standardize=False,
+    out = tomogram.refine_tomogram(rec, v, -60, 60, subtomo_size=8, overlap=3, batch_size=8, standardize=False,
                              match_resampling=False)
     # edge 39 is the first that fits: Y and X in two tiles of 22 (22 + 22 − 3 ≥ 40), Z whole
     assert {sz[1:] for sz in rec.sizes} == {(1, 20, 22, 22)}
@@ -246,11 +247,11 @@ def test_identity_and_add_one_are_exact_whatever_the_tile_size(tile_size):
     rng = np.random.default_rng(tile_size)
     v = (rng.standard_normal((24, 70, 52)) * 2 + 3).astype(np.float32)
     ref = _wedge_masked(v, -58, 60)
-    out = rf.refine_tomogram(Identity(), v, -58, 60, subtomo_size=16, overlap=5, tile_size=tile_size,
+    out = tomogram.refine_tomogram(Identity(), v, -58, 60, subtomo_size=16, overlap=5, tile_size=tile_size,
                              match_resampling=False)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
     std = float(v.astype(np.float64).std())
-    plus = rf.refine_tomogram(AddOne(), v, -58, 60, subtomo_size=16, overlap=5, tile_size=tile_size,
+    plus = tomogram.refine_tomogram(AddOne(), v, -58, 60, subtomo_size=16, overlap=5, tile_size=tile_size,
                               match_resampling=False)
     np.testing.assert_allclose(plus, ref + std, rtol=0, atol=1e-5 * np.abs(ref).max())
     assert rf.n_tiles(v.shape, 16, 5, tile_size) == {16: 60, 24: 12, 40: 4, 160: 1}[tile_size]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.rotation import random_rotations, rotate_center_crop, stack_channels_last
+from napari_deepdewedge.core.model.rotation import random_rotations, rotate_center_crop, stack_channels_last
 
 
 
@@ -200,7 +200,7 @@ def test_match_resampling_gives_raw_noise_the_statistics_of_rotated_noise():
     axis; the matching filter must reproduce that spectrum (radially) and the variance."""
     import math
 
-    from napari_deepdewedge.core.rotation import match_resampling
+    from napari_deepdewedge.core.model.rotation import match_resampling
 
     torch.manual_seed(0)
     E, s, B = 34, 24, 48
@@ -220,7 +220,7 @@ def test_bspline_rotation_matches_scipy_cubic_spline(dtype, tol):
     order 3 (mirror boundaries) at every output voxel; trilinear does not (the test can fail)."""
     from scipy import ndimage
 
-    from napari_deepdewedge.core.rotation import bspline_prefilter, rotate_center_crop_bspline
+    from napari_deepdewedge.core.model.rotation import bspline_prefilter, rotate_center_crop_bspline
 
     rng = np.random.default_rng(5)
     E, s = 20, 10  # every output voxel inside the cube (√3·s/2 < E/2 − 1): no padding differences
@@ -238,7 +238,7 @@ def test_bspline_rotation_matches_scipy_cubic_spline(dtype, tol):
 
 
 def test_bspline_rotation_reads_store_in_place_like_a_batch():
-    from napari_deepdewedge.core.rotation import bspline_prefilter, rotate_center_crop_bspline
+    from napari_deepdewedge.core.model.rotation import bspline_prefilter, rotate_center_crop_bspline
 
     store = bspline_prefilter(stack_channels_last(torch.randn(5, 1, 14, 14, 14), torch.randn(5, 1, 14, 14, 14)))
     rot = random_rotations(3, generator=torch.Generator().manual_seed(1))
@@ -260,7 +260,7 @@ def test_bspline_matching_filter_known_answer():
     noise rotated by cubic B-splines — while the trilinear filter does not."""
     import math
 
-    from napari_deepdewedge.core.rotation import (bspline3_match_taps, bspline3_mean_power, bspline_prefilter,
+    from napari_deepdewedge.core.model.rotation import (bspline3_match_taps, bspline3_mean_power, bspline_prefilter,
                                                   match_resampling, rotate_center_crop_bspline)
 
     k = np.linspace(0, np.pi, 301)

@@ -1,13 +1,13 @@
-"""Automatic sample masks (core.sample_mask) on phantoms with a known specimen region
-(core.mask_phantoms), and the checks of a given mask."""
+"""Automatic sample masks (core.fit.sample_mask) on phantoms with a known specimen region
+(core.evaluate.mask_phantoms), and the checks of a given mask."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.mask_phantoms import make_mask_phantom, mask_phantom_halves
-from napari_deepdewedge.core.sample_mask import (
+from napari_deepdewedge.core.evaluate.mask_phantoms import make_mask_phantom, mask_phantom_halves
+from napari_deepdewedge.core.fit.sample_mask import (
     AutoMaskParams,
     auto_bin,
     auto_mask,
@@ -111,7 +111,7 @@ def test_checked_mask():
 
 
 def test_cube_counts_match_extraction():
-    from napari_deepdewedge.core.subtomos import extract_subtomos
+    from napari_deepdewedge.core.fit.cubes import extract_subtomos
 
     rng = np.random.default_rng(0)
     vol = rng.standard_normal((40, 56, 56)).astype(np.float32)

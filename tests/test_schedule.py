@@ -1,4 +1,4 @@
-"""Time-to-quality levers (core/schedule.py): learning-rate schedule and early stopping, as
+"""Time-to-quality levers (core/fit/schedule.py): learning-rate schedule and early stopping, as
 functions and inside the fitting loop."""
 import importlib.util
 from pathlib import Path
@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_deepdewedge.core import fitting as ft
-from napari_deepdewedge.core import schedule as sc
+from napari_deepdewedge.core.fit import loop as ft
+from napari_deepdewedge.core.fit.config import FitConfig
+from napari_deepdewedge.core.fit import schedule as sc
 from napari_deepdewedge.core.errors import DDWError
 
 HERE = Path(__file__).parent
@@ -42,9 +43,9 @@ def test_early_stopping_decision():
 
 def test_config_rejects_unknown_schedule():
     with pytest.raises(DDWError, match="lr_schedule"):
-        ft.FitConfig(lr_schedule="step").validate()
+        FitConfig(lr_schedule="step").validate()
     with pytest.raises(DDWError, match="early_stop_patience"):
-        ft.FitConfig(early_stop_patience=-1).validate()
+        FitConfig(early_stop_patience=-1).validate()
 
 
 def test_loop_follows_schedule_and_stops_on_plateau(tmp_path):

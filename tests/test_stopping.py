@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deepdewedge.core import checkpoint as ckpt
-from napari_deepdewedge.core import fit_signals as fs
-from napari_deepdewedge.core import fitting as ft
+from napari_deepdewedge.core.model import checkpoint as ckpt
+from napari_deepdewedge.core.fit import signals as fs
+from napari_deepdewedge.core.fit import loop as ft
 from napari_deepdewedge.core.errors import DDWError
 
 HERE = Path(__file__).parent
@@ -126,7 +126,7 @@ def test_cli_flags_and_yaml_reach_fit_config(tmp_path):
 
 def test_finished_fit_reads_the_chosen_signal(tmp_path):
     """The skip-the-fit decision applies the same rule as the loop."""
-    from napari_deepdewedge.core.pairs import HalfPair
+    from napari_deepdewedge.core.fit.pairs import HalfPair
     from napari_deepdewedge.pipeline import FitRequest, finished_fit
 
     even = np.zeros((24, 32, 32), np.float32)

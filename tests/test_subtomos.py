@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.subtomos import (
+from napari_deepdewedge.core.fit.cubes import (
     TARGET_CUBES,
     default_strides,
     extract_subtomos,

@@ -6,17 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_deepdewedge.core import tilt_metadata
+from napari_deepdewedge.core.io import tilt_metadata
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.halves import split_even_odd
-from napari_deepdewedge.core.io import (
-    find_angle_file,
-    load_tilt_series,
-    read_angles,
-    resolve_angles,
-    write_mrc,
-)
-from napari_deepdewedge.core.tilt_metadata import (
+from napari_deepdewedge.core.reconstruct.halves import split_even_odd
+from napari_deepdewedge.core.io.series import find_angle_file, load_tilt_series, read_angles, resolve_angles
+from napari_deepdewedge.core.io.mrc import write_mrc
+from napari_deepdewedge.core.io.tilt_metadata import (
     parse_view_list,
     read_imod_exclusions,
     resolve_tilt_metadata,

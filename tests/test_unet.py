@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from napari_deepdewedge.core.errors import DDWError
-from napari_deepdewedge.core.unet import DEFAULT_UPSAMPLE, PRESETS, UPSAMPLE_KINDS, UNet3D, required_multiple
+from napari_deepdewedge.core.fit.settings import PRESETS
+from napari_deepdewedge.core.model.unet import DEFAULT_UPSAMPLE, UPSAMPLE_KINDS, UNet3D, required_multiple
 
 
 def _zero_final(model):
@@ -147,7 +148,7 @@ def test_upsampling_prints_no_period2_texture():
     (every seed below 6, the median below 2; the transposed layout above them: every seed above
     6, the median above 10) sit in those gaps, and the old layout must exceed them, so the test
     can fail."""
-    from napari_deepdewedge.core.metrics import period2_peak_ratio
+    from napari_deepdewedge.core.evaluate.metrics import period2_peak_ratio
 
     x = _smooth_input()
     assert period2_peak_ratio(x[0, 0])["median"] < 1.5

@@ -78,7 +78,7 @@ def test_opening_a_large_file_reads_only_a_sample(tmp_path, ddw_plugin, make_nap
 
 def test_half_float_file_opens_lazily_as_float32(tmp_path):
     from napari_deepdewedge._reader import layer_data_for
-    from napari_deepdewedge.core.io import write_mrc
+    from napari_deepdewedge.core.io.mrc import write_mrc
 
     volume = np.arange(4 * 6 * 8, dtype=np.float16).reshape(4, 6, 8) / 8
     path = write_mrc(tmp_path / "h.mrc", volume)
@@ -194,8 +194,8 @@ def test_closing_napari_ends_a_reconstruction(make_napari_viewer, qtbot, tmp_pat
 
 def test_closing_napari_ends_a_fit_with_a_checkpoint(make_napari_viewer, qtbot, tmp_path,
                                                      threads_before):
-    from napari_deepdewedge.core import fitting as F
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.fit import loop as F
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
 
     viewer = make_napari_viewer()
     add_halves(viewer, *noisy_halves((32, 48, 48)))
@@ -233,7 +233,7 @@ def test_closing_napari_ends_a_batch_refinement(make_napari_viewer, qtbot, tmp_p
                                                 threads_before):
     """The Refine-many dock: the batch ends at the current tomogram's next progress report;
     the outputs finished before the close are complete, the one under way is not written."""
-    from napari_deepdewedge.core.io import write_mrc
+    from napari_deepdewedge.core.io.mrc import write_mrc
     from napari_deepdewedge.pipeline.batch import is_finished
 
     rec = tmp_path / "rec"

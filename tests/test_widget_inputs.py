@@ -19,12 +19,8 @@ pytest.importorskip("napari")
 
 pytestmark = pytest.mark.gui
 
-PLUGIN = "napari-deepdewedge"
+from conftest import PLUGIN, dock  # noqa: E402  (the one dock helper)
 WAIT_MS = 120_000
-
-
-def dock(viewer, name):
-    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
 
 
 def items(combo):
@@ -184,7 +180,7 @@ def test_layer_data_is_read_by_the_worker_not_the_gui_thread(make_napari_viewer,
     fit = ddw.fit
     fit.halves.set_pair("cell even", "cell odd")
     fit.device.setCurrentText("cpu")
-    for box, value in ((fit.size, 16), (fit.channels, 4), (fit.depth, 2), (fit.batch, 4),
+    for box, value in ((fit.subtomo_size, 16), (fit.channels, 4), (fit.depth, 2), (fit.batch_size, 4),
                        (fit.epochs, 1), (fit.preview_every, 0), (fit.update_every, 0)):
         box.setValue(value)
     fit.out_dir.setText(str(tmp_path / "run"))

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 WIDGETS = Path(__file__).resolve().parents[1] / "src" / "napari_deepdewedge" / "widgets"
-DOCKS = {"_tiltseries", "_inspector", "_fit", "_refine", "_compare"}
+DOCKS = {"_tiltseries", "_inspector", "_fit", "_refine", "_batch_refine", "_compare"}
 ASSEMBLERS = {"__init__", "_combined"}
 
 

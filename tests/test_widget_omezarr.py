@@ -70,8 +70,8 @@ def full_reads(monkeypatch):
 
 def test_docks_fit_and_refine_multiscale_halves_from_napari_ome_zarr(
         make_napari_viewer, qtbot, tmp_path, full_reads, monkeypatch):
-    from napari_deepdewedge.core.checkpoint import load_model
-    from napari_deepdewedge.core.io import read_mrc
+    from napari_deepdewedge.core.model.checkpoint import load_model
+    from napari_deepdewedge.core.io.mrc import read_mrc
     from napari_deepdewedge.widgets import _refine
 
     monkeypatch.setattr(_refine, "MULTISCALE_BYTES", 0)  # this toy result counts as big

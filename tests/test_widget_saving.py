@@ -17,14 +17,10 @@ pytest.importorskip("napari")
 
 pytestmark = pytest.mark.gui
 
-PLUGIN = "napari-deepdewedge"
+from conftest import PLUGIN, dock  # noqa: E402  (the one dock helper)
 WAIT_MS = 120_000
 VOXEL = (20.0, 20.0, 20.0)
 ORIGIN = (0.0, 30.0, -20.0)
-
-
-def dock(viewer, name):
-    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
 
 
 def read(path):
@@ -38,7 +34,7 @@ def read(path):
 def a_result(seed):
     """A refinement result as pipeline.refine returns it (the Save path does not care how it
     was computed)."""
-    from napari_deepdewedge.core.refine import RefineResult
+    from napari_deepdewedge.core.refine.tomogram import RefineResult
 
     rng = np.random.default_rng(seed)
     half0, half1 = (rng.normal(size=(8, 12, 12)).astype(np.float32) for _ in range(2))
@@ -118,7 +114,7 @@ def test_a_new_fit_into_an_earlier_fits_folder_asks_first(make_napari_viewer, qt
     folder.mkdir()
     (folder / "latest.pt").write_bytes(b"an earlier fit")
     fit.device.setCurrentText("cpu")
-    for box, value in ((fit.size, 8), (fit.channels, 2), (fit.depth, 1), (fit.batch, 2),
+    for box, value in ((fit.subtomo_size, 8), (fit.channels, 2), (fit.depth, 1), (fit.batch_size, 2),
                        (fit.epochs, 1), (fit.preview_every, 0), (fit.update_every, 0)):
         box.setValue(value)
     fit.out_dir.setText(str(folder))
@@ -141,10 +137,10 @@ def test_a_new_fit_into_an_earlier_fits_folder_asks_first(make_napari_viewer, qt
     # changeable ones (more epochs)
     from napari_deepdewedge.pipeline import FitResumed
 
-    fit.size.setValue(16)
+    fit.subtomo_size.setValue(16)
     fit.epochs.setValue(2)
     assert fit.resume(str(folder / "latest.pt"))
     qtbot.waitUntil(lambda: not fit.busy, timeout=WAIT_MS)
     assert isinstance(fit.events[0], FitResumed) and fit.events[0].config.subtomo_size == 8
-    assert fit.size.value() == 8
+    assert fit.subtomo_size.value() == 8
     assert fit.finished is not None and fit.finished.epochs_done == 2

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.gui
 sys.path.insert(0, str(Path(__file__).parent))
 from gui_probe import set_tiny_fit  # noqa: E402  (the tiny fit form, shared with the probes)
 
-PLUGIN = "napari-deepdewedge"
+from conftest import PLUGIN, dock  # noqa: E402  (the one dock helper)
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SHAPE = (32, 48, 48)
 PIXEL = 10.0
@@ -40,12 +40,6 @@ def tiny_sample():
 def add_sample(viewer, layers):
     for data, kwargs, _kind in layers:
         viewer.add_image(data, **kwargs)
-
-
-def dock(viewer, name):
-    """Dock a manifest widget through napari's plugin system; returns the widget."""
-    _dock_widget, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    return widget
 
 
 class Notes:
@@ -253,8 +247,8 @@ def _halves(viewer, tiny_sample, shape_odd=None):
 
 
 def test_stop_returns_quickly_and_resume_continues(make_napari_viewer, qtbot, tiny_sample, tmp_path):
-    from napari_deepdewedge.core import fitting as F
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.fit import loop as F
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
     from napari_deepdewedge.widgets._fit import Resumed
 
     viewer = make_napari_viewer()
@@ -397,7 +391,7 @@ def test_quit_or_close_during_fit_ends_cleanly_with_checkpoint(make_napari_viewe
                                                                 tiny_sample, tmp_path):
     """napari quits workers when it closes; a quit fit still saves stopped.pt, and closing the
     viewer mid-fit returns within seconds with the checkpoint written."""
-    from napari_deepdewedge.core import fitting as F
+    from napari_deepdewedge.core.fit import loop as F
 
     viewer = make_napari_viewer()
     _halves(viewer, tiny_sample)

@@ -9,7 +9,7 @@ pytest.importorskip("pytestqt")
 pytest.importorskip("napari")
 
 from napari_deepdewedge import cli  # noqa: E402
-from napari_deepdewedge.core.io import read_mrc, write_mrc  # noqa: E402
+from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc  # noqa: E402
 
 TINY_FIT = ["--subtomo-size", "16", "--channels", "4", "--depth", "2", "--epochs", "1",
             "--batch-size", "2", "--strides", "8", "16", "16", "--device", "cpu", "--seed", "1"]

@@ -20,8 +20,8 @@ WAIT_MS = 120_000
 
 def _stack(folder):
     from napari_deepdewedge.core.ctf import constant_ctf
-    from napari_deepdewedge.core.ctf_phantom import write_ctffind_txt
-    from napari_deepdewedge.core.io import write_mrc
+    from napari_deepdewedge.core.evaluate.ctf_phantom import write_ctffind_txt
+    from napari_deepdewedge.core.io.mrc import write_mrc
 
     angles = np.arange(-60.0, 60.1, 8.0)  # 16 views
     data = np.random.default_rng(0).normal(size=(angles.size, 32, 48)).astype(np.float32)
@@ -49,7 +49,7 @@ def _dock_halves(viewer, qtbot, *, ctf=True, invert=False):
 
 def test_dock_phase_flips_like_the_cli(make_napari_viewer, qtbot, tmp_path):
     from napari_deepdewedge.cli import main
-    from napari_deepdewedge.core.io import read_mrc
+    from napari_deepdewedge.core.io.mrc import read_mrc
 
     stack = _stack(tmp_path)
     assert main(["reconstruct", str(stack), "--thickness", "8", "--device", "cpu", "--out",

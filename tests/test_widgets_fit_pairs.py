@@ -29,7 +29,7 @@ DOCK_RANGE = (-60.0, 60.0)
 @pytest.fixture(scope="module")
 def rec(tmp_path_factory):
     """rec/T{0,1,2}_{even,odd}.mrc (8 Å) and rec/T2.tlt."""
-    from napari_deepdewedge.core.io import write_mrc
+    from napari_deepdewedge.core.io.mrc import write_mrc
 
     folder = tmp_path_factory.mktemp("fitpairs") / "rec"
     rng = np.random.default_rng(4)
@@ -90,7 +90,7 @@ def _record_status(fit) -> list[str]:
 
 def test_fits_on_the_layer_pair_and_a_glob_each_with_its_own_tilt_range(make_napari_viewer, qtbot,
                                                                          rec, tmp_path):
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
 
     fit = _fit_dock(make_napari_viewer, rec, tmp_path / "run")
     fit.more_pairs.edit.setText(str(rec / "*_even.mrc"))  # matches T0 too: it is the picked pair
@@ -140,7 +140,7 @@ def test_fits_on_the_layer_pair_and_a_glob_each_with_its_own_tilt_range(make_nap
 def test_resume_with_another_tomogram_of_the_same_shape_is_refused(tmp_path, rec):
     """The engine's check compares names too (T2 given where the checkpoint had T0)."""
     from napari_deepdewedge.core.errors import CheckpointError
-    from napari_deepdewedge.core.resume import check_resume_inputs
+    from napari_deepdewedge.core.fit.resume import check_resume_inputs
 
     def record(name, shape=(24, 32, 32), tilt=(-60.0, 60.0)):
         return {"name": name, "shape": list(shape), "tilt_range": list(tilt)}
@@ -222,7 +222,7 @@ def test_the_docks_request_equals_the_clis(make_napari_viewer, rec, tmp_path, gi
 
 
 def test_a_voxel_size_10_percent_off_is_a_warning_naming_both(make_napari_viewer, rec, tmp_path):
-    from napari_deepdewedge.core.io import read_mrc, write_mrc
+    from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc
     from napari_deepdewedge.widgets._fit_pairs import fit_request, pairs_message
 
     other = tmp_path / "other"

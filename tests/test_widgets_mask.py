@@ -28,8 +28,8 @@ VOXEL = 7.0
 def rec(tmp_path_factory):
     """rec/ts_even.mrc, rec/ts_odd.mrc: the halves of a thin-slab phantom (FBP of a simulated
     tilt series), and the specimen label."""
-    from napari_deepdewedge.core.io import write_mrc
-    from napari_deepdewedge.core.mask_phantoms import mask_phantom_halves
+    from napari_deepdewedge.core.io.mrc import write_mrc
+    from napari_deepdewedge.core.evaluate.mask_phantoms import mask_phantom_halves
 
     folder = tmp_path_factory.mktemp("mask") / "rec"
     ph = mask_phantom_halves((64, 64, 64), "thin", seed=0, snr=0.3)
@@ -55,8 +55,8 @@ def _dock(make_napari_viewer, folder, out_dir):
 
 def test_auto_equals_the_cli_and_the_fit_uses_the_painted_layer(make_napari_viewer, qtbot, rec, tmp_path):
     from napari_deepdewedge import cli
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
-    from napari_deepdewedge.core.io import read_mrc
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.io.mrc import read_mrc
     from napari_deepdewedge.widgets._fit_pairs import fit_request
 
     folder, specimen = rec
@@ -112,9 +112,9 @@ def test_also_fit_on_tomograms_get_auto_masks(rec, tmp_path):
     what each mask keeps."""
     from types import SimpleNamespace
 
-    from napari_deepdewedge.core.fitting import FitConfig
-    from napari_deepdewedge.core.io import read_mrc
-    from napari_deepdewedge.core.sample_mask import auto_mask
+    from napari_deepdewedge.core.fit.loop import FitConfig
+    from napari_deepdewedge.core.io.mrc import read_mrc
+    from napari_deepdewedge.core.fit.sample_mask import auto_mask
     from napari_deepdewedge.widgets._fit_pairs import fit_request, pairs_message
 
     folder, _ = rec

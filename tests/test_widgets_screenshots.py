@@ -90,7 +90,7 @@ def test_readme_screenshots(make_napari_viewer, qtbot, tmp_path):
 
     # step 3: fit with live loss and preview
     fit = ddw.fit
-    fit.size.setValue(32)
+    fit.subtomo_size.setValue(32)
     fit.channels.setValue(8)
     fit.depth.setValue(2)
     fit.epochs.setValue(EPOCHS)

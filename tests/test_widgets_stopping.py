@@ -33,7 +33,7 @@ def test_loss_plot_draws_the_signal_on_its_own_axis(make_napari_viewer):
 
 
 def test_fit_dock_shows_the_rule_the_curve_and_why_it_ended(make_napari_viewer, tmp_path):
-    from napari_deepdewedge.core import fitting as F
+    from napari_deepdewedge.core.fit import loop as F
 
     viewer = make_napari_viewer()
     _dock, fit = viewer.window.add_plugin_dock_widget("napari-deepdewedge", "Fit")

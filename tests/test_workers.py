@@ -204,17 +204,18 @@ def test_quit_fit_job_finishes_with_a_stopped_checkpoint(qtbot, tmp_path):
     stopped.pt, and keeps its last events (FitFinished) for the dock to show."""
     from napari.qt.threading import create_worker  # noqa: F401  (a Qt app is needed)
 
-    from napari_deepdewedge.core import fitting as F
-    from napari_deepdewedge.core.checkpoint import load_checkpoint
+    from napari_deepdewedge.core.fit import loop as F
+    from napari_deepdewedge.core.fit.config import FitConfig
+    from napari_deepdewedge.core.model.checkpoint import load_checkpoint
     from napari_deepdewedge.widgets._fit import _fit_job
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(24, 32, 32)).astype(np.float32)
     tomo0 = base + rng.normal(size=base.shape).astype(np.float32)
     tomo1 = base + rng.normal(size=base.shape).astype(np.float32)
-    config = F.FitConfig(subtomo_size=16, channels=4, depth=2, epochs=500, batch_size=2,
-                         device="cpu", out_dir=str(tmp_path), val_fraction=0.0,
-                         update_every=0).validate()
+    config = FitConfig(subtomo_size=16, channels=4, depth=2, epochs=500, batch_size=2,
+                       device="cpu", out_dir=str(tmp_path), val_fraction=0.0,
+                       update_every=0).validate()
     job = Job("fit", _fit_job, tomo0, tomo1, None, config, None, lambda: None)
     seen: list = []
     job.worker.yielded.connect(seen.append)

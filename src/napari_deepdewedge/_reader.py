@@ -1,5 +1,5 @@
 """npe2 reader: MRC-family files and OME-Zarr folders → image layers with voxel scale in Å
-(thin over core.io and core.omezarr; an OME-Zarr pyramid opens as one multiscale layer).
+(thin over core.io and core.io.omezarr; an OME-Zarr pyramid opens as one multiscale layer).
 
 Opening never reads the volume: the layer's data is the memory map (a half-float file becomes
 a lazy float32 dask view), and the contrast limits come from a sample of about a million voxels in ten blocks of rows
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .core.io import MRC_SUFFIXES
+from .core.io.mrc import MRC_SUFFIXES
 
 
 def get_reader(path):
@@ -18,7 +18,7 @@ def get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
-    from .core.omezarr import is_zarr_path
+    from .core.io.omezarr import is_zarr_path
 
     if is_zarr_path(path):
         return read_omezarr_layers
@@ -31,7 +31,7 @@ def layer_data_for(path, voxel_size=None):
     """The layer-data tuple for one file: data, kwargs (scale, translate, metadata), "image".
 
     Scale in Å with units; a tilt series' angles come from the one resolving function
-    (:func:`core.tilt_metadata.resolve_tilt_metadata`) with whatever angle or metadata file
+    (:func:`core.io.tilt_metadata.resolve_tilt_metadata`) with whatever angle or metadata file
     sits beside the stack: ``metadata["tilt_angles"]`` (one per projection of the layer),
     ``"excluded_views"`` (1-based views the layer still holds that are to be left out),
     ``"angle_file"`` and ``"tilt_metadata"`` (kind, source, count, range, excluded views and
@@ -41,8 +41,8 @@ def layer_data_for(path, voxel_size=None):
     import numpy as np
 
     from .core.errors import DDWError
-    from .core.io import read_mrc
-    from .core.tilt_metadata import find_metadata_file, resolve_tilt_metadata
+    from .core.io.mrc import read_mrc
+    from .core.io.tilt_metadata import find_metadata_file, resolve_tilt_metadata
 
     path = Path(path)
     volume = read_mrc(path, voxel_size=voxel_size)
@@ -120,10 +120,10 @@ def read_mrc_layers(path):
 def read_omezarr_layers(path):
     """One OME-Zarr image folder → one layer: multiscale (every level a dask array over its
     zarr array, nothing read but the coarsest level's contrast sample), scale in Å from level
-    0's coordinateTransformations and units, origin as translate (:mod:`core.omezarr`)."""
+    0's coordinateTransformations and units, origin as translate (:mod:`core.io.omezarr`)."""
     import dask.array as da
 
-    from .core.omezarr import omezarr_levels
+    from .core.io.omezarr import omezarr_levels
 
     if isinstance(path, (list, tuple)):
         path = path[0]

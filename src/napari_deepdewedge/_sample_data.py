@@ -6,7 +6,7 @@ def sample_layers(shape=(64, 128, 128), tilt_range=(-60.0, 60.0, 2.0), snr=0.3, 
     """Layer-data tuples for the phantom: the tilt series (angles in metadata) and ground truth."""
     import numpy as np
 
-    from .core.phantom import make_sample
+    from .core.evaluate.phantom import make_sample
 
     sample = make_sample(shape=shape, tilt_range=tilt_range, snr=snr, seed=seed)
     pixel = float(sample.pixel_size)

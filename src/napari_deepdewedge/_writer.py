@@ -10,7 +10,7 @@ def write_mrc_layer(path: str, data, attributes: dict) -> list[str]:
     import numpy as np
 
     from .core.errors import DDWError
-    from .core.io import write_mrc
+    from .core.io.mrc import write_mrc
 
     array = np.asarray(data)
     if array.ndim != 3:
@@ -28,10 +28,10 @@ def write_mrc_layer(path: str, data, attributes: dict) -> list[str]:
 
 
 def write_omezarr_layer(path: str, data, attributes: dict) -> list[str]:
-    """Write one image layer as an OME-Zarr 0.4 folder (a pyramid; :mod:`core.omezarr`); voxel
+    """Write one image layer as an OME-Zarr 0.4 folder (a pyramid; :mod:`core.io.omezarr`); voxel
     size from ``scale``, origin from ``translate``; a multiscale layer's finest level."""
     from .core.errors import DDWError
-    from .core.omezarr import provenance_record, write_omezarr
+    from .core.io.omezarr import provenance_record, write_omezarr
 
     if isinstance(data, (list, tuple)):
         data = data[0]

@@ -107,11 +107,11 @@ def refine_and_write(args, model, even, odd, out: Path, *, keep_halves: bool, vo
 
 
 def provenance(args, model) -> dict:
-    """What an OME-Zarr output records of its making (core.omezarr.provenance_record)."""
+    """What an OME-Zarr output records of its making (core.io.omezarr.provenance_record)."""
     import shlex
     import sys
 
-    from ..core.omezarr import provenance_record
+    from ..core.io.omezarr import provenance_record
 
     model = getattr(args, "model", None) or (model if isinstance(model, (str, Path)) else None)
     argv = getattr(args, "argv", None) or sys.argv[1:]
@@ -154,7 +154,7 @@ def cmd_refine(args) -> int:
 
 
 def refine_one(args) -> int:
-    from ..core.checkpoint import load_model
+    from ..core.model.checkpoint import load_model
     from ..core.device import pick_device
 
     even, odd = read_pair(args.even[0], args.odd[0])

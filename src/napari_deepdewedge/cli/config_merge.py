@@ -1,7 +1,7 @@
 """``--config FILE.yaml``: fill the options a user did not give from the file.
 
 Precedence: explicit flag > config file > preset > engine default. The file is read by
-``core.config.load_config`` (both layouts); values are converted and checked with the option
+``cli.config.load_config`` (both layouts); values are converted and checked with the option
 specs of :mod:`.options` — the same specs the parser was built from.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..core.errors import DDWError
+from ..core.fit.settings import yaml_keys
 from .options import COMMANDS, Opt, options_of
 from .output import warn
 
@@ -18,9 +19,10 @@ EXTRA_KEYS = frozenset({"project_dir", "logdir", "output_dir", "model", "refine_
 
 
 def known_keys() -> set[str]:
-    """The flat config vocabulary: every option of every command, except ``config``."""
+    """The flat config vocabulary: every option of every command, except ``config``, and every
+    fit setting our layout reads (also those without a flag, e.g. ``residual``)."""
     keys = {dest for name in COMMANDS for dest in options_of(name)}
-    return (keys - {"config"}) | EXTRA_KEYS
+    return (keys - {"config"}) | EXTRA_KEYS | yaml_keys()
 
 
 def coerce(opt: Opt, key: str, value, source: str):
@@ -74,7 +76,7 @@ def apply_config(args) -> None:
     path = getattr(args, "config", None)
     if not path:
         return
-    from ..core.config import load_config
+    from .config import load_config
 
     loaded = load_config(path, known_keys=known_keys())
     for line in loaded.warnings:

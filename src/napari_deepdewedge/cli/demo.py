@@ -34,8 +34,8 @@ def _sample(size: str, seed: int):
     """The phantom's tilt series (as a TiltSeries) and its ground truth."""
     import numpy as np
 
-    from ..core.io import TiltSeries
-    from ..core.phantom import make_sample
+    from ..core.io.mrc import TiltSeries
+    from ..core.evaluate.phantom import make_sample
 
     spec = DEMO_SIZES[size]
     sample = make_sample(shape=spec["shape"], tilt_range=spec["tilt_range"], snr=spec["snr"],
@@ -59,7 +59,7 @@ def _demo_fit_settings(args, size: str) -> None:
 
 
 def cmd_demo(args) -> int:
-    from ..core.io import write_mrc
+    from ..core.io.mrc import write_mrc
 
     size = args.size or "small"
     seed = DEMO_SEED if args.phantom_seed is None else args.phantom_seed
@@ -90,7 +90,7 @@ def cmd_demo(args) -> int:
                                     voxel_size=halves.voxel_size, origin=halves.origin,
                                     overwrite=args.overwrite)[0]
     seconds["refine"] = time.perf_counter() - t0
-    from ..core.io import read_mrc
+    from ..core.io.mrc import read_mrc
 
     refined = read_mrc(refined_path, mmap=False).data
     paths = {

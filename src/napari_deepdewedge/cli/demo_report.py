@@ -19,7 +19,7 @@ def demo_metrics(gt, volumes: dict, tilt_range, voxel: float) -> dict:
     """CC, FSC 0.143 resolution (Å) and wedge correlation of each volume against the truth.
 
     ``volumes``: ``{key: (Z, Y, X) array}`` with the keys of :data:`DEMO_VOLUMES`."""
-    from ..core import metrics
+    from ..core.evaluate import metrics
 
     tmin, tmax = tilt_range
     figures = {"cc": {}, "fsc_0143_angstrom": {}, "wedge_correlation": {}}

@@ -9,16 +9,21 @@ import time
 from pathlib import Path
 
 from ..core.errors import DDWError
+from ..core.fit.settings import PRESETS, SETTINGS
 from ..pipeline import FitRequest, OutputExists, fit_events, refuse_earlier_fit
 from .options import PRESET_NAMES
 from .output import info, is_rank_zero
 from .progress import FitReport
 
-#: options that map one-to-one onto FitConfig fields
-FIT_OPTION_KEYS = ("subtomo_size", "channels", "depth", "epochs", "batch_size", "lr", "lr_schedule",
-                   "warmup_epochs", "early_stop_patience", "best_by", "signal_every",
-                   "val_fraction", "update_every", "validate_every", "checkpoint_every",
-                   "min_mask_fraction", "standardize", "seed", "device", "strides")
+#: the settings a flag or a config file sets (core/fit/settings.py), except the tilt range,
+#: which the command reads from the data (``tilt_range_for_fit``)
+FIT_OPTION_KEYS = tuple(s.name for s in SETTINGS if s.yaml and s.name != "tilt_range")
+
+
+def _option(args, name):
+    """A setting's value: its flag (config values already merged in), else a config-only key."""
+    value = getattr(args, name, None)
+    return getattr(args, "config_values", {}).get(name) if value is None else value
 
 
 def pick_preset(args) -> str:
@@ -33,11 +38,10 @@ def pick_preset(args) -> str:
 
 def fit_config(args, *, tilt_range, out_dir, voxel_size):
     """The engine's FitConfig from flags (and config values already merged into ``args``)."""
-    from ..core.config import fit_config_from_options
+    from .config import fit_config_from_options
 
-    options = {k: getattr(args, k, None) for k in FIT_OPTION_KEYS}
+    options = {k: _option(args, k) for k in FIT_OPTION_KEYS}
     options["tilt_range"] = list(tilt_range)
-    options["residual"] = getattr(args, "config_values", {}).get("residual")  # config only (no flag)
     return fit_config_from_options(options, preset=pick_preset(args),
                                    out_dir=None if out_dir is None else str(out_dir),
                                    voxel_size=tuple(float(v) for v in voxel_size))
@@ -47,9 +51,9 @@ def given_fields(args) -> frozenset:
     """FitConfig fields the user set (flag or config file): for a resume, every other fixed
     setting is the checkpoint's (pipeline.plan_fit). The tilt range and voxel size come from
     the data, so they always count as given."""
-    given = {k for k in FIT_OPTION_KEYS if getattr(args, k, None) is not None}
+    given = {k for k in FIT_OPTION_KEYS if _option(args, k) is not None}
     if args.preset is not None:  # a preset's cube size is not given: a resume keeps the
-        given |= {"channels", "depth"}  # checkpoint's (it may have been lowered to fit)
+        given |= set(PRESETS.get(args.preset, ())) - {"subtomo_size"}  # checkpoint's (it may have been lowered to fit)
     return frozenset(given | {"tilt_min", "tilt_max", "voxel_size", "out_dir"})
 
 
@@ -171,7 +175,7 @@ def maybe_init_distributed() -> bool:
         return False
     import torch.distributed as dist
 
-    from ..core.fitting import init_distributed_from_env
+    from ..core.fit.loop import init_distributed_from_env
 
     already = dist.is_available() and dist.is_initialized()
     init_distributed_from_env()

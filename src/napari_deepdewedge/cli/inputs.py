@@ -19,7 +19,7 @@ def angle_spec(args):
 
 def halves_request(args, *, want_full: bool) -> HalvesRequest:
     """A ``HalvesRequest`` from the stack options (TILTSERIES or --even-odd EVN ODD)."""
-    from ..core.io import find_angle_file, load_tilt_series
+    from ..core.io.series import find_angle_file, load_tilt_series
 
     angles = angle_spec(args)
     if args.tiltseries is not None and args.even_odd is not None:
@@ -57,7 +57,7 @@ def _ctf_request(args):
     """``--ctf FILE`` / a file found beside the stack (``auto``) / none with ``--no-ctf``."""
     if getattr(args, "no_ctf", False):
         return None
-    from ..core.ctf_formats import CTFRequest
+    from ..core.io.ctf_formats import CTFRequest
 
     return CTFRequest(source=str(args.ctf) if getattr(args, "ctf", None) else "auto",
                       voltage=getattr(args, "voltage", None), cs=getattr(args, "cs", None),
@@ -76,13 +76,13 @@ def _info_angles(args, series) -> None:
 
 def read_pair(even_path, odd_path):
     """The two half tomograms as memory-mapped ``Volume``s of one shape."""
-    from ..core.halves import check_same_shape
-    from ..core.io import read_mrc
+    from ..core.reconstruct.halves import check_same_shape
+    from ..core.io.mrc import read_mrc
 
     if not even_path or not odd_path:
         raise DDWError("both half tomograms are needed: give --even E.mrc and --odd O.mrc "
                        "(or tomo0_files/tomo1_files in --config)")
-    from ..core.omezarr import check_same_voxel
+    from ..core.io.omezarr import check_same_voxel
 
     even, odd = read_mrc(even_path), read_mrc(odd_path)  # MRC or OME-Zarr (.zarr)
     check_same_shape(even.data, odd.data, what="half tomograms")
@@ -95,7 +95,7 @@ def read_mask(path, shape):
         return None
     import numpy as np
 
-    from ..core.io import read_mrc
+    from ..core.io.mrc import read_mrc
 
     mask = read_mrc(path)
     if tuple(mask.data.shape) != tuple(shape):
@@ -106,7 +106,8 @@ def read_mask(path, shape):
 
 def tilt_range_for_fit(args) -> tuple[float, float]:
     """The missing wedge's tilt range from --angles FILE or --tilt-range MIN MAX."""
-    from ..core.io import check_angle_values, read_angles
+    from ..core.io.angles import check_angle_values
+    from ..core.io.series import read_angles
 
     if getattr(args, "angles", None) is not None:
         angles = read_angles(args.angles)

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..core.errors import DDWError
 from .output import info, warn
 
-#: MASK_SETTINGS dests → core.sample_mask.AutoMaskParams fields
+#: MASK_SETTINGS dests → core.fit.sample_mask.AutoMaskParams fields
 PARAM_KEYS = {"mask_bin": "bin", "mask_tiles": "tiles", "mask_max_tilt": "max_tilt",
               "mask_threshold": "threshold", "mask_level": "level", "mask_margin": "margin"}
 
@@ -15,7 +15,7 @@ PARAM_KEYS = {"mask_bin": "bin", "mask_tiles": "tiles", "mask_max_tilt": "max_ti
 def auto_params(args):
     """The automatic mask's settings: the mask command's flags, else ``mask_*`` keys of the
     config file (``fit``/``run`` have no such flags), else the defaults."""
-    from ..core.sample_mask import AutoMaskParams
+    from ..core.fit.sample_mask import AutoMaskParams
 
     given = {}
     for key, field in PARAM_KEYS.items():
@@ -45,7 +45,7 @@ def mask_pair(args, pair, spec) -> None:
 
 
 def cmd_mask(args) -> int:
-    from ..core.io import write_mrc
+    from ..core.io.mrc import write_mrc
     from ..pipeline import refuse_existing
     from ..pipeline.masks import compute_auto_mask
     from .inputs import read_pair

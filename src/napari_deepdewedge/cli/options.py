@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import __version__
+from ..core.fit.settings import ANY, BY_NAME, FRACTION, NON_NEGATIVE, POSITIVE, PRESETS, Setting, cli_settings
 
-PRESET_NAMES = ("fast", "balanced", "default")  # core.unet.PRESETS (checked in the tests)
+PRESET_NAMES = tuple(PRESETS)
 
 
 def _number(kind, ok, requirement: str):
@@ -98,8 +99,8 @@ class Group:
 # the option groups (each defined once)
 
 QUIET = Group(None, (Opt(("-q", "--quiet"), "quiet", "no progress bars or info lines", kind="switch"),))
-DEVICE = Group(None, (Opt(("--device",), "device", "auto, cpu, cuda, cuda:N or mps (default: auto = "
-                          "cuda → mps → cpu)", metavar="D"),))
+DEVICE = Group(None, (Opt(BY_NAME["device"].flag.flags, "device", BY_NAME["device"].help,
+                          metavar=BY_NAME["device"].flag.metavar),))
 CONFIG = Group(None, (Opt(("--config",), "config", "YAML config (our flat layout or the original "
                           "DeepDeWedge layout); explicit flags win", metavar="FILE.yaml"),))
 OVERWRITE = Group(None, (Opt(("--overwrite",), "overwrite", "replace output files that exist (for "
@@ -175,8 +176,8 @@ WEDGE_INPUT = Group("missing wedge (or from --config)", (
     Opt(ANGLE_FILE.flags, "angles", "the tilt series' angles (.tlt/.rawtlt, .mdoc, .aln, Warp "
         ".xml/.tomostar, RELION .star); the min and max of the views it keeps set the wedge",
         metavar="FILE"),
-    Opt(("--tilt-range",), "tilt_range", "tilt range in degrees (asymmetric allowed, e.g. -54 62)",
-        type=any_float, nargs=2, metavar=("MIN", "MAX")),
+    Opt(BY_NAME["tilt_range"].flag.flags, "tilt_range", BY_NAME["tilt_range"].help,
+        type=any_float, nargs=2, metavar=BY_NAME["tilt_range"].flag.metavar),
 ), exclusive=("angles", "tilt_range"))
 
 FIT_HALVES_INPUT = Group("inputs: one or more half pairs (or from --config)", (
@@ -198,9 +199,9 @@ FIT_HALVES_INPUT = Group("inputs: one or more half pairs (or from --config)", (
 MASK_OPTION = Opt(("--mask",), "mask", "sample mask: 'auto' (computed from the halves, as 'deepdewedge "
                   "mask' does) or a binary mask file, same shape as the tomograms", metavar="ROI.mrc|auto")
 
-#: the settings of the automatic mask (core.sample_mask.AutoMaskParams; also read from --config
+#: the settings of the automatic mask (core.fit.sample_mask.AutoMaskParams; also read from --config
 #: by 'fit --mask auto' and 'run --mask auto')
-MASK_SETTINGS = Group("automatic mask (core.sample_mask; defaults chosen on phantoms, docs/masks.md)", (
+MASK_SETTINGS = Group("automatic mask (core.fit.sample_mask; defaults chosen on phantoms, docs/masks.md)", (
     Opt(("--mask-bin",), "mask_bin", "bin the halves by this factor first (default 0 = automatic: "
         "at least 2, ≤ 1 M binned voxels)", type=non_negative_int, metavar="B"),
     Opt(("--mask-tiles",), "mask_tiles", "columns per Y and X whose agreement profiles are combined "
@@ -226,51 +227,40 @@ def fitting_options(*, with_mask: bool) -> "Group":
     return Group(FITTING.title, tuple(o for o in FITTING.options if with_mask or o.dest != "mask"))
 
 
-FITTING = Group("fitting (default: the --preset values, then core.fitting.FitConfig)", (
-    Opt(("--preset",), "preset", "fast (48³ cubes, 16 channels), balanced (96³, 32) or default "
-        "(96³, 64); default: 'default' on a CUDA GPU, 'fast' otherwise", metavar="NAME"),
-    Opt(("--subtomo-size",), "subtomo_size", "edge of the fitting cubes; a multiple of 2^depth",
-        type=positive_int, metavar="S"),
-    Opt(("--channels",), "channels", "U-Net channels at the first level", type=positive_int,
-        metavar="C"),
-    Opt(("--depth",), "depth", "U-Net levels (down-samplings)", type=positive_int, metavar="D"),
-    Opt(("--epochs",), "epochs", "fitting epochs (default 50; with --resume the new total)",
-        type=positive_int, metavar="N"),
-    Opt(("--batch-size",), "batch_size", "cubes per optimizer step (default 5)", type=positive_int,
-        metavar="B"),
-    Opt(("--lr",), "lr", "Adam learning rate (default 4e-4)", type=positive_float, metavar="LR"),
-    Opt(("--lr-schedule",), "lr_schedule", "constant (default, the original's) or warmup_cosine "
-        "(linear warm-up over --warmup-epochs, then a cosine down to 0.1·LR at the last epoch; "
-        "README 'Time to quality')", choices=("constant", "warmup_cosine")),
-    Opt(("--warmup-epochs",), "warmup_epochs", "with --lr-schedule warmup_cosine: warm-up epochs "
-        "(default 0)", type=non_negative_int, metavar="N"),
-    Opt(("--early-stop",), "early_stop_patience", "stop when the --best-by measure has not improved "
-        "for N epochs (default 0 = never); --epochs is then the maximum", type=non_negative_int, metavar="N"),
-    Opt(("--best-by",), "best_by", "what picks best.pt and --early-stop watches: val_loss (default), "
-        "or a signal measured without ground truth: fsc_area, fsc_143, wedge_fsc, consistency, val_wedge "
-        "(docs/stopping.md)",
-        choices=("val_loss", "fsc_area", "fsc_143", "wedge_fsc", "consistency", "val_wedge")),
-    Opt(("--signal-every",), "signal_every", "measure the signals (losses.csv columns) every N epochs "
-        "and at the last epoch (default 5; 0 = never; 1 with a --best-by signal)", type=non_negative_int, metavar="N"),
-    Opt(("--val-fraction",), "val_fraction", "fraction of cubes held out for validation "
-        "(default 0.1)", type=fraction, metavar="F"),
-    Opt(("--update-every",), "update_every", "update the input cubes' missing wedges every N "
-        "epochs (0 = never)", type=non_negative_int, metavar="N"),
-    Opt(("--validate-every",), "validate_every", "validation loss every N epochs",
-        type=positive_int, metavar="N"),
-    Opt(("--checkpoint-every",), "checkpoint_every", "keep a periodic checkpoint every N epochs "
-        "(0 = none)", type=non_negative_int, metavar="N"),
-    Opt(("--strides",), "strides", "cube grid strides (default: automatic)", type=positive_int,
-        nargs=3, metavar=("SZ", "SY", "SX")),
-    Opt(("--min-mask-fraction",), "min_mask_fraction", "with --mask: keep cubes with at least "
-        "this fraction inside (default 0.3)", type=fraction, metavar="F"),
-    MASK_OPTION,
-    Opt(("--standardize",), "standardize", "standardize each half to zero mean / unit variance "
-        "(default on)", kind="bool"),
-    Opt(("--seed",), "seed", "random seed (default 0)", type=any_int),
-    Opt(("--resume",), "resume", "continue fitting from a checkpoint (settings you do not give "
-        "again are the checkpoint's; see docs/cli.md for what may change)", metavar="CKPT"),
-))
+#: the argparse type of a setting, from its type and limits (core/fit/settings.py)
+_TYPES = {(int, POSITIVE): positive_int, (int, NON_NEGATIVE): non_negative_int, (int, ANY): any_int,
+          (float, POSITIVE): positive_float, (float, FRACTION): fraction, (float, ANY): any_float,
+          (tuple, POSITIVE): positive_int}
+
+
+def setting_option(setting: Setting) -> Opt:
+    """The option of one fit setting, from its declaration."""
+    flag = setting.flag
+    if setting.type is bool:
+        return Opt(flag.flags, setting.name, setting.help, kind="bool")
+    kind = None if setting.choices else _TYPES[(setting.type, setting.limits)]
+    return Opt(flag.flags, setting.name, setting.help, type=kind, nargs=flag.nargs,
+               metavar=flag.metavar, choices=setting.choices)
+
+
+def _fitting_group() -> Group:
+    """--preset, the declared settings (--mask after --min-mask-fraction, as it qualifies it),
+    --resume."""
+    options = [Opt(("--preset",), "preset", "fast (48³ cubes, 16 channels), balanced (96³, 32) or "
+                   "default (96³, 64); default: 'default' on a CUDA GPU, 'fast' otherwise",
+                   metavar="NAME")]
+    for setting in cli_settings():
+        options.append(setting_option(setting))
+        if setting.name == "min_mask_fraction":
+            options.append(MASK_OPTION)
+    options.append(Opt(("--resume",), "resume", "continue fitting from a checkpoint (settings you "
+                       "do not give again are the checkpoint's; see docs/cli.md for what may "
+                       "change)", metavar="CKPT"))
+    return Group("fitting (default: the --preset values, then core.fit.config.FitConfig)",
+                 tuple(options))
+
+
+FITTING = _fitting_group()
 
 
 def refine_tiles(*batch_flags: str) -> Group:

@@ -31,7 +31,7 @@ def engine_warnings_as_lines():
     import warnings
 
     from ..core.errors import DDWWarning
-    from ..core.io import MRCHeaderWarning, VoxelSizeWarning
+    from ..core.io.mrc import MRCHeaderWarning, VoxelSizeWarning
 
     default = warnings.showwarning
 

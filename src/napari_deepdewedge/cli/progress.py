@@ -120,7 +120,7 @@ class FitReport(_BarOwner):
                     f"{event.n_val_cubes} validation cubes of {cfg.subtomo_size}³, U-Net "
                     f"{cfg.channels} channels × depth {cfg.depth}, {event.steps_per_epoch} "
                     "steps/epoch")
-        from ..core.fit_signals import rule_text
+        from ..core.fit.signals import rule_text
 
         self._print(rule_text(cfg))
         if is_terminal(self.stream):

@@ -5,7 +5,7 @@ unless a function says ``shifted=True`` (DC at index ``N // 2``, as after ``ffts
 
 Which plane does a projection sample?
 -------------------------------------
-The project's projector (``core/reconstruction.py``) puts voxel ``(z, y, x)`` at detector column
+The project's projector (``core/reconstruct/geometry.py``) puts voxel ``(z, y, x)`` at detector column
 ``x' = x·cosθ + z·sinθ``. The 1D Fourier transform of that projection along ``x'`` at frequency
 ``u`` is ``Σ v(z, y, x)·exp(-2πi·u·(x·cosθ + z·sinθ))``, i.e. the volume's spectrum at
 ``(kz, kx) = u·(sinθ, cosθ)``. So the tilt ``θ`` samples the central plane spanned by the ky
@@ -218,7 +218,7 @@ def _as_rotations(rotations, device):
     if not bool(torch.isfinite(err)) or float(err) > 1e-3:
         raise DDWError(
             "rotations are not orthonormal 3×3 matrices (RᵀR ≠ I); pass proper rotation "
-            "matrices, e.g. from core.rotation.random_rotations"
+            "matrices, e.g. from core.model.rotation.random_rotations"
         )
     return R
 

@@ -6,7 +6,7 @@ the 2-core development machine (AMD EPYC, AVX2, no AVX-512/AMX; load average 2�
 jobs; ratios from interleaved runs in one process):
 
 - channels_last_3d memory format with a layout-keeping instance norm
-  (:class:`core.unet.InstanceNormLeakyReLU`; torch's ``InstanceNorm3d`` copies channels-last
+  (:class:`core.model.unet.InstanceNormLeakyReLU`; torch's ``InstanceNorm3d`` copies channels-last
   tensors back to NCDHW): fitting step at s = 32 / 16 channels / batch 4, process CPU time on
   one thread, interleaved in one run (bench/peer_ddw.py --levers, 2026-12-03, load 2–3):
   today 2.09 samples/s → channels-last 2.32 (×1.11) → + group-norm instance norm 2.33 → + the

@@ -80,7 +80,7 @@ def odd_partner(even_path) -> Path:
 
 def _tilt_column(text: str, where: str, folder: Path) -> tuple[float, float]:
     """A list file's third column: ``MIN,MAX`` or an angle file (its min and max)."""
-    from ..core.io import read_angles
+    from ..core.io.series import read_angles
 
     if "," in text:
         try:
@@ -279,7 +279,7 @@ def _check_outputs(request: BatchRefineRequest) -> None:
 
 
 def _load_model(model, device):
-    from ..core.checkpoint import load_model
+    from ..core.model.checkpoint import load_model
 
     if isinstance(model, (str, Path)):
         if not Path(model).exists():
@@ -297,9 +297,9 @@ def refine_batch(request: BatchRefineRequest,
     ``report(event)`` receives ``TomogramStarted``/``TomogramProgress``/``TomogramFinished``/
     ``VoxelSizeWarning``; a front end stops the batch by raising from it (finished outputs stay).
     """
-    from ..core.fit_parallel import fit_device
-    from ..core.io import read_mrc
-    from ..core.refine import refine_halves
+    from ..core.fit.parallel import fit_device
+    from ..core.io.mrc import read_mrc
+    from ..core.refine.tomogram import refine_halves
 
     emit = report or (lambda event: None)
     _check_outputs(request)

@@ -17,14 +17,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import DDWError
-from ..core.pairs import HalfPair
+from ..core.fit.pairs import HalfPair
 from .batch import VOXEL_TOLERANCE, voxel_mismatch
 from .names import stem_of
 
 
 def angle_file_beside(even, odd=None) -> Path | None:
     """The angle file beside a pair: beside the even file, the odd file, or the stem's ``.mrc``."""
-    from ..core.io import find_angle_file
+    from ..core.io.series import find_angle_file
 
     even = Path(even)
     candidates = [even] + ([Path(odd)] if odd is not None else [])
@@ -39,7 +39,8 @@ def angle_file_beside(even, odd=None) -> Path | None:
 def listed_or_beside_tilt_range(even, odd=None, listed=None) -> tuple[float, float] | None:
     """This pair's own tilt range ``(min, max)``: ``listed`` (its list-file column) first, else
     the angle file beside it (its min and max), else ``None`` (the caller's fallback)."""
-    from ..core.io import check_angle_values, read_angles
+    from ..core.io.angles import check_angle_values
+    from ..core.io.series import read_angles
 
     name = Path(even).name
     if listed is not None:
@@ -58,10 +59,10 @@ def listed_or_beside_tilt_range(even, odd=None, listed=None) -> tuple[float, flo
 
 def open_half_pair(even_path, odd_path, tilt_range, *, mask=None) -> HalfPair:
     """The pair's halves memory-mapped (one shape), named by the even file's stem."""
-    from ..core.halves import check_same_shape
-    from ..core.io import read_mrc
+    from ..core.reconstruct.halves import check_same_shape
+    from ..core.io.mrc import read_mrc
 
-    from ..core.omezarr import check_same_voxel
+    from ..core.io.omezarr import check_same_voxel
 
     even, odd = read_mrc(even_path), read_mrc(odd_path)  # MRC or OME-Zarr (.zarr), lazily
     name = stem_of(even_path)
@@ -93,7 +94,7 @@ def voxel_size_warnings(pairs) -> list[str]:
 def memory_line(pairs, config) -> str | None:
     """The memory model's estimate for this fit, for the info line shown before it starts
     (``None`` when a tomogram holds no cube: the fit's own check then names the problem)."""
-    from ..core.pairs import memory_estimate
+    from ..core.fit.pairs import memory_estimate
 
     est = memory_estimate([p.even.shape for p in pairs], config.subtomo_size, config.strides)
     if 0 in est["cubes"]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..core.fit_events import FitEvent
+from ..core.fit.events import FitEvent
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class FitSizeChosen(FitEvent):
 def largest_fitting_size(size: int, depth: int, shapes) -> int | None:
     """The largest multiple of ``2**depth`` (at least ``2·2**depth``, at most ``size``) whose
     extraction cube fits inside every ``(Z, Y, X)`` shape; ``None`` when none does."""
-    from ..core.subtomos import extraction_size
+    from ..core.fit.cubes import extraction_size
 
     m = 2 ** int(depth)
     smallest = min(min(int(n) for n in shape) for shape in shapes)
@@ -59,7 +59,7 @@ def fitting_size(size: int, depth: int, shapes) -> SizeChoice:
     then says the volume is too small). Otherwise the largest size that fits, with a note such
     as ``"cube size 48 → 40: the halves are 64 voxels thick (a 48 cube is cut at 68)"``.
     """
-    from ..core.subtomos import extraction_size
+    from ..core.fit.cubes import extraction_size
 
     shapes = [tuple(int(n) for n in shape) for shape in shapes]
     size = int(size)

@@ -1,6 +1,6 @@
 """Fitting as a job: a request in, the engine's typed events out (``Iterator[FitEvent]``).
 
-The rule for what a resumed fit may change is :mod:`napari_deepdewedge.core.resume` (the
+The rule for what a resumed fit may change is :mod:`napari_deepdewedge.core.fit.resume` (the
 engine applies the same rule); :func:`plan_fit` is how a front end asks it before starting.
 torch is imported only when a fit is planned or run.
 """
@@ -10,41 +10,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..core.pairs import HalfPair  # noqa: F401  (the contract's pipeline.fitting.HalfPair)
-from ..core.fit_events import FitEvent
-from ..core.fit_log import EpochRecord
+from ..core.fit.pairs import HalfPair  # noqa: F401  (the contract's pipeline.fitting.HalfPair)
+from ..core.fit.events import FitEvent
+from ..core.fit.log import EpochRecord
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..core.fitting import FitConfig
+    from ..core.fit.config import FitConfig
 
 
-def _load_resume(resume) -> dict:
-    from ..core import checkpoint as ckpt
+def _planned(requested: "FitConfig", resume, given) -> tuple["FitConfig", dict | None]:
+    """The one resume plan: ``(config, payload)`` — ``requested`` validated without
+    ``resume``; else the checkpoint (loaded once) and the rule of ``core.fit.resume`` applied.
+    The engine then only checks the planned config against the checkpoint."""
+    if resume is None:
+        return requested.validate(), None
+    from ..core.fit.resume import load_resume, resumed_config
 
-    if isinstance(resume, dict):
-        return ckpt.check_payload(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
-    return ckpt.load_checkpoint(resume, require=ckpt.MODEL_KEYS + ckpt.RESUME_KEYS)
-
-
-def _plan(requested: "FitConfig", payload: dict, given, name: str) -> "FitConfig":
-    from ..core.resume import resumed_config
-
-    return resumed_config(requested, payload, given=given, name=name).validate()
+    payload, name = load_resume(resume)
+    return resumed_config(requested, payload, given=given, name=name).validate(), payload
 
 
 def plan_fit(requested: "FitConfig", resume, *, given=None) -> "FitConfig":
     """The ``FitConfig`` a fit will run with.
 
     ``resume=None``: ``requested`` (validated). Otherwise ``resume`` is a checkpoint path or a
-    loaded payload and the rule of :mod:`core.resume` applies: the checkpoint's fixed
+    loaded payload and the rule of :mod:`core.fit.resume` applies: the checkpoint's fixed
     settings, the request's changeable ones; a fixed setting in ``given`` (all of them when
     ``given is None``) that differs from the checkpoint's raises ``CheckpointError``, as does
     asking for no more epochs than the checkpoint has done.
     """
-    if resume is None:
-        return requested.validate()
-    name = "checkpoint" if isinstance(resume, dict) else Path(resume).name
-    return _plan(requested, _load_resume(resume), given, name)
+    return _planned(requested, resume, given)[0]
 
 
 @dataclass(kw_only=True)
@@ -74,17 +69,12 @@ class FitRequest:
                 raise DDWError("a fit request takes either pairs or even/odd (and mask), not both")
             return list(self.pairs)
         c = self.config
-        return [HalfPair(even=self.even, odd=self.odd, tilt_range=(c.tilt_min, c.tilt_max), mask=self.mask,
+        return [HalfPair(even=self.even, odd=self.odd, tilt_range=c.tilt_range, mask=self.mask,
                          voxel_size=tuple(c.voxel_size), mask_source=self.mask_source)]
 
     def planned_config(self) -> "FitConfig":
         """``config`` with pair 0's tilt range and voxel size (what the engine fits with)."""
-        import dataclasses
-
-        first = self.half_pairs()[0]
-        return dataclasses.replace(self.config, tilt_min=float(first.tilt_range[0]),
-                                   tilt_max=float(first.tilt_range[1]),
-                                   voxel_size=tuple(float(v) for v in first.voxel_size))
+        return self.config.for_pair(self.half_pairs()[0])
 
 
 @dataclass(frozen=True)
@@ -108,15 +98,15 @@ def finished_fit(request: FitRequest) -> FinishedFit | None:
 
     The one place a front end decides "skip the fit, refine" (``run`` on one series and a
     project's job). Continuing such a checkpoint is still refused by the engine
-    (``core.resume.resumed_config``: "raise epochs"), so ``fit --resume`` stays strict.
+    (``core.fit.resume.resumed_config``: "raise epochs"), so ``fit --resume`` stays strict.
     """
     if request.resume is None:
         return None
-    from ..core.resume import check_resume_inputs, fixed_config
-    from ..core.fit_signals import should_stop
+    from ..core.fit.resume import check_resume_inputs, fixed_config, load_resume
+    from ..core.fit.signals import should_stop
 
     checkpoint = Path(request.resume)
-    payload = _load_resume(checkpoint)
+    payload, _ = load_resume(checkpoint)
     config = fixed_config(request.planned_config(), payload, given=request.given, name=checkpoint.name)
     done = int(payload["epoch"])
     history = payload.get("history") or []
@@ -146,16 +136,15 @@ def fit_events(request: FitRequest, *, should_stop: Callable[[], bool] | None = 
     ``should_stop()`` is polled before every optimizer step; when it returns True the fit saves
     ``stopped.pt`` (with an ``out_dir``) and finishes.
     """
-    from ..core.fitting import fit_iter
+    from ..core.fit.loop import fit_iter
 
     if request.resume is not None and request.init_from is not None:
         from ..core.errors import DDWError
 
         raise DDWError("give either a checkpoint to resume (--resume) or one to start from (--init-from), not both")
-    config, payload, resume_dir = request.planned_config(), None, None
-    if request.resume is not None:
-        payload = _load_resume(request.resume)
-        config = _plan(config, payload, request.given, Path(request.resume).name)
+    config, payload = _planned(request.planned_config(), request.resume, request.given)
+    resume_dir = None
+    if payload is not None:
         resume_dir = Path(request.resume).parent
         yield FitResumed(config=config, epoch=int(payload["epoch"]),
                          history=[EpochRecord.from_list(row) for row in payload.get("history") or []])

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.errors import DDWError
-from ..core.io import TiltSeries
+from ..core.io.mrc import TiltSeries
 from .names import common_stem, stem_of
 from .outputs import refuse_existing
 
@@ -58,7 +58,7 @@ class Halves:
 
 def _split(request: HalvesRequest):
     """(even series, odd series, full series or None, stem)."""
-    from ..core.halves import frame_half_series, split_even_odd
+    from ..core.reconstruct.halves import frame_half_series, split_even_odd
 
     if (request.series is None) == (request.frame_halves is None):
         raise DDWError("give either one tilt series (split into even/odd) or two frame-half "
@@ -93,7 +93,7 @@ def reconstruct_halves(request: HalvesRequest,
     that cancels raises from it (the exception propagates, nothing is returned).
     """
     from ..core.device import pick_device
-    from ..core.reconstruction import fbp
+    from ..core.reconstruct.fbp import fbp
 
     if isinstance(request.thickness, bool) or not isinstance(request.thickness, (int, np.integer)) \
             or request.thickness < 1:
@@ -168,7 +168,7 @@ def write_halves(out_dir, stem: str, halves: Halves, *, overwrite: bool = False)
     Refuses (``OutputExists``, a ``DDWError``) before writing anything if one of the files
     exists, unless ``overwrite``.
     """
-    from ..core.io import write_mrc
+    from ..core.io.mrc import write_mrc
 
     paths = refuse_existing(halves_paths(out_dir, stem, with_full=halves.full is not None),
                             overwrite=overwrite)

@@ -1,6 +1,6 @@
 """Sample masks for a fit, shared by ``deepdewedge mask``/``fit``/``run`` and the Fit dock.
 
-A pair's mask is given as ``"auto"`` (computed from its halves: :func:`core.sample_mask.auto_mask`
+A pair's mask is given as ``"auto"`` (computed from its halves: :func:`core.fit.sample_mask.auto_mask`
 with the default settings, so the command line and the dock give the same mask for the same
 halves), as a file path, or as an array (a painted napari layer). :func:`apply_mask` sets
 ``pair.mask`` (boolean, checked: same shape, thresholded at 0.5 if not binary, not empty) and
@@ -26,9 +26,9 @@ def is_auto(spec) -> bool:
 
 
 def compute_auto_mask(even, odd, params=None, *, device=None):
-    """The automatic mask of a half pair (:class:`core.sample_mask.AutoMask`); ``device``
+    """The automatic mask of a half pair (:class:`core.fit.sample_mask.AutoMask`); ``device``
     ``None``: the CPU (reading the halves is most of the work), ``"auto"``: the best one."""
-    from ..core.sample_mask import auto_mask
+    from ..core.fit.sample_mask import auto_mask
 
     if device is not None and str(device) == "auto":
         from ..core.device import pick_device
@@ -39,8 +39,8 @@ def compute_auto_mask(even, odd, params=None, *, device=None):
 
 def read_mask_file(path, shape):
     """A mask file (MRC) as ``(boolean mask, warnings)``, checked against ``shape``."""
-    from ..core.io import read_mrc
-    from ..core.sample_mask import checked_mask
+    from ..core.io.mrc import read_mrc
+    from ..core.fit.sample_mask import checked_mask
 
     path = Path(path)
     if not path.exists():
@@ -69,7 +69,7 @@ def apply_mask(pair, spec, *, params=None, device=None, name: str | None = None)
         mask, warnings = read_mask_file(spec, shape)
         pair.mask, pair.mask_source = mask, {"kind": "file", "path": str(spec)}
     else:
-        from ..core.sample_mask import checked_mask
+        from ..core.fit.sample_mask import checked_mask
 
         mask, warnings = checked_mask(spec, shape, name=name or "mask")
         pair.mask, pair.mask_source = mask, {"kind": "layer", "name": name or "mask"}
@@ -79,7 +79,7 @@ def apply_mask(pair, spec, *, params=None, device=None, name: str | None = None)
 def cube_lines(pairs, config) -> list[str]:
     """One line per masked pair: how many of its grid's cubes (fitting and validation) the mask
     keeps and removes at ``config.min_mask_fraction``; a ``DDWError`` when no cube is left."""
-    from ..core.sample_mask import mask_cube_counts
+    from ..core.fit.sample_mask import mask_cube_counts
 
     lines = []
     for k, pair in enumerate(pairs):

@@ -39,7 +39,7 @@ def refuse_existing(paths, *, overwrite: bool = False) -> list[Path]:
     return paths
 
 
-#: checkpoint files a fit writes into its folder (core.fitting)
+#: checkpoint files a fit writes into its folder (core.fit.loop)
 CHECKPOINT_PATTERNS = ("latest.pt", "best.pt", "stopped.pt", "epoch_*.pt")
 
 

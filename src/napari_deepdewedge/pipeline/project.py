@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.errors import DDWError
-from ..core.io import MRC_SUFFIXES
+from ..core.io.mrc import MRC_SUFFIXES
 from .batch import BatchRefineRequest, RefinePair, batch_output, expand, is_finished, refine_batch
 from .names import stem_of
 from .outputs import resume_point
@@ -204,7 +204,7 @@ class ProjectResult:
 
 
 def _reconstruct_all(request, job: JobFile, report, progress) -> None:
-    from ..core.io import load_tilt_series
+    from ..core.io.series import load_tilt_series
     from .halves import HalvesRequest, reconstruct_halves, write_halves
 
     tomograms = job.state["tomograms"]
@@ -230,7 +230,7 @@ def _reconstruct_all(request, job: JobFile, report, progress) -> None:
 
 def _fit_request(request, job: JobFile, resume):
     """The FitRequest over the fit subset (one HalfPair per tomogram, each with its wedge)."""
-    from ..core.io import read_mrc
+    from ..core.io.mrc import read_mrc
     from . import fitting as pipeline_fitting
 
     entries = [(stem, job.state["tomograms"][stem]) for stem in job.state["fit"]["on"]]

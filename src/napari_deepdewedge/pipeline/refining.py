@@ -34,7 +34,7 @@ def refine(request: RefineRequest, progress: Callable[[int, int], None] | None =
     and with ``keep_halves`` ``half0``, ``half1`` and the signed ``difference``).
     ``progress(done, total)`` counts batches over both halves; a front end cancels by raising
     from it."""
-    from ..core.refine import refine_halves
+    from ..core.refine.tomogram import refine_halves
 
     if isinstance(request.model, (str, Path)) and not Path(request.model).exists():
         raise DDWError(f"{request.model}: checkpoint not found; check the path (fitting writes "
@@ -63,9 +63,9 @@ def write_refined(out_path, result, voxel_size, origin=(0.0, 0.0, 0.0), *,
 
     The per-half files are written when the result holds them, before the main file. Refuses (``OutputExists``)
     before writing anything if one of the files exists, unless ``overwrite``. ``OUT.zarr``:
-    OME-Zarr images (:func:`core.omezarr.write_omezarr`) with ``provenance`` as an attribute.
+    OME-Zarr images (:func:`core.io.omezarr.write_omezarr`) with ``provenance`` as an attribute.
     """
-    from ..core.omezarr import write_volume
+    from ..core.io.mrc import write_volume
 
     with_halves = result.half0 is not None and result.half1 is not None
     paths = refuse_existing(refined_paths(out_path, with_halves=with_halves), overwrite=overwrite)

@@ -68,7 +68,7 @@ def geometry(layer) -> tuple[tuple, tuple]:
     """The last three entries of ``scale`` and ``translate`` (Z, Y, X), in Å: a layer in
     nanometres (``napari-ome-zarr`` keeps an OME-Zarr file's units) is converted; a layer
     without physical units (``pixel``) is taken as Å."""
-    from ..core.omezarr import UNIT_ANGSTROM
+    from ..core.io.omezarr import UNIT_ANGSTROM
 
     units = [str(u) for u in (getattr(layer, "units", None) or ())][-3:]
     factors = [UNIT_ANGSTROM.get(u, 1.0) for u in units] if len(units) == 3 else [1.0] * 3
@@ -118,7 +118,7 @@ def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), met
     Keeps the given geometry (scale/translate in Å, (Z, Y, X)) and sets ``contrast``: jobs
     compute it on their worker (:func:`percentile_limits`); without it, it is computed here,
     in the GUI thread, from a sample. ``data`` may be a list of levels, finest first (a
-    multiscale layer: :func:`..core.omezarr.pyramid_levels`).
+    multiscale layer: :func:`..core.io.omezarr.pyramid_levels`).
     """
     levels = isinstance(data, (list, tuple))
     finest = data[0] if levels else data

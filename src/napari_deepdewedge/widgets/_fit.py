@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QLabel, QPushButton, QSpinBox
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QPushButton, QSpinBox
 
 from ..pipeline import FitResumed
 from ._common import (
@@ -47,7 +47,7 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(
     showing it reads nothing in the GUI thread. A cube size the user did not type
     (``size_typed``) is lowered to fit the ``extra`` pairs too (``pipeline.fit_size``; the
     form has fitted it to the picked pair), announced by a ``FitSizeChosen``."""
-    from ..core.fitting import PreviewReady
+    from ..core.fit.loop import PreviewReady
     from ..pipeline import fit_events
     from ..pipeline.fit_size import FitSizeChosen, with_fitting_size
 
@@ -65,6 +65,27 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(
         if isinstance(event, FitResumed):  # the checkpoint's settings define the cubes
             yield pairs_message(request, event.config)
     return last
+
+
+def field_value(widget):
+    """The value a setting's widget shows (combo: its text; check box: bool; spin box: number)."""
+    if isinstance(widget, QComboBox):
+        return widget.currentText()
+    if isinstance(widget, QCheckBox):
+        return widget.isChecked()
+    if isinstance(widget, QDoubleSpinBox):
+        return float(widget.value())
+    return int(widget.value())
+
+
+def set_field(widget, value) -> None:
+    """Show ``value`` in a setting's widget (the inverse of :func:`field_value`)."""
+    if isinstance(widget, QComboBox):
+        widget.setCurrentText(value)
+    elif isinstance(widget, QCheckBox):
+        widget.setChecked(bool(value))
+    else:
+        widget.setValue(value)
 
 
 def _spin(lo, hi, value, step=1, suffix=""):
@@ -106,88 +127,7 @@ class FitWidget(FitEventsView, DDWPanel):
         add_row(form, "Preset", self.preset,
                 "Starting values: 'fast' for a laptop CPU (small cubes, few channels); "
                 "'default' for a GPU (the published settings); 'balanced' in between.")
-        self.size = _spin(8, 256, 48, 8, " px")
-        add_row(form, "Cube size", self.size,
-                "Edge of the training sub-tomograms in voxels (a multiple of 2^depth). Larger "
-                "cubes see more context but need more memory; 96 is the published value. The "
-                "preset's size is lowered to the largest that fits the halves (a cube is cut at "
-                "√2 × its edge, room for rotations); a size you type is kept.")
-        self.size_note = QLabel("")
-        self.size_note.setWordWrap(True)
-        add_row(form, "", self.size_note, self.size.toolTip())
-        self._size_typed = False  # the user set the cube size (else it is the preset's)
-        self._setting_size = False  # the form itself is changing it
-        self.channels = _spin(2, 256, 16)
-        self.depth = _spin(1, 5, 3)
-        tip(self.depth, "Number of down-sampling levels of the U-Net (3 is standard).")
-        add_row(form, "Channels, depth", hbox(self.channels, self.depth),
-                "Width of the network (channels of the first level; 64 as published, 32 "
-                "nearly as good and much faster) and its number of levels.")
-        self.epochs = _spin(1, 100000, 50)
-        add_row(form, "Epochs", self.epochs,
-                "How many passes over all training cubes. Good results often appear after a "
-                "few dozen; the paper fits hundreds. Raise it to continue a finished fit with "
-                "Resume.")
-        self.batch = _spin(1, 256, 5)
-        add_row(form, "Batch size", self.batch,
-                "Cubes per optimizer step. Lower it if the GPU runs out of memory.")
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(6)
-        self.lr.setRange(1e-6, 1e-1)
-        self.lr.setSingleStep(1e-4)
-        self.lr.setValue(4e-4)
-        add_row(form, "Learning rate", self.lr,
-                "Step size of the Adam optimizer; 0.0004 is the published value. Lower it if "
-                "the loss jumps around.")
-        self.lr_schedule = QComboBox()
-        self.lr_schedule.addItems(["constant", "warmup_cosine"])
-        self.warmup = _spin(0, 10000, 0, suffix=" ep")
-        # two rows: side by side, a narrow dock clipped "warmup_cosine" to "warmup_c"
-        add_row(form, "LR schedule", self.lr_schedule,
-                "constant (the published way) or warmup_cosine: a linear warm-up over the "
-                "given epochs, then a cosine down to 0.1 × the rate at the last epoch. With a "
-                "rate of 0.001 and 1 warm-up epoch a fit reaches a given quality sooner, but "
-                "is no better after many epochs (README, 'Time to quality').")
-        add_row(form, "Warm-up", self.warmup,
-                "warmup_cosine: epochs of linear warm-up to the learning rate.")
-        self.early_stop = _spin(0, 10000, 0, suffix=" ep")
-        add_row(form, "Early stop", self.early_stop,
-                "Stop when the validation loss has not improved for this many epochs "
-                "(0 = never).")
-        self.val_fraction = QDoubleSpinBox()
-        self.val_fraction.setRange(0.0, 0.5)
-        self.val_fraction.setSingleStep(0.05)
-        self.val_fraction.setValue(0.1)
-        add_row(form, "Validation", self.val_fraction,
-                "Fraction of the cubes held out to check the fit on data it does not learn "
-                "from (the orange curve). 0 disables validation.")
-        self.update_every = _spin(0, 10000, 10, suffix=" ep")
-        add_row(form, "Wedge update", self.update_every,
-                "Every this many epochs the network's own prediction fills the missing wedge "
-                "of the inputs (0 = never). The published value is 10.")
-        self.preview_every = _spin(0, 10000, 10, suffix=" ep")
-        add_row(form, "Preview every", self.preview_every,
-                f"Every this many epochs the current model refines the slab around the slice "
-                f"you are looking at and shows it as the layer '{PREVIEW_NAME}' (0 = off).")
-        self.tilt_min = QDoubleSpinBox()
-        self.tilt_max = QDoubleSpinBox()
-        for box, value in ((self.tilt_min, -60.0), (self.tilt_max, 60.0)):
-            box.setRange(-89.9, 89.9)
-            box.setDecimals(1)
-            box.setSuffix("°")
-            box.setValue(value)
-            compact(box)
-        add_row(form, "Tilt range", hbox(self.tilt_min, self.tilt_max),
-                "Tilt range of the data (filled in from the halves); it defines the missing "
-                "wedge.")
-        self.device = QComboBox()
-        self.device.addItems(device_choices())
-        add_row(form, "Device", self.device, DEVICE_TIP)
-        row, self.out_dir = path_field("folder for checkpoints",
-                                       "Folder for checkpoints (latest.pt, best.pt, stopped.pt) "
-                                       "and losses.csv. Resume and Refine read from it.",
-                                       dialog="dir")
-        add_row(form, "Output folder", row, self.out_dir.toolTip())
+        self.fields = self._setting_rows(form)  # setting name → widget; also self.<name>
         row, self.resume_path = path_field("checkpoint to resume from",
                                            "Checkpoint to continue from with Resume: "
                                            "stopped.pt or latest.pt of an earlier run "
@@ -216,11 +156,8 @@ class FitWidget(FitEventsView, DDWPanel):
                             "(docs/stopping.md).")
         lay.addWidget(self.loss_plot)
 
-        # presets come from the engine (torch is imported here, when the dock opens)
-        try:
-            from ..core.unet import PRESETS
-        except Exception:  # pragma: no cover - engine import problem shows when fitting
-            PRESETS = {"fast": dict(subtomo_size=48, channels=16, depth=3)}
+        from ..core.fit.settings import PRESETS
+
         self._presets = dict(PRESETS)
         self.preset.addItems(list(self._presets))
         gpu = any(d.startswith("cuda") for d in device_choices())
@@ -230,7 +167,7 @@ class FitWidget(FitEventsView, DDWPanel):
         # the size is fitted when a preset or the halves change, not when the depth does:
         # a user who set the size the form already showed (no valueChanged) and then the
         # depth would otherwise see it replaced (tests/test_widgets.py's tiny fit did)
-        self.size.valueChanged.connect(self._on_size_changed)
+        self.subtomo_size.valueChanged.connect(self._on_size_changed)
         self.apply_preset(self.preset.currentText())
 
         self.start_button.clicked.connect(lambda: self.start())
@@ -244,14 +181,91 @@ class FitWidget(FitEventsView, DDWPanel):
         self._on_halves()
 
     # ------------------------------------------------------------------ form
+    def _setting_rows(self, form) -> dict:
+        """One widget per fit setting that has a dock row (core/fit/settings.py), in the
+        declared order; a row with ``join`` shares the line before it. Each widget is also the
+        attribute of the setting's name (``self.epochs``); the tilt range is ``self.tilt_min``
+        and ``self.tilt_max``."""
+        from ..core.fit.config import FitConfig
+        from ..core.fit.settings import BY_NAME, SETTINGS
+
+        defaults = FitConfig()
+        fields, lines = {}, []
+        for setting in SETTINGS:
+            row = setting.row
+            if row is None:
+                continue
+            widget, shown = self._setting_widget(setting, row, defaults)
+            fields[setting.name] = widget
+            if setting.name != "tilt_range":
+                setattr(self, setting.name, widget)
+            # the device row's tip is the one every dock shows; a preview names its layer
+            text = (row.tip or DEVICE_TIP).replace("{preview}", PREVIEW_NAME)
+            if row.join and lines:
+                tip(widget, text)
+                lines[-1][2].append(shown)
+            else:
+                lines.append((row.label, text, [shown]))
+        size_label = BY_NAME["subtomo_size"].row.label
+        for label, text, widgets in lines:
+            add_row(form, label, widgets[0] if len(widgets) == 1 else hbox(*widgets), text)
+            if label == size_label:  # the note saying a preset's size was fitted to the halves
+                self.size_note = QLabel("")
+                self.size_note.setWordWrap(True)
+                add_row(form, "", self.size_note, text)
+        self._size_typed = False  # the user set the cube size (else it is the preset's)
+        self._setting_size = False  # the form itself is changing it
+        return fields
+
+    def _setting_widget(self, setting, row, defaults):
+        """``(widget, what the form shows)`` of one setting."""
+        if setting.name == "tilt_range":
+            self.tilt_min, self.tilt_max = QDoubleSpinBox(), QDoubleSpinBox()
+            for box, value in ((self.tilt_min, defaults.tilt_min), (self.tilt_max, defaults.tilt_max)):
+                box.setRange(row.lo, row.hi)
+                box.setDecimals(row.decimals)
+                box.setSuffix(row.suffix)
+                box.setValue(value)
+                compact(box)
+            return (self.tilt_min, self.tilt_max), hbox(self.tilt_min, self.tilt_max)
+        if setting.name == "device":
+            box = QComboBox()
+            box.addItems(device_choices())
+            return box, box
+        if setting.name == "out_dir":
+            shown, box = path_field("folder for checkpoints", row.tip, dialog="dir")
+            return box, shown
+        default = getattr(defaults, setting.name)
+        if setting.type is bool:
+            box = QCheckBox()
+            box.setChecked(default)
+        elif setting.choices:
+            box = QComboBox()
+            box.addItems(list(setting.choices))
+            box.setCurrentText(default)
+        elif setting.type is float:
+            box = QDoubleSpinBox()
+            if row.decimals is not None:
+                box.setDecimals(row.decimals)
+            box.setRange(row.lo, row.hi)
+            box.setSingleStep(row.step)
+            box.setValue(default)
+        else:
+            box = _spin(int(row.lo), int(row.hi), int(default), int(row.step or 1), row.suffix)
+        return box, box
+
+    def _setting_value(self, name: str):
+        return field_value(self.fields[name])
+
     def apply_preset(self, name: str) -> None:
         values = self._presets.get(name)
         if not values:
             return
         self._size_typed = False  # a preset's cube size is fitted to the halves
-        self._preset_size = int(values.get("subtomo_size", self.size.value()))
-        self.channels.setValue(int(values.get("channels", self.channels.value())))
-        self.depth.setValue(int(values.get("depth", self.depth.value())))
+        self._preset_size = int(values.get("subtomo_size", self.subtomo_size.value()))
+        for setting, value in values.items():
+            if setting != "subtomo_size":
+                set_field(self.fields[setting], value)
         self._fit_size_to_halves()
 
     def set_fitted_size(self, size: int, note: str = "") -> None:
@@ -259,7 +273,7 @@ class FitWidget(FitEventsView, DDWPanel):
         resumed checkpoint's), keeping it a preset's size."""
         self._setting_size = True
         try:
-            self.size.setValue(int(size))
+            self.subtomo_size.setValue(int(size))
         finally:
             self._setting_size = False
         self.size_note.setText(note)
@@ -306,20 +320,16 @@ class FitWidget(FitEventsView, DDWPanel):
 
     def config(self):
         """The FitConfig of the form (raises DDWError for values the engine refuses)."""
-        from ..core.fitting import FitConfig
+        from ..core.fit.config import FitConfig
 
         layer = self.even.layer()
         voxel = geometry(layer)[0] if layer is not None else (1.0, 1.0, 1.0)
         out_dir = self.out_dir.text().strip() or None
+        special = {"tilt_range", "device", "out_dir"}
+        values = {name: self._setting_value(name) for name in self.fields if name not in special}
         cfg = FitConfig(
-            subtomo_size=self.size.value(), channels=self.channels.value(),
-            depth=self.depth.value(), epochs=self.epochs.value(), batch_size=self.batch.value(),
-            lr=float(self.lr.value()), lr_schedule=self.lr_schedule.currentText(),
-            warmup_epochs=self.warmup.value(), early_stop_patience=self.early_stop.value(),
-            val_fraction=float(self.val_fraction.value()),
-            update_every=self.update_every.value(), tilt_min=float(self.tilt_min.value()),
-            tilt_max=float(self.tilt_max.value()), device=self.device.currentText(),
-            out_dir=out_dir, preview_every=self.preview_every.value(),
+            **values, tilt_min=float(self.tilt_min.value()), tilt_max=float(self.tilt_max.value()),
+            device=self.device.currentText(), out_dir=out_dir,
             voxel_size=tuple(float(v) for v in voxel),
         )
         return cfg.validate()
@@ -335,7 +345,7 @@ class FitWidget(FitEventsView, DDWPanel):
             self._slab = None
             return
         n_z = int(layer.data.shape[0])
-        thick = min(n_z, self.size.value())
+        thick = min(n_z, self.subtomo_size.value())
         z = n_z // 2
         dims = self.viewer.dims
         if dims.ndisplay == 2 and len(dims.point) >= 3 and (dims.ndim - 3) in dims.not_displayed:
@@ -362,10 +372,10 @@ class FitWidget(FitEventsView, DDWPanel):
         """DDWError when the cube size does not fit the halves, naming the largest that does
         (the engine's rule: a cube is cut at ceil_even(√2·size) voxels)."""
         from ..core.errors import DDWError
-        from ..core.subtomos import extraction_size
+        from ..core.fit.cubes import extraction_size
         from ..pipeline.fit_size import largest_fitting_size
 
-        size, depth = self.size.value(), self.depth.value()
+        size, depth = self.subtomo_size.value(), self.depth.value()
         if size % 2 ** depth or extraction_size(size) <= min(shape):
             return  # a size that is no multiple of 2^depth: the config's check says so
         fits = largest_fitting_size(size, depth, [shape])
@@ -430,7 +440,7 @@ class FitWidget(FitEventsView, DDWPanel):
                            "an earlier fit under 'Resume from'")
         return dict(tomo0=tomo0, tomo1=tomo1, config=cfg, resume=resume,
                     source=pair_source(even, odd), size_typed=self._size_typed,
-                    extra=self.more_pairs.pairs((cfg.tilt_min, cfg.tilt_max)), **mask)
+                    extra=self.more_pairs.pairs(cfg.tilt_range), **mask)
 
     def _prepare(self, resume):
         inputs = self.job_inputs(resume)

@@ -93,7 +93,7 @@ class MaskRow:
 
     def job_inputs(self, even_data) -> dict:
         """The mask arguments of the fit job (GUI thread: nothing is read)."""
-        from ..core.halves import check_same_shape
+        from ..core.reconstruct.halves import check_same_shape
 
         layer = self.combo.layer()
         out = {"mask": None, "mask_name": None, "mask_origin": None,

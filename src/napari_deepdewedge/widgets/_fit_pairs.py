@@ -126,7 +126,7 @@ def fit_request(tomo0, tomo1, mask, config, resume, source=None, extra=(), *, ma
     from ..pipeline.masks import AUTO, apply_mask
 
     tomo0, tomo1 = read_array(tomo0), read_array(tomo1)
-    first = HalfPair(even=tomo0, odd=tomo1, tilt_range=(config.tilt_min, config.tilt_max),
+    first = HalfPair(even=tomo0, odd=tomo1, tilt_range=config.tilt_range,
                      voxel_size=tuple(config.voxel_size), **(source or {}))
     notes = []
     if mask is not None:

@@ -33,15 +33,17 @@ class FitEventsView:
     def _show_config(self, cfg) -> None:
         """Show the settings a resumed fit runs with (its fixed ones come from the checkpoint,
         pipeline.plan_fit), so the form never claims what is not running."""
-        self.set_fitted_size(cfg.subtomo_size)
-        for box, value in ((self.channels, cfg.channels),
-                           (self.depth, cfg.depth), (self.batch, cfg.batch_size),
-                           (self.val_fraction, cfg.val_fraction), (self.tilt_min, cfg.tilt_min),
-                           (self.tilt_max, cfg.tilt_max)):
-            box.setValue(value)
+        from ._fit import set_field
+
+        self.set_fitted_size(cfg.subtomo_size)  # a resumed size is not the user's (t17 size note)
+        for name, box in self.fields.items():  # every setting the form shows (settings.py)
+            if name not in ("tilt_range", "device", "out_dir", "subtomo_size"):
+                set_field(box, getattr(cfg, name))
+        self.tilt_min.setValue(cfg.tilt_min)
+        self.tilt_max.setValue(cfg.tilt_max)
 
     def _on_event(self, event):
-        from ..core import fitting as F
+        from ..core.fit import loop as F
 
         limits = None
         if isinstance(event, ShownPreview):
@@ -55,7 +57,7 @@ class FitEventsView:
             cfg = event.config
             self.loss_plot.clear()
             self.loss_plot.set_signal(_shown_signal(cfg))
-            for record in event.history:  # core.fit_log.EpochRecord
+            for record in event.history:  # core.fit.log.EpochRecord
                 if record.epoch <= event.epoch:
                     self.loss_plot.add_epoch(record.epoch, record.fit_loss, record.val_loss, record.signals)
             self._show_config(cfg)
@@ -65,7 +67,7 @@ class FitEventsView:
             self._steps = max(event.steps_per_epoch, 1)
             self._total_steps = self._epochs * self._steps
             self.loss_plot.set_signal(_shown_signal(event.config))
-            from ..core.fit_signals import rule_text
+            from ..core.fit.signals import rule_text
 
             self.status.setText(
                 f"{_tomograms(self._pair_names)}: {event.n_fit_cubes} training + "

@@ -99,7 +99,7 @@ class HalvesPicker(QObject):
     def layers(self, what: str = "halves"):
         """The chosen (even, odd) layers, or raise DDWError naming the problem and the fix."""
         from ..core.errors import DDWError
-        from ..core.halves import check_same_shape
+        from ..core.reconstruct.halves import check_same_shape
 
         even, odd = self.even.layer(), self.odd.layer()
         if even is None or odd is None:

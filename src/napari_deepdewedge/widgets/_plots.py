@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 FIT_COLOUR = "#4aa3ff"
 VAL_COLOUR = "#ffb14a"
-SIGNAL_COLOUR = "#7fe07f"  # a progress signal (core.fit_signals), on its own right-hand axis
+SIGNAL_COLOUR = "#7fe07f"  # a progress signal (core.fit.signals), on its own right-hand axis
 WEDGE_COLOUR = "#3ee0ff"  # cyan: stands out on the magma colour map
 
 
@@ -68,7 +68,7 @@ class _Canvas(QWidget):
 
 class LossPlot(_Canvas):
     """Fitting and validation loss per epoch, log y axis; and one progress signal measured
-    without ground truth (core.fit_signals, ``signal_name``) on a linear right-hand axis.
+    without ground truth (core.fit.signals, ``signal_name``) on a linear right-hand axis.
 
     A redraw (clearing the axes, plotting, ``tight_layout``) costs tens of milliseconds of the
     GUI thread; it is done at most once per ``min_redraw_s``: a point that arrives sooner is

@@ -43,7 +43,7 @@ def read_stacks(inputs) -> list[np.ndarray]:
 def reconstruct_job(job, inputs, params):
     """Worker generator: read the stack(s) here, then the pipeline's reconstruct_halves (the
     same call as `deepdewedge reconstruct`)."""
-    from ..core.io import TiltSeries
+    from ..core.io.mrc import TiltSeries
     from ..pipeline import HalvesRequest, reconstruct_halves
 
     stacks = read_stacks(inputs)  # here, on the worker thread: the GUI never waits

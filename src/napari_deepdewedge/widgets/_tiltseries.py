@@ -285,10 +285,10 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
 
     # ------------------------------------------------------------------ angles
     def _tilt_metadata_for(self, layer, n_tilts: int, ctf=None):
-        """Resolve the tilt angles the user chose (core.tilt_metadata.resolve_tilt_metadata,
+        """Resolve the tilt angles the user chose (core.io.tilt_metadata.resolve_tilt_metadata,
         as the reader and the CLI do), and with ``ctf="auto"`` the views' CTF (``.ctf``);
         raises DDWError with the fix."""
-        from ..core import tilt_metadata
+        from ..core.io import tilt_metadata
         from ..core.errors import DDWError
 
         meta = layer.metadata or {}
@@ -360,7 +360,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
     def _validate(self):
         """Everything the worker needs, or raise DDWError naming the problem and the fix."""
         from ..core.errors import DDWError
-        from ..core.halves import check_same_shape
+        from ..core.reconstruct.halves import check_same_shape
 
         mode = self.mode.currentText()
         layer = self.series.layer()
@@ -382,7 +382,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
         found = self._tilt_metadata_for(layer, int(data.shape[0]),
                                         ctf="auto" if self.ctf.isChecked() else None)
         if found.ctf is not None:
-            from ..core.ctf_formats import check_pixel_size
+            from ..core.io.ctf_formats import check_pixel_size
 
             check_pixel_size(found.ctf, pixel_size_of(layer))
         angles = found.angles

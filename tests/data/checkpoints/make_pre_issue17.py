@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from napari_deepdewedge.core import checkpoint as ckpt
-from napari_deepdewedge.core.unet import UNet3D
+from napari_deepdewedge.core.model import checkpoint as ckpt
+from napari_deepdewedge.core.model.unet import UNet3D
 
 torch.manual_seed(17)
 try:

@@ -1,0 +1,1 @@
+"""Measuring results: metrics and the synthetic phantom."""

@@ -1,0 +1,1 @@
+"""Fitting the model on sub-tomogram cubes: data, loss, the loop, its events and state."""

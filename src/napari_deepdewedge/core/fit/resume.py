@@ -1,0 +1,157 @@
+"""The one rule for what a resumed fit may change (used by ``fit_iter`` and ``pipeline.plan_fit``),
+and :func:`check_resume_inputs`: a resumed fit runs on the tomograms it was fitted on.
+
+Every ``FitConfig`` field is in exactly one of two tables (a test checks that):
+
+* :data:`RESUME_FIXED` — settings that define the data, the model, the sampling or the loss.
+  A resumed fit continues with the checkpoint's values; a run that *asks* for a different
+  value is refused (``CheckpointError`` naming the setting).
+* :data:`RESUME_CHANGEABLE` — settings that may change between the run that saved the
+  checkpoint and the one resuming from it; the resuming run's values are used.
+
+``given`` says which fields the caller asked for explicitly: ``None`` means all of them (the
+engine's strict check), a set of names means only those are compared and every other fixed
+field is taken from the checkpoint (a front end that lets the user leave settings unset).
+
+No torch import here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from pathlib import Path
+
+from ..errors import CheckpointError
+from ..model import checkpoint as ckpt
+
+#: fixed for a resume: field → why
+RESUME_FIXED = {
+    "subtomo_size": "defines the cubes and the network input",
+    "channels": "defines the U-Net",
+    "depth": "defines the U-Net",
+    "residual": "defines the U-Net",
+    "resampling": "defines how fitting cubes are rotated and the matching filter of its inputs",
+    "update_val_wedges": "defines the validation cubes (and so best.pt)",
+    "batch_size": "defines the sampling order (exact resume)",
+    "val_fraction": "defines which cubes are fitting and validation cubes",
+    "strides": "defines the cube grid",
+    "min_mask_fraction": "defines which cubes are kept",
+    "tilt_min": "defines the missing wedge",
+    "tilt_max": "defines the missing wedge",
+    "standardize": "defines the data the network sees",
+    "seed": "defines the cube split, the weights and the sampling",
+    "wedge_weight": "defines the loss being minimized",
+    "voxel_size": "belongs to the tomograms: another value means other data",
+}
+#: may change for a resume: field → note
+RESUME_CHANGEABLE = {
+    "epochs": "the new total; must be above the checkpoint's completed epochs",
+    "lr": "the optimizer continues with the new learning rate",
+    "update_every": "wedge-update schedule from now on",
+    "validate_every": "validation schedule from now on",
+    "checkpoint_every": "periodic checkpoints from now on",
+    "preview_every": "previews from now on",
+    "device": "where to run",
+    "out_dir": "where files go",
+    "compile": "a speed setting (core.perf.decide_compile)",
+    "lr_schedule": "the learning-rate schedule from now on",
+    "warmup_epochs": "the learning-rate schedule from now on",
+    "early_stop_patience": "when to stop early from now on",
+    "signal_every": "when the progress signals are measured from now on",
+    "best_by": "what picks best.pt and ends the fit early from now on",
+}
+
+
+def load_resume(resume) -> tuple[dict, str]:
+    """``(payload, name)`` of the checkpoint to resume from: a path, or a payload already loaded
+    (by the pipeline, which plans the resume), checked for every key a resume needs; ``name``
+    is what error messages call it. The one loader of the pipeline's plan and the engine's
+    check."""
+    require = ckpt.MODEL_KEYS + ckpt.RESUME_KEYS
+    if isinstance(resume, dict):
+        return ckpt.check_payload(resume, require=require), "checkpoint"
+    return ckpt.load_checkpoint(resume, require=require), Path(resume).name
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        if a is None or b is None:
+            return a is b
+        a, b = tuple(a), tuple(b)
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+            return a == b
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def fixed_config(requested, payload: dict, *, given=None, name: str = "checkpoint"):
+    """``requested`` with the checkpoint's fixed settings (no check of the epochs).
+
+    Raises :class:`CheckpointError` when a fixed setting the caller asked for (all of them with
+    ``given=None``) differs from the checkpoint's.
+    """
+    saved = dict(payload.get("config") or {})
+    arch = payload.get("arch")
+    if "residual" not in saved and isinstance(arch, dict) and "residual" in arch:
+        saved["residual"] = arch["residual"]  # older checkpoints: the network says what it is
+    fixed = {}
+    for key in RESUME_FIXED:
+        if key not in saved:  # an older checkpoint that did not store it: nothing to compare
+            continue
+        old = tuple(saved[key]) if isinstance(saved[key], list) else saved[key]
+        new = getattr(requested, key)
+        if (given is None or key in given) and not _same(old, new):
+            raise CheckpointError(
+                f"cannot resume from {name}: it was fitted with {key}={old!r} but this run has "
+                f"{key}={new!r}; use the same {key} (or start a new fit)"
+            )
+        fixed[key] = old
+    return dataclasses.replace(requested, **fixed)
+
+
+def resumed_config(requested, payload: dict, *, given=None, name: str = "checkpoint"):
+    """The ``FitConfig`` to resume with: the checkpoint's fixed settings, the request's others.
+
+    Raises :class:`CheckpointError` as :func:`fixed_config` does, and when the checkpoint has
+    already done the requested number of epochs (a front end that wants to go on to refinement
+    with such a checkpoint asks ``pipeline.fitting.finished_fit`` first).
+    """
+    planned = fixed_config(requested, payload, given=given, name=name)
+    done = int(payload.get("epoch", 0))
+    if done >= planned.epochs:
+        raise CheckpointError(
+            f"cannot resume from {name}: it has already done {done} epochs and this run asks for "
+            f"{planned.epochs}; raise epochs above {done} to continue fitting"
+        )
+    return planned
+
+
+def _names(records) -> str:
+    return ", ".join(str(r.get("name") or "?") for r in records)
+
+
+def check_resume_inputs(payload: dict, records: list) -> None:
+    """The checkpoint's ``inputs`` and this run's pairs (``HalfPair.record()`` each) must be the
+    same tomograms: as many, in the same order, with the same names (where both have one),
+    shapes and tilt ranges. Otherwise ``CheckpointError`` naming the first difference (the CLI
+    and the Fit dock resume through the engine, which calls this)."""
+    saved = payload.get("inputs")
+    if not saved:  # a checkpoint from before the inputs were recorded
+        return
+    if len(saved) != len(records):
+        raise CheckpointError(f"cannot resume: the checkpoint was fitted on {len(saved)} half pairs "
+                              f"({_names(saved)}) but this run has {len(records)} ({_names(records)}); "
+                              "resume with the same tomograms")
+    for k, (old, new) in enumerate(zip(saved, records)):
+        old_name, new_name = str(old.get("name") or ""), str(new.get("name") or "")
+        if old_name and new_name and old_name != new_name:
+            raise CheckpointError(f"cannot resume: pair {k + 1} is {new_name} but the checkpoint's pair {k + 1} "
+                                  f"is {old_name}; resume with the same tomograms in the same order")
+        for key in ("shape", "tilt_range"):
+            if [float(v) for v in old[key]] != [float(v) for v in new[key]]:
+                raise CheckpointError(f"cannot resume: pair {k + 1} ({new_name or old_name}) has {key} "
+                                      f"{new[key]} but the checkpoint's has {old[key]}; resume with the same "
+                                      "tomograms")

@@ -1,0 +1,1 @@
+"""The network, the resampling it is fitted with, and its checkpoint files."""

@@ -1,0 +1,1 @@
+"""From a tilt series to tomograms: even/odd halves and weighted back-projection."""

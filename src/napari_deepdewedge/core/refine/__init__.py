@@ -1,0 +1,1 @@
+"""Applying a fitted model to whole tomograms (tiles, bands, memory)."""
