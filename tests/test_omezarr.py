@@ -20,12 +20,8 @@ ome_zarr = pytest.importorskip("ome_zarr")
 from napari_deepdewedge import cli  # noqa: E402
 from napari_deepdewedge.core.errors import DDWError  # noqa: E402
 from napari_deepdewedge.core.io.mrc import read_mrc, write_mrc  # noqa: E402
-from napari_deepdewedge.core.io.omezarr import (  # noqa: E402
-    LazyZarrArray,
-    omezarr_levels,
-    pyramid_shapes,
-    write_omezarr,
-)
+from napari_deepdewedge.core.io.omezarr import LazyZarrArray, omezarr_levels  # noqa: E402
+from napari_deepdewedge.core.io.omezarr_write import pyramid_shapes, write_omezarr  # noqa: E402
 
 
 def ome_image(path, levels, *, version="0.4", unit="nanometer", scale=(1.0, 1.0, 1.0),
@@ -213,7 +209,7 @@ def test_killed_write_leaves_no_image_under_the_final_name(tmp_path):
     script = textwrap.dedent(f"""
         import time, numpy as np
         from pathlib import Path
-        from napari_deepdewedge.core.io.omezarr import write_omezarr
+        from napari_deepdewedge.core.io.omezarr_write import write_omezarr
         a = np.ones((48, 16, 16), np.float32)
         class Stalling:
             shape, dtype, reads = a.shape, a.dtype, 0
@@ -413,7 +409,7 @@ def test_refinement_reads_an_ome_zarr_half_in_bands_never_whole(tmp_path, monkey
     monkeypatch.setattr(LazyZarrArray, "__array__", whole)
     monkeypatch.setattr(LazyZarrArray, "__getitem__", recorded)
     # the mean/std pass reads slabs of _MASK_CHUNK_VOXELS (8 M voxels): make the toy need several
-    monkeypatch.setattr("napari_deepdewedge.core.refine._MASK_CHUNK_VOXELS", 4 * 40 * 24)
+    monkeypatch.setattr("napari_deepdewedge.core.refine.tiles._MASK_CHUNK_VOXELS", 4 * 40 * 24)
     kw = dict(subtomo_size=16, tilt_min=-60.0, tilt_max=60.0, device="cpu", tile_size=16,
               overlap=4, match_resampling=False)
     lazy = refine_halves(torch.nn.Identity(), za, zb, **kw).refined

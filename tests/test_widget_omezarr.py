@@ -93,7 +93,7 @@ def test_docks_fit_and_refine_multiscale_halves_from_napari_ome_zarr(
     fit = ddw.fit
     fit.halves.set_pair(names["even"], names["odd"])
     fit.device.setCurrentText("cpu")
-    for box, value in ((fit.size, 16), (fit.channels, 4), (fit.depth, 2), (fit.batch, 4),
+    for box, value in ((fit.subtomo_size, 16), (fit.channels, 4), (fit.depth, 2), (fit.batch_size, 4),
                        (fit.epochs, 1), (fit.preview_every, 0), (fit.update_every, 0)):
         box.setValue(value)
     fit.out_dir.setText(str(tmp_path / "run"))

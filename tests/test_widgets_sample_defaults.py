@@ -62,7 +62,7 @@ def test_sample_reconstruct_fit_refine_with_the_docks_defaults(make_napari_viewe
     assert fit.even.layer_name() == "phantom even" and fit.odd.layer_name() == "phantom odd"
     assert fit.preset.currentText() == "fast"  # no GPU here
     # the preset's 48 does not fit 64 slices: the largest size that does, said in the form
-    assert fit.size.value() == 40
+    assert fit.subtomo_size.value() == 40
     assert "48 → 40" in fit.size_note.text() and "64" in fit.size_note.text()
     out_dir = Path(fit.out_dir.text())
     assert out_dir.parent == home / "deepdewedge-runs"
@@ -89,13 +89,13 @@ def test_sample_reconstruct_fit_refine_with_the_docks_defaults(make_napari_viewe
 
     # a size the user types is kept: one that does not fit is refused, naming the largest that
     # does; choosing a preset fits its size again
-    fit.size.setValue(48)
+    fit.subtomo_size.setValue(48)
     assert fit.size_note.text() == ""
     start = n_notes()
     assert not fit.start(overwrite=True)
     assert len(errors_since(start)) == 1 and "at most 40" in errors_since(start)[0]
     fit.preset.setCurrentText("balanced")
-    assert fit.size.value() == 40 and fit.size_note.text().startswith("96 → 40")
+    assert fit.subtomo_size.value() == 40 and fit.size_note.text().startswith("96 → 40")
 
 
 def _left():

@@ -31,7 +31,7 @@ def write_omezarr_layer(path: str, data, attributes: dict) -> list[str]:
     """Write one image layer as an OME-Zarr 0.4 folder (a pyramid; :mod:`core.io.omezarr`); voxel
     size from ``scale``, origin from ``translate``; a multiscale layer's finest level."""
     from .core.errors import DDWError
-    from .core.io.omezarr import provenance_record, write_omezarr
+    from .core.io.omezarr_write import provenance_record, write_omezarr
 
     if isinstance(data, (list, tuple)):
         data = data[0]

@@ -107,11 +107,11 @@ def refine_and_write(args, model, even, odd, out: Path, *, keep_halves: bool, vo
 
 
 def provenance(args, model) -> dict:
-    """What an OME-Zarr output records of its making (core.io.omezarr.provenance_record)."""
+    """What an OME-Zarr output records of its making (core.io.omezarr_write.provenance_record)."""
     import shlex
     import sys
 
-    from ..core.io.omezarr import provenance_record
+    from ..core.io.omezarr_write import provenance_record
 
     model = getattr(args, "model", None) or (model if isinstance(model, (str, Path)) else None)
     argv = getattr(args, "argv", None) or sys.argv[1:]

@@ -63,7 +63,7 @@ def write_refined(out_path, result, voxel_size, origin=(0.0, 0.0, 0.0), *,
 
     The per-half files are written when the result holds them, before the main file. Refuses (``OutputExists``)
     before writing anything if one of the files exists, unless ``overwrite``. ``OUT.zarr``:
-    OME-Zarr images (:func:`core.io.omezarr.write_omezarr`) with ``provenance`` as an attribute.
+    OME-Zarr images (:func:`core.io.omezarr_write.write_omezarr`) with ``provenance`` as an attribute.
     """
     from ..core.io.mrc import write_volume
 

@@ -118,7 +118,7 @@ def show_image(viewer, data, name: str, *, scale, translate=(0.0, 0.0, 0.0), met
     Keeps the given geometry (scale/translate in Å, (Z, Y, X)) and sets ``contrast``: jobs
     compute it on their worker (:func:`percentile_limits`); without it, it is computed here,
     in the GUI thread, from a sample. ``data`` may be a list of levels, finest first (a
-    multiscale layer: :func:`..core.io.omezarr.pyramid_levels`).
+    multiscale layer: :func:`..core.io.omezarr_write.pyramid_levels`).
     """
     levels = isinstance(data, (list, tuple))
     finest = data[0] if levels else data

@@ -67,7 +67,7 @@ def display_of(result) -> RefinedDisplay:
     layer: napari's 3D view then renders a coarse level instead of the whole volume."""
     shown = RefinedDisplay(result, {"refined": percentile_limits(result.refined)})
     if result.refined.nbytes >= MULTISCALE_BYTES:
-        from ..core.io.omezarr import pyramid_levels
+        from ..core.io.omezarr_write import pyramid_levels
 
         shown.levels = pyramid_levels(result.refined)
     if result.half0 is not None:
@@ -264,7 +264,7 @@ class RefineWidget(DDWPanel):
                 return False
             if chosen == OME_ZARR_FILTER and not path.lower().endswith(".zarr"):
                 path = str(Path(path).with_suffix(".zarr"))
-        from ..core.io.omezarr import provenance_record
+        from ..core.io.omezarr_write import provenance_record
 
         scale, translate = self._geometry
         record = provenance_record(model=self.model_path.text().strip() or None,

@@ -220,7 +220,8 @@ def write_mrc(path, data, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) ->
 def write_volume(path, data, voxel_size=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), *,
                  provenance: dict | None = None) -> Path:
     """Write ``data`` in the format its name asks for: ``.zarr`` → OME-Zarr 0.4, else MRC."""
-    from .omezarr import ZARR_SUFFIX, write_omezarr
+    from .omezarr import ZARR_SUFFIX
+    from .omezarr_write import write_omezarr
 
     if Path(os.fspath(path)).suffix.lower() == ZARR_SUFFIX:
         return write_omezarr(path, data, voxel_size, origin, provenance=provenance)
