@@ -4,12 +4,12 @@ Run:  python bench/quality.py --quick --out DIR        (a fitted model in DIR/be
       python bench/period2.py --checkpoint DIR/best.pt --quick [--upsample transposed]
 
 Rebuilds quality.py's held-out phantom halves (same seed, shape, tilts) and prints
-core.metrics.period2_peak_ratio (median / max over the 7 Nyquist-lattice frequencies of the
+core.evaluate.metrics.period2_peak_ratio (median / max over the 7 Nyquist-lattice frequencies of the
 power over its shell's median) at every stage of refinement:
 
   FBP halves, the prepared network input (standardized, wedge-masked, matching filter);
   one network tile (the middle ``--tile``³ of the prepared half, no blending);
-  the refinement of one half (core.refine.refine_tomogram) with its default tiles and with
+  the refinement of one half (core.refine.tomogram.refine_tomogram) with its default tiles and with
   tiles of the fitting cube's size (many overlaps: the blending at work);
 
 each for the fitted model and for a freshly initialised model of the same layout (seed 0,

@@ -192,7 +192,7 @@ def main(argv=None) -> dict:
     print(f"  refined                             {figures['wedge_corr_refined']:6.3f}    ({REFERENCE['wedge_after']:.2f})")
     print(f"FSC 0.143 crossing vs ground truth: FBP {crossing['fbp']:.1f} Å, Gaussian {crossing['gauss']:.1f} Å, "
           f"refined {crossing['refined']:.1f} Å (pixel {vs:g} Å, Nyquist {2 * vs:g} Å)")
-    print("period-2 texture (core.metrics.period2_peak_ratio: power at the 7 Nyquist-lattice frequencies over "
+    print("period-2 texture (core.evaluate.metrics.period2_peak_ratio: power at the 7 Nyquist-lattice frequencies over "
           "their shell's median; median / max; a voxel-to-voxel texture stands far above 1)")
     for name in ("truth", "fbp", "refined"):
         print(f"  {name:<35} {figures[f'period2_median_{name}']:8.2f} / {figures[f'period2_max_{name}']:.2f}")

@@ -1,9 +1,9 @@
 """Which no-ground-truth signal knows when a fit is done? (issue 22)
 
-Each phantom is fitted far past its quality peak with the fitting engine (core.fitting.fit_iter,
+Each phantom is fitted far past its quality peak with the fitting engine (core.fit.loop.fit_iter,
 the signals measured every epoch: ``FitConfig.signal_every = 1``). Every epoch's model is
 scored against the ground truth — both halves refined over the whole volume
-(core.refine.refine_halves), averaged, CC and in-wedge correlation (core.metrics) — and the
+(core.refine.tomogram.refine_halves), averaged, CC and in-wedge correlation (core.evaluate.metrics) — and the
 signals of core.fit.signals (plus the validation loss, which picks ``best.pt`` today) are
 read from the engine's events. For each signal the report gives: the epoch it picks (its best
 value over the run), the CC and in-wedge correlation lost there against the best epoch of
@@ -11,7 +11,7 @@ each, the epoch a patience-P rule stops at ("stop when the best value is P epoch
 loss of the checkpoint that rule keeps (the best value up to the stop), and the Spearman rank
 correlation of the signal (oriented so that higher is better) with the truth CC over epochs.
 
-Phantoms (core.phantom.make_sample, held-out seed 2024; even/odd halves by angle parity, each
+Phantoms (core.evaluate.phantom.make_sample, held-out seed 2024; even/odd halves by angle parity, each
 FBP'd): ``sym60`` ±60° SNR 0.3, ``sym45`` ±45° SNR 0.3, ``lowsnr`` ±60° SNR 0.1, ``asym``
 −54…+62° SNR 0.3. No CTF phantom exists in the project yet.
 

@@ -6,7 +6,7 @@ Run:  python bench/upsample_speed.py                         (s = 48, 16 channel
 One fitting step as the engine runs it on the CPU — channels-last network and inputs
 (core.perf), forward, masked Fourier loss, backward, Adam — timed in process CPU time on one
 thread (the figure that survives a shared machine), for every layout of
-core.unet.UPSAMPLE_KINDS, interleaved round by round (A B C A B C ...) so that drift hits all
+core.model.unet.UPSAMPLE_KINDS, interleaved round by round (A B C A B C ...) so that drift hits all
 alike; printed: the median samples/s per layout and its ratio to ``transposed`` (the layout
 before issue 17). Also the refinement direction: one forward pass of a (1, 1, 64³) tile.
 """

@@ -643,7 +643,7 @@ def _tensor_meta(value):
 
 @pytest.fixture
 def fit_records(monkeypatch):
-    """Per call of ``core.fitting.fit_iter``: every tensor operation it runs (aten op, the meta of
+    """Per call of ``core.fit.loop.fit_iter``: every tensor operation it runs (aten op, the meta of
     every argument, thread count, in order) and a hash of every network input's values."""
     import hashlib
 

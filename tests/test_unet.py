@@ -141,7 +141,7 @@ def _smooth_input(shape=(16, 32, 32), seed=0):
 
 def test_upsampling_prints_no_period2_texture():
     """The regression test of issue 17's dotted texture: freshly initialised tiny networks (8
-    seeds, float64) on a smooth input. Measured (core.metrics.period2_peak_ratio, median over
+    seeds, float64) on a smooth input. Measured (core.evaluate.metrics.period2_peak_ratio, median over
     the 7 lattice frequencies) per seed: transposed 7.8 / 7.9 / 11.4 / 18.2 / 31.2 / 50.6 /
     38.7 / 29.4 (median 23.8), trilinear3 0.46 / 1.72 / 1.34 / 4.35 / 0.87 / 0.34 / 0.08 / 0.18
     (median 0.67), trilinear 0.14–1.79 (median 0.97); the input itself 1.01. The thresholds

@@ -29,7 +29,7 @@ defocus at detector column ``u`` (centred, in pixels of size ``p`` Å) is
     Δf(u) = Δf₀ + u · p · tan θ
 
 (Δf₀ the file's defocus, the one at the image centre). In the projector's geometry
-(``core.reconstruction``: x' = x·cosθ + z·sinθ) this is the tomogram's +Z pointing away from the
+(``core.reconstruct.geometry``: x' = x·cosθ + z·sinθ) this is the tomogram's +Z pointing away from the
 electron source (towards the detector); a data set recorded the other way round needs
 ``gradient_sign=-1``. Every projection is flipped strip by strip along X (strips parallel to the
 tilt axis), each strip with the defocus at its centre, as IMOD's ``ctfphaseflip`` does; unlike

@@ -1,6 +1,6 @@
 """Phantoms with a known specimen region, for measuring sample masks (issue 20).
 
-Each kind is a :func:`core.phantom.make_phantom` slab in a thicker volume, with the specimen
+Each kind is a :func:`core.evaluate.phantom.make_phantom` slab in a thicker volume, with the specimen
 label (``True`` = specimen = the ice slab, everything in it included) beside it:
 
 ``"thin"``    a flat slab filling about a third of Z;
@@ -11,9 +11,9 @@ label (``True`` = specimen = the ice slab, everything in it included) beside it:
               specimen.
 
 :func:`mask_phantom_halves` turns one into the even/odd half tomograms a user would have: the
-project's projector (:func:`core.phantom.simulate_tilt_series`) with noise at a given SNR, the
-series split by parity (:func:`core.halves.split_even_odd`) and each half reconstructed by the
-project's FBP (:func:`core.reconstruction.fbp`) — so the noise, the missing wedge and its
+project's projector (:func:`core.evaluate.phantom.simulate_tilt_series`) with noise at a given SNR, the
+series split by parity (:func:`core.reconstruct.halves.split_even_odd`) and each half reconstructed by the
+project's FBP (:func:`core.reconstruct.fbp.fbp`) — so the noise, the missing wedge and its
 artefacts are those of real halves. The volume is simulated wider in X than returned (the slab
 goes on past the field of view, as in a real specimen) and cropped after reconstruction.
 """

@@ -373,7 +373,7 @@ def checked_mask(mask, shape, *, name: str = "mask") -> tuple[np.ndarray, list[s
 
 
 def mask_cube_counts(mask, shape, subtomo_size: int, strides=None, min_mask_fraction: float = 0.3) -> tuple[int, int]:
-    """``(kept, total)``: the cubes of the fit's grid (core.subtomos) at least
+    """``(kept, total)``: the cubes of the fit's grid (core.fit.cubes) at least
     ``min_mask_fraction`` inside ``mask`` (fitting and validation cubes alike), of all."""
     from .cubes import _as_triple, _mask_fractions, default_strides, extraction_size, grid_corners_1d
 

@@ -1,6 +1,6 @@
 """Signals of a fit's progress that use no ground truth (issue 22), and the stopping rule on them.
 
-Every ``FitConfig.signal_every`` epochs the loop (core.fitting) runs the current model on a
+Every ``FitConfig.signal_every`` epochs the loop (core.fit.loop) runs the current model on a
 fixed crop of the two un-rotated half tomograms, each half on its own (as refinement does:
 standardized, wedge-masked, tiled, the matching filter of the fit's resampling kind), and
 compares the two refined crops:
@@ -66,7 +66,7 @@ def crop_box(shape, subtomo_size: int, cubes: int = CROP_CUBES) -> tuple[tuple[i
 
 
 def shell_correlations(a, b, voxel_size=1.0, *, select=None, n_shells=None) -> tuple[np.ndarray, np.ndarray]:
-    """FSC of ``a`` and ``b`` per shell, as :func:`core.metrics.fsc` (same shells), over only
+    """FSC of ``a`` and ``b`` per shell, as :func:`core.evaluate.metrics.fsc` (same shells), over only
     the rfft half-grid frequencies where ``select`` (bool, half-grid shape) is True when given.
     Returns ``(freqs, curve)``; NaN for a shell without power or without selected frequency."""
     import torch

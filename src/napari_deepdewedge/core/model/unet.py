@@ -30,7 +30,7 @@ NEGATIVE_SLOPE = 0.05
 #: The up-sampling layers of a new network (:data:`UPSAMPLE_KINDS`). A departure from the
 #: original's transposed convolutions (issue 17), by a controlled ablation (bench/quality.py
 #: --shape 40 128 128 --subtomo-size 24 --channels 8 --depth 3 --epochs 15 --upsample KIND, one
-#: thread; period-2 ratio = core.metrics.period2_peak_ratio of the refined volume, median / max
+#: thread; period-2 ratio = core.evaluate.metrics.period2_peak_ratio of the refined volume, median / max
 #: of the 7 lattice frequencies; the FBP half itself: 0.06 / 5.1):
 #:
 #: ==============  ========  ==============  ===========  ==============
