@@ -185,6 +185,14 @@ def test_a_missing_partner_is_named_in_the_row(make_napari_viewer, rec, tmp_path
     assert fit.more_pairs.found.text() == ""
 
 
+def _request_inputs(fit) -> dict:
+    """The dock's job inputs as ``fit_request`` takes them: ``size_typed`` is the job's (the
+    preset size is fitted in the job), not the request's."""
+    inputs = fit.job_inputs()
+    inputs.pop("size_typed")
+    return inputs
+
+
 def _cli_request(argv, out):
     from napari_deepdewedge import cli
     from napari_deepdewedge.cli.commands import fit_request
@@ -208,7 +216,7 @@ def test_the_docks_request_equals_the_clis(make_napari_viewer, rec, tmp_path, gi
                         "cpu"], tmp_path / "cli")
     fit = _fit_dock(make_napari_viewer, rec, tmp_path / "dock")
     fit.more_pairs.edit.setText(str(rec / "*_even.mrc") if given == "glob" else str(pair_list))
-    dock = fit_request(**fit.job_inputs())
+    dock = fit_request(**_request_inputs(fit))
 
     def summary(request):
         return [(p.name, tuple(p.tilt_range), tuple(np.shape(p.even)), tuple(np.shape(p.odd)),
@@ -233,7 +241,7 @@ def test_a_voxel_size_10_percent_off_is_a_warning_naming_both(make_napari_viewer
                   VOXEL * 1.05)  # within 10 %: no warning
     fit = _fit_dock(make_napari_viewer, rec, tmp_path / "run")
     fit.more_pairs.edit.setText(str(other / "*_even.mrc"))
-    request = fit_request(**fit.job_inputs())
+    request = fit_request(**_request_inputs(fit))
     notes = Notes()
     fit._on_event(pairs_message(request, request.planned_config()))
     warnings = notes.of("warning")

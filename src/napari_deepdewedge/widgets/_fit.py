@@ -29,6 +29,7 @@ from ._names import PREVIEW_NAME
 from ._fit_view import FitEventsView, ShownPreview
 from ._panel import DDWPanel
 from ._plots import LossPlot
+from ._fit_fields import field_value, set_field  # noqa: F401  (set_field: re-exported)
 
 # The first event of a resumed fit (the planned settings and the checkpoint's loss history).
 Resumed = FitResumed
@@ -65,27 +66,6 @@ def _fit_job(job, tomo0, tomo1, mask, config, resume, slab, source=None, extra=(
         if isinstance(event, FitResumed):  # the checkpoint's settings define the cubes
             yield pairs_message(request, event.config)
     return last
-
-
-def field_value(widget):
-    """The value a setting's widget shows (combo: its text; check box: bool; spin box: number)."""
-    if isinstance(widget, QComboBox):
-        return widget.currentText()
-    if isinstance(widget, QCheckBox):
-        return widget.isChecked()
-    if isinstance(widget, QDoubleSpinBox):
-        return float(widget.value())
-    return int(widget.value())
-
-
-def set_field(widget, value) -> None:
-    """Show ``value`` in a setting's widget (the inverse of :func:`field_value`)."""
-    if isinstance(widget, QComboBox):
-        widget.setCurrentText(value)
-    elif isinstance(widget, QCheckBox):
-        widget.setChecked(bool(value))
-    else:
-        widget.setValue(value)
 
 
 def _spin(lo, hi, value, step=1, suffix=""):

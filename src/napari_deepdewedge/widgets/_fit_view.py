@@ -33,7 +33,7 @@ class FitEventsView:
     def _show_config(self, cfg) -> None:
         """Show the settings a resumed fit runs with (its fixed ones come from the checkpoint,
         pipeline.plan_fit), so the form never claims what is not running."""
-        from ._fit import set_field
+        from ._fit_fields import set_field
 
         self.set_fitted_size(cfg.subtomo_size)  # a resumed size is not the user's (t17 size note)
         for name, box in self.fields.items():  # every setting the form shows (settings.py)

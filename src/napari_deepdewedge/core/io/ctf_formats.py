@@ -38,7 +38,7 @@ from ..ctf import (
 )
 from ..errors import DDWError
 from .ctf_readers import (  # noqa: F401  (re-exported: the readers and what they return)
-    CTF_KINDS_BY_SUFFIX, UNITS, ListedCTF, read_ctf_file,
+    CTF_KINDS_BY_SUFFIX, UNITS, ListedCTF, _has_grid_ctf, read_ctf_file,
 )
 
 #: files looked for beside a stack (its stem, also without _EVN/_ODD), in this order
