@@ -638,7 +638,9 @@ def _tensor_meta(value):
 
     if isinstance(value, torch.Tensor):
         return (tuple(value.shape), value.stride(), str(value.dtype), value.storage_offset())
-    return value if isinstance(value, (int, float, bool, str, type(None))) else type(value).__name__
+    if isinstance(value, float):
+        return repr(value)  # NaN != NaN: compare floats by their text
+    return value if isinstance(value, (int, bool, str, type(None))) else type(value).__name__
 
 
 @pytest.fixture
