@@ -208,7 +208,7 @@ def test_the_docks_request_equals_the_clis(make_napari_viewer, rec, tmp_path, gi
                         "cpu"], tmp_path / "cli")
     fit = _fit_dock(make_napari_viewer, rec, tmp_path / "dock")
     fit.more_pairs.edit.setText(str(rec / "*_even.mrc") if given == "glob" else str(pair_list))
-    dock = fit_request(**fit.job_inputs())
+    dock = fit_request(**_request_inputs(fit))
 
     def summary(request):
         return [(p.name, tuple(p.tilt_range), tuple(np.shape(p.even)), tuple(np.shape(p.odd)),
@@ -233,9 +233,17 @@ def test_a_voxel_size_10_percent_off_is_a_warning_naming_both(make_napari_viewer
                   VOXEL * 1.05)  # within 10 %: no warning
     fit = _fit_dock(make_napari_viewer, rec, tmp_path / "run")
     fit.more_pairs.edit.setText(str(other / "*_even.mrc"))
-    request = fit_request(**fit.job_inputs())
+    request = fit_request(**_request_inputs(fit))
     notes = Notes()
     fit._on_event(pairs_message(request, request.planned_config()))
     warnings = notes.of("warning")
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("B1: voxel size 9.6×9.6×9.6 Å") and "T0's 8×8×8 Å" in warnings[0]
+
+
+def _request_inputs(fit) -> dict:
+    """The dock's job inputs less what only the job uses (``size_typed``: the job fits a preset's
+    sub-tomogram size to the halves before building the request)."""
+    inputs = fit.job_inputs()
+    inputs.pop("size_typed")
+    return inputs
