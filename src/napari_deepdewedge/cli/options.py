@@ -241,7 +241,7 @@ FITTING = Group("fitting (default: the --preset values, then core.fitting.FitCon
     Opt(("--lr",), "lr", "Adam learning rate (default 4e-4)", type=positive_float, metavar="LR"),
     Opt(("--lr-schedule",), "lr_schedule", "constant (default, the original's) or warmup_cosine "
         "(linear warm-up over --warmup-epochs, then a cosine down to 0.1·LR at the last epoch; "
-        "README 'Time to quality')", choices=("constant", "warmup_cosine")),
+        "docs/benchmarks.md, 'Time to quality')", choices=("constant", "warmup_cosine")),
     Opt(("--warmup-epochs",), "warmup_epochs", "with --lr-schedule warmup_cosine: warm-up epochs "
         "(default 0)", type=non_negative_int, metavar="N"),
     Opt(("--early-stop",), "early_stop_patience", "stop when the --best-by measure has not improved "

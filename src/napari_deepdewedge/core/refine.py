@@ -1,4 +1,4 @@
-"""Refinement: run the fitted network over whole tomograms (DESIGN §2.8).
+"""Refinement: run the fitted network over whole tomograms (docs/method.md §2.8).
 
 For each half:
 
@@ -424,7 +424,7 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
                     device=None, progress=None, standardize=True, amp=None,
                     match_resampling=True, tile_size=None, out=None, report=None,
                     resampling="trilinear") -> np.ndarray:
-    """Refine one half-tomogram with a fitted model (DESIGN §2.8); float32 ``(Z, Y, X)``.
+    """Refine one half-tomogram with a fitted model (docs/method.md §2.8); float32 ``(Z, Y, X)``.
 
     ``standardize``: ``True`` (default) standardizes with the tomogram's own mean/std and
     undoes it afterwards; ``(mean, std)`` uses those; ``False`` leaves values unchanged (for a
