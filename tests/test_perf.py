@@ -45,10 +45,23 @@ def test_bf16_probe_outcome_drives_cpu_autocast():
         assert probe.fp32_seconds > 0 and math.isfinite(probe.bf16_seconds)
         assert probe.rel_error < 0.1  # bf16 of a 3×3×3 convolution: a few 1e-3
     assert (perf.autocast_dtype("cpu", probe) is torch.bfloat16) == probe.worth_it
-    assert (perf.pick_autocast("cpu") is torch.bfloat16) == probe.worth_it
+
+
+def test_cpu_bf16_only_when_asked_never_by_the_stopwatch_alone(monkeypatch):
+    """fp32 on the CPU by default, even where the probe would find bf16 faster (a timing must
+    not choose a fit's numerics); with DDW_CPU_BF16=1 the probe decides."""
     from napari_deepdewedge.core.fit.loop import amp_enabled
 
-    assert amp_enabled("cpu") == probe.worth_it
+    fast = perf.Bf16Probe(supported=True, fp32_seconds=1.0, bf16_seconds=0.1, rel_error=0.01)
+    slow = perf.Bf16Probe(supported=True, fp32_seconds=1.0, bf16_seconds=2.0, rel_error=0.01)
+    monkeypatch.delenv(perf.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(perf, "probe_bf16_cpu", lambda *a, **k: fast)
+    assert perf.pick_autocast("cpu") is None and amp_enabled("cpu") is False
+    monkeypatch.setenv(perf.CPU_BF16_ENV, "1")
+    assert perf.pick_autocast("cpu") is torch.bfloat16 and amp_enabled("cpu") is True
+    monkeypatch.setattr(perf, "probe_bf16_cpu", lambda *a, **k: slow)
+    assert perf.pick_autocast("cpu") is None
+    assert perf.pick_autocast("cuda") is torch.float16  # CUDA is unaffected
 
 
 def test_compile_only_on_cuda_when_asked_and_long_enough():

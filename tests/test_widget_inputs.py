@@ -46,9 +46,12 @@ def test_with_only_the_sample_open_no_dock_offers_the_tilt_series_as_a_half(
     tilt series belongs (step 1's 'Tilt series'), never as a half or a volume to compare."""
     import napari_deepdewedge._sample_data as S
 
-    # the real sample command, on a smaller phantom to keep the test fast
-    monkeypatch.setattr(S, "sample_tilt_series",
-                        lambda: S.sample_layers(shape=(32, 48, 48), tilt_range=(-60, 60, 4.0)))
+    # the real sample command, on a smaller phantom to keep the test fast. Patch what the
+    # command calls, not the command: npe2 keeps the first callable it resolves for a command,
+    # so a patched command would outlive this test (the sample click-path test then got it)
+    real = S.sample_layers
+    monkeypatch.setattr(S, "sample_layers",
+                        lambda: real(shape=(32, 48, 48), tilt_range=(-60, 60, 4.0)))
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "tilt_series")
     series = "phantom tilt series"

@@ -247,3 +247,11 @@ def test_a_voxel_size_10_percent_off_is_a_warning_naming_both(make_napari_viewer
     warnings = notes.of("warning")
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("B1: voxel size 9.6×9.6×9.6 Å") and "T0's 8×8×8 Å" in warnings[0]
+
+
+def _request_inputs(fit) -> dict:
+    """The dock's job inputs less what only the job uses (``size_typed``: the job fits a preset's
+    sub-tomogram size to the halves before building the request)."""
+    inputs = fit.job_inputs()
+    inputs.pop("size_typed")
+    return inputs

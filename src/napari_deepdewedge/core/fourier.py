@@ -1,4 +1,4 @@
-"""Fourier-space geometry of the missing wedge (DESIGN §2.3, §2.10).
+"""Fourier-space geometry of the missing wedge (docs/method.md §2.3, §2.10).
 
 Frequencies are ``(kz, ky, kx)`` in cycles/voxel, in ``torch.fft.fftfreq`` order (DC at index 0)
 unless a function says ``shifted=True`` (DC at index ``N // 2``, as after ``fftshift``).
@@ -10,7 +10,7 @@ The project's projector (``core/reconstruct/geometry.py``) puts voxel ``(z, y, x
 ``u`` is ``Σ v(z, y, x)·exp(-2πi·u·(x·cosθ + z·sinθ))``, i.e. the volume's spectrum at
 ``(kz, kx) = u·(sinθ, cosθ)``. So the tilt ``θ`` samples the central plane spanned by the ky
 axis and the (kz, kx) direction with ``φ = atan2(kz, kx) = θ`` — "the direction at angle θ from
-the kx axis in the kx–kz plane", as DESIGN §2.3 says; the wording and the sign convention agree.
+the kx axis in the kx–kz plane", as docs/method.md §2.3 says; the wording and the sign convention agree.
 (The rays themselves run along ``(z, x) ∝ (cosθ, -sinθ)``, perpendicular to that direction.)
 ``tests/test_fourier.py`` checks this against a real projector.
 

@@ -19,10 +19,15 @@ jobs; ratios from interleaved runs in one process):
   What is left is the convolutions (≈ 80 % of a step; the weight gradient runs as im2col + GEMM,
   ``x64:gemm:jit``, on AVX2 — no direct kernel for 3D channels-last), which the original
   computes with the same layers.
-- bf16 autocast on the CPU: only where :func:`probe_bf16_cpu` finds it both supported and
-  faster than fp32 on a small convolution (this CPU runs it, 12–20× SLOWER: 1.5–1.8 s vs
-  74–155 ms → fp32). CUDA: fp16
-  autocast with a GradScaler (as before).
+- bf16 autocast on the CPU: OFF unless asked for with ``DDW_CPU_BF16=1``, and then only where
+  :func:`probe_bf16_cpu` finds it both supported and faster than fp32 on a small convolution
+  (this AVX2 CPU runs it 12–20× SLOWER: 1.5–1.8 s vs 74–155 ms → fp32). It used to be chosen
+  by the probe alone, i.e. by a stopwatch: on an AVX-512 EPYC with bf16 kernels the choice
+  could differ between processes and runs, and the same fit gave results 2e-3 apart (bf16's
+  rounding size) between torchrun ranks and a single process, and between the CLI and the
+  pipeline route, while ``ONEDNN_MAX_CPU_ISA=AVX2`` (no bf16 kernels → fp32) made them agree
+  (issue 17). A fit's numerics must not depend on a timing, so fp32 is the CPU default.
+  CUDA: fp16 autocast with a GradScaler (as before).
 - ``torch.compile`` of the U-Net on the CPU: 100 s to compile the first step, then 3 % faster
   (0.234 vs 0.241 s per sample): it would pay for itself after ~14 000 samples, far beyond the
   first epochs → DROPPED on the CPU. On CUDA only when asked for (``FitConfig.compile``) and
@@ -163,10 +168,21 @@ def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
     return dtype == torch.float16
 
 
+#: set to 1 to let CPU fits and refinements run under bf16 autocast where the probe finds it faster
+CPU_BF16_ENV = "DDW_CPU_BF16"
+
+
+def cpu_bf16_requested() -> bool:
+    """Whether the user asked for bf16 on the CPU (``DDW_CPU_BF16=1``); fp32 otherwise."""
+    return os.environ.get(CPU_BF16_ENV, "").strip() == "1"
+
+
 def pick_autocast(device) -> torch.dtype | None:
-    """:func:`autocast_dtype` for ``device``, probing bf16 only on a CPU."""
+    """:func:`autocast_dtype` for ``device``; on a CPU the bf16 probe runs only when
+    :func:`cpu_bf16_requested` (otherwise fp32, whatever the CPU)."""
     kind = torch.device(device).type
-    return autocast_dtype(kind, probe_bf16_cpu() if kind == "cpu" else None)
+    probe = probe_bf16_cpu() if kind == "cpu" and cpu_bf16_requested() else None
+    return autocast_dtype(kind, probe)
 
 
 def autocast(device, dtype: torch.dtype | None):

@@ -1,4 +1,4 @@
-"""Tilt series → the two half tomograms (DESIGN §2.1–2.2), one job for every front end.
+"""Tilt series → the two half tomograms (docs/method.md §2.1–2.2), one job for every front end.
 
 ``thickness`` has one meaning everywhere: the tomogram's Z size in OUTPUT (binned) voxels —
 the CLI's ``--thickness`` and the dock's *Thickness* field. ``HalvesRequest(thickness=64,

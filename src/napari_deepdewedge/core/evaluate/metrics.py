@@ -1,4 +1,4 @@
-"""Quality measures (DESIGN §2.9): CC, FSC and its 0.143 crossing, power in the missing wedge.
+"""Quality measures (docs/method.md §2.9): CC, FSC and its 0.143 crossing, power in the missing wedge.
 
 Inputs are numpy arrays (torch tensors are accepted and moved to the CPU); outputs are plain
 floats (``fsc`` returns two numpy arrays). Spectra are computed with ``torch.fft.rfftn`` in the

@@ -1,4 +1,4 @@
-"""``FitConfig``: everything that defines a fitting run (DESIGN §2.4–2.7), its engine defaults,
+"""``FitConfig``: everything that defines a fitting run (docs/method.md §2.4–2.7), its engine defaults,
 its checks and its dict form (what checkpoints record). Each field is declared once more, as a
 row of :mod:`.settings` (presets, limits, flag, YAML keys, dock row). Kept apart from the loop
 so that front ends can build and check a configuration without importing torch.
@@ -17,7 +17,7 @@ from .settings import NON_NEGATIVE, POSITIVE, PRESETS, SETTINGS
 
 @dataclass
 class FitConfig:
-    """Everything that defines a fitting run (DESIGN §2.4–2.7)."""
+    """Everything that defines a fitting run (docs/method.md §2.4–2.7)."""
 
     subtomo_size: int = 48
     channels: int = 16
@@ -40,7 +40,7 @@ class FitConfig:
     out_dir: str | None = None      # checkpoints + losses.csv; None = no files
     preview_every: int = 0          # epochs; 0 = no previews
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    # U-Net adds its normalized input to its output (DESIGN §2.6). Off by default: with the
+    # U-Net adds its normalized input to its output (docs/method.md §2.6). Off by default: with the
     # epoch budgets people run (tens, not hundreds), the plain network denoises much better —
     # tuning phantom, 64×160×160, s=32, 16 ch: CC vs truth at epoch 20 0.595 without vs 0.532
     # with the residual (oracle Gaussian 0.569); see bench/quality.py. bench/quality_peers.py

@@ -1,4 +1,4 @@
-"""Sub-tomograms for fitting (DESIGN §2.4).
+"""Sub-tomograms for fitting (docs/method.md §2.4).
 
 Cubes are cut from the two half tomograms on one 3D grid, at the *extraction* edge
 ``E = ceil_even(√2·s)`` so that any rotation of a cube can still be centre-cropped to the

@@ -1,10 +1,10 @@
-"""The fitting loop (DESIGN §2.4–2.7): one engine for the CLI, the widgets and torchrun.
+"""The fitting loop (docs/method.md §2.4–2.7): one engine for the CLI, the widgets and torchrun.
 
 ``fit_iter`` is a generator of plain event dataclasses. A front end iterates it (a napari
 generator worker yields from it; the CLI prints from it); it yields at least once per optimizer
 step, so a worker can quit within one step, and its last event is always :class:`FitFinished`.
 
-One fitting step (DESIGN §2.5): a shuffled batch of fitting cubes (fresh order every epoch,
+One fitting step (docs/method.md §2.5): a shuffled batch of fitting cubes (fresh order every epoch,
 seeded ``torch.Generator`` on the CPU), a fresh uniformly random rotation per cube, cube0 and
 cube1 rotated and centre-cropped in one batched ``grid_sample`` call, target = rotated cube1,
 input = ``F⁻¹(M·F(rotated cube0))``, loss = Fourier-masked Noise2Noise loss with ``M`` and the
@@ -12,7 +12,7 @@ rotated mask ``M_R``; Adam.
 
 Every ``update_every`` epochs the *wedges are updated*: the model runs on every un-rotated
 fitting cube0 and its prediction replaces the cube's unobserved frequencies; the targets
-(cube1) never change. The network's input normalization (``loc``/``scale``, DESIGN §2.6) is
+(cube1) never change. The network's input normalization (``loc``/``scale``, docs/method.md §2.6) is
 computed from the model inputs (centre crops of the fitting cube0s, masked with ``M``) at the
 start and after every wedge update.
 
@@ -273,7 +273,7 @@ def fit_iter(tomo0, tomo1, config: FitConfig, *, mask=None, pairs=None, resume=N
              init_from=None, should_stop: Callable[[], bool] | None = None,
              preview_slab: Callable[[], tuple[int, int]] | None = None,
              emulate_ranks: int = 1) -> Iterator[FitEvent]:
-    """Fit a U-Net to one or more half pairs (DESIGN §2.4–2.7), yielding events.
+    """Fit a U-Net to one or more half pairs (docs/method.md §2.4–2.7), yielding events.
 
     One pair: ``tomo0``/``tomo1`` with ``config.tilt_min/tilt_max`` and the optional ROI
     ``mask``. Several: ``pairs`` (a list of :class:`core.fit.pairs.HalfPair`, ``tomo0``/``tomo1``

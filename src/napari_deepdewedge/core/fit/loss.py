@@ -1,4 +1,4 @@
-"""Model input and the masked Fourier (Noise2Noise) loss of DeepDeWedge (DESIGN §2.5).
+"""Model input and the masked Fourier (Noise2Noise) loss of DeepDeWedge (docs/method.md §2.5).
 
 For a fitting sample with rotation ``R``::
 

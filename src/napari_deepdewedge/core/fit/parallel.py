@@ -15,8 +15,9 @@ from ..errors import DDWError
 
 
 def amp_enabled(device) -> bool:
-    """Mixed precision: fp16 autocast + GradScaler on CUDA, bf16 autocast on a CPU whose quick
-    probe finds it faster (``core.perf.pick_autocast``), fp32 otherwise."""
+    """Mixed precision: fp16 autocast + GradScaler on CUDA, bf16 autocast on a CPU only when
+    asked (``DDW_CPU_BF16=1``) and its quick probe finds it faster (``core.perf.pick_autocast``),
+    fp32 otherwise."""
     from ..perf import pick_autocast
 
     return pick_autocast(device) is not None

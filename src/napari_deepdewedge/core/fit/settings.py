@@ -121,7 +121,7 @@ SETTINGS: tuple[Setting, ...] = (
             limits=POSITIVE, ddw="adam_params_dict.lr"),
     Setting("lr_schedule", str, "constant (default, the original's) or warmup_cosine (linear "
             "warm-up over --warmup-epochs, then a cosine down to 0.1·LR at the last epoch; "
-            "README 'Time to quality')", Flag(("--lr-schedule",)),
+            "docs/benchmarks.md, 'Time to quality')", Flag(("--lr-schedule",)),
             DockRow("LR schedule", "constant (the published way) or warmup_cosine: a linear "
                     "warm-up over the given epochs, then a cosine down to 0.1 × the rate at the "
                     "last epoch. With a rate of 0.001 and 1 warm-up epoch a fit reaches a given "

@@ -1,4 +1,4 @@
-"""The pieces of one fitting epoch (DESIGN §2.5–2.6): the pooled cube stores and how a batch
+"""The pieces of one fitting epoch (docs/method.md §2.5–2.6): the pooled cube stores and how a batch
 is rotated out of them (:class:`Cubes`), one optimizer step (:func:`fit_step`), the
 validation loss, the input normalization and the wedge update. :mod:`.loop` runs them.
 """

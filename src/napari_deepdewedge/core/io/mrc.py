@@ -1,6 +1,6 @@
 """Reading and writing MRC-family volumes.
 
-Conventions (DESIGN §1): arrays are (Z, Y, X) for tomograms and (n_tilts, Y, X) for tilt series;
+Conventions (docs/method.md §1): arrays are (Z, Y, X) for tomograms and (n_tilts, Y, X) for tilt series;
 voxel sizes are in Å and in (Z, Y, X) order; angles are in degrees, in stack order.
 """
 from __future__ import annotations

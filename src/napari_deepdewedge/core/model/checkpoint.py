@@ -1,4 +1,4 @@
-"""Checkpoints: one self-describing torch file per saved state (DESIGN §2.7).
+"""Checkpoints: one self-describing torch file per saved state (docs/method.md §2.7).
 
 A checkpoint is a plain ``dict`` saved with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``, so loading never executes code from the file: anything

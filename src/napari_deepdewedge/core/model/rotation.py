@@ -1,4 +1,4 @@
-"""Random rotations and batched rotate-and-crop of sub-tomograms (DESIGN §2.4, §2.5, §2.10).
+"""Random rotations and batched rotate-and-crop of sub-tomograms (docs/method.md §2.4, §2.5, §2.10).
 
 Conventions (docs/architecture.md): a rotation is a ``(3, 3)`` matrix ``R`` acting on column
 vectors in ``(z, y, x)`` order; index ``i`` of an axis of length ``N`` sits at the centred

@@ -1,4 +1,4 @@
-"""The 3D U-Net that DeepDeWedge fits (DESIGN §2.6).
+"""The 3D U-Net that DeepDeWedge fits (docs/method.md §2.6).
 
 Layout, for ``depth`` levels with first-level width ``channels`` (level ``i`` has
 ``channels * 2**i`` feature maps, the bottleneck ``channels * 2**depth``)::

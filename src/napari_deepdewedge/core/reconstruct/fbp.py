@@ -180,7 +180,7 @@ def fbp(
     progress: Callable[[int, int], None] | None = None,
     phase_flip=None,
 ) -> np.ndarray:
-    """Weighted back-projection of an aligned tilt series (DESIGN §2.2).
+    """Weighted back-projection of an aligned tilt series (docs/method.md §2.2).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""The two statistically independent halves DeepDeWedge needs (DESIGN §2.1).
+"""The two statistically independent halves DeepDeWedge needs (docs/method.md §2.1).
 
 Three entry points: split one tilt series by parity of the angle-sorted index; two frame-half
 tilt series (``*_EVN``/``*_ODD``); or two ready tomograms.

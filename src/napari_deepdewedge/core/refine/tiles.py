@@ -1,4 +1,4 @@
-"""Refinement: run the fitted network over whole tomograms (DESIGN §2.8).
+"""Refinement: run the fitted network over whole tomograms (docs/method.md §2.8).
 
 For each half:
 

@@ -1,4 +1,4 @@
-"""Refining whole tomograms with a fitted model (DESIGN §2.8): each half masked and
+"""Refining whole tomograms with a fitted model (docs/method.md §2.8): each half masked and
 standardized (:func:`.tiles.prepare_half`), predicted tile by tile (:func:`.tiles.predict_tiled`,
 tiles shrunk when the device runs out of memory), both halves averaged
 (:func:`refine_halves`).
@@ -33,7 +33,7 @@ def refine_tomogram(model, tomo, tilt_min, tilt_max, *, subtomo_size, overlap=No
                     device=None, progress=None, standardize=True, amp=None,
                     match_resampling=True, tile_size=None, out=None, report=None,
                     resampling="trilinear") -> np.ndarray:
-    """Refine one half-tomogram with a fitted model (DESIGN §2.8); float32 ``(Z, Y, X)``.
+    """Refine one half-tomogram with a fitted model (docs/method.md §2.8); float32 ``(Z, Y, X)``.
 
     ``standardize``: ``True`` (default) standardizes with the tomogram's own mean/std and
     undoes it afterwards; ``(mean, std)`` uses those; ``False`` leaves values unchanged (for a
