@@ -91,7 +91,7 @@ def _radius_half_grid(shape, voxel_size) -> torch.Tensor:
     return torch.sqrt(r2)
 
 
-def fsc(a, b, voxel_size=1.0, n_shells=None) -> tuple[np.ndarray, np.ndarray]:
+def fsc(a, b, voxel_size=1.0, n_shells=None, *, select=None) -> tuple[np.ndarray, np.ndarray]:
     """Fourier shell correlation of two volumes.
 
     Shell ``i = 1 … n_shells`` holds the frequencies with ``round(|k| / dk) == i``,
@@ -100,6 +100,8 @@ def fsc(a, b, voxel_size=1.0, n_shells=None) -> tuple[np.ndarray, np.ndarray]:
     one per axis (Å). ``n_shells`` defaults to ``min(shape) // 2``.
     Returns ``(freqs, curve)``: shell frequencies ``i · dk`` in 1/Å and
     ``Re Σ Fa·conj(Fb) / sqrt(Σ|Fa|² · Σ|Fb|²)`` per shell (NaN for a shell without power).
+    ``select`` (bool, rfft half-grid shape): sum over only those frequencies (NaN for a shell
+    with none of them).
     """
     a, b = _pair(a, b)
     vs = _voxel_sizes(voxel_size, a.ndim)
@@ -114,10 +116,13 @@ def fsc(a, b, voxel_size=1.0, n_shells=None) -> tuple[np.ndarray, np.ndarray]:
     shell = torch.round(r / dk).to(torch.int64).expand(fa.shape)
     w = _half_weights(a.shape[-1]).expand(fa.shape)
     keep = (shell >= 1) & (shell <= n_shells)
+    if select is not None:  # only these rfft half-grid frequencies (e.g. the missing wedge)
+        keep = keep & torch.as_tensor(np.asarray(select, dtype=bool))
     idx = shell[keep]
 
-    def shell_sum(values):
-        return torch.bincount(idx, weights=(values.to(torch.float64) * w)[keep], minlength=n_shells + 1)[1:]
+    def shell_sum(values):  # float64 also for an empty selection (bincount gives integer zeros)
+        sums = torch.bincount(idx, weights=(values.to(torch.float64) * w)[keep], minlength=n_shells + 1)
+        return sums[1:].to(torch.float64)
 
     num = shell_sum(fa.real * fb.real + fa.imag * fb.imag)
     pa = shell_sum(fa.real**2 + fa.imag**2)

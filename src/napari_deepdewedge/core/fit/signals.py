@@ -69,33 +69,9 @@ def shell_correlations(a, b, voxel_size=1.0, *, select=None, n_shells=None) -> t
     """FSC of ``a`` and ``b`` per shell, as :func:`core.evaluate.metrics.fsc` (same shells), over only
     the rfft half-grid frequencies where ``select`` (bool, half-grid shape) is True when given.
     Returns ``(freqs, curve)``; NaN for a shell without power or without selected frequency."""
-    import torch
+    from ..evaluate.metrics import fsc
 
-    from ..evaluate.metrics import _half_weights, _pair, _radius_half_grid, _rfft, _voxel_sizes
-
-    a, b = _pair(a, b)
-    vs = _voxel_sizes(voxel_size, a.ndim)
-    n_shells = int(n_shells or min(a.shape) // 2)
-    fa, fb = _rfft(a), _rfft(b)
-    r = _radius_half_grid(a.shape, vs)
-    dk = 1.0 / (2.0 * max(vs)) / n_shells
-    shell = torch.round(r / dk).to(torch.int64).expand(fa.shape)
-    w = _half_weights(a.shape[-1]).expand(fa.shape)
-    keep = (shell >= 1) & (shell <= n_shells)
-    if select is not None:
-        keep = keep & torch.as_tensor(np.asarray(select, dtype=bool))
-    idx = shell[keep]
-
-    def shell_sum(values):
-        sums = torch.bincount(idx, weights=(values.to(torch.float64) * w)[keep], minlength=n_shells + 1)
-        return sums[1:].to(torch.float64)  # (an empty selection gives integer zeros)
-
-    num = shell_sum(fa.real * fb.real + fa.imag * fb.imag)
-    pa = shell_sum(fa.real**2 + fa.imag**2)
-    pb = shell_sum(fb.real**2 + fb.imag**2)
-    denom = torch.sqrt(pa * pb)
-    curve = torch.where(denom > 0, num / denom.clamp_min(1e-300), torch.full_like(num, float("nan")))
-    return np.arange(1, n_shells + 1, dtype=np.float64) * dk, curve.numpy()
+    return fsc(a, b, voxel_size, n_shells, select=select)
 
 
 def _band_mean(freqs, curve, band: float) -> float:
