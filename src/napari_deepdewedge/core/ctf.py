@@ -287,3 +287,75 @@ class PhaseFlip:
     @staticmethod
     def _batch(shape) -> int:
         return max(1, (16 * 1024 * 1024) // (shape[0] * shape[1]))
+
+
+# ------------------------------------------------------------ the CTF-aware fit's envelope
+
+
+def ctf_record(ctf: ViewCTF) -> dict:
+    """A plain (JSON) record of the views' CTF: what the fit's envelope needs, what a checkpoint
+    and the halves' ``<stem>_ctf.json`` store (:func:`ctf_from_record` reads it back)."""
+    return {"defocus_u_um": [round(float(v), 5) for v in ctf.defocus_u],
+            "defocus_v_um": [round(float(v), 5) for v in ctf.defocus_v],
+            "astigmatism_angle_deg": [round(float(v), 3) for v in ctf.astigmatism_angle],
+            "phase_shift_deg": [round(float(v), 3) for v in ctf.phase_shift],
+            "voltage_kv": float(ctf.voltage), "cs_mm": float(ctf.cs),
+            "amplitude_contrast": float(ctf.amplitude_contrast),
+            "source": None if ctf.source is None else Path(ctf.source).name}
+
+
+def ctf_from_record(record: dict, *, what: str = "CTF record") -> ViewCTF:
+    """The :class:`ViewCTF` of a :func:`ctf_record` (DDWError naming a missing or bad key)."""
+    try:
+        du = np.asarray(record["defocus_u_um"], dtype=np.float64).ravel()
+        dv = np.asarray(record.get("defocus_v_um", du), dtype=np.float64).ravel()
+        n = du.size
+        angle = np.asarray(record.get("astigmatism_angle_deg", np.zeros(n)), dtype=np.float64).ravel()
+        phase = np.asarray(record.get("phase_shift_deg", np.zeros(n)), dtype=np.float64).ravel()
+        optics = dict(voltage=float(record.get("voltage_kv", DEFAULT_VOLTAGE_KV)),
+                      cs=float(record.get("cs_mm", DEFAULT_CS_MM)),
+                      amplitude_contrast=float(record.get("amplitude_contrast",
+                                                          DEFAULT_AMPLITUDE_CONTRAST)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DDWError(f"{what}: cannot read the defoci ({exc!s}); it needs 'defocus_u_um' (a list of "
+                       "µm, one per view) and optionally defocus_v_um, astigmatism_angle_deg, "
+                       "phase_shift_deg, voltage_kv, cs_mm, amplitude_contrast") from None
+    if n == 0 or not (dv.size == angle.size == phase.size == n):
+        raise DDWError(f"{what}: {n} defoci, {dv.size} second defoci, {angle.size} angles and "
+                       f"{phase.size} phase shifts; give one of each per view")
+    both = np.concatenate([du, dv])
+    if not np.all(np.isfinite(both)) or both.min() <= 0 or both.max() > MAX_DEFOCUS_UM:
+        raise DDWError(f"{what}: defoci must be in (0, {MAX_DEFOCUS_UM:g}] µm (underfocus positive), "
+                       f"got {both.min():g}…{both.max():g}")
+    source = record.get("source")
+    return ViewCTF(du, dv, angle, phase, kind="record", given=("voltage", "cs", "amplitude_contrast"),
+                   source=Path(source) if source else None, **optics)
+
+
+def tilt_averaged_abs_ctf(ctf: ViewCTF, k_per_angstrom, *, n_azimuth: int = 8) -> np.ndarray:
+    """The mean of ``|CTF(k)|`` over the views (and, for astigmatic views, over ``n_azimuth``
+    directions in the image plane) at frequencies ``k`` (1/Å): the radial envelope of the
+    CTF-aware fit (docs/method.md §2.5).
+
+    Each view's |CTF| is radial in its own projection plane (the mean defocus; an astigmatic
+    view's |CTF| is averaged over the directions, its defocus ``Δf(φ) = Δf_mean + ½(Δf_u − Δf_v)
+    cos 2(φ − angle)``). Their mean over the views is then a function of ``|k|`` alone in 3D,
+    so it is the same for every rotation of a sub-tomogram (see :mod:`core.fit.ctf_envelope`).
+    """
+    k = np.asarray(k_per_angstrom, dtype=np.float64)
+    flat = k.ravel()
+    total = np.zeros_like(flat)
+    count = 0
+    azimuths = (np.arange(int(n_azimuth)) + 0.5) * math.pi / int(n_azimuth)
+    for view in range(ctf.count):
+        mean = 0.5 * (ctf.defocus_u[view] + ctf.defocus_v[view])
+        half = 0.5 * (ctf.defocus_u[view] - ctf.defocus_v[view])
+        phis = azimuths if abs(half) > 1e-6 else azimuths[:1]
+        for phi in phis:
+            d = mean + half * math.cos(2 * (phi - math.radians(ctf.astigmatism_angle[view])))
+            c = ctf_1d(d, flat, voltage=ctf.voltage, cs=ctf.cs,
+                       amplitude_contrast=ctf.amplitude_contrast,
+                       phase_shift=float(ctf.phase_shift[view]))
+            total += np.abs(c) / len(phis)
+        count += 1
+    return (total / max(count, 1)).reshape(k.shape)

@@ -54,6 +54,10 @@ class Halves:
     angles_even: np.ndarray | None = None
     angles_odd: np.ndarray | None = None
     ctf_summary: str = ""           # what was done about the CTF and the contrast (one line)
+    # the halves' CTF when they were phase flipped (the CTF-aware fit's input, HalfPair.ctf;
+    # written beside the halves as <stem>_ctf.json): {"even", "odd"} core.ctf.ctf_record()s,
+    # "pixel_size" (Å, the halves' voxels), "phase_flipped": True, "inverted"
+    ctf: dict | None = None
 
 
 def _split(request: HalvesRequest):
@@ -121,7 +125,18 @@ def reconstruct_halves(request: HalvesRequest,
                   tilt_range=(float(angles.min()), float(angles.max())), stem=stem,
                   angles_even=np.asarray(even.angles, dtype=float),
                   angles_odd=np.asarray(odd.angles, dtype=float),
-                  ctf_summary=_ctf_summary(request, full_series or even, flips[0], stem))
+                  ctf_summary=_ctf_summary(request, full_series or even, flips[0], stem),
+                  ctf=_ctf_of_halves(flips, voxel, request.invert))
+
+
+def _ctf_of_halves(flips, voxel: float, inverted: bool) -> dict | None:
+    """The halves' CTF record (``Halves.ctf``) when both were phase flipped, else None."""
+    if flips[0] is None or flips[1] is None:
+        return None
+    from ..core.ctf import ctf_record
+
+    return {"even": ctf_record(flips[0].ctf), "odd": ctf_record(flips[1].ctf),
+            "pixel_size": float(voxel), "phase_flipped": True, "inverted": bool(inverted)}
 
 
 def _phase_flip(series: TiltSeries, request: HalvesRequest):

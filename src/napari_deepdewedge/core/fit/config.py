@@ -80,6 +80,11 @@ class FitConfig:
     # by validation loss 0.029 / 0.068, the last epoch 0.024 / 0.079: differences inside the
     # truth CC's own scatter from epoch to epoch (s.d. 0.02–0.04 over each run's second half)
     best_by: str = "val_loss"
+    # the CTF-aware loss (core.fit.ctf_envelope, docs/method.md §2.5): the prediction times the
+    # target half's tilt-averaged |CTF| is compared with the target, so the network gives the
+    # CTF-free volume; needs the halves' defoci (<stem>_ctf.json from `reconstruct --ctf`, or
+    # `run --ctf`). Default: ABLATION_PENDING
+    ctf_loss: bool = False
 
     @property
     def tilt_range(self) -> tuple[float, float]:

@@ -199,11 +199,14 @@ class _Run:
 
         m, cfg, dev, kind = self.m, self.cfg, self.dev, self.cfg.resampling
         common = dict(rank=dev.rank, world=dev.world, amp=dev.amp, resampling=kind, emulate=self.emulate)
+        env = self.cubes.envelopes
         steps.update_wedges(m.net, self.fit0, None, cfg.depth, dev.device, cfg.batch_size,
-                            mask_of=self.extraction_masks, **common)
+                            mask_of=self.extraction_masks, **common,
+                            envelope_of=None if env is None else lambda i: env.extraction(self.cubes.fit_index[i]))
         if cfg.update_val_wedges and self.data.n_val:  # as the original: validation sees what fitting sees
             steps.update_wedges(m.net, self.val0, None, cfg.depth, dev.device, cfg.batch_size,
-                                mask_of=self.val_extraction_masks, **common)
+                                mask_of=self.val_extraction_masks, **common,
+                                envelope_of=None if env is None else lambda i: env.extraction(self.cubes.val_index[i]))
         self.cubes.refresh_coefficients()
         m.net.set_normalization(*steps.input_normalization(self.fit0, None, cfg.subtomo_size, dev.device,
                                                            mask_of=self.crop_masks, resampling=kind))

@@ -17,6 +17,11 @@ axis of ``mask``. On the half grid each column except ``kx = 0`` (and ``kx = X/2
 whenever the masks satisfy ``M[i] = M[-i mod N]``, which the ``core.fourier`` masks do (their
 Nyquist rule). ``mask`` is the canonical observed mask ``M`` (``(Z, Y, X)``-like, shared), and
 ``rotated_masks`` the per-sample ``M_R`` (``(B, Z, Y, X)``-like, or ``(B, 1, ...)``).
+
+The CTF-aware loss (``FitConfig.ctf_loss``, core.fit.ctf_envelope) passes ``envelope`` ``g``
+(same grid layout as ``mask``): the prediction is multiplied by it in Fourier space before the
+masks, ``L = mean_k W(k)·|F(y) − g·F(f(x))|²``, so the network is asked for the CTF-free volume.
+With ``g ≡ 1`` this is the loss above (the residual's FFT split in two: equal up to rounding).
 """
 from __future__ import annotations
 
@@ -88,6 +93,7 @@ def masked_fourier_loss(
     wedge_weight: float = 2.0,
     *,
     reduction: str = "mean",
+    envelope: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DeepDeWedge's loss ``mean_k |M_R·M·F(r)|² + w·mean_k |M_R·(1−M)·F(r)|²``, ``r = y − f(x)``.
 
@@ -95,7 +101,8 @@ def masked_fourier_loss(
     ``M_R`` per sample, ``(B, Z, Y, X)`` (or ``(B, 1, Z, Y, X)``), same grid layout as ``mask``.
     Unitary FFT, mean over frequencies, channels and the batch (``reduction="mean"``, a scalar)
     or per sample (``reduction="none"``, shape ``(B,)``). Half-precision inputs are promoted to
-    float32 for the FFT.
+    float32 for the FFT. ``envelope``: the CTF-aware loss's ``g`` (module docstring), shared
+    ``(Z, Y, X)``-like or per sample, on the grid of ``mask``; ``None`` = the plain loss.
     """
     if pred.shape != target.shape:
         raise DDWError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
@@ -111,12 +118,21 @@ def masked_fourier_loss(
             "build both with the same rfft setting"
         )
     wd = _work_dtype(pred)
+    if envelope is not None and _layout(envelope, spatial) != half:
+        raise DDWError("the CTF envelope and the masks use different Fourier grids; build both with "
+                       "the same rfft setting")
     r = (target - pred).to(wd)
     m = _align(mask, r).to(wd)
     mr = _align(rotated_masks, r).to(wd)
     w = float(wedge_weight)
     weight = (mr * m) ** 2 + w * (mr * (1 - m)) ** 2
-    if half:
+    if envelope is not None:  # F(y) − g·F(f(x))
+        g = _align(envelope, r).to(wd)
+        fft = torch.fft.rfftn if half else torch.fft.fftn
+        fr = fft(target.to(wd), dim=_DIMS, norm="ortho") - g * fft(pred.to(wd), dim=_DIMS, norm="ortho")
+        power = fr.real**2 + fr.imag**2
+        weighted = weight * power * (_half_weights(int(spatial[-1]), r.device, wd) if half else 1.0)
+    elif half:
         fr = torch.fft.rfftn(r, dim=_DIMS, norm="ortho")
         power = fr.real**2 + fr.imag**2
         weighted = weight * power * _half_weights(int(spatial[-1]), r.device, wd)

@@ -31,10 +31,15 @@ class HalfPair:
     odd_path: str | None = None
     voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
     mask_source: object = None  # what made the mask (pipeline.masks): recorded in the checkpoint
+    # the halves' CTF (the CTF-aware loss, core.fit.ctf_envelope): {"even": record, "odd": record,
+    # "pixel_size": Å, "phase_flipped": bool} with core.ctf.ctf_record()s; recorded in the checkpoint
+    ctf: dict | None = None
 
     def record(self) -> dict:
         """The checkpoint's ``inputs`` entry of this pair (``mask``: the mask's source, if any)."""
         extra = {} if self.mask_source is None else {"mask": self.mask_source}
+        if self.ctf:
+            extra["ctf"] = self.ctf
         return {**extra, "name": str(self.name), "even_path": None if self.even_path is None else str(self.even_path),
                 "odd_path": None if self.odd_path is None else str(self.odd_path),
                 "shape": [int(n) for n in np.shape(self.even)],
@@ -66,7 +71,7 @@ def check_pairs(pairs) -> list[HalfPair]:
         out.append(HalfPair(even=even, odd=odd, tilt_range=(lo, hi), mask=mask, name=p.name,
                             even_path=p.even_path, odd_path=p.odd_path,
                             voxel_size=tuple(float(v) for v in p.voxel_size),
-                            mask_source=getattr(p, "mask_source", None)))
+                            mask_source=getattr(p, "mask_source", None), ctf=getattr(p, "ctf", None)))
     return out
 
 

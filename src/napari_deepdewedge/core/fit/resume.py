@@ -42,6 +42,7 @@ RESUME_FIXED = {
     "standardize": "defines the data the network sees",
     "seed": "defines the cube split, the weights and the sampling",
     "wedge_weight": "defines the loss being minimized",
+    "ctf_loss": "defines the loss being minimized (and what the network outputs: CTF-free or not)",
     "voxel_size": "belongs to the tomograms: another value means other data",
 }
 #: may change for a resume: field → note

@@ -216,6 +216,13 @@ SETTINGS: tuple[Setting, ...] = (
             "an ablation setting (bench/quality_peers.py)", "an ablation setting", yaml=False),
     Setting("update_val_wedges", bool, "validation cubes get the wedge updates too",
             "an ablation setting (bench/quality_peers.py)", "an ablation setting", yaml=False),
+    Setting("ctf_loss", bool, "CTF-aware loss: the prediction is multiplied by the target half's "
+            "tilt-averaged |CTF| before the masked loss, so the network gives the CTF-free volume "
+            "(default off; needs phase-flipped halves and their defoci: the <stem>_ctf.json that "
+            "'reconstruct --ctf FILE' writes, or 'run --ctf FILE'; docs/benchmarks-ctf.md)",
+            Flag(("--ctf-loss",)),
+            "not in the dock yet: the Fit dock's layers carry no defoci (command line: fit/run "
+            "--ctf-loss)"),
     Setting("compile", bool, "torch.compile the U-Net (CUDA, long runs only)",
             "decided by core.perf.decide_compile", "decided by core.perf.decide_compile",
             yaml=False),

@@ -214,6 +214,11 @@ def cube_data(cfg: FitConfig, pairs, payload, resume_dir, device) -> CubeData:
     wedges = WedgeMasks([pair.tilt_range for pair in pairs], cfg.subtomo_size, E, device)
     cubes = Cubes(fit_store, val_store, pooled.val_rot, pooled.fit_index, pooled.val_index, wedges,
                   cfg.subtomo_size, device, in_place=in_place, feeders=feeders, resampling=cfg.resampling)
+    if cfg.ctf_loss:  # the CTF-aware loss's envelopes, built once (core.fit.ctf_envelope)
+        from .ctf_envelope import CTFEnvelopes, check_ctf_pairs
+
+        check_ctf_pairs(pairs)
+        cubes.envelopes = CTFEnvelopes(pairs, cfg.subtomo_size, E, device)
     cubes.refresh_coefficients()
     inputs = [dict(pair.record(), standardization=None if st is None else [list(h) for h in st])
               for pair, st in zip(pairs, stats)]

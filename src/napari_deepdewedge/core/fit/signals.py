@@ -105,15 +105,16 @@ def halves_signals(h0, h1, tilt_min: float, tilt_max: float, voxel_size=1.0, ban
     }
 
 
-def wedge_term(pred, target, mask, rotated_masks):
+def wedge_term(pred, target, mask, rotated_masks, envelope=None):
     """The missing-wedge term of the masked Fourier loss per sample, ``(B,)``:
-    ``mean_k |M_R·(1 − M)·F(y − f(x))|²`` (core.loss.masked_fourier_loss with only that term)."""
+    ``mean_k |M_R·(1 − M)·F(y − f(x))|²`` (core.loss.masked_fourier_loss with only that term;
+    ``envelope``: the CTF-aware loss's ``g``, as the loss uses it)."""
     import torch
 
     from .loss import masked_fourier_loss
 
     return masked_fourier_loss(pred, target, torch.zeros_like(mask), rotated_masks * (1 - mask.to(rotated_masks.device)),
-                               wedge_weight=1.0, reduction="none")
+                               wedge_weight=1.0, reduction="none", envelope=envelope)
 
 
 # --------------------------------------------------------------------------------------------

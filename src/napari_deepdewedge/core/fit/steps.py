@@ -45,7 +45,7 @@ def input_normalization(fit0: torch.Tensor, mask_s, s: int, device, chunk: int =
 
 def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_size: int,
                   *, rank: int = 0, world: int = 1, amp: bool = False, mask_of=None,
-                  resampling: str = "trilinear", emulate: int = 1) -> torch.Tensor:
+                  resampling: str = "trilinear", emulate: int = 1, envelope_of=None) -> torch.Tensor:
     """Replace the unobserved frequencies of every (un-rotated) cube0 by the model's prediction:
     ``cube0 ← F⁻¹(M·F(cube0) + (1 − M)·F(f(M·cube0)))``. Cubes whose edge is not a multiple
     of ``2**depth`` are reflect-padded at the far side for the model and cropped back.
@@ -57,7 +57,9 @@ def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_s
     the matching filter of ``resampling`` (the kind the model was fitted with). Used for the
     fitting and (``FitConfig.update_val_wedges``) the validation cube0s. ``emulate`` (one
     process only): compute the shares of that many ranks one after the other, in the batches
-    those ranks would use (see ``fit_iter(emulate_ranks=...)``)."""
+    those ranks would use (see ``fit_iter(emulate_ranks=...)``). ``envelope_of(index)`` (the
+    CTF-aware fit, core.fit.ctf_envelope): the prediction fills the wedge multiplied by the
+    cubes' CTF envelope ``g``, so the cube0s keep the CTF of the data they come from."""
     from .loss import model_input
     from ..model.rotation import match_resampling
 
@@ -80,6 +82,8 @@ def update_wedges(model, fit0: torch.Tensor, mask_e, depth: int, device, batch_s
                 pred = model(x)
             pred = pred.float()[..., :E, :E, :E]
             specp = torch.fft.rfftn(pred, dim=(-3, -2, -1))
+            if envelope_of is not None:
+                specp = specp * envelope_of(idx)
             spec = me * spec0 + (1 - me) * specp
             out = torch.fft.irfftn(spec, s=(E, E, E), dim=(-3, -2, -1))
             new[idx] = out.to(new.device, new.dtype)
@@ -117,6 +121,11 @@ class Cubes:
     feeders: dict | None = None  # host stores: fit_data.CubeFeeder per store
     resampling: str = "trilinear"  # FitConfig.resampling
     coefficients: dict | None = None  # "bspline3": id(store) → its B-spline coefficients
+    envelopes: object = None  # FitConfig.ctf_loss: ctf_envelope.CTFEnvelopes (else None)
+
+    def envelope(self, pair_index: torch.Tensor):
+        """The CTF-aware loss's envelope of the cubes of ``pair_index`` at edge ``s`` (or None)."""
+        return None if self.envelopes is None else self.envelopes.crop(pair_index)
 
     def refresh_coefficients(self) -> None:
         """Cubic B-spline resampling reads coefficients, recomputed whenever the cube0s change
@@ -193,11 +202,13 @@ def _validation_share(net, cubes: Cubes, masks: Masks, cfg: FitConfig, mine: lis
             x = as_input(model_input(rot[:, 0:1], m), device)
             with autocast(device, amp):
                 pred = net(x)
+            g = cubes.envelope(cubes.val_index[idx])
             loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)],
-                                       wedge_weight=cfg.wedge_weight)
+                                       wedge_weight=cfg.wedge_weight, envelope=g)
             total += float(loss) * len(idx)
             if with_wedge:
-                wedge += float(wedge_term(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)]).sum())
+                wedge += float(wedge_term(pred.float(), rot[:, 1:2], m, masks.val[idx.to(device)],
+                                          envelope=g).sum())
     return total, wedge
 
 
@@ -252,7 +263,8 @@ def _share_backward(model, scaler, cubes: Cubes, idx: torch.Tensor, rots: torch.
     m_r = cubes.wedges.rotated(pair_of, r_local)
     with autocast(device, amp):
         pred = model(x)
-    loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, m_r, wedge_weight=cfg.wedge_weight)
+    loss = masked_fourier_loss(pred.float(), rot[:, 1:2], m, m_r, wedge_weight=cfg.wedge_weight,
+                               envelope=cubes.envelope(pair_of))
     # DDP averages gradients over ranks: weight each rank by its share of the global batch
     weight = n_local * world / nb
     if scaler is not None:
