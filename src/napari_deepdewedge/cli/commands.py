@@ -68,6 +68,10 @@ def fit_request(args, out: Path) -> FitRequest:
     and the checkpoint to resume or to start from."""
     pairs = load_pairs(args)
     config = fit_config(args, tilt_range=pairs[0].tilt_range, out_dir=out, voxel_size=pairs[0].voxel_size)
+    if config.ctf_loss:  # before anything is written (the engine checks it again)
+        from ..core.fit.ctf_envelope import check_ctf_pairs
+
+        check_ctf_pairs(pairs)
     return fit_size_for_halves(args, FitRequest(
         config=config, pairs=pairs, resume=args.resume, init_from=args.init_from,
         given=given_fields(args)))
@@ -212,6 +216,7 @@ def cmd_run(args) -> int:
                        "glob or a list file instead of one stack")
     out = Path(args.out)
     request = halves_request(args, want_full=args.full)
+    check_run_ctf_loss(args, request)
     # a resumed run continues its own job: its halves and refined files are replaced (the
     # halves by the same deterministic reconstruction the checkpoint was fitted on)
     overwrite = args.overwrite or args.resume is not None
@@ -230,7 +235,7 @@ def cmd_run(args) -> int:
                         voxel_size=halves.voxel_size)
     fit_request = fit_size_for_halves(args, FitRequest(
         even=halves.even, odd=halves.odd, config=config, mask=masked.mask,
-        mask_source=masked.mask_source, resume=args.resume, given=given_fields(args)))
+        mask_source=masked.mask_source, resume=args.resume, given=given_fields(args), ctf=halves.ctf))
     for line in cube_lines([masked], fit_request.config):  # at the cube size the fit will use
         info(args, line)
     model_path = fit_for_run(args, fit_request, t_start)
@@ -245,6 +250,21 @@ def cmd_run(args) -> int:
         print(path)
     info(args, f"done in {time.perf_counter() - t_start:.0f} s (model: {model_path})")
     return 0
+
+
+def check_run_ctf_loss(args, request) -> None:
+    """``run --ctf-loss`` needs the stack's defoci and the phase flip: refused before anything
+    is computed or written."""
+    from .fitting import _option
+
+    if not _option(args, "ctf_loss"):
+        return
+    if not request.ctf:
+        raise DDWError("--ctf-loss needs phase-flipped halves: drop --no-ctf (or --ctf-loss)")
+    if request.series is None or request.series.meta.get("ctf") is None:
+        raise DDWError("--ctf-loss needs the defocus of every view, but none was found for this stack: "
+                       "give --ctf FILE (CTFFIND4 .txt, IMOD .defocus, RELION star, Warp XML, .mdoc) "
+                       "or fit without --ctf-loss")
 
 
 def fit_for_run(args, request: FitRequest, t_start: float) -> Path | None:

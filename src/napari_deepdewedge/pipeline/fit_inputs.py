@@ -6,7 +6,9 @@
   else ``None``: each front end then applies its own fallback (the CLI: ``--angles`` /
   ``--tilt-range`` or an error; the dock: the tilt range of its form).
 * :func:`open_half_pair`: one pair as a :class:`HalfPair` of memory-mapped halves with its name
-  (the even file's stem), paths and voxel size — opened by the job, never by a GUI thread.
+  (the even file's stem), paths, voxel size and — when ``<stem>_ctf.json`` (written by
+  ``reconstruct --ctf``) is beside them — their defoci for the CTF-aware fit; opened by the
+  job, never by a GUI thread.
 * :func:`voxel_size_warnings`: pairs whose voxel size differs > 10 % from the first pair's.
 * :func:`memory_line`: the memory model's one-line estimate of a fit's cubes.
 
@@ -68,9 +70,12 @@ def open_half_pair(even_path, odd_path, tilt_range, *, mask=None) -> HalfPair:
     name = stem_of(even_path)
     check_same_shape(even.data, odd.data, what=f"half tomograms of {name}")
     check_same_voxel(even, odd, what=f"half tomograms of {name}")
+    from .halves import read_ctf_sidecar
+
+    voxel = tuple(float(v) for v in even.voxel_size)
     return HalfPair(even=even.data, odd=odd.data, tilt_range=tuple(float(v) for v in tilt_range),
                     mask=mask, name=name, even_path=str(even_path), odd_path=str(odd_path),
-                    voxel_size=tuple(float(v) for v in even.voxel_size))
+                    voxel_size=voxel, ctf=read_ctf_sidecar(even_path, voxel))
 
 
 def voxel_size_warnings(pairs) -> list[str]:

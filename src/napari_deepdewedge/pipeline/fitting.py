@@ -59,6 +59,7 @@ class FitRequest:
     resume: str | Path | None = None
     init_from: str | Path | None = None
     given: frozenset | None = None
+    ctf: dict | None = None  # the halves' CTF (pipeline.Halves.ctf) for the single pair: ctf_loss
 
     def half_pairs(self) -> list[HalfPair]:
         """The pairs this request fits on (the single-pair fields turned into one pair)."""
@@ -70,7 +71,7 @@ class FitRequest:
             return list(self.pairs)
         c = self.config
         return [HalfPair(even=self.even, odd=self.odd, tilt_range=c.tilt_range, mask=self.mask,
-                         voxel_size=tuple(c.voxel_size), mask_source=self.mask_source)]
+                         voxel_size=tuple(c.voxel_size), mask_source=self.mask_source, ctf=self.ctf)]
 
     def planned_config(self) -> "FitConfig":
         """``config`` with pair 0's tilt range and voxel size (what the engine fits with)."""

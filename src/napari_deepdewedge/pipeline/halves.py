@@ -177,16 +177,61 @@ def halves_paths(out_dir, stem: str, *, with_full: bool) -> list[Path]:
     return [Path(out_dir) / f"{stem}_{label}.mrc" for label in labels]
 
 
+def ctf_sidecar_path(out_dir, stem: str) -> Path:
+    """``<stem>_ctf.json`` beside the halves: their defoci (``Halves.ctf``), for the CTF-aware fit."""
+    return Path(out_dir) / f"{stem}_ctf.json"
+
+
 def write_halves(out_dir, stem: str, halves: Halves, *, overwrite: bool = False) -> list[Path]:
-    """Write the halves (and the full tomogram when present) with voxel size and origin.
+    """Write the halves (and the full tomogram when present) with voxel size and origin, and —
+    when they were phase flipped — their defoci as ``<stem>_ctf.json`` (``fit --ctf-loss``
+    reads it; a stale one from an earlier reconstruction with the CTF is removed otherwise).
 
     Refuses (``OutputExists``, a ``DDWError``) before writing anything if one of the files
-    exists, unless ``overwrite``.
+    exists, unless ``overwrite``. Returns the tomograms' paths.
     """
+    import json
+
     from ..core.io.mrc import write_mrc
 
     paths = refuse_existing(halves_paths(out_dir, stem, with_full=halves.full is not None),
                             overwrite=overwrite)
     volumes = (halves.even, halves.odd, halves.full)
-    return [write_mrc(path, volume, halves.voxel_size, halves.origin)
-            for path, volume in zip(paths, volumes)]
+    written = [write_mrc(path, volume, halves.voxel_size, halves.origin)
+               for path, volume in zip(paths, volumes)]
+    sidecar = ctf_sidecar_path(out_dir, stem)
+    if halves.ctf is not None:
+        sidecar.write_text(json.dumps(halves.ctf, indent=1) + "\n")
+    elif sidecar.exists():
+        sidecar.unlink()
+    return written
+
+
+def read_ctf_sidecar(even_path, voxel_size=None) -> dict | None:
+    """The ``<stem>_ctf.json`` beside an even half (``stem`` its name without the parity tag),
+    or None when there is none. DDWError when it cannot be read, is not phase-flipped halves'
+    or is for another voxel size (more than 1 % off)."""
+    import json
+
+    from ..core.fit.ctf_envelope import target_ctf
+
+    path = ctf_sidecar_path(Path(even_path).parent, stem_of(even_path))
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DDWError(f"cannot read the halves' CTF file {path} ({exc}); write it again with "
+                       "'deepdewedge reconstruct --ctf FILE' or remove it") from None
+    if not isinstance(record, dict) or not record.get("phase_flipped"):
+        raise DDWError(f"{path}: not the record of phase-flipped halves (no 'phase_flipped': true); "
+                       "write it again with 'deepdewedge reconstruct --ctf FILE' or remove it")
+    target_ctf(record, name=path.name)  # the defoci are readable and in range
+    pixel = record.get("pixel_size")
+    if voxel_size is not None and pixel is not None:
+        ours = float(voxel_size[-1])
+        if abs(float(pixel) - ours) > 0.01 * ours:
+            raise DDWError(f"{path} is for halves of {float(pixel):g} Å voxels but "
+                           f"{Path(even_path).name} has {ours:g} Å: it belongs to other halves; "
+                           "reconstruct these with --ctf FILE or remove it")
+    return record

@@ -130,6 +130,18 @@ def resumed_config(requested, payload: dict, *, given=None, name: str = "checkpo
     return planned
 
 
+def _ctf_key(record: dict):
+    """What of a pair's CTF record defines the CTF-aware loss: the target (odd) half's CTF."""
+    odd = record.get("odd") or {}
+    return tuple(round(float(v), 4) for v in odd.get("defocus_u_um") or ()), \
+        tuple(round(float(v), 4) for v in odd.get("defocus_v_um") or ())
+
+
+def _ctf_text(record: dict) -> str:
+    du = [float(v) for v in (record.get("odd") or {}).get("defocus_u_um") or []]
+    return f"{len(du)} defoci, {min(du):.2f}…{max(du):.2f} µm" if du else "no defoci"
+
+
 def _names(records) -> str:
     return ", ".join(str(r.get("name") or "?") for r in records)
 
@@ -151,6 +163,11 @@ def check_resume_inputs(payload: dict, records: list) -> None:
         if old_name and new_name and old_name != new_name:
             raise CheckpointError(f"cannot resume: pair {k + 1} is {new_name} but the checkpoint's pair {k + 1} "
                                   f"is {old_name}; resume with the same tomograms in the same order")
+        old_ctf, new_ctf = old.get("ctf"), new.get("ctf")
+        if old_ctf and new_ctf and _ctf_key(old_ctf) != _ctf_key(new_ctf):
+            raise CheckpointError(f"cannot resume: pair {k + 1} ({new_name or old_name}) has other defoci "
+                                  f"({_ctf_text(new_ctf)}) than the checkpoint's ({_ctf_text(old_ctf)}); resume "
+                                  "with the halves (and <stem>_ctf.json) it was fitted on")
         for key in ("shape", "tilt_range"):
             if [float(v) for v in old[key]] != [float(v) for v in new[key]]:
                 raise CheckpointError(f"cannot resume: pair {k + 1} ({new_name or old_name}) has {key} "
