@@ -91,7 +91,7 @@ def fit_and_refine(even, odd, ctf, cfg_kw, out_dir: Path) -> tuple[np.ndarray, f
     return refine_halves(model, even, odd, device="cpu", batch_size=cfg.batch_size).refined, seconds
 
 
-def run_condition(pixel: float, defocus: float, epochs: int, ways, work: Path) -> dict:
+def run_condition(pixel: float, defocus: float, epochs: int, ways, work: Path, fit_seed: int = 0) -> dict:
     from napari_deepdewedge.core.ctf import PhaseFlip, ctf_from_record
     from napari_deepdewedge.core.evaluate.ctf_phantom import make_ctf_sample
     from napari_deepdewedge.core.io.mrc import TiltSeries
@@ -111,7 +111,7 @@ def run_condition(pixel: float, defocus: float, epochs: int, ways, work: Path) -
                              pixel, tilt_range)
     plain = reconstruct_halves(HalvesRequest(series=series, thickness=SHAPE[0], ctf=False, device="cpu"))
     flipped = reconstruct_halves(HalvesRequest(series=series, thickness=SHAPE[0], device="cpu"))
-    cfg_kw = dict(FIT, epochs=epochs, tilt_min=tilt_range[0], tilt_max=tilt_range[1],
+    cfg_kw = dict(FIT, epochs=epochs, seed=fit_seed, tilt_min=tilt_range[0], tilt_max=tilt_range[1],
                   voxel_size=(pixel,) * 3)
     for way in ways:
         even, odd, ctf, kw = flipped.even, flipped.odd, None, dict(cfg_kw)
@@ -145,20 +145,26 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=FIT["epochs"])
     ap.add_argument("--pixel", type=float, action="append", help="only these pixel sizes")
+    ap.add_argument("--defocus", type=float, action="append", help="only these defoci")
+    ap.add_argument("--fit-seed", type=int, default=FIT["seed"],
+                    help="FitConfig.seed (weights, cube split and order): the fit-to-fit scatter")
     ap.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
     ap.add_argument("--quick", action="store_true", help="one condition, 3 epochs")
     ap.add_argument("--json", default=str(Path(__file__).with_name("results_ctf_ablation.json")))
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    conditions = [c for c in CONDITIONS if not args.pixel or c["pixel"] in args.pixel]
+    conditions = [c for c in CONDITIONS if (not args.pixel or c["pixel"] in args.pixel)
+                  and (not args.defocus or c["defocus"] in args.defocus)]
     if args.quick:
         conditions, args.epochs = conditions[:1], 3
     results = []
     with tempfile.TemporaryDirectory(prefix="ddw-ctf-ablation-") as tmp:
         for c in conditions:
-            results.append(run_condition(c["pixel"], c["defocus"], args.epochs, args.ways, Path(tmp)))
-            Path(args.json).write_text(json.dumps({"settings": dict(FIT, epochs=args.epochs, shape=SHAPE,
-                                                                    tilts=TILTS, snr=SNR, seed=SEED,
+            results.append(run_condition(c["pixel"], c["defocus"], args.epochs, args.ways, Path(tmp),
+                                         args.fit_seed))
+            Path(args.json).write_text(json.dumps({"settings": dict(FIT, epochs=args.epochs, seed=args.fit_seed,
+                                                                    shape=SHAPE,
+                                                                    tilts=TILTS, snr=SNR, phantom_seed=SEED,
                                                                     wiener_eps=WIENER_EPS),
                                                    "results": results}, indent=1) + "\n")
     print(table(results))

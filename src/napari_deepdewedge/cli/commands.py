@@ -298,6 +298,11 @@ def run_many(args) -> int:
         if value is not None:
             raise DDWError(f"{flag} is for one tilt series; a project finds each stack's angle "
                            "file beside it and continues its own fit from DIR/job.json")
+    from .fitting import _option
+
+    if _option(args, "ctf_loss"):
+        raise DDWError("--ctf-loss needs phase-flipped halves, and a project run does not phase flip "
+                       "yet: run 'deepdewedge run TS.mrc --ctf FILE --ctf-loss' per stack, or drop --ctf-loss")
     if args.overwrite:
         raise DDWError("a project folder continues its job (DIR/job.json); to start afresh give "
                        "another --out")
