@@ -72,6 +72,9 @@ def scores(volume, truth, pixel, tilt_range) -> dict:
             "wedge_cc": round(wedge_correlation(v, truth, *tilt_range), 4)}
 
 
+MODEL = "best"  # which checkpoint is refined: "best" (lowest validation loss, as `run`) or "latest"
+
+
 def fit_and_refine(even, odd, ctf, cfg_kw, out_dir: Path) -> tuple[np.ndarray, float]:
     from napari_deepdewedge.core.fit.config import FitConfig
     from napari_deepdewedge.core.fit.loop import FitFinished, fit_iter
@@ -87,7 +90,7 @@ def fit_and_refine(even, odd, ctf, cfg_kw, out_dir: Path) -> tuple[np.ndarray, f
         if isinstance(ev, FitFinished):
             finished = ev
     seconds = time.perf_counter() - t0
-    model = finished.best_path or finished.latest_path
+    model = (finished.best_path if MODEL == "best" else None) or finished.latest_path
     return refine_halves(model, even, odd, device="cpu", batch_size=cfg.batch_size).refined, seconds
 
 
@@ -150,8 +153,12 @@ def main(argv=None) -> None:
                     help="FitConfig.seed (weights, cube split and order): the fit-to-fit scatter")
     ap.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
     ap.add_argument("--quick", action="store_true", help="one condition, 3 epochs")
+    ap.add_argument("--model", choices=("best", "latest"), default=MODEL,
+                    help="refine with best.pt (default, as `run`) or the last epoch's latest.pt")
     ap.add_argument("--json", default=str(Path(__file__).with_name("results_ctf_ablation.json")))
     args = ap.parse_args(argv)
+    global MODEL
+    MODEL = args.model
     torch.manual_seed(0)
     conditions = [c for c in CONDITIONS if (not args.pixel or c["pixel"] in args.pixel)
                   and (not args.defocus or c["defocus"] in args.defocus)]
@@ -165,6 +172,7 @@ def main(argv=None) -> None:
             Path(args.json).write_text(json.dumps({"settings": dict(FIT, epochs=args.epochs, seed=args.fit_seed,
                                                                     shape=SHAPE,
                                                                     tilts=TILTS, snr=SNR, phantom_seed=SEED,
+                                                                    model=args.model,
                                                                     wiener_eps=WIENER_EPS),
                                                    "results": results}, indent=1) + "\n")
     print(table(results))

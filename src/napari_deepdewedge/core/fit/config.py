@@ -83,7 +83,12 @@ class FitConfig:
     # the CTF-aware loss (core.fit.ctf_envelope, docs/method.md §2.5): the prediction times the
     # target half's tilt-averaged |CTF| is compared with the target, so the network gives the
     # CTF-free volume; needs the halves' defoci (<stem>_ctf.json from `reconstruct --ctf`, or
-    # `run --ctf`). Default: ABLATION_PENDING
+    # `run --ctf`). Off by default: it did not help in bench/ctf_ablation.py (CTF phantom
+    # 32×96×96, 41 views, SNR 0.5; s = 16, 8 ch, depth 2, 20 epochs; CC vs truth / FSC-0.143 px /
+    # in-wedge CC, phase flip vs flip + CTF loss): 5 Å 2.5 µm 0.681/2.53/0.624 vs 0.644/2.53/0.573,
+    # 5 Å 5 µm 0.743/2.62/0.666 vs 0.688/3.24/0.546, 10 Å 2.5 µm 0.725/2.00/0.629 vs
+    # 0.668/2.14/0.528, 10 Å 5 µm 0.703/2.31/0.579 vs 0.651/2.44/0.489; with another fit seed
+    # (5 Å 5 µm) 0.650 vs 0.539 CC — lower CC in every pair (docs/benchmarks-ctf.md)
     ctf_loss: bool = False
 
     @property
