@@ -145,6 +145,7 @@ def table(results) -> str:
 
 
 def main(argv=None) -> None:
+    global MODEL
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=FIT["epochs"])
     ap.add_argument("--pixel", type=float, action="append", help="only these pixel sizes")
@@ -157,7 +158,6 @@ def main(argv=None) -> None:
                     help="refine with best.pt (default, as `run`) or the last epoch's latest.pt")
     ap.add_argument("--json", default=str(Path(__file__).with_name("results_ctf_ablation.json")))
     args = ap.parse_args(argv)
-    global MODEL
     MODEL = args.model
     torch.manual_seed(0)
     conditions = [c for c in CONDITIONS if (not args.pixel or c["pixel"] in args.pixel)
