@@ -58,6 +58,15 @@ def test_imod_defocus_versions_2_and_3_in_nm(name, astig):
     assert listed.astigmatism_angle[0] == (35.0 if astig else 0.0)
 
 
+def test_imod_defocus_v3_with_a_phase_plate_in_degrees():
+    """ctfplotter writes the phase shift in degrees (flags 4, not 8) after the astigmatism."""
+    listed = read_ctf_file(CTF / "TS_01_v3_phase.defocus")
+    assert (CTF / "TS_01_v3_phase.defocus").read_text().splitlines()[0] == "5\t0\t0.0\t0.0\t0.0\t3"
+    np.testing.assert_allclose(listed.defocus_u, TRUE_UM + 0.05, atol=1e-9)
+    np.testing.assert_allclose(listed.phase_shift, 90.0)
+    np.testing.assert_allclose(listed.astigmatism_angle, 35.0)
+
+
 def test_imod_defocus_ranges_cover_their_views_and_gaps_are_interpolated(tmp_path):
     path = tmp_path / "TS.defocus"
     path.write_text("1\t2\t-3.00\t0.00\t4000.0\t2\n4\t4\t6.00\t6.00\t5000.0\n")
@@ -266,9 +275,9 @@ def test_the_simulator_writes_every_format_and_each_reads_back(tmp_path):
              write_relion_star(tmp_path / "relion", "TS", ctf, ANGLES, 5.0)]
     for path in paths:
         meta = resolve_tilt_metadata(ANGLES, 21, ctf=path)
-        # file precision: IMOD v2 whole nm (ctfplotter's %6.0f), v3 0.01 nm, Warp float32,
+        # file precision: IMOD v2 whole nm (ctfplotter's %6.0f), v3 0.1 nm (%7.1f), Warp float32,
         # CTFFIND/RELION 1e-6 Å
-        atol = 5.1e-4 if path.name == "TS_v2.defocus" else 1e-5
+        atol = {"TS_v2.defocus": 5.1e-4, "TS.defocus": 5.1e-5}.get(path.name, 1e-5)
         np.testing.assert_allclose(meta.ctf.defocus, d, atol=atol, err_msg=path.name)
         if path.name != "TS_v2.defocus":
             np.testing.assert_allclose(meta.ctf.defocus_u - meta.ctf.defocus_v, 0.04, atol=2e-4,

@@ -15,9 +15,12 @@ each program's documentation (README.md); the numbers are ours.
 - ``TS_01.defocus``: IMOD ctfplotter, version 2, as its ``writeDefocusFile`` prints it:
   ``"%d\t%d\t%5.2f\t%5.2f\t%6.0f"`` (start and end view from 1, the two tilt angles, defocus in
   whole nm) per view, the first line ending with ``"   2"`` (the version).
-- ``TS_01_v3.defocus``: version 3 with astigmatism: first line ``flags 0 0. 0. 0 3`` (flags 1 =
-  astigmatism, the sum of the flags of the ctfphaseflip man page), then
-  ``start end angle1 angle2 defocus1 defocus2 astig_angle`` (nm, degrees).
+- ``TS_01_v3.defocus``: version 3 with astigmatism as ctfplotter's ``writeDefocusOrTempFile``
+  prints it: ``"%d\t0\t0.0\t0.0\t0.0\t%d"`` (flags 1 = astigmatism, version 3), then
+  ``"%d\t%d\t%5.2f\t%5.2f\t%7.1f\t%7.1f\t%7.2f"`` (views, angles, defocus 1 and 2 in nm, the
+  astigmatism angle in degrees).
+- ``TS_01_v3_phase.defocus``: the same with a phase plate (flags 5): the phase shift in degrees
+  (``%9.2f``, ctfplotter's ``platePhase / RADIANS_PER_DEGREE``) after the astigmatism angle.
 - ``warp/TS_01.xml``: a Warp tilt-series XML as Warp's ``TiltSeries.SaveMeta`` writes it
   (``core.evaluate.ctf_phantom.warp_xml_text``): the ``<CTF>`` params (µm, kV, mm) and the
   per-tilt ``GridCTF``/``GridCTFDefocusDelta``/``GridCTFDefocusAngle``/``GridCTFPhase`` grids of
@@ -85,11 +88,17 @@ def imod_v2() -> str:
     return "\n".join(lines) + "\n"
 
 
-def imod_v3() -> str:
-    lines = ["1\t0\t0.0\t0.0\t0.0\t3"]
+def imod_v3(phase_deg: float | None = None) -> str:
+    """ctfplotter's version 3 (writeDefocusOrTempFile): flags 1 (astigmatism), + 4 with a phase
+    plate (the phase in degrees, after the astigmatism angle)."""
+    flags = 1 + (4 if phase_deg is not None else 0)
+    lines = [f"{flags}\t0\t0.0\t0.0\t0.0\t3"]
     for v, a in enumerate(ANGLES, 1):
         d = defocus_um(v) * 1e3
-        lines.append(f"{v}\t{v}\t{a:.2f}\t{a:.2f}\t{d + 50:.1f}\t{d - 50:.1f}\t{35.00:.2f}")
+        line = f"{v}\t{v}\t{a:5.2f}\t{a:5.2f}\t{d + 50:7.1f}\t{d - 50:7.1f}\t{35.00:7.2f}"
+        if phase_deg is not None:
+            line += f"\t{phase_deg:9.2f}"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -108,6 +117,7 @@ def warp_xml(fit: bool = True) -> str:
 def main() -> None:
     files = {"TS_01_ctffind4.txt": ctffind_txt(), "TS_01_ctffind5.txt": ctffind5_txt(),
              "TS_01.defocus": imod_v2(), "TS_01_v3.defocus": imod_v3(),
+             "TS_01_v3_phase.defocus": imod_v3(phase_deg=90.0),
              "warp/TS_01.xml": warp_xml(), "warp/TS_01_nofit.xml": warp_xml(fit=False)}
     for name, text in files.items():
         path = HERE / name

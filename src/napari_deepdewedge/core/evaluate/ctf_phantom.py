@@ -150,17 +150,19 @@ def write_ctffind_txt(path, ctf: ViewCTF, pixel_size: float, stack_name: str = "
 
 
 def write_imod_defocus(path, ctf: ViewCTF, angles, version: int = 3) -> Path:
-    """IMOD ctfplotter's ``.defocus`` (nm, views from 1). Version 2 as ctfplotter writes it
-    (``"%d\\t%d\\t%5.2f\\t%5.2f\\t%6.0f"`` per view, the first line ending ``"   2"``: whole
-    nm); version 3 with flags 1 (astigmatism): the line ``1 0 0. 0. 0 3``, then
-    ``start end angle angle defocus1 defocus2 astigmatism_angle`` (nm, degrees)."""
+    """IMOD ctfplotter's ``.defocus`` (nm, views from 1), printed as ctfplotter's
+    ``writeDefocusOrTempFile`` prints it. Version 2: ``"%d\\t%d\\t%5.2f\\t%5.2f\\t%6.0f"`` per
+    view (whole nm), the first line ending ``"   2"``. Version 3 with astigmatism (flags 1): the
+    line ``"%d\\t0\\t0.0\\t0.0\\t0.0\\t%d"`` (flags, version 3), then
+    ``"%d\\t%d\\t%5.2f\\t%5.2f\\t%7.1f\\t%7.1f\\t%7.2f"`` (defocus 1 and 2 in nm, the
+    astigmatism angle in degrees)."""
     angles = np.asarray(angles, dtype=float)
-    lines = ["1 0 0. 0. 0 3"] if version == 3 else []
+    lines = ["1\t0\t0.0\t0.0\t0.0\t3"] if version == 3 else []
     for i in range(ctf.count):
         a = angles[i]
         if version == 3:
-            lines.append(f"{i + 1}\t{i + 1}\t{a:.2f}\t{a:.2f}\t{ctf.defocus_u[i] * 1e3:.2f}\t"
-                         f"{ctf.defocus_v[i] * 1e3:.2f}\t{ctf.astigmatism_angle[i]:.2f}")
+            lines.append(f"{i + 1}\t{i + 1}\t{a:5.2f}\t{a:5.2f}\t{ctf.defocus_u[i] * 1e3:7.1f}\t"
+                         f"{ctf.defocus_v[i] * 1e3:7.1f}\t{ctf.astigmatism_angle[i]:7.2f}")
         else:
             lines.append(f"{i + 1}\t{i + 1}\t{a:5.2f}\t{a:5.2f}\t{ctf.defocus[i] * 1e3:6.0f}"
                          + ("   2" if i == 0 else ""))
