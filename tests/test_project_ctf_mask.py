@@ -94,6 +94,19 @@ def test_each_stack_is_flipped_with_its_own_file(ctf_project, tmp_path, capsys):
     assert rc == 0 and err.count("kept (done earlier)") == 3, err
     assert err.count("kept (finished earlier)") == 3, err
     assert "TS_B: CTF: 41 defoci from TS_B.defocus, " in err and "(halves kept)" in err
+    # a defocus file put beside TS_C after its halves were made: kept as they are, and said so
+    import shutil
+
+    shutil.copy(ctf_project / "TS_B.defocus", ctf_project / "TS_C.defocus")
+    try:
+        rc = cli.main(["run", str(ctf_project), "--out", str(out), "--thickness", str(SHAPE[0]),
+                       "--fit-on", "TS_A", *TINY])
+        err = capsys.readouterr().err
+        assert rc == 0 and ("warning: TS_C: TS_C.defocus is beside the stack now, but its halves "
+                            "were reconstructed without a defocus file and are kept") in err, err
+        np.testing.assert_array_equal(read_mrc(out / "TS_C_even.mrc").data, plain_c)
+    finally:
+        (ctf_project / "TS_C.defocus").unlink()
 
 
 def test_no_ctf_and_invert_in_a_project(ctf_project, tmp_path, capsys):

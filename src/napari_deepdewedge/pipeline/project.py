@@ -319,6 +319,22 @@ def _ctf_request(request):
                       amplitude_contrast=optics.get("amplitude_contrast"))
 
 
+def _report_new_ctf_file(request, entry: dict, stem: str, report) -> None:
+    """A defocus file beside a stack whose kept halves were reconstructed without it (or with
+    another one) does not change them: say so, rather than leave the user to wonder."""
+    if not request.ctf:
+        return
+    from ..core.io.ctf_formats import find_ctf_file
+
+    found = find_ctf_file(entry["tilt_series"])
+    used = entry["ctf"].get("file")
+    if found is not None and (used is None or Path(found).resolve() != Path(used)):
+        report(ProjectNote(stem, f"{found.name} is beside the stack now, but its halves were "
+                                 f"reconstructed {'with ' + Path(used).name if used else 'without a defocus file'} "
+                                 "and are kept; to use it, run the project into another --out",
+                           warning=True))
+
+
 def _reconstruct_all(request, job: JobFile, report, progress) -> None:
     from ..core.io.series import load_tilt_series
     from .halves import HalvesRequest, reconstruct_halves, write_halves
@@ -331,6 +347,7 @@ def _reconstruct_all(request, job: JobFile, report, progress) -> None:
         if done:
             if entry.get("ctf"):  # what the kept halves were reconstructed with
                 report(ProjectNote(stem, f"{entry['ctf']['summary']} (halves kept)"))
+                _report_new_ctf_file(request, entry, stem, report)
             report(ProjectStep("reconstruct", index, total, stem, "kept"))
             continue
         report(ProjectStep("reconstruct", index, total, stem, "started"))
