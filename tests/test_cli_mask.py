@@ -110,3 +110,27 @@ def test_fit_mask_files_bad_input(halves, tmp_path, capsys):
     payload = torch.load(tmp_path / "d" / "latest.pt", map_location="cpu", weights_only=True)
     assert payload["inputs"][0]["mask"] == {"kind": "file", "path": str(soft_path)}
     # a mask that keeps everything warns (core: test_sample_mask.test_checked_mask)
+
+
+def test_fit_mask_auto_masks_every_pair(halves, tmp_path, capsys):
+    """``fit`` on several pairs with one ``--mask auto``: each pair gets the automatic mask of
+    its own halves (not the first pair's, not none), logged and recorded per pair."""
+    even, odd, _ = halves
+    tilted = mask_phantom_halves((64, 64, 64), "tilted", seed=1, snr=0.3)
+    even2 = write_mrc(tmp_path / "tilt_even.mrc", tilted.even, (7.0, 7.0, 7.0))
+    odd2 = write_mrc(tmp_path / "tilt_odd.mrc", tilted.odd, (7.0, 7.0, 7.0))
+    out = tmp_path / "fit"
+    rc = cli.main(["fit", "--even", str(even), "--odd", str(odd), "--even", str(even2), "--odd",
+                   str(odd2), "--mask", "auto", "--out", str(out), *TINY_FIT])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "ts: automatic mask" in err and "tilt: automatic mask" in err
+    assert "ts: the mask keeps" in err and "tilt: the mask keeps" in err
+    payload = torch.load(out / "latest.pt", map_location="cpu", weights_only=True)
+    sources = [i.get("mask") for i in payload["inputs"]]
+    assert [s["kind"] for s in sources] == ["auto", "auto"]
+    first = auto_mask(read_mrc(even).data, read_mrc(odd).data)
+    second = auto_mask(tilted.even, tilted.odd)
+    assert sources == [first.source(), second.source()]  # each pair's own halves' mask
+    assert first.fraction != second.fraction
+    assert second.mask[tilted.specimen].mean() > 0.9  # its own slab, tilted

@@ -35,14 +35,36 @@ def test_ctffind4_txt_defocus_astigmatism_and_optics_from_the_header():
     assert listed.pixel_size == 2.675
 
 
+def test_ctffind5_txt_with_its_three_extra_columns():
+    """CTFFIND 5.0.2 writes 10 columns (tilt axis, tilt angle, thickness after the 7 of 4.1)."""
+    listed = read_ctf_file(CTF / "TS_01_ctffind5.txt")
+    assert listed.kind == "ctffind" and listed.count == 21
+    np.testing.assert_allclose(listed.defocus_u, TRUE_UM + 0.05, atol=1e-9)
+    np.testing.assert_allclose(listed.defocus_v, TRUE_UM - 0.05, atol=1e-9)
+    np.testing.assert_allclose(listed.astigmatism_angle, 35.0)
+    assert listed.optics == {"voltage": 300.0, "cs": 2.7, "amplitude_contrast": 0.07}
+    assert listed.pixel_size == 2.675
+
+
 @pytest.mark.parametrize("name, astig", [("TS_01.defocus", 0.0), ("TS_01_v3.defocus", 0.05)])
 def test_imod_defocus_versions_2_and_3_in_nm(name, astig):
     listed = read_ctf_file(CTF / name)
     assert listed.kind == "imod-defocus" and listed.count == 21
+    # v2 as ctfplotter prints it: whole nm ("%6.0f"), the version after three spaces
+    assert (CTF / "TS_01.defocus").read_text().splitlines()[0] == "1\t1\t-60.00\t-60.00\t  3900   2"
     np.testing.assert_allclose(listed.defocus_u, TRUE_UM + astig, atol=1e-9)  # nm → µm
     np.testing.assert_allclose(listed.defocus_v, TRUE_UM - astig, atol=1e-9)
     np.testing.assert_allclose(listed.angles, ANGLES)
     assert listed.astigmatism_angle[0] == (35.0 if astig else 0.0)
+
+
+def test_imod_defocus_v3_with_a_phase_plate_in_degrees():
+    """ctfplotter writes the phase shift in degrees (flags 4, not 8) after the astigmatism."""
+    listed = read_ctf_file(CTF / "TS_01_v3_phase.defocus")
+    assert (CTF / "TS_01_v3_phase.defocus").read_text().splitlines()[0] == "5\t0\t0.0\t0.0\t0.0\t3"
+    np.testing.assert_allclose(listed.defocus_u, TRUE_UM + 0.05, atol=1e-9)
+    np.testing.assert_allclose(listed.phase_shift, 90.0)
+    np.testing.assert_allclose(listed.astigmatism_angle, 35.0)
 
 
 def test_imod_defocus_ranges_cover_their_views_and_gaps_are_interpolated(tmp_path):
@@ -54,11 +76,31 @@ def test_imod_defocus_ranges_cover_their_views_and_gaps_are_interpolated(tmp_pat
 
 
 def test_warp_xml_ctf_node_and_per_tilt_grid_in_um():
+    """Warp's grids as CubicGrid.Save writes them: <Node X= Y= Z= Value= />, Depth = tilts."""
     listed = read_ctf_file(CTF / "warp" / "TS_01.xml")
     assert listed.kind == "warp-xml" and listed.count == 21
-    np.testing.assert_allclose(listed.defocus_u, TRUE_UM + 0.05, atol=1e-9)
-    np.testing.assert_allclose(listed.defocus_v, TRUE_UM - 0.05, atol=1e-9)
+    np.testing.assert_allclose(listed.defocus_u, TRUE_UM + 0.05, atol=1e-6)  # float32 text
+    np.testing.assert_allclose(listed.defocus_v, TRUE_UM - 0.05, atol=1e-6)
+    np.testing.assert_allclose(listed.astigmatism_angle, 35.0)
     assert listed.optics == {"voltage": 300.0, "cs": 2.7, "amplitude_contrast": 0.07}
+    assert listed.pixel_size == 2.675
+
+
+def test_a_warp_xml_before_its_ctf_fit_gives_no_defocus(tmp_path):
+    """Warp writes <CTF> (Defocus 1.0 by default) and a 1×1×1 GridCTF of 0 into every XML: that
+    is no fit — 'auto' finds no CTF there, and naming the file says what to run."""
+    nofit = CTF / "warp" / "TS_01_nofit.xml"
+    with pytest.raises(DDWError, match=r"no per-tilt CTF fit .*\(WarpTools ts_ctf\)"):
+        read_ctf_file(nofit)
+    folder = tmp_path / "w"
+    folder.mkdir()
+    shutil.copy(nofit, folder / "TS_01.xml")
+    stack = _stack(folder, "TS_01.mrc", 19)
+    series = load_tilt_series(stack, ctf="auto")
+    assert series.meta["ctf"] is None and series.angles.size == 19  # the angles still read
+    # the angle fixture (tests/data/warp) is such an XML too
+    shutil.copy(DATA / "warp" / "TS_01.xml", folder / "TS_01.xml")
+    assert load_tilt_series(stack, ctf="auto").meta["ctf"] is None
 
 
 def test_relion5_star_defocus_u_v_and_optics_from_tomograms_star(tmp_path):
@@ -67,6 +109,7 @@ def test_relion5_star_defocus_u_v_and_optics_from_tomograms_star(tmp_path):
     assert listed.kind == "relion-star" and listed.count == 21
     np.testing.assert_allclose(listed.defocus_u, (39000 + 10 * np.arange(21)) * 1e-4)
     np.testing.assert_allclose(listed.defocus_v, (38800 + 10 * np.arange(21)) * 1e-4)
+    np.testing.assert_allclose(listed.astigmatism_angle, -35.47666)  # rlnDefocusAngle, degrees
     assert listed.optics == {"voltage": 300.0, "cs": 2.7, "amplitude_contrast": 0.1}
 
 
@@ -232,8 +275,10 @@ def test_the_simulator_writes_every_format_and_each_reads_back(tmp_path):
              write_relion_star(tmp_path / "relion", "TS", ctf, ANGLES, 5.0)]
     for path in paths:
         meta = resolve_tilt_metadata(ANGLES, 21, ctf=path)
-        # file precision: IMOD 0.1 nm, Warp 1e-5 µm, CTFFIND/RELION 1e-6 Å
-        np.testing.assert_allclose(meta.ctf.defocus, d, atol=1e-4, err_msg=path.name)
+        # file precision: IMOD v2 whole nm (ctfplotter's %6.0f), v3 0.1 nm (%7.1f), Warp float32,
+        # CTFFIND/RELION 1e-6 Å
+        atol = {"TS_v2.defocus": 5.1e-4, "TS.defocus": 5.1e-5}.get(path.name, 1e-5)
+        np.testing.assert_allclose(meta.ctf.defocus, d, atol=atol, err_msg=path.name)
         if path.name != "TS_v2.defocus":
             np.testing.assert_allclose(meta.ctf.defocus_u - meta.ctf.defocus_v, 0.04, atol=2e-4,
                                        err_msg=path.name)

@@ -202,3 +202,12 @@ def test_run_with_the_ctf_loss_needs_the_defoci(tmp_path, stack, capsys):
         err = capsys.readouterr().err
         assert rc == 2 and err.splitlines()[-1].startswith("error: ") and expected in err, err
         assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_a_project_run_refuses_the_ctf_loss_before_anything(tmp_path, stack, capsys):
+    stack_path, _ = stack
+    rc = cli.main(["run", str(stack_path.parent), "--thickness", str(SHAPE[0]), "--out", str(tmp_path / "p"),
+                   "--device", "cpu", "--ctf-loss"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not wired into project runs yet" in err and "--ctf-loss" in err, err
+    assert not (tmp_path / "p").exists()

@@ -4,6 +4,8 @@
   ``scripts/dev.sh`` implements and ``.ci/run`` runs, and it stays short.
 - No tracked file points outside the repository (the method spec lives in docs/method.md).
 - Every relative link (and #anchor) in README.md and docs/*.md reaches an existing file/heading.
+- Every source file the docs name in backticks (`core/fit/loss.py`, `core.fit.loss`) exists, so
+  the docs follow the code when modules move.
 
 The checkers are plain functions, tested first on small known inputs so that each can fail.
 """
@@ -118,6 +120,35 @@ def outside_references(files, root: Path) -> list[str]:
     return hits
 
 
+PACKAGE = "src/napari_deepdewedge"
+_ROOMS = r"(?:core|pipeline|widgets|cli)"
+
+
+def missing_code_paths(markdown: str, package: Path) -> list[str]:
+    """Source paths named in backticks that do not exist under ``package``: file paths
+    (`core/fit/loss.py`, with or without `src/napari_deepdewedge/`) and dotted modules
+    (`core.fit.loss`, `core.fit.loss.masked_fourier_loss`, `pipeline.plan_fit`: the longest
+    prefix that is a module or package, and the next part a name its source mentions)."""
+    missing = []
+    for m in re.finditer(r"`(?:src/napari_deepdewedge/)?(" + _ROOMS + r"(?:/[\w]+)+\.py)`", markdown):
+        if not (package / m.group(1)).is_file():
+            missing.append(m.group(1))
+    for m in re.finditer(r"`(" + _ROOMS + r"(?:\.\w+)+)(?:\(|`)", markdown):
+        parts = m.group(1).split(".")
+        found = 0  # the longest prefix that is a module or package
+        for i in range(len(parts), 0, -1):
+            base = package.joinpath(*parts[:i])
+            source = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+            if source.is_file():
+                found = i
+                break
+        # past the module: its next part must be a name the module defines or imports
+        if found == 0 or (found < len(parts)
+                          and not re.search(rf"\b{parts[found]}\b", source.read_text(encoding="utf-8"))):
+            missing.append(m.group(1))
+    return missing
+
+
 # ------------------------------------------------------------------------------------------
 # the checkers on known inputs
 # ------------------------------------------------------------------------------------------
@@ -161,6 +192,19 @@ def test_outside_reference_checker_finds_each_pattern(tmp_path):
     assert [h.split(":")[0:2] for h in hits] == [[f"f{i}.py", "2"] for i in range(len(OUTSIDE_PATTERNS))]
 
 
+def test_code_path_checker_finds_moved_modules(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "core" / "fit").mkdir(parents=True)
+    (pkg / "core" / "__init__.py").write_text("", encoding="utf-8")
+    (pkg / "core" / "fit" / "__init__.py").write_text("", encoding="utf-8")
+    (pkg / "core" / "fit" / "loss.py").write_text("def f(x):\n    pass\n", encoding="utf-8")
+    text = ("`core/fit/loss.py` `src/napari_deepdewedge/core/fit/loss.py` `core.fit.loss.f` "
+            "`core.fit.loss.f(x)` `core.fit` and gone: `core/loss.py` `core.metrics.cc` "
+            "`pipeline/halves.py` `core/fit` (a folder: not checked) `core.fit.loss.g`")
+    assert missing_code_paths(text, pkg) == ["core/loss.py", "pipeline/halves.py", "core.metrics.cc",
+                                             "core.fit.loss.g"]
+
+
 def test_commands_of_a_block():
     block = "bash scripts/dev.sh demo   # comment\n\n  bash   scripts/dev.sh test\n"
     assert commands(block) == ["bash scripts/dev.sh demo", "bash scripts/dev.sh test"]
@@ -200,3 +244,10 @@ def test_no_tracked_file_refers_outside_the_repository():
     str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")))
 def test_relative_links_reach_existing_files(md):
     assert not broken_links(ROOT / md, ROOT)
+
+
+@pytest.mark.parametrize("md", ["README.md"] + sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")))
+def test_the_source_files_the_docs_name_exist(md):
+    missing = missing_code_paths((ROOT / md).read_text(encoding="utf-8"), ROOT / PACKAGE)
+    assert not missing, f"{md} names source files that do not exist (moved?): {missing}"

@@ -10,7 +10,7 @@ import pytest
 
 from napari_deepdewedge import cli
 from napari_deepdewedge.core.fit.config import FitConfig
-from napari_deepdewedge.core.fit.settings import PRESETS, SETTINGS, Flag, Setting
+from napari_deepdewedge.core.fit.settings import FIXED, PRESETS, SETTINGS, Flag, Setting
 from conftest import dock as add_dock
 
 DATA_TILT = (-60.0, 60.0)  # what a command reads from the data when no tilt range is given
@@ -177,12 +177,24 @@ def test_the_declaration_check_finds_a_field_without_its_row_and_a_row_without_a
     class WithNewField(FitConfig):
         a_new_setting: bool = False
 
-    bare = Setting("seed", int, "random seed", Flag(("--seed",)), "")
+    bare = Setting("seed", int, "random seed", Flag(("--seed",)), "", resume=FIXED("the split"))
     problems = declaration_problems(WithNewField, [s for s in SETTINGS if s.name != "seed"] + [bare])
     assert "FitConfig.a_new_setting has no row in SETTINGS" in problems
     assert "row 'seed' has no dock row and no reason why" in problems
     assert declaration_problems(FitConfig, SETTINGS + SETTINGS[:1]) == \
         ["FitConfig.subtomo_size has more than one row"]
+
+
+def test_a_row_must_say_what_a_resume_may_do_and_the_tables_follow_the_rows():
+    with pytest.raises(TypeError, match="resume"):
+        Setting("seed", int, "random seed", Flag(("--seed",)), "a reason")
+    from napari_deepdewedge.core.fit.resume import RESUME_CHANGEABLE, RESUME_FIXED
+
+    for s in SETTINGS:
+        table = RESUME_FIXED if s.resume.fixed else RESUME_CHANGEABLE
+        for name in s.config_fields:  # tilt_range's row decides tilt_min and tilt_max
+            assert table[name] == s.resume.why, name
+    assert {"tilt_min", "tilt_max"} <= set(RESUME_FIXED) and "tilt_range" not in RESUME_FIXED
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

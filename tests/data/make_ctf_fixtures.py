@@ -9,12 +9,25 @@ each program's documentation (README.md); the numbers are ours.
   pixel size / voltage / Cs / amplitude contrast, box and search ranges, the column legend), then
   one line per micrograph (view) of 7 ``%f`` numbers: number, defocus 1 and 2 (Å), azimuth of
   astigmatism (°), additional phase shift (rad), cross correlation, fit resolution (Å).
-- ``TS_01.defocus``: IMOD ctfplotter, version 2: ``start end angle1 angle2 defocus(nm)`` per
-  view, the first line ending with the version number 2.
-- ``TS_01_v3.defocus``: version 3 with astigmatism: first line ``flags 0 0. 0. 0 3`` (flags 1 =
-  astigmatism), then ``start end angle1 angle2 defocus1 defocus2 astig_angle`` (nm, degrees).
-- ``warp/TS_01.xml``: a Warp tilt-series XML with its ``<CTF>`` params (µm, kV, mm) and the
-  per-tilt ``<GridCTF>``/``<GridCTFDefocusDelta>``/``<GridCTFDefocusAngle>`` nodes (Z = view).
+- ``TS_01_ctffind5.txt``: CTFFIND 5.0.2's: the same header (its box line says ``min. def.: 0.0
+  um``) with the column legend going on to ``#8 - Estimated tilt axis angle; #9 - Estimated tilt
+  angle ; #10 Estimated sample thickness (in Angstroms)``, and 10 ``%f`` numbers per line.
+- ``TS_01.defocus``: IMOD ctfplotter, version 2, as its ``writeDefocusFile`` prints it:
+  ``"%d\t%d\t%5.2f\t%5.2f\t%6.0f"`` (start and end view from 1, the two tilt angles, defocus in
+  whole nm) per view, the first line ending with ``"   2"`` (the version).
+- ``TS_01_v3.defocus``: version 3 with astigmatism as ctfplotter's ``writeDefocusOrTempFile``
+  prints it: ``"%d\t0\t0.0\t0.0\t0.0\t%d"`` (flags 1 = astigmatism, version 3), then
+  ``"%d\t%d\t%5.2f\t%5.2f\t%7.1f\t%7.1f\t%7.2f"`` (views, angles, defocus 1 and 2 in nm, the
+  astigmatism angle in degrees).
+- ``TS_01_v3_phase.defocus``: the same with a phase plate (flags 5): the phase shift in degrees
+  (``%9.2f``, ctfplotter's ``platePhase / RADIANS_PER_DEGREE``) after the astigmatism angle.
+- ``warp/TS_01.xml``: a Warp tilt-series XML as Warp's ``TiltSeries.SaveMeta`` writes it
+  (``core.evaluate.ctf_phantom.warp_xml_text``): the ``<CTF>`` params (µm, kV, mm) and the
+  per-tilt ``GridCTF``/``GridCTFDefocusDelta``/``GridCTFDefocusAngle``/``GridCTFPhase`` grids of
+  ``CubicGrid.Save`` (``Width Height Depth MarginX MarginY MarginZ``, nodes
+  ``<Node X= Y= Z= Value= />``, Z = view).
+- ``warp/TS_01_nofit.xml``: the same series before Warp's CTF estimation: the default ``<CTF>``
+  (Defocus 1.0) and 1×1×1 grids of 0 — no per-tilt defocus.
 """
 from pathlib import Path
 
@@ -45,53 +58,67 @@ def ctffind_txt() -> str:
     return "\n".join(lines) + "\n"
 
 
+def ctffind5_txt() -> str:
+    lines = [
+        "# Output from CTFFind version 5.0.2, run on 2025-02-13 21:14:21",
+        "# Input file: /data/TS_01/TS_01.mrc ; Number of micrographs: 21",
+        "# Pixel size: 2.675 Angstroms ; acceleration voltage: 300.0 keV ; spherical aberration: "
+        "2.70 mm ; amplitude contrast: 0.07",
+        "# Box size: 512 pixels ; min. res.: 30.0 Angstroms ; max. res.: 5.0 Angstroms ; min. "
+        "def.: 0.0 um; max. def. 50000.0 um",
+        "# Columns: #1 - micrograph number; #2 - defocus 1 [Angstroms]; #3 - defocus 2; #4 - "
+        "azimuth of astigmatism; #5 - additional phase shift [radians]; #6 - cross correlation; "
+        "#7 - spacing (in Angstroms) up to which CTF rings were fit successfully; #8 - Estimated "
+        "tilt axis angle; #9 - Estimated tilt angle ; #10 Estimated sample thickness (in "
+        "Angstroms)",
+    ]
+    for v, a in enumerate(ANGLES, 1):
+        d = defocus_um(v) * 1e4
+        lines.append(f"{v:.6f} {d + 500:.6f} {d - 500:.6f} {35.0:.6f} {0.0:.6f} "
+                     f"{0.031 + 0.001 * v:.6f} {8.1 + 0.1 * v:.6f} {85.3:.6f} {abs(a):.6f} "
+                     f"{1500.0:.6f}")
+    return "\n".join(lines) + "\n"
+
+
 def imod_v2() -> str:
     lines = []
     for v, a in enumerate(ANGLES, 1):
-        line = f"{v}\t{v}\t{a:.2f}\t{a:.2f}\t{defocus_um(v) * 1e3:.1f}"
-        lines.append(line + ("\t2" if v == 1 else ""))
+        line = f"{v}\t{v}\t{a:5.2f}\t{a:5.2f}\t{defocus_um(v) * 1e3:6.0f}"
+        lines.append(line + ("   2" if v == 1 else ""))
     return "\n".join(lines) + "\n"
 
 
-def imod_v3() -> str:
-    lines = ["1\t0\t0.0\t0.0\t0.0\t3"]
+def imod_v3(phase_deg: float | None = None) -> str:
+    """ctfplotter's version 3 (writeDefocusOrTempFile): flags 1 (astigmatism), + 4 with a phase
+    plate (the phase in degrees, after the astigmatism angle)."""
+    flags = 1 + (4 if phase_deg is not None else 0)
+    lines = [f"{flags}\t0\t0.0\t0.0\t0.0\t3"]
     for v, a in enumerate(ANGLES, 1):
         d = defocus_um(v) * 1e3
-        lines.append(f"{v}\t{v}\t{a:.2f}\t{a:.2f}\t{d + 50:.1f}\t{d - 50:.1f}\t{35.00:.2f}")
+        line = f"{v}\t{v}\t{a:5.2f}\t{a:5.2f}\t{d + 50:7.1f}\t{d - 50:7.1f}\t{35.00:7.2f}"
+        if phase_deg is not None:
+            line += f"\t{phase_deg:9.2f}"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def warp_xml() -> str:
-    join = "\n".join
-    use = ["False"] + ["True"] * 19 + ["False"]
-    params = [("PixelSize", "2.675"), ("PixelSizeDeltaPercent", "0"), ("PixelSizeAngle", "0"),
-              ("Cs", "2.7"), ("Voltage", "300"), ("Amplitude", "0.07"), ("Bfactor", "0"),
-              ("Scale", "1"), ("Defocus", "3.9"), ("DefocusDelta", "0.1"),
-              ("DefocusAngle", "35"), ("PhaseShift", "0"), ("Cc", "2.7"),
-              ("IllumAngle", "30"), ("EnergySpread", "0.7"), ("Thickness", "0")]
+def warp_xml(fit: bool = True) -> str:
+    import numpy as np
 
-    def grid(tag, value):
-        nodes = join(f'\t\t<Node X="0" Y="0" Z="{z}" W="{value(z + 1):g}" />' for z in range(21))
-        return f'\t<{tag} Width="1" Height="1" Depth="21" Duration="1">\n{nodes}\n\t</{tag}>\n'
+    from napari_deepdewedge.core.ctf import ViewCTF
+    from napari_deepdewedge.core.evaluate.ctf_phantom import warp_xml_text
 
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        '<TiltSeries DataDirectory="" AreAnglesInverted="False" PlaneNormal="0, 0, 1" '
-        'Bfactor="0" Weight="1" MagnificationCorrection="1, 0, 0, 1" UnselectFilter="False" '
-        'UnselectManual="null" CTFResolutionEstimate="6.2">\n'
-        f"\t<Angles>{join(f'{a:g}' for a in ANGLES)}</Angles>\n"
-        f"\t<UseTilt>{join(use)}</UseTilt>\n"
-        f"\t<AxisAngle>{join('85.3' for _ in ANGLES)}</AxisAngle>\n"
-        "\t<CTF>\n" + join(f'\t\t<Param Name="{n}" Value="{v}" />' for n, v in params)
-        + "\n\t</CTF>\n"
-        + grid("GridCTF", defocus_um) + grid("GridCTFDefocusDelta", lambda v: 0.1)
-        + grid("GridCTFDefocusAngle", lambda v: 35.0) + "</TiltSeries>\n"
-    )
+    d = np.array([defocus_um(v) for v in range(1, 22)])
+    ctf = ViewCTF(d + 0.05, d - 0.05, np.full(21, 35.0), np.zeros(21)) if fit else None
+    use = [False] + [True] * 19 + [False]
+    return warp_xml_text(ANGLES, pixel_size=2.675, use=use, axis=85.3, ctf=ctf, stem="TS_01")
 
 
 def main() -> None:
-    files = {"TS_01_ctffind4.txt": ctffind_txt(), "TS_01.defocus": imod_v2(),
-             "TS_01_v3.defocus": imod_v3(), "warp/TS_01.xml": warp_xml()}
+    files = {"TS_01_ctffind4.txt": ctffind_txt(), "TS_01_ctffind5.txt": ctffind5_txt(),
+             "TS_01.defocus": imod_v2(), "TS_01_v3.defocus": imod_v3(),
+             "TS_01_v3_phase.defocus": imod_v3(phase_deg=90.0),
+             "warp/TS_01.xml": warp_xml(), "warp/TS_01_nofit.xml": warp_xml(fit=False)}
     for name, text in files.items():
         path = HERE / name
         path.parent.mkdir(parents=True, exist_ok=True)

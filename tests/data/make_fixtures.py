@@ -68,25 +68,13 @@ def aretomo_aln() -> str:
 
 
 def warp_xml() -> str:
-    use = ["False"] + ["True"] * 19 + ["False"]
-    join = "\n".join
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        '<TiltSeries DataDirectory="" AreAnglesInverted="False" PlaneNormal="0, 0, 1" '
-        'Bfactor="0" Weight="1" MagnificationCorrection="1, 0, 0, 1" UnselectFilter="False" '
-        'UnselectManual="null" CTFResolutionEstimate="0">\n'
-        f"\t<Angles>{join(f'{a:g}' for a in ANGLES)}</Angles>\n"
-        f"\t<Dose>{join(f'{3.05 * (DOSE_SYMMETRIC.index(a)):g}' for a in ANGLES)}</Dose>\n"
-        f"\t<UseTilt>{join(use)}</UseTilt>\n"
-        f"\t<AxisAngle>{join('85.3' for _ in ANGLES)}</AxisAngle>\n"
-        f"\t<AxisOffsetX>{join('0' for _ in ANGLES)}</AxisOffsetX>\n"
-        f"\t<AxisOffsetY>{join('0' for _ in ANGLES)}</AxisOffsetY>\n"
-        f"\t<MoviePath>{join(f'../frames/TS_01_{i:03d}_{a:.1f}.tif' for i, a in enumerate(ANGLES))}"
-        "</MoviePath>\n"
-        f"\t<FOVFraction>{join('1' for _ in ANGLES)}</FOVFraction>\n"
-        '\t<CTF>\n\t\t<Param Name="Defocus" Value="3.9" />\n\t</CTF>\n'
-        "</TiltSeries>\n"
-    )
+    """Laid out as Warp's TiltSeries.SaveMeta writes it (core.evaluate.ctf_phantom.warp_xml_text):
+    before any CTF fit, so its <CTF> holds Warp's defaults and its grids are 1×1×1 of 0."""
+    from napari_deepdewedge.core.evaluate.ctf_phantom import warp_xml_text
+
+    use = [False] + [True] * 19 + [False]
+    dose = [3.05 * DOSE_SYMMETRIC.index(a) for a in ANGLES]
+    return warp_xml_text(ANGLES, pixel_size=2.675, use=use, dose=dose, axis=85.3, stem="TS_01")
 
 
 def warp_tomostar() -> str:
@@ -112,19 +100,28 @@ def relion_tomograms_star() -> str:
 
 
 def relion_tilt_series_star(name: str, shift: float) -> str:
+    """A RELION 5 tilt-series star after CtfFind and AlignTiltSeries: the import and motion
+    columns, the CTF columns RELION's CtfFind job writes (rlnCtfPowerSpectrum … rlnCtfImage,
+    rlnDefocusU/V in Å, rlnCtfAstigmatism, rlnDefocusAngle in degrees, rlnCtfFigureOfMerit,
+    rlnCtfMaxResolution), then the alignment's rlnTomoXTilt … rlnTomoYShiftAngst."""
     header = ["", "# version 50001", "", f"data_{name}", "", "loop_"]
     columns = ["rlnMicrographMovieName", "rlnTomoTiltMovieFrameCount",
                "rlnTomoNominalStageTiltAngle", "rlnTomoNominalTiltAxisAngle",
-               "rlnMicrographPreExposure", "rlnTomoNominalDefocus", "rlnMicrographName",
-               "rlnDefocusU", "rlnDefocusV", "rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot",
+               "rlnMicrographPreExposure", "rlnTomoNominalDefocus", "rlnCtfPowerSpectrum",
+               "rlnMicrographName", "rlnMicrographMetadata", "rlnAccumMotionTotal",
+               "rlnAccumMotionEarly", "rlnAccumMotionLate", "rlnCtfImage", "rlnDefocusU",
+               "rlnDefocusV", "rlnCtfAstigmatism", "rlnDefocusAngle", "rlnCtfFigureOfMerit",
+               "rlnCtfMaxResolution", "rlnTomoXTilt", "rlnTomoYTilt", "rlnTomoZRot",
                "rlnTomoXShiftAngst", "rlnTomoYShiftAngst"]
     header += [f"_{c} #{i + 1}" for i, c in enumerate(columns)]
     rows = []
     for i, a in enumerate(DOSE_SYMMETRIC):
+        mic = f"MotionCorr/job002/frames/{name}_{i:03d}_{a:.1f}"
         rows.append(f"frames/{name}_{i:03d}_{a:.1f}.tif 10 {a:.6f} 85.300000 {3.05 * i:.6f} "
-                    f"-4.000000 MotionCorr/job002/frames/{name}_{i:03d}_{a:.1f}.mrc "
-                    f"{39000 + 10 * i:.6f} {38800 + 10 * i:.6f} 0.000000 {a + shift:.6f} "
-                    f"85.712000 {1.5 * i:.6f} {-0.5 * i:.6f}")
+                    f"-4.000000 {mic}_PS.mrc {mic}.mrc {mic}.star 2.304019 1.009749 1.294269 "
+                    f"CtfFind/job003/{mic}_PS.ctf:mrc {39000 + 10 * i:.6f} {38800 + 10 * i:.6f} "
+                    f"200.000000 -35.476660 0.036367 7.166976 "
+                    f"0.000000 {a + shift:.6f} 85.712000 {1.5 * i:.6f} {-0.5 * i:.6f}")
     return "\n".join(header + rows) + "\n\n"
 
 

@@ -34,8 +34,8 @@ from .fitting import (
     run_fit,
 )
 from .inputs import halves_request, read_pair
-from .mask import mask_pair
-from .output import info
+from .mask import auto_params, mask_pair
+from .output import info, warn
 from .pairs import load_pairs
 from .progress import Progress
 
@@ -292,17 +292,28 @@ def run_many(args) -> int:
 
     for flag, value in (("--even-odd", args.even_odd), ("--angles", args.angles),
                         ("--refined-format", args.refined_format),
-                        ("--tilt-range", args.tilt_range), ("--resume", args.resume),
-                        ("--mask", args.mask), ("--ctf", args.ctf),
-                        ("--invert", args.invert or None)):
+                        ("--tilt-range", args.tilt_range), ("--resume", args.resume)):
         if value is not None:
             raise DDWError(f"{flag} is for one tilt series; a project finds each stack's angle "
                            "file beside it and continues its own fit from DIR/job.json")
+    if args.ctf is not None:
+        raise DDWError("--ctf FILE is for one tilt series; a project finds each stack's defocus "
+                       "file beside it (<stem>.defocus, <stem>_ctffind4.txt, <stem>_CTF.txt, … "
+                       "or the fitted defoci of its RELION/Warp metadata) — put each file beside "
+                       "its stack, or give --no-ctf to reconstruct without phase flipping")
+    from ..pipeline.masks import is_auto
+
+    if args.mask is not None and not is_auto(args.mask):
+        raise DDWError(f"--mask {args.mask}: a mask file is for one tomogram; a project takes "
+                       "--mask auto (each tomogram's mask computed from its own halves), or fit "
+                       "the project's halves with 'deepdewedge fit --even … --mask FILE …'")
     from .fitting import _option
 
     if _option(args, "ctf_loss"):
-        raise DDWError("--ctf-loss needs phase-flipped halves, and a project run does not phase flip "
-                       "yet: run 'deepdewedge run TS.mrc --ctf FILE --ctf-loss' per stack, or drop --ctf-loss")
+        raise DDWError("--ctf-loss is not wired into project runs yet: let the project reconstruct "
+                       "(each stack's halves get their <stem>_ctf.json), then fit them with "
+                       "'deepdewedge fit --even DIR/<stem>_even.mrc --odd DIR/<stem>_odd.mrc --ctf-loss …'; "
+                       "or drop --ctf-loss")
     if args.overwrite:
         raise DDWError("a project folder continues its job (DIR/job.json); to start afresh give "
                        "another --out")
@@ -318,10 +329,12 @@ def run_many(args) -> int:
         fit_on=args.fit_on, binning=args.bin or 1, bin_mode=args.bin_mode or "fourier",
         tilt_axis_x=args.tilt_axis_x, device=args.device, given=given_fields(args),
         overlap=args.overlap, refine_batch_size=args.refine_batch_size or 4,
-        keep_halves=not args.no_halves)
+        keep_halves=not args.no_halves, ctf=not args.no_ctf,
+        ctf_optics={k: getattr(args, k, None) for k in ("voltage", "cs", "amplitude_contrast")},
+        ctf_strip=args.ctf_strip, invert=bool(args.invert),
+        mask="auto" if args.mask is not None else None,
+        mask_params=auto_params(args) if args.mask is not None else None)
     info(args, f"project of {len(series)} tilt series in {out} (state: {out / 'job.json'})")
-    info(args, "CTF: not corrected in a project run (phase flipping is per stack for now: "
-               "'deepdewedge run TS.mrc --ctf FILE' or 'reconstruct' each stack)")
     t0 = time.perf_counter()
     stopper = StopOnCtrlC()
     with stopper, FitReport(quiet=args.quiet) as fit_report, \
@@ -329,6 +342,14 @@ def run_many(args) -> int:
             ProjectReport(quiet=args.quiet) as project_report:
         def report(event):
             kind = type(event).__name__
+            if kind == "ProjectNote":  # a tomogram's CTF line, its mask and cubes
+                if event.warning:
+                    warn(f"{event.name}: {event.text}")
+                elif event.text.startswith(event.name):
+                    info(args, event.text)
+                else:
+                    info(args, f"{event.name}: {event.text}")
+                return
             if kind == "ProjectStep":
                 project_report(event)
             elif kind.startswith("Tomogram") or kind == "VoxelSizeWarning":

@@ -90,20 +90,6 @@ def read_pair(even_path, odd_path):
     return even, odd
 
 
-def read_mask(path, shape):
-    if path is None:
-        return None
-    import numpy as np
-
-    from ..core.io.mrc import read_mrc
-
-    mask = read_mrc(path)
-    if tuple(mask.data.shape) != tuple(shape):
-        raise DDWError(f"{Path(path).name}: mask shape {tuple(mask.data.shape)} differs from the "
-                       f"tomogram shape {tuple(shape)}; make the mask on the same (binned) grid")
-    return np.asarray(mask.data) != 0
-
-
 def tilt_range_for_fit(args) -> tuple[float, float]:
     """The missing wedge's tilt range from --angles FILE or --tilt-range MIN MAX."""
     from ..core.io.angles import check_angle_values

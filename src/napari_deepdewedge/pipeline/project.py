@@ -10,12 +10,28 @@
      "tomograms": {stem: {"tilt_series": path, "reconstructed": bool, "even": ..., "odd": ...,
                           "tilt_range": [min, max], "voxel_size": [z, y, x],
                           "fitted_with": "model/best.pt" | null,   # in the fit subset
-                          "refined": bool, "refined_with": ckpt | null, "output": ...}}}
+                          "refined": bool, "refined_with": ckpt | null, "output": ...,
+                          "ctf": {"file": path | null, "summary": "CTF: …"},  # when reconstructed
+                          "mask": {"file": "<stem>_mask.mrc", "fraction": f, "source": {…}}}},
+     "settings": {"ctf": bool, "ctf_strip": px | null, "voltage": kV | null, "cs": mm | null,
+                  "amplitude_contrast": f | null, "invert": bool,
+                  "mask": "auto" | null, "mask_params": {…} | null}}
 
 Rerunning never redoes finished work: reconstructed halves whose files exist are kept, a fit
 marked done is kept, a fit that was running continues from its newest checkpoint in
 ``<out_dir>/model`` (``latest.pt`` or a newer ``stopped.pt``), and refinement skips finished
 outputs (:mod:`.batch`). Paths in the job file are relative to ``out_dir``.
+
+**The CTF and the masks of a project.** Each stack is phase flipped with the defocus file found
+beside it, as a single ``run`` finds it (``core.io.ctf_formats.find_ctf_file``: ``<stem>.defocus``,
+``<stem>_ctffind4.txt``, … or the fitted defoci of its RELION/Warp metadata); a stack without one
+is reconstructed uncorrected, and its ``CTF:`` line says so. With ``mask="auto"`` every tomogram
+of the fit gets its automatic sample mask from its own halves (``pipeline.masks``), written as
+``<stem>_mask.mrc`` and reused when the fit continues. ``settings`` records both: a continued
+project keeps them — changing the CTF/contrast settings once a tomogram is reconstructed, or the
+mask once the fit has started, is refused (:func:`check_settings`). A job file written before
+``settings`` existed was reconstructed without CTF correction, without ``--invert`` and fitted
+without masks.
 """
 from __future__ import annotations
 
@@ -38,7 +54,16 @@ JOB_VERSION = 1
 #: stack suffixes a folder of tilt series is searched for (not .rec/.map: tomograms)
 STACK_SUFFIXES = (".st", ".mrc", ".ali", ".mrcs")
 #: files a project writes into its folder, never taken for input stacks
-_OUTPUT_TAGS = ("_even", "_odd", "_full", "_refined")
+_OUTPUT_TAGS = ("_even", "_odd", "_full", "_refined", "_mask")
+#: what a job file written before ``settings`` existed did: no CTF, no inversion, no masks
+LEGACY_SETTINGS = {"ctf": False, "ctf_strip": None, "voltage": None, "cs": None,
+                   "amplitude_contrast": None, "invert": False, "mask": None, "mask_params": None}
+#: the settings fixed once a tomogram is reconstructed / once the fit has started, and the flag
+#: that sets each (for the message)
+RECONSTRUCTION_SETTINGS = {"ctf": "--no-ctf", "ctf_strip": "--ctf-strip", "voltage": "--voltage",
+                           "cs": "--cs", "amplitude_contrast": "--amplitude-contrast",
+                           "invert": "--invert"}
+FIT_SETTINGS = {"mask": "--mask auto", "mask_params": "the mask_* settings of --config"}
 
 
 def is_project_input(spec) -> bool:
@@ -94,6 +119,60 @@ def select_fit_subset(stems: list[str], fit_on) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# the settings a continued project keeps
+
+
+def project_settings(request) -> dict:
+    """What ``settings`` records of a request: the CTF and contrast of the reconstruction, the
+    masks of the fit (the optics and the strip width only matter, so only count, with the CTF on)."""
+    from .masks import is_auto
+
+    ctf = bool(request.ctf)
+    optics = dict(request.ctf_optics or {}) if ctf else {}
+    auto = is_auto(request.mask)
+    params = None
+    if auto:
+        from ..core.fit.sample_mask import AutoMaskParams
+
+        params = (request.mask_params or AutoMaskParams()).record()
+    return {"ctf": ctf, "ctf_strip": request.ctf_strip if ctf else None,
+            "voltage": optics.get("voltage"), "cs": optics.get("cs"),
+            "amplitude_contrast": optics.get("amplitude_contrast"),
+            "invert": bool(request.invert), "mask": "auto" if auto else None,
+            "mask_params": params}
+
+
+def _shown(key: str, value) -> str:
+    if key == "ctf":
+        return "phase flipped with each stack's defocus file" if value else "not CTF corrected (--no-ctf)"
+    if key == "invert":
+        return "inverted (--invert)" if value else "not inverted"
+    if key == "mask":
+        return "automatic masks (--mask auto)" if value else "no masks"
+    return "default" if value is None else json.dumps(value)
+
+
+def check_settings(state: dict, settings: dict, path) -> None:
+    """A continued project keeps its settings: the CTF and contrast ones once any tomogram is
+    reconstructed (its halves would no longer match the others'), the mask ones once the fit
+    has started (its cubes would change under it). A ``DDWError`` names what changed."""
+    recorded = {**LEGACY_SETTINGS, **state.get("settings", {})}
+    reconstructed = any(e.get("reconstructed") for e in state.get("tomograms", {}).values())
+    fit_started = state.get("fit", {}).get("state", "pending") != "pending"
+    fixed = ({**(RECONSTRUCTION_SETTINGS if reconstructed else {}),
+              **(FIT_SETTINGS if fit_started else {})})
+    for key, flag in fixed.items():
+        if recorded.get(key) != settings.get(key):
+            when = ("its halves were reconstructed" if key in RECONSTRUCTION_SETTINGS
+                    else "its fit was started")
+            raise DDWError(
+                f"{path}: this project's {key.replace('_', ' ')} was {_shown(key, recorded.get(key))} "
+                f"when {when}, now {_shown(key, settings.get(key))}; a continued project keeps "
+                f"its settings — rerun with the same {flag} as before, or use another output "
+                "folder")
+
+
+# ---------------------------------------------------------------------------------------------
 # the job file
 
 
@@ -105,7 +184,10 @@ class JobFile:
         self.path = self.out_dir / JOB_FILE
         self.state: dict = {}
 
-    def load_or_start(self, stems_to_series: dict, fit_on: list[str]) -> dict:
+    def load_or_start(self, stems_to_series: dict, fit_on: list[str],
+                      settings: dict | None = None) -> dict:
+        """Read the job file (or start one); ``settings``: this run's (see
+        :func:`project_settings`), checked against the recorded ones (:func:`check_settings`)."""
         if self.path.exists():
             try:
                 self.state = json.loads(self.path.read_text())
@@ -120,11 +202,15 @@ class JobFile:
                 raise DDWError(f"{self.path}: this project's fit is on {', '.join(recorded)}, "
                                f"not {', '.join(fit_on)}; rerun with the same --fit-on, or use "
                                "another output folder")
+            if settings is not None:
+                check_settings(self.state, settings, self.path)
         else:
             self.state = {"version": JOB_VERSION, "stage": "reconstruct",
                           "fit": {"on": fit_on, "state": "pending", "checkpoint": None,
                                   "epochs_done": 0},
                           "tomograms": {}}
+        if settings is not None:
+            self.state["settings"] = dict(settings)
         self.state["fit"]["on"] = fit_on
         tomograms = self.state["tomograms"]
         for stem, series in stems_to_series.items():
@@ -182,6 +268,24 @@ class ProjectRequest:
     overlap: int | None = None
     refine_batch_size: int = 4
     keep_halves: bool = True
+    # the CTF: each stack's defocus file found beside it (core.io.ctf_formats.find_ctf_file)
+    ctf: bool = True                # False: no phase flipping (--no-ctf)
+    ctf_optics: dict | None = None  # voltage/cs/amplitude_contrast when a file does not say
+    ctf_strip: int | None = None    # phase-flip strip width (output pixels); None: automatic
+    invert: bool = False            # multiply every tomogram by −1 (dense bright)
+    # the sample masks of the fit: None, or "auto" (each tomogram's from its own halves)
+    mask: str | None = None
+    mask_params: object = None      # core.fit.sample_mask.AutoMaskParams; None: the defaults
+
+
+@dataclass
+class ProjectNote:
+    """A line about one tomogram (its ``CTF:`` line, its mask and cubes); ``warning``: show it
+    as a warning."""
+
+    name: str
+    text: str
+    warning: bool = False
 
 
 @dataclass
@@ -203,6 +307,34 @@ class ProjectResult:
     outputs: dict = field(default_factory=dict)
 
 
+def _ctf_request(request):
+    """Each stack's CTF: the file beside it or its metadata's fitted defoci (``"auto"``), as a
+    single ``run`` without ``--ctf`` finds it; ``None`` with the CTF off."""
+    if not request.ctf:
+        return None
+    from ..core.io.ctf_formats import CTFRequest
+
+    optics = request.ctf_optics or {}
+    return CTFRequest(source="auto", voltage=optics.get("voltage"), cs=optics.get("cs"),
+                      amplitude_contrast=optics.get("amplitude_contrast"))
+
+
+def _report_new_ctf_file(request, entry: dict, stem: str, report) -> None:
+    """A defocus file beside a stack whose kept halves were reconstructed without it (or with
+    another one) does not change them: say so, rather than leave the user to wonder."""
+    if not request.ctf:
+        return
+    from ..core.io.ctf_formats import find_ctf_file
+
+    found = find_ctf_file(entry["tilt_series"])
+    used = entry["ctf"].get("file")
+    if found is not None and (used is None or Path(found).resolve() != Path(used)):
+        report(ProjectNote(stem, f"{found.name} is beside the stack now, but its halves were "
+                                 f"reconstructed {'with ' + Path(used).name if used else 'without a defocus file'} "
+                                 "and are kept; to use it, run the project into another --out",
+                           warning=True))
+
+
 def _reconstruct_all(request, job: JobFile, report, progress) -> None:
     from ..core.io.series import load_tilt_series
     from .halves import HalvesRequest, reconstruct_halves, write_halves
@@ -213,18 +345,30 @@ def _reconstruct_all(request, job: JobFile, report, progress) -> None:
         done = entry["reconstructed"] and all(
             job.absolute(entry[k]).exists() for k in ("even", "odd"))
         if done:
+            if entry.get("ctf"):  # what the kept halves were reconstructed with
+                report(ProjectNote(stem, f"{entry['ctf']['summary']} (halves kept)"))
+                _report_new_ctf_file(request, entry, stem, report)
             report(ProjectStep("reconstruct", index, total, stem, "kept"))
             continue
         report(ProjectStep("reconstruct", index, total, stem, "started"))
-        series = load_tilt_series(entry["tilt_series"], tilt_axis_x=request.tilt_axis_x)
+        series = load_tilt_series(entry["tilt_series"], tilt_axis_x=request.tilt_axis_x,
+                                  ctf=_ctf_request(request))
+        ctf = series.meta.get("ctf")
+        for warning in (ctf.warnings if ctf is not None else ()):
+            report(ProjectNote(stem, warning, warning=True))
         halves = reconstruct_halves(HalvesRequest(
             series=series, stem=stem, thickness=request.thickness, binning=request.binning,
-            bin_mode=request.bin_mode, device=request.device), progress=progress)
+            bin_mode=request.bin_mode, device=request.device, ctf=request.ctf,
+            ctf_strip=request.ctf_strip, invert=request.invert), progress=progress)
         # an unfinished earlier attempt may have left one half: ours to replace
         even_path, odd_path = write_halves(job.out_dir, stem, halves, overwrite=True)
         entry.update(reconstructed=True, even=job.relative(even_path), odd=job.relative(odd_path),
-                     tilt_range=list(halves.tilt_range), voxel_size=list(halves.voxel_size))
+                     tilt_range=list(halves.tilt_range), voxel_size=list(halves.voxel_size),
+                     ctf={"file": None if ctf is None or ctf.source is None
+                          else str(Path(ctf.source).resolve()),
+                          "summary": halves.ctf_summary})
         job.save()
+        report(ProjectNote(stem, halves.ctf_summary))
         report(ProjectStep("reconstruct", index, total, stem, "done"))
 
 
@@ -249,6 +393,52 @@ def _fit_request(request, job: JobFile, resume):
                                        given=request.given)
 
 
+def mask_path(out_dir, stem: str) -> Path:
+    """Where a project writes a tomogram's automatic mask: ``<out_dir>/<stem>_mask.mrc``."""
+    return Path(out_dir) / f"{stem}_mask.mrc"
+
+
+def _mask_pairs(request, job: JobFile, pairs, report) -> None:
+    """``mask="auto"``: each pair of the fit gets its automatic mask (``pipeline.masks``),
+    computed from its own halves and written as ``<stem>_mask.mrc`` — or, when the fit
+    continues, read back from that file, so a resumed fit draws its cubes from the same mask."""
+    from .masks import AUTO, apply_mask, is_auto
+
+    tomograms = job.state["tomograms"]
+    if not is_auto(request.mask):
+        for pair in pairs:  # a pending fit that no longer asks for masks: none recorded
+            tomograms[pair.name].pop("mask", None)
+        return
+    import numpy as np
+
+    from ..core.io.mrc import read_mrc, write_mrc
+
+    params = project_settings(request)["mask_params"]
+    for pair in pairs:
+        entry = tomograms[pair.name]
+        recorded = entry.get("mask")
+        if recorded and recorded.get("params") == params \
+                and job.absolute(recorded["file"]).exists():
+            path = job.absolute(recorded["file"])
+            mask = np.asarray(read_mrc(path, mmap=False).data) != 0
+            if mask.shape == tuple(np.shape(pair.even)):
+                pair.mask, pair.mask_source = mask, recorded["source"]
+                report(ProjectNote(pair.name, f"automatic mask kept from {path.name} (keeps "
+                                              f"{float(recorded['fraction']):.0%} of the volume)"))
+                continue
+        lines = apply_mask(pair, AUTO, params=request.mask_params, device=request.device)
+        for line in lines:
+            warning = line.startswith("warning: ")
+            text = line[len("warning: "):] if warning else line
+            report(ProjectNote(pair.name, text, warning=warning))
+        voxel = tuple(float(v) for v in pair.voxel_size)
+        path = write_mrc(mask_path(job.out_dir, pair.name), pair.mask.astype(np.int8),
+                         voxel_size=voxel)
+        entry["mask"] = {"file": job.relative(path), "fraction": round(float(pair.mask.mean()), 4),
+                         "params": params, "source": pair.mask_source}
+        job.save()
+
+
 def _fit_size_for_halves(request, fit_request, report):
     """A new fit whose cube size is not among the ``given`` fields (the preset's): the largest
     that fits the fit subset's halves (``pipeline.fit_size``), reported as ``FitSizeChosen``."""
@@ -270,7 +460,13 @@ def _fit(request, job: JobFile, report, should_stop) -> bool:
             and job.absolute(fit_state["checkpoint"]).exists():
         return True
     fit_request = _fit_request(request, job, resume_point(job.out_dir / "model"))
+    _mask_pairs(request, job, fit_request.pairs, report)
     fit_request = _fit_size_for_halves(request, fit_request, report)
+    from .masks import cube_lines
+
+    for pair, line in zip([p for p in fit_request.pairs if p.mask is not None],
+                          cube_lines(fit_request.pairs, fit_request.config)):
+        report(ProjectNote(pair.name, line))  # at the cube size the fit will use
     already = finished_fit(fit_request)
     if already is not None:  # killed after the last epoch's checkpoint but before the job file said so
         _fit_done(job, already.model, already.epochs_done)
@@ -342,7 +538,7 @@ def run_project(request: ProjectRequest, report: Callable | None = None,
     stems = [stem_of(p) for p in request.series]
     job = JobFile(request.out_dir)
     job.load_or_start(dict(zip(stems, request.series)),
-                      select_fit_subset(stems, request.fit_on))
+                      select_fit_subset(stems, request.fit_on), project_settings(request))
     _reconstruct_all(request, job, emit, progress)
     if not _fit(request, job, emit, should_stop):
         return ProjectResult(finished=False, fit_stopped=True)

@@ -150,47 +150,99 @@ def write_ctffind_txt(path, ctf: ViewCTF, pixel_size: float, stack_name: str = "
 
 
 def write_imod_defocus(path, ctf: ViewCTF, angles, version: int = 3) -> Path:
-    """IMOD ctfplotter's ``.defocus`` (nm): version 2 (one defocus) or 3 (flags 1: astigmatism)."""
+    """IMOD ctfplotter's ``.defocus`` (nm, views from 1), printed as ctfplotter's
+    ``writeDefocusOrTempFile`` prints it. Version 2: ``"%d\\t%d\\t%5.2f\\t%5.2f\\t%6.0f"`` per
+    view (whole nm), the first line ending ``"   2"``. Version 3 with astigmatism (flags 1): the
+    line ``"%d\\t0\\t0.0\\t0.0\\t0.0\\t%d"`` (flags, version 3), then
+    ``"%d\\t%d\\t%5.2f\\t%5.2f\\t%7.1f\\t%7.1f\\t%7.2f"`` (defocus 1 and 2 in nm, the
+    astigmatism angle in degrees)."""
     angles = np.asarray(angles, dtype=float)
     lines = ["1\t0\t0.0\t0.0\t0.0\t3"] if version == 3 else []
     for i in range(ctf.count):
         a = angles[i]
         if version == 3:
-            lines.append(f"{i + 1}\t{i + 1}\t{a:.2f}\t{a:.2f}\t{ctf.defocus_u[i] * 1e3:.1f}\t"
-                         f"{ctf.defocus_v[i] * 1e3:.1f}\t{ctf.astigmatism_angle[i]:.2f}")
+            lines.append(f"{i + 1}\t{i + 1}\t{a:5.2f}\t{a:5.2f}\t{ctf.defocus_u[i] * 1e3:7.1f}\t"
+                         f"{ctf.defocus_v[i] * 1e3:7.1f}\t{ctf.astigmatism_angle[i]:7.2f}")
         else:
-            lines.append(f"{i + 1}\t{i + 1}\t{a:.2f}\t{a:.2f}\t{ctf.defocus[i] * 1e3:.1f}"
-                         + ("\t2" if i == 0 else ""))
+            lines.append(f"{i + 1}\t{i + 1}\t{a:5.2f}\t{a:5.2f}\t{ctf.defocus[i] * 1e3:6.0f}"
+                         + ("   2" if i == 0 else ""))
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def write_warp_xml(path, ctf: ViewCTF, angles, pixel_size: float) -> Path:
-    """A Warp tilt-series XML: ``<Angles>``, ``<UseTilt>``, the ``<CTF>`` params (µm, kV, mm) and
-    the per-tilt ``GridCTF`` (mean defocus), ``GridCTFDefocusDelta`` (U − V) and
-    ``GridCTFDefocusAngle`` nodes (Z = view)."""
+def _cs_text(value) -> str:
+    """A C# ``float.ToString(InvariantCulture)``: the shortest text that reads back the float32."""
+    return np.format_float_positional(np.float32(value), trim="-")
+
+
+def warp_xml_text(angles, *, pixel_size: float, use=None, dose=None, axis: float = 85.3,
+                  ctf: ViewCTF | None = None, stem: str = "TS") -> str:
+    """A Warp tilt-series XML laid out as Warp's ``TiltSeries.SaveMeta`` writes it: the
+    ``<TiltSeries …>`` attributes, the newline-joined per-tilt ``Angles``, ``Dose``, ``UseTilt``,
+    ``AxisAngle``, ``AxisOffsetX/Y``, ``MoviePath``, ``FOVFraction``, the ``<CTF>`` node (one
+    ``<Param Name= Value= />`` per serialized CTF property: decimals as C# prints them, so
+    ``1.0``, ``300.0``, ``0.07``), then the grids (``CubicGrid.Save``: ``Width Height Depth
+    MarginX MarginY MarginZ`` and one ``<Node X= Y= Z= Value= />`` per point). ``ctf``: the
+    per-tilt fit (``GridCTF`` = mean defocus µm, ``GridCTFDefocusDelta`` = U − V,
+    ``GridCTFDefocusAngle`` °, ``GridCTFPhase`` in units of π, Depth = the tilts); ``None``:
+    an XML before any CTF fit (Warp's defaults: Defocus 1.0, 1×1×1 grids of 0). ``stem``: the
+    movies' names."""
     join = "\n".join
-    n = ctf.count
+    angles = np.asarray(angles, dtype=float)
+    n = angles.size
+    use = [True] * n if use is None else list(use)
+    dose = np.zeros(n) if dose is None else np.asarray(dose, dtype=float)
 
     def grid(tag, values):
-        nodes = join(f'\t\t<Node X="0" Y="0" Z="{z}" W="{v:.5f}" />' for z, v in enumerate(values))
-        return f'\t<{tag} Width="1" Height="1" Depth="{n}" Duration="1">\n{nodes}\n\t</{tag}>\n'
+        values = [0.0] if values is None else list(values)
+        nodes = join(f'\t\t<Node X="0" Y="0" Z="{z}" Value="{_cs_text(v)}" />'
+                     for z, v in enumerate(values))
+        return (f'\t<{tag} Width="1" Height="1" Depth="{len(values)}" MarginX="0" MarginY="0" '
+                f'MarginZ="0">\n{nodes}\n\t</{tag}>\n')
 
-    params = [("PixelSize", f"{pixel_size:g}"), ("Cs", f"{ctf.cs:g}"),
-              ("Voltage", f"{ctf.voltage:g}"), ("Amplitude", f"{ctf.amplitude_contrast:g}"),
-              ("Defocus", f"{float(ctf.defocus.mean()):.5f}"), ("DefocusDelta", "0"),
-              ("DefocusAngle", "0"), ("PhaseShift", "0")]
-    text = ('<?xml version="1.0" encoding="utf-8"?>\n'
-            '<TiltSeries DataDirectory="" AreAnglesInverted="False" PlaneNormal="0, 0, 1">\n'
-            f"\t<Angles>{join(f'{a:g}' for a in np.asarray(angles, dtype=float))}</Angles>\n"
-            f"\t<UseTilt>{join('True' for _ in range(n))}</UseTilt>\n"
+    fit = ctf is not None
+    mean = float(np.mean(ctf.defocus)) if fit else None
+    params = [("PixelSize", f"{pixel_size:g}"), ("PixelSizeDeltaPercent", "0"),
+              ("PixelSizeAngle", "0"), ("Distortion", "1, 0, 0, 1"),
+              ("Cs", f"{ctf.cs:g}" if fit else "2.7"), ("Cc", "2.7"),
+              ("Voltage", f"{ctf.voltage:g}" if fit else "300.0"),
+              ("Defocus", f"{mean:.4f}" if fit else "1.0"), ("DefocusDelta", "0"),
+              ("DefocusAngle", "0"),
+              ("Amplitude", f"{ctf.amplitude_contrast:g}" if fit else "0.07"),
+              ("Bfactor", "0"), ("BfactorDelta", "0"), ("BfactorAngle", "0"), ("Scale", "1.0"),
+              ("PhaseShift", "0"), ("BeamTilt", "0,0"), ("BeamTilt2", "1,0,1"),
+              ("ZernikeCoeffsOdd", ""), ("ZernikeCoeffsEven", ""), ("Thickness", "0")]
+    image = f"{8 * pixel_size:g}, {6 * pixel_size:g}"
+    return ('<?xml version="1.0" encoding="utf-8"?>\n'
+            '<TiltSeries DataDirectory="" AreAnglesInverted="False" PlaneNormal="0, 0, 1" '
+            'LevelAngleX="0" LevelAngleY="0" Bfactor="0" Weight="1" '
+            f'MagnificationCorrection="1, 0, 0, 1" ImageDimensionsAngstrom="{image}" '
+            'VolumeDimensionsAngstrom="0, 0, 0" UnselectFilter="False" UnselectManual="" '
+            f'CTFResolutionEstimate="{"6.2" if fit else "0"}">\n'
+            f"\t<Angles>{join(_cs_text(a) for a in angles)}</Angles>\n"
+            f"\t<Dose>{join(_cs_text(d) for d in dose)}</Dose>\n"
+            f"\t<UseTilt>{join('True' if u else 'False' for u in use)}</UseTilt>\n"
+            f"\t<AxisAngle>{join(_cs_text(axis) for _ in range(n))}</AxisAngle>\n"
+            f"\t<AxisOffsetX>{join('0' for _ in range(n))}</AxisOffsetX>\n"
+            f"\t<AxisOffsetY>{join('0' for _ in range(n))}</AxisOffsetY>\n"
+            f"\t<MoviePath>{join(f'../frames/{stem}_{i:03d}_{a:.1f}.tif' for i, a in enumerate(angles))}"
+            "</MoviePath>\n"
+            f"\t<FOVFraction>{join('1' for _ in range(n))}</FOVFraction>\n"
             "\t<CTF>\n" + join(f'\t\t<Param Name="{k}" Value="{v}" />' for k, v in params)
-            + "\n\t</CTF>\n" + grid("GridCTF", ctf.defocus)
-            + grid("GridCTFDefocusDelta", ctf.defocus_u - ctf.defocus_v)
-            + grid("GridCTFDefocusAngle", ctf.astigmatism_angle) + "</TiltSeries>\n")
+            + "\n\t</CTF>\n"
+            + grid("GridCTF", ctf.defocus if fit else None)
+            + grid("GridCTFDefocusDelta", ctf.defocus_u - ctf.defocus_v if fit else None)
+            + grid("GridCTFDefocusAngle", ctf.astigmatism_angle if fit else None)
+            + grid("GridCTFPhase", np.asarray(ctf.phase_shift) / 180.0 if fit else None)
+            + grid("GridMovementX", None) + grid("GridMovementY", None)
+            + "</TiltSeries>\n")
+
+
+def write_warp_xml(path, ctf: ViewCTF, angles, pixel_size: float) -> Path:
+    """A Warp tilt-series XML with this per-tilt CTF fit (:func:`warp_xml_text`)."""
     path = Path(path)
-    path.write_text(text)
+    path.write_text(warp_xml_text(angles, pixel_size=pixel_size, ctf=ctf))
     return path
 
 

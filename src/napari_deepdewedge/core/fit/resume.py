@@ -1,7 +1,8 @@
 """The one rule for what a resumed fit may change (used by ``fit_iter`` and ``pipeline.plan_fit``),
 and :func:`check_resume_inputs`: a resumed fit runs on the tomograms it was fitted on.
 
-Every ``FitConfig`` field is in exactly one of two tables (a test checks that):
+Every ``FitConfig`` field is in exactly one of two tables, derived from the ``resume=`` of its
+row in :mod:`.settings` (a test checks that):
 
 * :data:`RESUME_FIXED` — settings that define the data, the model, the sampling or the loss.
   A resumed fit continues with the checkpoint's values; a run that *asks* for a different
@@ -24,44 +25,12 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..model import checkpoint as ckpt
+from .settings import resume_table
 
-#: fixed for a resume: field → why
-RESUME_FIXED = {
-    "subtomo_size": "defines the cubes and the network input",
-    "channels": "defines the U-Net",
-    "depth": "defines the U-Net",
-    "residual": "defines the U-Net",
-    "resampling": "defines how fitting cubes are rotated and the matching filter of its inputs",
-    "update_val_wedges": "defines the validation cubes (and so best.pt)",
-    "batch_size": "defines the sampling order (exact resume)",
-    "val_fraction": "defines which cubes are fitting and validation cubes",
-    "strides": "defines the cube grid",
-    "min_mask_fraction": "defines which cubes are kept",
-    "tilt_min": "defines the missing wedge",
-    "tilt_max": "defines the missing wedge",
-    "standardize": "defines the data the network sees",
-    "seed": "defines the cube split, the weights and the sampling",
-    "wedge_weight": "defines the loss being minimized",
-    "ctf_loss": "defines the loss being minimized (and what the network outputs: CTF-free or not)",
-    "voxel_size": "belongs to the tomograms: another value means other data",
-}
-#: may change for a resume: field → note
-RESUME_CHANGEABLE = {
-    "epochs": "the new total; must be above the checkpoint's completed epochs",
-    "lr": "the optimizer continues with the new learning rate",
-    "update_every": "wedge-update schedule from now on",
-    "validate_every": "validation schedule from now on",
-    "checkpoint_every": "periodic checkpoints from now on",
-    "preview_every": "previews from now on",
-    "device": "where to run",
-    "out_dir": "where files go",
-    "compile": "a speed setting (core.perf.decide_compile)",
-    "lr_schedule": "the learning-rate schedule from now on",
-    "warmup_epochs": "the learning-rate schedule from now on",
-    "early_stop_patience": "when to stop early from now on",
-    "signal_every": "when the progress signals are measured from now on",
-    "best_by": "what picks best.pt and ends the fit early from now on",
-}
+#: fixed for a resume: field → why; changeable: field → what changing it means. Both are read
+#: from the settings' rows (``core.fit.settings``: each row's ``resume=``), the one declaration.
+RESUME_FIXED = resume_table(fixed=True)
+RESUME_CHANGEABLE = resume_table(fixed=False)
 
 
 def load_resume(resume) -> tuple[dict, str]:

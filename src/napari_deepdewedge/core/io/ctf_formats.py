@@ -5,7 +5,8 @@ kind               file                             what we take (unit in the fi
 =================  ===============================  =====================================
 ``ctffind``        CTFFIND4/5 diagnostic ``.txt``   defocus 1/2 (Å), azimuth (°), phase
                    (AreTomo3's ``_CTF.txt``)        shift (rad); header: pixel size,
-                                                    voltage, Cs, amplitude contrast
+                                                    voltage, Cs, amplitude contrast (5.0
+                                                    adds 3 columns after the 7: ignored)
 ``imod-defocus``   ctfplotter ``.defocus`` v2/v3    view ranges, tilt angles, defocus (nm),
                                                     astigmatism (flags 1/2), phase (4/8)
 ``relion-star``    RELION 5 tilt-series star        rlnDefocusU/V (Å), rlnDefocusAngle,
@@ -13,7 +14,9 @@ kind               file                             what we take (unit in the fi
                                                     tomograms.star row (rlnVoltage, …)
 ``warp-xml``       Warp/M tilt-series XML           ``<CTF>`` params (µm, kV, mm) and the
                                                     per-tilt ``GridCTF`` (+ DefocusDelta,
-                                                    DefocusAngle, Phase grids)
+                                                    DefocusAngle, Phase grids; nodes
+                                                    ``<Node X Y Z Value/>``); a 1×1×1 grid
+                                                    (Warp's before a fit) is no defocus
 ``mdoc``           SerialEM ``.mdoc``               Defocus (else TargetDefocus), µm,
                                                     negative = underfocus; NOMINAL
 =================  ===============================  =====================================

@@ -235,7 +235,31 @@ def _read_relion(path: Path, stack_stem: str | None) -> ListedCTF:
                    "estimated in RELION); run its CTF estimation or give a CTFFIND/IMOD file")
 
 
+def _warp_grid(root, tag: str, n: int):
+    """A per-tilt ``CubicGrid`` of a Warp XML as Warp's ``CubicGrid.Save`` writes it —
+    ``<tag Width= Height= Depth= MarginX= MarginY= MarginZ=>`` with one
+    ``<Node X= Y= Z= Value= />`` per grid point — as ``n`` values (Z = the tilt), or ``None``
+    when it is not a per-tilt grid (absent, or Warp's default 1×1×1 grid before a CTF fit)."""
+    grid = root.find(tag)
+    if grid is None or int(grid.get("Depth", "1")) != n or n < 2:
+        return None
+    if int(grid.get("Width", "1")) != 1 or int(grid.get("Height", "1")) != 1:
+        return None  # a spatially resolved grid: not one value per tilt
+    values = np.full(n, np.nan)
+    for node in grid.findall("Node"):
+        z, value = node.get("Z"), node.get("Value")
+        if z is None or value is None:
+            continue
+        values[int(z)] = float(value)
+    return values if np.all(np.isfinite(values)) else None
+
+
 def _read_warp(path: Path) -> ListedCTF:
+    """Warp/WarpTools tilt-series XML (the layout of Warp's ``TiltSeries.SaveMeta``): the
+    ``<CTF>`` node's ``<Param Name= Value= />`` (Defocus, DefocusDelta in µm, DefocusAngle in °,
+    PhaseShift in units of π, Voltage kV, Cs mm, Amplitude, PixelSize Å) and the per-tilt grids
+    ``GridCTF`` (defocus), ``GridCTFDefocusDelta``, ``GridCTFDefocusAngle``, ``GridCTFPhase``
+    that Warp's tilt-series CTF fit writes (Depth = number of tilts)."""
     import xml.etree.ElementTree as ET
 
     from .tilt_formats import _read_warp_xml
@@ -250,32 +274,30 @@ def _read_warp(path: Path) -> ListedCTF:
     if "Defocus" not in params:
         raise DDWError(f"{path.name}: the <CTF> node has no Defocus param; check the file")
     n = listed.angles.size
+    mean = _warp_grid(root, "GridCTF", n)
+    if mean is None:
+        raise DDWError(
+            f"{path.name}: no per-tilt CTF fit (its GridCTF does not hold one defocus for each "
+            f"of the {n} tilts — Warp writes a 1×1×1 grid until its tilt-series CTF estimation "
+            "has run); run Warp's tilt-series CTF estimation (WarpTools ts_ctf), or give a "
+            "CTFFIND/IMOD file")
 
-    def grid(tag, fallback):
-        g = root.find(tag)
-        if g is None or int(g.get("Depth", "0")) != n:
-            return np.full(n, float(fallback))
-        values = np.full(n, np.nan)
-        for item in g.findall("Node"):
-            values[int(item.get("Z"))] = float(item.get("W"))
-        return np.where(np.isfinite(values), values, float(fallback))
+    def per_tilt(tag, fallback):
+        values = _warp_grid(root, tag, n)
+        return values if values is not None else np.full(n, float(fallback))
 
-    mean = grid("GridCTF", params["Defocus"])
     # Warp's DefocusDelta is the difference U − V (U = Defocus + Delta/2, V = Defocus − Delta/2)
-    delta = grid("GridCTFDefocusDelta", params.get("DefocusDelta", 0))
-    angle = grid("GridCTFDefocusAngle", params.get("DefocusAngle", 0))
-    phase = grid("GridCTFPhase", params.get("PhaseShift", 0)) * 180.0  # Warp: units of π
+    delta = per_tilt("GridCTFDefocusDelta", params.get("DefocusDelta", 0))
+    angle = per_tilt("GridCTFDefocusAngle", params.get("DefocusAngle", 0))
+    phase = per_tilt("GridCTFPhase", params.get("PhaseShift", 0)) * 180.0  # Warp: units of π
     optics = {}
     for key, name in (("voltage", "Voltage"), ("cs", "Cs"), ("amplitude_contrast", "Amplitude")):
         if name in params:
             optics[key] = float(params[name])
     u = _in_um(mean + delta / 2, "warp-xml", path, "defocus")
     v = _in_um(mean - delta / 2, "warp-xml", path, "defocus")
-    notes = () if root.find("GridCTF") is not None else ("no per-tilt GridCTF: one defocus "
-                                                         "for every view",)
     pixel = float(params["PixelSize"]) if "PixelSize" in params else None
-    return ListedCTF(u, v, angle, phase, "warp-xml", path, optics=optics, pixel_size=pixel,
-                     notes=notes)
+    return ListedCTF(u, v, angle, phase, "warp-xml", path, optics=optics, pixel_size=pixel)
 
 
 def _read_mdoc(path: Path) -> ListedCTF:
@@ -316,12 +338,19 @@ def _read_mdoc(path: Path) -> ListedCTF:
 
 
 def _has_grid_ctf(path: Path) -> bool:
+    """Whether a Warp XML holds a per-tilt CTF fit: a ``GridCTF`` with one positive defocus per
+    tilt (Warp writes ``GridCTF`` in every XML, as a 1×1×1 grid of 0 before the fit)."""
     import xml.etree.ElementTree as ET
 
     try:
-        return ET.parse(path).getroot().find("GridCTF") is not None
+        root = ET.parse(path).getroot()
     except ET.ParseError:
         return False
+    angles = root.find("Angles")
+    if angles is None or not (angles.text or "").strip():
+        return False
+    values = _warp_grid(root, "GridCTF", len((angles.text or "").split()))
+    return values is not None and bool(np.all(values > 0))
 
 
 def read_ctf_file(path, stack_stem: str | None = None) -> ListedCTF:
