@@ -14,6 +14,7 @@ from napari_deepdewedge.core.ctf import (
     ctf_zeros,
     first_zero,
     strip_width_for,
+    mean_ctf_record,
     wavelength_angstrom,
     xz_zero_radii,
 )
@@ -100,7 +101,11 @@ def test_xz_zero_radii_fall_on_the_minima_of_a_ctf_modulated_spectrum():
     volume = np.fft.ifftn(spectrum * (ky == 0)).real  # only ky = 0 carries the CTF picture
     image = xz_log_power(volume)
     ctf = constant_ctf(3, df)
-    radii = xz_zero_radii(ctf, image.shape, voxel)
+    ctf.defocus_u[:] = df + np.array([-0.1, 0.0, 0.1])  # the mean is what counts
+    record = mean_ctf_record(ctf)
+    assert record["defocus_um"] == pytest.approx(df) and record["summary"] == ctf.summary()
+    del record["summary"]
+    radii = xz_zero_radii(image.shape, voxel, **record)
     # λΔf = 393.7 Å²: zeros at k ≈ √(n/393.7) < 0.1 (Nyquist) for n = 1, 2, 3
     assert radii.shape == (3, 2)
     np.testing.assert_allclose(radii[:, 1] / radii[:, 0], 96 / 48)  # a circle in 1/Å
@@ -118,7 +123,7 @@ def test_xz_zero_radii_fall_on_the_minima_of_a_ctf_modulated_spectrum():
     # four noise draws: ≥ 4.4 lower in natural log; with rows and columns swapped only ≤ 1.4)
     assert max(on[:2]) < min(between) - 3.0
     with pytest.raises(DDWError, match="voxel size"):
-        xz_zero_radii(ctf, image.shape, 0.0)
+        xz_zero_radii(image.shape, 0.0, df)
 
 
 def _numpy_flip(img, df_um, pixel, pad):

@@ -129,23 +129,30 @@ def ctf_zeros(defocus_um: float, k_max: float, *, voltage: float = DEFAULT_VOLTA
     return np.sqrt(np.unique(np.asarray(roots, dtype=np.float64)))
 
 
-def xz_zero_radii(ctf: "ViewCTF", shape_zx, voxel_size: float) -> np.ndarray:
-    """The CTF zeros of the series' mean defocus as ellipses over an ``xz_log_power`` image.
+def xz_zero_radii(shape_zx, voxel_size: float, defocus_um: float, **optics) -> np.ndarray:
+    """The CTF zeros at ``defocus_um`` as ellipses over an ``xz_log_power`` image.
 
     A view's CTF depends on the length of its 2D frequency, and in the x–z slice (ky = 0) that
     is the distance from the centre: each zero is a circle of radius ``k`` (1/Å), which the
     image's pixels (steps of ``1/(Z·v)`` along kz and ``1/(X·v)`` along kx, ``v`` the voxel
     size in Å) draw as an ellipse. Returns ``(n, 2)``: the semi-axes ``(rows, cols)`` in pixels
-    of every zero up to the Nyquist frequency ``0.5/v`` (the mean defocus, the mean phase
-    shift; astigmatism averaged away, the defocus gradient of the tilted views left out)."""
+    of every zero up to the Nyquist frequency ``0.5/v``. ``optics``: :func:`ctf_zeros`'
+    keywords; :func:`mean_ctf_record` gives all of them for a series (its mean defocus: the
+    astigmatism averaged away, the defocus gradient of the tilted views left out)."""
     z, x = (int(s) for s in shape_zx)
     if not (voxel_size > 0):
         raise DDWError(f"the CTF zeros need the voxel size in Å; got {voxel_size!r}")
-    k = ctf_zeros(float(np.mean(ctf.defocus)), 0.5 / float(voxel_size), voltage=ctf.voltage,
-                  cs=ctf.cs, amplitude_contrast=ctf.amplitude_contrast,
-                  phase_shift=float(np.mean(ctf.phase_shift)))
+    k = ctf_zeros(float(defocus_um), 0.5 / float(voxel_size), **optics)
     return np.stack([k * voxel_size * z, k * voxel_size * x], axis=1) if k.size else \
         np.zeros((0, 2))
+
+
+def mean_ctf_record(ctf: "ViewCTF") -> dict:
+    """The series' mean CTF as plain numbers (a layer's metadata keeps it): the keywords of
+    :func:`xz_zero_radii`, and ``summary`` (:meth:`ViewCTF.summary`)."""
+    return {"defocus_um": float(np.mean(ctf.defocus)), "voltage": float(ctf.voltage),
+            "cs": float(ctf.cs), "amplitude_contrast": float(ctf.amplitude_contrast),
+            "phase_shift": float(np.mean(ctf.phase_shift)), "summary": ctf.summary()}
 
 
 @dataclass

@@ -184,6 +184,7 @@ class RefineWidget(DDWPanel):
         meta = even.metadata or {}
         self._base = str(meta.get("ddw_source") or layer_stem(even.name))
         self._geometry = geometry(even)
+        self._ctf = meta.get("ddw_ctf")  # the halves' mean CTF: the refined volume keeps it
         self._keep = self.keep_halves.isChecked()
         params = dict(overlap=self.overlap.value() or None, batch_size=self.batch.value(),
                       device=self.device.currentText(), keep_halves=self._keep)
@@ -198,7 +199,7 @@ class RefineWidget(DDWPanel):
         base = self._base
         common = {"voxel_size": scale, "tilt_min": self.state.tilt_min,
                   "tilt_max": self.state.tilt_max, "ddw_source": base,
-                  "model": self.model_path.text().strip()}
+                  "model": self.model_path.text().strip(), "ddw_ctf": self._ctf}
         self.outputs = {}
 
         def add(role, data, **look):

@@ -435,8 +435,9 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
                  if data is not None}
 
         def add(key, data):
+            # ddw_ctf: the mean CTF the Fourier inspector draws the zeros of (None: unknown)
             meta = {"tilt_min": tmin, "tilt_max": tmax, "voxel_size": scale,
-                    "ddw_role": key.lower(), "ddw_source": base}
+                    "ddw_role": key.lower(), "ddw_source": base, "ddw_ctf": result.ctf}
             show_image(self.viewer, data, names[key], scale=scale, translate=translate,
                        metadata=meta, visible=(key == "even"), contrast=result.limits[key])
 
