@@ -5,10 +5,18 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QLabel, QPushButton, QSpinBox
+from qtpy.QtWidgets import (
+    QAbstractSpinBox,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QPushButton,
+    QSpinBox,
+)
 
 from ..pipeline import FitResumed
 from ._common import (
+    WrapLabel,
     DEVICE_TIP,
     add_row,
     compact,
@@ -188,10 +196,11 @@ class FitWidget(FitEventsView, DDWPanel):
                 lines.append((row.label, text, [shown]))
         size_label = BY_NAME["subtomo_size"].row.label
         for label, text, widgets in lines:
+            if len(widgets) > 1:  # spin boxes sharing a line lose their +/- buttons: they fit
+                widgets = [compact(w) if isinstance(w, QAbstractSpinBox) else w for w in widgets]
             add_row(form, label, widgets[0] if len(widgets) == 1 else hbox(*widgets), text)
             if label == size_label:  # the note saying a preset's size was fitted to the halves
-                self.size_note = QLabel("")
-                self.size_note.setWordWrap(True)
+                self.size_note = WrapLabel("")
                 add_row(form, "", self.size_note, text)
         self._size_typed = False  # the user set the cube size (else it is the preset's)
         self._setting_size = False  # the form itself is changing it

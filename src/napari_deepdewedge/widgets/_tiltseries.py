@@ -22,6 +22,8 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import (
+    WrapLabel,
+    elide,
     DEVICE_TIP,
     LayerCombo,
     add_row,
@@ -149,8 +151,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
         add_row(form, "Range", hbox(self.tilt_min, self.tilt_max, self.tilt_step),
                 "Tilt angles min, max and step in degrees (min, min+step, …, max), used in "
                 "projection order.")
-        self.angle_summary = QLabel("")
-        self.angle_summary.setWordWrap(True)
+        self.angle_summary = WrapLabel("")
         form.addRow(self.angle_summary)
         self.axis_x = QCheckBox("Tilt axis along X")
         tip(self.axis_x, "Tick if the tilt axis of your stack runs along X (horizontal) instead "
@@ -203,8 +204,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
         tip(self.invert, "By default the tomograms keep the images' contrast: dense material "
                          "dark. Checked: multiplied by −1 (`--invert`).")
         form.addRow(self.invert)
-        self.ctf_summary = QLabel("")
-        self.ctf_summary.setWordWrap(True)
+        self.ctf_summary = WrapLabel("")
         form.addRow(self.ctf_summary)
         return page
 
@@ -339,22 +339,42 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
         self._update_ctf_summary(layer)
 
     def _update_ctf_summary(self, layer) -> None:
-        """The defocus the reconstruction will phase flip with (or why none)."""
+        """The defocus the reconstruction will phase flip with (or why none): one short line,
+        the whole story in its tooltip."""
         if not hasattr(self, "ctf_summary"):  # the form is still being built
             return
         if not self.ctf.isChecked():
-            self.ctf_summary.setText("CTF: not corrected (switched off).")
+            self._ctf_line("CTF: off (not corrected)",
+                           "Phase flipping is switched off: the tomograms keep the contrast "
+                           "reversals of the microscope's CTF.")
             return
         try:
             found = self._tilt_metadata_for(layer, int(layer.data.shape[0]), ctf="auto")
         except Exception as exc:
-            self.ctf_summary.setText(f"<span style='color:#e0a040'>CTF: {exc}</span>")
+            self._ctf_line(f"<span style='color:#e0a040'>CTF: {exc}</span>", f"CTF: {exc}")
             return
-        if found.ctf is None:
-            self.ctf_summary.setText("CTF: no defocus file beside the stack (<stem>.defocus, "
-                                     "<stem>_ctffind4.txt …): not corrected.")
-            return
-        self.ctf_summary.setText(f"CTF: {found.ctf.summary()}")
+        if found.ctf is not None:
+            ctf = found.ctf
+            where = ctf.source.name if ctf.source is not None else ctf.kind
+            lo, hi = float(ctf.defocus.min()), float(ctf.defocus.max())
+            self._ctf_line(f"CTF: {ctf.count} defoci from {elide(where)}, {lo:.2f}…{hi:.2f} µm",
+                           f"CTF: {ctf.summary()}; phase flipped when you press Reconstruct.")
+        elif (layer.metadata or {}).get("synthetic"):
+            self._ctf_line("CTF: none (synthetic sample)",
+                           "The built-in sample is simulated without a CTF: there is nothing "
+                           "to correct.")
+        else:
+            stem = layer_stem(layer.name)
+            self._ctf_line("CTF: no defocus file found (not corrected)",
+                           f"No defocus file beside the stack ({stem}.defocus, "
+                           f"{stem}_ctffind4.txt, {stem}_CTF.txt …) and none in the angle "
+                           "metadata (RELION/Warp), so the projections are not phase flipped. "
+                           "Put the file beside the stack, or choose the RELION/Warp metadata "
+                           "under Angles (the CLI also takes --ctf FILE).")
+
+    def _ctf_line(self, text: str, full: str) -> None:
+        self.ctf_summary.setText(text)
+        self.ctf_summary.setToolTip(full)
 
     # ------------------------------------------------------------------ actions
     def _validate(self):
@@ -418,6 +438,7 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
     def _prepare(self):
         layer, inputs, params = self._validate()
         self._source = layer
+        self._invert = params["invert"]
         return partial(reconstruct_job, inputs=inputs, params=params)
 
     def _on_done(self, result):
@@ -459,7 +480,10 @@ class TiltSeriesWidget(TomogramsMode, DDWPanel):
             self.status.setText(f"Done: '{names['even']}' and '{names['odd']}', "
                                 f"{shape[0]}×{shape[1]}×{shape[2]} voxels of {scale[0]:.3g} Å. "
                                 "Save… writes them as MRC.")
-            self.ctf_summary.setText(halves.ctf_summary)
+            dense = "bright" if self._invert else "dark"
+            done = (f"phase flipped at {result.ctf['defocus_um']:.2f} µm mean defocus"
+                    if result.ctf else "not corrected")
+            self._ctf_line(f"CTF: {done}; dense material {dense}", halves.ctf_summary)
 
         volumes = {"even": halves.even, "odd": halves.odd, "FBP": halves.full}
         self.status.setText("Showing the halves…")
