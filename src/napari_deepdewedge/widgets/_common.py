@@ -294,7 +294,8 @@ def elide(text: str, n: int = 32) -> str:
 
 
 def add_row(form: QFormLayout, label: str, field, tooltip: str):
-    """A form row whose label and field both carry ``tooltip``."""
+    """A form row whose label and field both carry ``tooltip`` (no label: the field spans the
+    row)."""
     from qtpy.QtWidgets import QAbstractSpinBox
 
     lab = QLabel(label)
@@ -306,6 +307,9 @@ def add_row(form: QFormLayout, label: str, field, tooltip: str):
                 child.setToolTip(tooltip)
     if isinstance(field, (QAbstractSpinBox, QComboBox)):
         shrinkable(field, 60)
+    if not label:  # a check box or a note under the fields: the whole width, left-aligned
+        form.addRow(field)
+        return field
     form.addRow(lab, field)
     return field
 
