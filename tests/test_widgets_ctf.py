@@ -107,11 +107,29 @@ def test_inspector_draws_the_ctf_zeros_of_the_mean_defocus(make_napari_viewer, q
     assert (first[:, 1].max() - first[:, 1].min()) / 2 == pytest.approx(
         ctf_zeros(3.375, 0.1)[0] * 5.0 * spectrum.shape[1], rel=1e-6)
 
+    # Refine keeps the halves' CTF on what it makes (the worker's result is stood in for)
+    from napari_deepdewedge.core.refine.tomogram import RefineResult
+    from napari_deepdewedge.widgets._refine import display_of
+
+    ref = viewer.window.add_plugin_dock_widget(PLUGIN, "Refine")[1]
+    ref.halves.set_pair("TS even", "TS odd")
+    (tmp_path / "model.pt").write_bytes(b"")
+    ref.model_path.setText(str(tmp_path / "model.pt"))
+    ref._prepare()  # what Start does before the worker runs
+    ref._on_done(display_of(RefineResult(refined=np.asarray(viewer.layers["TS even"].data),
+                                         half0=None, half1=None, difference=None)))
+    qtbot.waitUntil(lambda: not ref.busy, timeout=WAIT_MS)
+    assert viewer.layers["TS refined"].metadata["ddw_ctf"] == record
+    insp.set_checked(["TS refined"])
+    qtbot.waitUntil(lambda: set(insp.images) == {"TS refined"}, timeout=WAIT_MS)
+    assert insp.panel.rings_drawn == [6]
+
     # halves without a CTF: no zeros, the toggle disabled with the reason, no error
     for name in [layer.name for layer in viewer.layers if layer.name != "TS"]:
         del viewer.layers[name]
     _dock_halves(viewer, qtbot, ctf=False)
     assert viewer.layers["TS even"].metadata["ddw_ctf"] is None
+    insp.set_checked(["TS even", "TS odd"])  # (with a refined layer named, the even and it)
     qtbot.waitUntil(lambda: set(insp.images) == {"TS even", "TS odd"}
                     and not insp.show_ctf.isEnabled(), timeout=WAIT_MS)
     assert not insp.show_ctf.isChecked() and "No defocus" in insp.show_ctf.toolTip()

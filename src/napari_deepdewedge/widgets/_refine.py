@@ -93,6 +93,7 @@ class RefineWidget(DDWPanel):
         super().__init__(napari_viewer, parent)
         self.outputs: dict[str, str] = {}  # role → layer name of the last refinement
         self.result = None  # the last RefineResult (pipeline.refine)
+        self._ctf = None  # the halves' mean CTF (metadata ddw_ctf), set when a job starts
         lay = self.vbox(self)
         form = form_layout()
         self.halves = HalvesPicker(
