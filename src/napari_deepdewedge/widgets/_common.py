@@ -3,10 +3,8 @@ and output layers that keep the input's geometry. The panel base class that owns
 in :mod:`._panel`, the even/odd picker in :mod:`._halves`, shared names in :mod:`._names`."""
 from __future__ import annotations
 
-import re
-
 import numpy as np
-from qtpy.QtCore import QSize, Qt, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -18,6 +16,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._labels import ZWSP, WrapLabel, breakable, elide  # noqa: F401  (form helpers)
 from ._names import is_tilt_series
 
 NONE_TEXT = "(none)"
@@ -241,56 +240,6 @@ def tip(widget: QWidget, text: str) -> QWidget:
     widget.setToolTip(text)
     widget.setWhatsThis(text)
     return widget
-
-
-ZWSP = "\u200b"  # zero-width space: a place where Qt may break a line
-LONG_WORD = 20  # characters: longer words (file names, paths) get break points
-
-
-def breakable(text: str) -> str:
-    """``text`` with a zero-width space after every ``/ \\ _ . -`` of words longer than
-    ``LONG_WORD`` characters (outside HTML tags), so that a word-wrapped label can break a long
-    file name instead of widening its dock."""
-    def split_word(match):
-        return re.sub(r"([/\\_.\-])", "\\1" + ZWSP, match.group(0))
-
-    parts = re.split(r"(<[^>]*>)", str(text))
-    return "".join(part if part.startswith("<") else
-                    re.sub(r"[^\s<]{%d,}" % (LONG_WORD + 1), split_word, part) for part in parts)
-
-
-class WrapLabel(QLabel):
-    """A word-wrapped label that never makes its dock wider than the dock is: long words break
-    (:func:`breakable`; :meth:`text` returns the text as given) and its minimum width is small,
-    so a word that still does not fit is cut at the label's edge, not the whole panel at the
-    dock's."""
-
-    MIN_WIDTH = 60
-
-    def __init__(self, text: str = "", parent=None):
-        super().__init__(parent)
-        self.setWordWrap(True)
-        self.setText(text)
-
-    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
-        super().setText(breakable(text))
-
-    def text(self) -> str:
-        return super().text().replace(ZWSP, "")
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
-        hint = super().minimumSizeHint()
-        return QSize(min(hint.width(), self.MIN_WIDTH), hint.height())
-
-
-def elide(text: str, n: int = 32) -> str:
-    """``text`` cut to ``n`` characters in its middle (``TS_0…ffind4.txt``); show the whole in
-    a tooltip."""
-    text = str(text)
-    if len(text) <= n:
-        return text
-    head = (n - 1) // 2
-    return text[:head] + "…" + text[len(text) - (n - 1 - head):]
 
 
 def add_row(form: QFormLayout, label: str, field, tooltip: str):
