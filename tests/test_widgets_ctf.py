@@ -124,12 +124,25 @@ def test_inspector_draws_the_ctf_zeros_of_the_mean_defocus(make_napari_viewer, q
     qtbot.waitUntil(lambda: set(insp.images) == {"TS refined"}, timeout=WAIT_MS)
     assert insp.panel.rings_drawn == [6]
 
-    # halves without a CTF: no zeros, the toggle disabled with the reason, no error
+    # Phase flip off: nothing corrected, but the defocus beside the stack still gives the zeros
+    # (why the uncorrected halves show rings)
     for name in [layer.name for layer in viewer.layers if layer.name != "TS"]:
         del viewer.layers[name]
-    _dock_halves(viewer, qtbot, ctf=False)
-    assert viewer.layers["TS even"].metadata["ddw_ctf"] is None
+    _, _, line = _dock_halves(viewer, qtbot, ctf=False)
+    assert line.startswith("CTF: not corrected")
+    assert viewer.layers["TS even"].metadata["ddw_ctf"] == record
     insp.set_checked(["TS even", "TS odd"])  # (with a refined layer named, the even and it)
+    qtbot.waitUntil(lambda: set(insp.images) == {"TS even", "TS odd"}
+                    and insp.panel.rings_drawn == [6, 6], timeout=WAIT_MS)
+
+    # no defocus file: no zeros, the toggle disabled with the reason, no error
+    (tmp_path / "TS_ctffind4.txt").unlink()
+    for name in [layer.name for layer in viewer.layers if layer.name != "TS"]:
+        del viewer.layers[name]
+    _, _, line = _dock_halves(viewer, qtbot)
+    assert line.startswith("CTF: not corrected")
+    assert viewer.layers["TS even"].metadata["ddw_ctf"] is None
+    insp.set_checked(["TS even", "TS odd"])
     qtbot.waitUntil(lambda: set(insp.images) == {"TS even", "TS odd"}
                     and not insp.show_ctf.isEnabled(), timeout=WAIT_MS)
     assert not insp.show_ctf.isChecked() and "No defocus" in insp.show_ctf.toolTip()

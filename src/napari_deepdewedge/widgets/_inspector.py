@@ -37,8 +37,8 @@ from ._workers import Job, Progress
 MAX_PANELS = 4
 CTF_KEY = "ddw_ctf"  # layer metadata: core.ctf.mean_ctf_record of the series, or None
 NO_DEFOCUS_TIP = ("No defocus is known for the shown volumes, so their CTF zeros cannot be "
-                  "drawn. Step 1 (Phase flip on) records it when the tilt series has a defocus "
-                  "file beside it (<stem>.defocus, <stem>_ctffind4.txt …) or RELION/Warp "
+                  "drawn. Step 1 records it (phase flipped or not) when the tilt series has a "
+                  "defocus file beside it (<stem>.defocus, <stem>_ctffind4.txt …) or RELION/Warp "
                   "metadata.")
 
 

@@ -21,6 +21,7 @@ from ._common import (
     show_image,
     tip,
 )
+from ..core.ctf import mean_ctf_record
 from ._names import layer_stem
 from ._panel import DDWPanel
 from ._reconstruct_job import pixel_size_of, reconstruct_job
@@ -128,6 +129,7 @@ class TiltSeriesWidget(SeriesForm, TomogramsMode, DDWPanel):
             from ..core.io.ctf_formats import check_pixel_size
 
             check_pixel_size(found.ctf, pixel_size_of(layer))
+        shown = found.ctf if found.ctf is not None else self._defocus_to_show(layer, data.shape[0])
         angles = found.angles
         keep = found.keep  # views the metadata excludes but the stack still holds: the worker drops them
         axis_x = self.axis_x.isChecked()
@@ -147,8 +149,24 @@ class TiltSeriesWidget(SeriesForm, TomogramsMode, DDWPanel):
         names = [layer_stem(layer.name)] if odd is None else [layer.name, odd_layer.name]
         inputs = dict(data=data, data_odd=odd, angles=angles, keep=keep, axis_x=axis_x, names=names,
                       pixel_size=pixel_size_of(layer), origin=geometry(layer)[1],
-                      ctf=found.ctf)
+                      ctf=found.ctf, ctf_record=None if shown is None else mean_ctf_record(shown))
         return layer, inputs, params
+
+    def _defocus_to_show(self, layer, n_tilts: int):
+        """With Phase flip off, the defocus beside the stack all the same, only for the
+        Fourier inspector's CTF zeros (why uncorrected data show rings); nothing is corrected
+        with it, so a file that cannot be read or does not fit is left out silently."""
+        if self.ctf.isChecked():
+            return None
+        from ..core.io.ctf_formats import check_pixel_size
+
+        try:
+            view = self._tilt_metadata_for(layer, int(n_tilts), ctf="auto").ctf
+            if view is not None:
+                check_pixel_size(view, pixel_size_of(layer))
+            return view
+        except Exception:  # display only: never refuse a reconstruction over it
+            return None
 
     def reconstruct(self) -> bool:
         """Start the reconstruction worker; False (and a notification) if the input is refused."""
@@ -162,6 +180,7 @@ class TiltSeriesWidget(SeriesForm, TomogramsMode, DDWPanel):
         layer, inputs, params = self._validate()
         self._source = layer
         self._invert = params["invert"]
+        self._flipped = bool(params["ctf"]) and inputs["ctf"] is not None
         return partial(reconstruct_job, inputs=inputs, params=params)
 
     def _on_done(self, result):
@@ -205,7 +224,7 @@ class TiltSeriesWidget(SeriesForm, TomogramsMode, DDWPanel):
                                 "Save… writes them as MRC.")
             dense = "bright" if self._invert else "dark"
             done = (f"phase flipped at {result.ctf['defocus_um']:.2f} µm mean defocus"
-                    if result.ctf else "not corrected")
+                    if self._flipped and result.ctf else "not corrected")
             self._ctf_line(f"CTF: {done}; dense material {dense}", halves.ctf_summary)
 
         volumes = {"even": halves.even, "odd": halves.odd, "FBP": halves.full}
