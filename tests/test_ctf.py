@@ -11,9 +11,12 @@ from napari_deepdewedge.core.ctf import (
     constant_ctf,
     ctf_1d,
     ctf_2d,
+    ctf_zeros,
     first_zero,
     strip_width_for,
+    mean_ctf_record,
     wavelength_angstrom,
+    xz_zero_radii,
 )
 from napari_deepdewedge.core.errors import DDWError
 
@@ -46,6 +49,81 @@ def test_first_zero_at_5_um_is_near_31_angstrom_and_the_sign_changes_there():
     assert 1 / 31.9 < k0 < 1 / 31.5
     below, above = ctf_1d(5.0, [k0 * 0.97, k0 * 1.03])
     assert below < 0 < above
+
+
+def test_first_ctf_zero_at_300_kv_5_um_known_answer():
+    # By hand: λ(300 kV) = 0.019687 Å, λΔf = 984.37 Å², atan(0.07/√(1−0.07²)) = 0.070057.
+    # Without C_s: k² = (π − 0.070057)/(π·984.37) = 9.93224e-4, k = 0.0315154 1/Å; C_s = 2.7 mm
+    # moves u = k² out by ½C_sλ³u²/(λΔf) = 1.03e-7, to 9.93327e-4: k = 0.0315170 1/Å (31.73 Å).
+    zeros = ctf_zeros(5.0, 0.1, voltage=300.0, cs=2.7, amplitude_contrast=0.07)
+    assert zeros[0] == pytest.approx(0.0315170, rel=2e-6)
+    assert zeros[0] == pytest.approx(first_zero(5.0, amplitude_contrast=0.07), rel=1e-9)
+    # pure phase contrast, no C_s: the n-th zero at exactly k² = n/(λΔf)
+    lam = wavelength_angstrom(300.0)
+    plain = ctf_zeros(5.0, 0.1, cs=0.0, amplitude_contrast=0.0)
+    n = np.arange(1, plain.size + 1)
+    np.testing.assert_allclose(plain, np.sqrt(n / (lam * 5e4)), rtol=1e-12)
+    assert plain.size == math.floor(0.1**2 * lam * 5e4)  # every one up to 0.1 1/Å (9)
+
+
+@pytest.mark.parametrize("df, a, shift", [(5.0, 0.07, 0.0), (1.5, 0.1, 0.0), (0.8, 0.0, 90.0)])
+def test_ctf_zeros_are_exactly_the_sign_changes_of_torch_ctf(df, a, shift):
+    k = np.linspace(0.0, 0.2, 20001)[1:]  # up to 5 Å
+    values = ctf_1d(df, k, amplitude_contrast=a, phase_shift=shift)
+    changes = np.flatnonzero(np.sign(values[1:]) != np.sign(values[:-1]))
+    zeros = ctf_zeros(df, 0.2, amplitude_contrast=a, phase_shift=shift)
+    assert zeros.size == changes.size > 2
+    # each zero lies in the grid step where torch-ctf (float32) changes sign, ± one step
+    step = k[1] - k[0]
+    assert np.all(np.abs(zeros - 0.5 * (k[changes] + k[changes + 1])) <= 1.5 * step)
+
+
+def test_ctf_zeros_beyond_the_top_of_chi_and_edge_cases():
+    # at 0.5 µm χ peaks at k = √(Δf/(C_sλ²)) ≈ 0.69 1/Å: past it the zeros come from above
+    lam = wavelength_angstrom(300.0)
+    k_top = math.sqrt(0.5e4 / (2.7e7 * lam**2))
+    k = np.linspace(0.6, 0.8, 40001)
+    values = formula(k, 0.5)
+    changes = np.flatnonzero(np.sign(values[1:]) != np.sign(values[:-1]))
+    zeros = ctf_zeros(0.5, 0.8)
+    inside = zeros[zeros > 0.6]
+    assert inside.size == changes.size and np.any(inside > k_top)
+    np.testing.assert_allclose(inside, k[changes], atol=2 * (k[1] - k[0]))
+    assert ctf_zeros(5.0, 0.0).size == 0 and ctf_zeros(5.0, 0.02).size == 0  # below the first
+
+
+def test_xz_zero_radii_fall_on_the_minima_of_a_ctf_modulated_spectrum():
+    from napari_deepdewedge.core.fourier import xz_log_power
+
+    shape, voxel, df = (48, 4, 96), 5.0, 2.0
+    kz, ky, kx = np.meshgrid(*(np.fft.fftfreq(n, voxel) for n in shape), indexing="ij")
+    spectrum = np.random.default_rng(1).normal(size=shape) * formula(np.sqrt(kz**2 + kx**2), df)
+    volume = np.fft.ifftn(spectrum * (ky == 0)).real  # only ky = 0 carries the CTF picture
+    image = xz_log_power(volume)
+    ctf = constant_ctf(3, df)
+    ctf.defocus_u[:] = df + np.array([-0.1, 0.0, 0.1])  # the mean is what counts
+    record = mean_ctf_record(ctf)
+    assert record["defocus_um"] == pytest.approx(df) and record["summary"] == ctf.summary()
+    del record["summary"]
+    radii = xz_zero_radii(image.shape, voxel, **record)
+    # λΔf = 393.7 Å²: zeros at k ≈ √(n/393.7) < 0.1 (Nyquist) for n = 1, 2, 3
+    assert radii.shape == (3, 2)
+    np.testing.assert_allclose(radii[:, 1] / radii[:, 0], 96 / 48)  # a circle in 1/Å
+    centre = np.array([48 // 2, 96 // 2])
+    t = np.linspace(0, 2 * np.pi, 400, endpoint=False)
+
+    def mean_on(rz, rx):
+        rows = np.clip(np.round(centre[0] + rz * np.sin(t)).astype(int), 0, 47)
+        cols = np.clip(np.round(centre[1] + rx * np.cos(t)).astype(int), 0, 95)
+        return float(image[rows, cols].mean())
+
+    on = [mean_on(*r) for r in radii]
+    between = [mean_on(*(0.5 * (radii[i] + radii[i + 1]))) for i in range(2)]
+    # log power on the predicted rings sits well below the rings between them (measured over
+    # four noise draws: ≥ 4.4 lower in natural log; with rows and columns swapped only ≤ 1.4)
+    assert max(on[:2]) < min(between) - 3.0
+    with pytest.raises(DDWError, match="voxel size"):
+        xz_zero_radii(image.shape, 0.0, df)
 
 
 def _numpy_flip(img, df_um, pixel, pad):

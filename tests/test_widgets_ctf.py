@@ -71,3 +71,81 @@ def test_dock_phase_flips_like_the_cli(make_napari_viewer, qtbot, tmp_path):
     _, even, after = _dock_halves(viewer, qtbot, ctf=False, invert=True)
     assert "not corrected" in after and "dense material bright" in after
     np.testing.assert_allclose(even, -plain, rtol=0, atol=1e-6 * np.abs(plain).max())
+
+
+def test_inspector_draws_the_ctf_zeros_of_the_mean_defocus(make_napari_viewer, qtbot, tmp_path):
+    """Issue 19 item 4: the halves carry the mean CTF; the inspector draws its zeros over the
+    x–z slice (and into the viewer with Add as layers); with no defocus the toggle is off,
+    disabled, and says why."""
+    from napari_deepdewedge.core.ctf import ctf_zeros
+
+    stack = _stack(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(stack), plugin=PLUGIN)
+    _dock_halves(viewer, qtbot)
+    record = viewer.layers["TS even"].metadata["ddw_ctf"]
+    # 16 views at 3.00, 3.05, … 3.75 µm: mean 3.375 µm; the file's optics are the defaults
+    assert record["defocus_um"] == pytest.approx(3.375)
+    assert (record["voltage"], record["cs"], record["amplitude_contrast"]) == (300.0, 2.7, 0.07)
+    insp = viewer.window.add_plugin_dock_widget(PLUGIN, "Fourier inspector")[1]
+    qtbot.waitUntil(lambda: set(insp.images) == {"TS even", "TS odd"}, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: insp.show_ctf.isEnabled(), timeout=WAIT_MS)
+    assert insp.show_ctf.isChecked() and "3.38 µm" in insp.show_ctf.toolTip()
+    # 5 Å voxels: zeros up to 0.1 1/Å; λΔf = 664 Å², so k_n ≈ √(n/664): six of them
+    assert ctf_zeros(3.375, 0.1).size == 6
+    assert insp.panel.rings_drawn == [6, 6]
+    insp.show_ctf.click()  # off: the user's choice
+    assert insp.panel.rings_drawn == [0, 0]
+    insp.show_ctf.click()
+    assert insp.panel.rings_drawn == [6, 6]
+    insp.add_layers()
+    shapes = viewer.layers["TS even CTF zeros"]
+    assert shapes.shape_type == ["ellipse"] * 6
+    spectrum = viewer.layers["TS even x–z power"].data  # (Z, X) = (8, 48)
+    # the first zero's half width along kx: k₁·v·X pixels = 0.0388 · 5 · 48 = 9.3
+    first = shapes.data[0]
+    assert (first[:, 1].max() - first[:, 1].min()) / 2 == pytest.approx(
+        ctf_zeros(3.375, 0.1)[0] * 5.0 * spectrum.shape[1], rel=1e-6)
+
+    # Refine keeps the halves' CTF on what it makes (the worker's result is stood in for)
+    from napari_deepdewedge.core.refine.tomogram import RefineResult
+    from napari_deepdewedge.widgets._refine import display_of
+
+    ref = viewer.window.add_plugin_dock_widget(PLUGIN, "Refine")[1]
+    ref.halves.set_pair("TS even", "TS odd")
+    (tmp_path / "model.pt").write_bytes(b"")
+    ref.model_path.setText(str(tmp_path / "model.pt"))
+    ref._prepare()  # what Start does before the worker runs
+    ref._on_done(display_of(RefineResult(refined=np.asarray(viewer.layers["TS even"].data),
+                                         half0=None, half1=None, difference=None)))
+    qtbot.waitUntil(lambda: not ref.busy, timeout=WAIT_MS)
+    assert viewer.layers["TS refined"].metadata["ddw_ctf"] == record
+    insp.set_checked(["TS refined"])
+    qtbot.waitUntil(lambda: set(insp.images) == {"TS refined"}, timeout=WAIT_MS)
+    assert insp.panel.rings_drawn == [6]
+
+    # Phase flip off: nothing corrected, but the defocus beside the stack still gives the zeros
+    # (why the uncorrected halves show rings)
+    for name in [layer.name for layer in viewer.layers if layer.name != "TS"]:
+        del viewer.layers[name]
+    _, _, line = _dock_halves(viewer, qtbot, ctf=False)
+    assert line.startswith("CTF: not corrected")
+    assert viewer.layers["TS even"].metadata["ddw_ctf"] == record
+    insp.set_checked(["TS even", "TS odd"])  # (with a refined layer named, the even and it)
+    qtbot.waitUntil(lambda: set(insp.images) == {"TS even", "TS odd"}
+                    and insp.panel.rings_drawn == [6, 6], timeout=WAIT_MS)
+
+    # no defocus file: no zeros, the toggle disabled with the reason, no error
+    (tmp_path / "TS_ctffind4.txt").unlink()
+    for name in [layer.name for layer in viewer.layers if layer.name != "TS"]:
+        del viewer.layers[name]
+    _, _, line = _dock_halves(viewer, qtbot)
+    assert line.startswith("CTF: not corrected")
+    assert viewer.layers["TS even"].metadata["ddw_ctf"] is None
+    insp.set_checked(["TS even", "TS odd"])
+    qtbot.waitUntil(lambda: set(insp.images) == {"TS even", "TS odd"}
+                    and not insp.show_ctf.isEnabled(), timeout=WAIT_MS)
+    assert not insp.show_ctf.isChecked() and "No defocus" in insp.show_ctf.toolTip()
+    assert insp.panel.rings_drawn == [0, 0]
+    insp.add_layers()
+    assert "TS even CTF zeros" not in [layer.name for layer in viewer.layers]

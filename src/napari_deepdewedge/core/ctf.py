@@ -84,6 +84,77 @@ def first_zero(defocus_um: float, voltage_kv: float = DEFAULT_VOLTAGE_KV,
     return 0.5 * (lo + hi)
 
 
+def ctf_zeros(defocus_um: float, k_max: float, *, voltage: float = DEFAULT_VOLTAGE_KV,
+              cs: float = DEFAULT_CS_MM, amplitude_contrast: float = DEFAULT_AMPLITUDE_CONTRAST,
+              phase_shift: float = 0.0) -> np.ndarray:
+    """Spatial frequencies (1/Å) of every zero of the CTF in ``(0, k_max]``, ascending.
+
+    Closed form: the CTF is ``−sin(χ(k) + φ)`` with ``φ = atan(A/√(1−A²)) + phase shift``, so
+    its zeros are where ``χ + φ = nπ``; in ``u = k²``, ``χ = πλΔf·u − ½πC_sλ³·u²`` is a
+    concave parabola, and each level ``nπ − φ`` it reaches on ``[0, k_max²]`` gives one root on
+    its rising side and (past its top, far beyond any tomogram's Nyquist frequency at cryo-ET
+    defoci) one on its falling side. ``phase_shift`` in degrees. ``tests/test_ctf.py`` checks
+    the result against :func:`first_zero` (bisection), a value worked by hand and the sign
+    changes of torch-ctf's CTF."""
+    if not (k_max > 0):
+        return np.zeros(0)
+    lam = wavelength_angstrom(voltage)
+    df, c_s = float(defocus_um) * 1e4, float(cs) * 1e7
+    a = 0.5 * math.pi * c_s * lam**3  # χ(u) = b·u − a·u²
+    b = math.pi * lam * df
+    phi = math.atan2(amplitude_contrast, math.sqrt(1 - amplitude_contrast**2)) \
+        + math.radians(phase_shift)
+    top = float(k_max) ** 2
+
+    def theta(u):
+        return b * u - a * u * u + phi
+
+    ends = [theta(0.0), theta(top)]
+    if a > 0 and 0 < b / (2 * a) < top:
+        ends.append(theta(b / (2 * a)))
+    roots = []
+    for n in range(math.ceil(min(ends) / math.pi), math.floor(max(ends) / math.pi) + 1):
+        level = n * math.pi - phi  # solve a·u² − b·u + level = 0
+        if a == 0:
+            candidates = [level / b] if b != 0 else []
+        else:
+            disc = b * b - 4 * a * level
+            if disc < 0:
+                continue
+            root = math.sqrt(disc)
+            # the rising-side root in the cancellation-free form, then the falling side's
+            rising = 2 * level / (b + root) if b + root != 0 else (b - root) / (2 * a)
+            candidates = [rising, (b + root) / (2 * a)]
+        roots += [u for u in candidates if 0 < u <= top]
+    return np.sqrt(np.unique(np.asarray(roots, dtype=np.float64)))
+
+
+def xz_zero_radii(shape_zx, voxel_size: float, defocus_um: float, **optics) -> np.ndarray:
+    """The CTF zeros at ``defocus_um`` as ellipses over an ``xz_log_power`` image.
+
+    A view's CTF depends on the length of its 2D frequency, and in the x–z slice (ky = 0) that
+    is the distance from the centre: each zero is a circle of radius ``k`` (1/Å), which the
+    image's pixels (steps of ``1/(Z·v)`` along kz and ``1/(X·v)`` along kx, ``v`` the voxel
+    size in Å) draw as an ellipse. Returns ``(n, 2)``: the semi-axes ``(rows, cols)`` in pixels
+    of every zero up to the Nyquist frequency ``0.5/v``. ``optics``: :func:`ctf_zeros`'
+    keywords; :func:`mean_ctf_record` gives all of them for a series (its mean defocus: the
+    astigmatism averaged away, the defocus gradient of the tilted views left out)."""
+    z, x = (int(s) for s in shape_zx)
+    if not (voxel_size > 0):
+        raise DDWError(f"the CTF zeros need the voxel size in Å; got {voxel_size!r}")
+    k = ctf_zeros(float(defocus_um), 0.5 / float(voxel_size), **optics)
+    return np.stack([k * voxel_size * z, k * voxel_size * x], axis=1) if k.size else \
+        np.zeros((0, 2))
+
+
+def mean_ctf_record(ctf: "ViewCTF") -> dict:
+    """The series' mean CTF as plain numbers (a layer's metadata keeps it): the keywords of
+    :func:`xz_zero_radii`, and ``summary`` (:meth:`ViewCTF.summary`)."""
+    return {"defocus_um": float(np.mean(ctf.defocus)), "voltage": float(ctf.voltage),
+            "cs": float(ctf.cs), "amplitude_contrast": float(ctf.amplitude_contrast),
+            "phase_shift": float(np.mean(ctf.phase_shift)), "summary": ctf.summary()}
+
+
 @dataclass
 class ViewCTF:
     """The CTF of every view of a tilt series (stack order, the views the stack uses).

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QFrame, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
+from ._common import WrapLabel
 from ._panel import DDWPanel
 from ._compare import CompareWidget
 from ._fit import FitWidget
@@ -40,9 +41,8 @@ class DeepDeWedgeWidget(DDWPanel):
         lay = QVBoxLayout(body)
         lay.setContentsMargins(2, 2, 2, 2)
         lay.setSpacing(2)
-        intro = QLabel("Denoise a tomogram and fill its missing wedge: make two halves, fit "
-                       "a network to them, refine. Hover over any field for help.")
-        intro.setWordWrap(True)
+        intro = WrapLabel("Denoise a tomogram and fill its missing wedge: make two halves, fit "
+                          "a network to them, refine. Hover over any field for help.")
         lay.addWidget(intro)
         self.steps = []
         self.sections = []

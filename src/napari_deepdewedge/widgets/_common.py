@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._labels import ZWSP, WrapLabel, breakable, elide  # noqa: F401  (form helpers)
 from ._names import is_tilt_series
 
 NONE_TEXT = "(none)"
@@ -242,7 +243,8 @@ def tip(widget: QWidget, text: str) -> QWidget:
 
 
 def add_row(form: QFormLayout, label: str, field, tooltip: str):
-    """A form row whose label and field both carry ``tooltip``."""
+    """A form row whose label and field both carry ``tooltip`` (no label: the field spans the
+    row)."""
     from qtpy.QtWidgets import QAbstractSpinBox
 
     lab = QLabel(label)
@@ -254,6 +256,9 @@ def add_row(form: QFormLayout, label: str, field, tooltip: str):
                 child.setToolTip(tooltip)
     if isinstance(field, (QAbstractSpinBox, QComboBox)):
         shrinkable(field, 60)
+    if not label:  # a check box or a note under the fields: the whole width, left-aligned
+        form.addRow(field)
+        return field
     form.addRow(lab, field)
     return field
 
@@ -321,9 +326,11 @@ def shrinkable(widget: QWidget, minimum: int = 48) -> QWidget:
 
 
 def form_layout() -> QFormLayout:
+    """A label/field form for a narrow dock: a row whose field does not fit beside the labels
+    goes under its label (WrapLongRows), so no form is wider than the dock."""
     form = QFormLayout()
     form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
     form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
     form.setContentsMargins(0, 0, 0, 0)
     return form

@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
-from qtpy.QtWidgets import QLabel, QPushButton
+from qtpy.QtWidgets import QPushButton
 
 from ._common import (
+    WrapLabel,
     LayerCombo,
     add_row,
     find_layer,
@@ -75,8 +76,7 @@ class CompareWidget(DDWPanel):
                                   "Leave grid mode and show the layers as before.")
         self.restore_button.setEnabled(False)
         lay.addWidget(hbox(self.compare_button, self.restore_button))
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = WrapLabel("")
         lay.addWidget(self.status)
         self.compare_button.clicked.connect(lambda: self.compare())
         self.restore_button.clicked.connect(self.restore)

@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QLabel
 
-from ._common import add_row, path_field, read_array
+from ._common import WrapLabel, add_row, path_field, read_array
 from ._names import layer_stem
 
 ALSO_FIT_TIP = ("More tomograms to fit the same model on, as files: a glob of even halves "
@@ -47,8 +46,7 @@ class MorePairsRow:
         not fitted on twice)."""
         row, self.edit = path_field("rec/*_even.mrc or pairs.txt (optional)", ALSO_FIT_TIP,
                                     filters="Pair lists (*.txt *.lst);;All files (*)")
-        self.found = QLabel("")
-        self.found.setWordWrap(True)
+        self.found = WrapLabel("")
         add_row(form, "Also fit on", row, ALSO_FIT_TIP)
         add_row(form, "", self.found, ALSO_FIT_TIP)
         self._picked_name = picked_name

@@ -9,9 +9,9 @@ either the two layers or a ``DDWError`` naming what to fix.
 from __future__ import annotations
 
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QFormLayout, QLabel
+from qtpy.QtWidgets import QFormLayout
 
-from ._common import LayerCombo, add_row
+from ._common import LayerCombo, WrapLabel, add_row
 from ._names import partner_name
 
 WARNING_STYLE = "color: #e0a040"
@@ -34,8 +34,7 @@ class HalvesPicker(QObject):
         self.odd = LayerCombo(viewer, "tomogram", ndim=3, allow_none=True)
         add_row(form, even_label, self.even, even_tip)
         add_row(form, odd_label, self.odd, odd_tip)
-        self.warning = QLabel("")
-        self.warning.setWordWrap(True)
+        self.warning = WrapLabel("")
         self.warning.setStyleSheet(WARNING_STYLE)
         self.warning.setVisible(False)
         form.addRow(self.warning)

@@ -1,5 +1,7 @@
 """Step 2: Fourier inspector — central x–z slices of the log power spectra of chosen volumes,
-with the expected missing-wedge boundaries drawn on top (before and after refinement)."""
+with the expected missing-wedge boundaries drawn on top (before and after refinement), and the
+zeros of the CTF at the mean defocus when the volume's layer knows it (``metadata["ddw_ctf"]``,
+:func:`..core.ctf.mean_ctf_record`, which step 1 and Refine put there)."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,10 +31,15 @@ from ._common import (
 )
 from ._names import is_tilt_series
 from ._panel import DDWPanel
-from ._plots import WEDGE_COLOUR, SpectraPanel
+from ._plots import CTF_COLOUR, WEDGE_COLOUR, SpectraPanel
 from ._workers import Job, Progress
 
 MAX_PANELS = 4
+CTF_KEY = "ddw_ctf"  # layer metadata: core.ctf.mean_ctf_record of the series, or None
+NO_DEFOCUS_TIP = ("No defocus is known for the shown volumes, so their CTF zeros cannot be "
+                  "drawn. Step 1 records it (phase flipped or not) when the tilt series has a "
+                  "defocus file beside it (<stem>.defocus, <stem>_ctffind4.txt …) or RELION/Warp "
+                  "metadata.")
 
 
 def _spectra_job(job, items):
@@ -77,6 +84,12 @@ class FourierInspectorWidget(DDWPanel):
         add_row(form, "Tilt range", hbox(self.tilt_min, self.tilt_max, self.show_wedge),
                 "The tilt range of the data; outside the two dashed lines (around the kz axis) "
                 "is the missing wedge, where a plain reconstruction has no signal.")
+        self.show_ctf = QCheckBox("CTF zeros (dotted rings)")
+        self._ctf_wanted = True  # the user's choice, kept while no defocus is known
+        self.show_ctf.setChecked(False)
+        self.show_ctf.setEnabled(False)
+        tip(self.show_ctf, NO_DEFOCUS_TIP)
+        form.addRow(self.show_ctf)
         lay.addLayout(form)
 
         self.panel = SpectraPanel(self.viewer)
@@ -102,6 +115,7 @@ class FourierInspectorWidget(DDWPanel):
         self.tilt_min.valueChanged.connect(self._redraw)
         self.tilt_max.valueChanged.connect(self._redraw)
         self.show_wedge.toggled.connect(self._redraw)
+        self.show_ctf.clicked.connect(self._on_ctf_clicked)
         self.state.events.halves_version.connect(self._on_state)
         self.state.events.refined_version.connect(self._on_state)
         self._fill_list()
@@ -251,10 +265,61 @@ class FourierInspectorWidget(DDWPanel):
         except DDWError:
             return None
 
+    # ------------------------------------------------------------------ CTF zeros
+    def ctf_record(self, name: str) -> dict | None:
+        """The mean CTF step 1 recorded on layer ``name`` (or None: no defocus known)."""
+        layer = find_layer(self.viewer, name)
+        record = (layer.metadata or {}).get(CTF_KEY) if layer is not None else None
+        return record if isinstance(record, dict) and record.get("defocus_um") else None
+
+    def _update_ctf_toggle(self) -> None:
+        """Enable the CTF toggle when a shown volume knows its defocus; else disable it with a
+        tooltip saying why (no error)."""
+        known = {name: self.ctf_record(name) for name in self.images}
+        known = {name: record for name, record in known.items() if record is not None}
+        self.show_ctf.blockSignals(True)
+        self.show_ctf.setEnabled(bool(known))
+        self.show_ctf.setChecked(bool(known) and self._ctf_wanted)
+        self.show_ctf.blockSignals(False)
+        if not known:
+            tip(self.show_ctf, NO_DEFOCUS_TIP)
+            return
+        lines = [f"{name}: {record['defocus_um']:.2f} µm mean defocus ({record.get('summary', '')})"
+                 for name, record in known.items()]
+        tip(self.show_ctf, "Draw the zeros of the CTF at the mean defocus (dotted green "
+                           "circles, up to Nyquist): there the microscope transfers no contrast, "
+                           "so the spectrum shows dark rings; between them the contrast flips, "
+                           "which phase flipping corrects.\n" + "\n".join(lines))
+
+    def _on_ctf_clicked(self, checked: bool) -> None:
+        self._ctf_wanted = bool(checked)
+        self._redraw()
+
+    def _rings_for(self, name: str, shape):
+        """The CTF zeros of layer ``name`` over its spectrum (core.ctf.xz_zero_radii), or None."""
+        if not (self.show_ctf.isEnabled() and self.show_ctf.isChecked()):
+            return None
+        record = self.ctf_record(name)
+        layer = find_layer(self.viewer, name)
+        if record is None or layer is None:
+            return None
+        from ..core.ctf import xz_zero_radii
+        from ..core.errors import DDWError
+
+        optics = {key: float(record[key]) for key in
+                  ("voltage", "cs", "amplitude_contrast", "phase_shift") if key in record}
+        try:  # the spectrum's kx runs along the volume's X: its voxel size sets the units
+            return xz_zero_radii(shape, float(geometry(layer)[0][2]), float(record["defocus_um"]),
+                                 **optics)
+        except (DDWError, TypeError, ValueError):
+            return None
+
     def _redraw(self, *_):
         items = list(self.images.items())
+        self._update_ctf_toggle()
         lines = [self._lines_for(image.shape) for _, image in items]
-        self.panel.set_spectra(items, lines)
+        rings = [self._rings_for(name, image.shape) for name, image in items]
+        self.panel.set_spectra(items, lines, rings)
 
     # ------------------------------------------------------------------ layers
     def add_layers(self) -> list[str]:
@@ -289,6 +354,25 @@ class FourierInspectorWidget(DDWPanel):
                     [np.asarray(seg) for seg in lines], shape_type="line", edge_color=WEDGE_COLOUR, edge_width=max(image.shape) / 150, name=shapes_name,
                     scale=spec_scale, translate=spec_translate, opacity=0.8,
                     units=("angstrom", "angstrom"))
+            self._add_rings_layer(name, image.shape, spec_scale, spec_translate)
             added.append(out_name)
             offset_x += image.shape[1] * scale[2] * 1.05
         return added
+
+    def _add_rings_layer(self, name, shape, scale, translate) -> None:
+        """The CTF zeros as ellipses in a Shapes layer ``'<name> CTF zeros'`` over the spectrum
+        layer (removed when none are drawn)."""
+        rings_name = f"{name} CTF zeros"
+        old = find_layer(self.viewer, rings_name)
+        if old is not None:
+            self.viewer.layers.remove(old)
+        rings = self._rings_for(name, shape)
+        if rings is None or not len(rings):
+            return
+        cz, cx = shape[0] // 2, shape[1] // 2
+        boxes = [np.array([[cz - rz, cx - rx], [cz - rz, cx + rx], [cz + rz, cx + rx],
+                           [cz + rz, cx - rx]]) for rz, rx in rings]
+        self.viewer.add_shapes(boxes, shape_type="ellipse", edge_color=CTF_COLOUR,
+                               face_color="transparent", edge_width=max(shape) / 250,
+                               name=rings_name, scale=scale, translate=translate, opacity=0.8,
+                               units=("angstrom", "angstrom"))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QLabel, QProgressBar, QSizePolicy, QVBoxLayout, QWidget
 
-from ._common import notify_error
+from ._common import WrapLabel, notify_error
 from ._state import state_for
 from ._workers import Job, Outcome, Progress, write_job
 
@@ -62,8 +62,7 @@ class DDWPanel(QWidget):
         bar.setRange(0, 1)
         bar.setValue(0)
         bar.setTextVisible(True)
-        label = QLabel("")
-        label.setWordWrap(True)
+        label = WrapLabel("")
         self.bar, self.status = bar, label
         return bar, label
 

@@ -12,6 +12,7 @@ FIT_COLOUR = "#4aa3ff"
 VAL_COLOUR = "#ffb14a"
 SIGNAL_COLOUR = "#7fe07f"  # a progress signal (core.fit.signals), on its own right-hand axis
 WEDGE_COLOUR = "#3ee0ff"  # cyan: stands out on the magma colour map
+CTF_COLOUR = "#a8ff60"  # light green, dotted: the CTF zeros, apart from the wedge's cyan
 
 
 def theme_colours(viewer) -> dict:
@@ -215,19 +216,23 @@ class LossPlot(_Canvas):
 
 
 class SpectraPanel(_Canvas):
-    """Central x–z slices of log power spectra side by side (two per row), wedge edges on top."""
+    """Central x–z slices of log power spectra side by side (two per row), wedge edges and the
+    CTF zeros on top."""
 
     def __init__(self, viewer, parent=None):
         super().__init__(viewer, 150, parent)
         self.titles: list[str] = []
         self.set_spectra([])
 
-    def set_spectra(self, items, lines=None) -> None:
+    def set_spectra(self, items, lines=None, rings=None) -> None:
         """``items``: list of (title, image (Z, X)); ``lines``: per item a (2, 2, 2) array of
-        wedge-boundary segments in pixel (row, col) coordinates, or ``None``."""
+        wedge-boundary segments in pixel (row, col) coordinates, or ``None``; ``rings``: per
+        item the CTF zeros as ``(n, 2)`` ellipse semi-axes (rows, cols) in pixels about the
+        centre ``(Z // 2, X // 2)`` (``core.ctf.xz_zero_radii``), or ``None``."""
         fig = self.figure
         fig.clear()
         self.titles = [title for title, _ in items]
+        self.rings_drawn = [0] * len(items)  # how many CTF zeros each picture shows
         if not items:
             ax = fig.add_subplot(111)
             _style_axes(ax, self.colours)
@@ -256,8 +261,15 @@ class SpectraPanel(_Canvas):
             if lines is not None and lines[i] is not None:
                 for seg in np.asarray(lines[i]):
                     ax.plot(seg[:, 1], seg[:, 0], color=WEDGE_COLOUR, linewidth=1.3, dashes=(4, 2))
-                ax.set_xlim(-0.5, image.shape[1] - 0.5)
-                ax.set_ylim(image.shape[0] - 0.5, -0.5)
+            if rings is not None and rings[i] is not None and len(rings[i]):
+                centre_z, centre_x = image.shape[0] // 2, image.shape[1] // 2
+                turn = np.linspace(0.0, 2 * np.pi, 181)
+                for rz, rx in np.asarray(rings[i]):
+                    ax.plot(centre_x + rx * np.cos(turn), centre_z + rz * np.sin(turn),
+                            color=CTF_COLOUR, linewidth=0.9, dashes=(1.2, 1.8), alpha=0.9)
+                self.rings_drawn[i] = len(rings[i])
+            ax.set_xlim(-0.5, image.shape[1] - 0.5)
+            ax.set_ylim(image.shape[0] - 0.5, -0.5)
             ax.set_title(_shorten(title), fontsize=7.5, pad=2)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -17,6 +17,7 @@ class Reconstructed:
 
     halves: object
     limits: dict
+    ctf: dict | None = None  # core.ctf.mean_ctf_record of the views' defocus, None: unknown
 
 
 def pixel_size_of(layer) -> float:
@@ -60,5 +61,6 @@ def reconstruct_job(job, inputs, params):
     halves = yield from run_with_progress(reconstruct_halves, job.stop, "Back-projecting",
                                           request)
     volumes = (("even", halves.even), ("odd", halves.odd), ("FBP", halves.full))
+    # the mean defocus (phase flipped or not) goes onto the layers: the inspector's CTF zeros
     return Reconstructed(halves, {key: percentile_limits(data) for key, data in volumes
-                                  if data is not None})
+                                  if data is not None}, inputs.get("ctf_record"))

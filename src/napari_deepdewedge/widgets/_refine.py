@@ -93,6 +93,7 @@ class RefineWidget(DDWPanel):
         super().__init__(napari_viewer, parent)
         self.outputs: dict[str, str] = {}  # role → layer name of the last refinement
         self.result = None  # the last RefineResult (pipeline.refine)
+        self._ctf = None  # the halves' mean CTF (metadata ddw_ctf), set when a job starts
         lay = self.vbox(self)
         form = form_layout()
         self.halves = HalvesPicker(
@@ -184,6 +185,7 @@ class RefineWidget(DDWPanel):
         meta = even.metadata or {}
         self._base = str(meta.get("ddw_source") or layer_stem(even.name))
         self._geometry = geometry(even)
+        self._ctf = meta.get("ddw_ctf")  # the halves' mean CTF: the refined volume keeps it
         self._keep = self.keep_halves.isChecked()
         params = dict(overlap=self.overlap.value() or None, batch_size=self.batch.value(),
                       device=self.device.currentText(), keep_halves=self._keep)
@@ -198,7 +200,7 @@ class RefineWidget(DDWPanel):
         base = self._base
         common = {"voxel_size": scale, "tilt_min": self.state.tilt_min,
                   "tilt_max": self.state.tilt_max, "ddw_source": base,
-                  "model": self.model_path.text().strip()}
+                  "model": self.model_path.text().strip(), "ddw_ctf": self._ctf}
         self.outputs = {}
 
         def add(role, data, **look):
