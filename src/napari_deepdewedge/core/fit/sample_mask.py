@@ -269,9 +269,10 @@ def _best_slope(r, cy, cx, max_tilt: float, tol: float = 0.0):
         for k0 in range(0, len(sy), 64):
             off = sy[k0:k0 + 64, None] * gy[None] + sx[k0:k0 + 64, None] * gx[None]  # (c, n_cols)
             prof = _shifted(cols, off, zp)
-            energy = (prof.clamp_min(0) ** 2).sum(1)
-            for k in range(len(energy)):
-                seen[(ay[k0 + k], ax[k0 + k])] = (float(energy[k]), float(sy[k0 + k]), float(sx[k0 + k]), prof[k])
+            energy = (prof.clamp_min(0) ** 2).sum(1).tolist()  # one transfer per chunk
+            slopes = (sy[k0:k0 + 64].tolist(), sx[k0:k0 + 64].tolist())
+            for k, value in enumerate(energy):
+                seen[(ay[k0 + k], ax[k0 + k])] = (value, slopes[0][k], slopes[1][k], prof[k])
 
     def pick():
         best = max(v[0] for v in seen.values())
