@@ -18,7 +18,8 @@ TINY_FIT = ["--subtomo-size", "16", "--channels", "4", "--depth", "2", "--epochs
 @pytest.fixture(scope="module")
 def halves(tmp_path_factory):
     root = tmp_path_factory.mktemp("halves")
-    ph = mask_phantom_halves((64, 64, 64), "thin", seed=0, snr=0.3)
+    # 96 rows: the mask's margins (12 voxels on each surface) leave empty rows whose cubes go
+    ph = mask_phantom_halves((96, 64, 64), "thin", seed=0, snr=0.3)
     even = write_mrc(root / "ts_even.mrc", ph.even, (7.0, 7.0, 7.0), origin=(1.0, 2.0, 3.0))
     odd = write_mrc(root / "ts_odd.mrc", ph.odd, (7.0, 7.0, 7.0), origin=(1.0, 2.0, 3.0))
     return even, odd, ph
@@ -52,7 +53,7 @@ def test_mask_command_writes_the_engines_mask(halves, tmp_path, capsys):
     assert out.read_bytes() == before
     # settings are options
     rc = cli.main(["mask", "--even", str(even), "--odd", str(odd), "--out", str(tmp_path / "wide.mrc"),
-                   "--mask-margin", "1.0"])
+                   "--mask-margin", "24"])
     assert rc == 0
     assert (np.asarray(read_mrc(tmp_path / "wide.mrc").data) != 0).sum() > (data != 0).sum()
 

@@ -26,15 +26,28 @@ def coverage(mask, specimen):
     return float(mask[specimen].mean()), float(mask[~specimen].mean())
 
 
-def test_thin_slab_acceptance(thin):
-    assert abs(thin.specimen.mean() - 1 / 3) < 0.01
-    result = auto_mask(thin.even, thin.odd)
-    spec, empty = coverage(result.mask, thin.specimen)
-    # measured: 100 % of the specimen, 20 % of the empty space (docs/masks.md)
-    assert spec >= 0.90, (spec, empty)
-    assert empty <= 0.25, (spec, empty)
-    assert result.mask.dtype == bool and result.mask.shape == thin.even.shape
+# Measured with the defaults (bench/mask.py --only coverage; docs/masks.md), specimen / empty %:
+# thin seeds 0–3 100.0/4.7, 96.5/8.4, 100.0/14.1, 96.9/7.8 (the earlier rule, a margin of 0.3 ×
+# the slab found: 100.0/20.0, 76.0/2.0, 97.2/11.5, 85.7/2.2 — seeds 1 and 3 fail here).
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_thin_slab_acceptance(seed, thin):
+    ph = thin if seed == 0 else mask_phantom_halves((96, 96, 96), "thin", seed=seed, snr=0.3)
+    assert abs(ph.specimen.mean() - 1 / 3) < 0.01
+    result = auto_mask(ph.even, ph.odd)
+    spec, empty = coverage(result.mask, ph.specimen)
+    assert spec >= 0.90, (seed, spec, empty)
+    assert empty <= 0.25, (seed, spec, empty)
+    assert result.mask.dtype == bool and result.mask.shape == ph.even.shape
     assert result.params.bin == 2 and result.source()["kind"] == "auto"
+
+
+def test_margin_is_voxels_on_both_surfaces(thin):
+    # the margin moves each surface by its number of voxels (known answer, at a flat slab)
+    base = auto_mask(thin.even, thin.odd, AutoMaskParams(max_tilt=0))
+    wide = auto_mask(thin.even, thin.odd, AutoMaskParams(max_tilt=0, margin=20))
+    rows, rows_wide = (np.flatnonzero(m.mask[:, 48, 48]) for m in (base, wide))
+    assert abs((rows[0] - rows_wide[0]) - 8) <= 1 and abs((rows_wide[-1] - rows[-1]) - 8) <= 1
+    assert abs((wide.thickness - base.thickness) - 16) < 1e-3
 
 
 def test_no_common_signal_keeps_everything():
@@ -59,8 +72,8 @@ def test_mask_follows_a_shifted_slab(thin):
 def test_other_phantoms_keep_specimen_over_empty(kind):
     ph = mask_phantom_halves((96, 96, 96), kind, seed=0, snr=0.3)
     spec, empty = coverage(auto_mask(ph.even, ph.odd).mask, ph.specimen)
-    # measured (seed 0): tilted 98.7 % / 10.7 %, beads 99.5 % / 25.2 % (docs/masks.md)
-    assert spec >= 0.9 and spec - empty >= 0.5, (spec, empty)
+    # measured (seed 0): tilted 96.2 % / 11.7 %, beads 100.0 % / 18.8 % (docs/masks.md)
+    assert spec >= 0.9 and empty <= 0.25, (spec, empty)
 
 
 def test_phantom_labels():
@@ -86,6 +99,8 @@ def test_params_checked():
         auto_mask(np.ones((32, 32, 32)), np.ones((32, 32, 32)), AutoMaskParams(tiles=0))
     with pytest.raises(DDWError, match="threshold"):
         AutoMaskParams(threshold=-1).checked()
+    with pytest.raises(DDWError, match="margin"):
+        AutoMaskParams(margin=-1).checked()
     with pytest.raises(DDWError, match="different shapes"):
         auto_mask(np.ones((32, 32, 32)), np.ones((32, 32, 30)))
 

@@ -210,10 +210,10 @@ MASK_SETTINGS = Group("automatic mask (core.fit.sample_mask; defaults chosen on 
         type=any_float, metavar="DEG"),
     Opt(("--mask-threshold",), "mask_threshold", "the slab's agreement must exceed this many noise "
         "spreads (default 3)", type=positive_float, metavar="K"),
-    Opt(("--mask-level",), "mask_level", "… and this fraction of the peak agreement (default 0.15)",
-        type=fraction, metavar="F"),
-    Opt(("--mask-margin",), "mask_margin", "added on both surfaces, as a fraction of the slab found "
-        "(default 0.3)", type=any_float, metavar="F"),
+    Opt(("--mask-level",), "mask_level", "the slab's surfaces lie where its agreement crosses this "
+        "fraction of the peak (default 0.5)", type=fraction, metavar="F"),
+    Opt(("--mask-margin",), "mask_margin", "voxels added beyond both surfaces (default 12: about a "
+        "particle radius at 10 Å per voxel)", type=any_float, metavar="VOXELS"),
 ))
 
 MASK_INPUT = Group("inputs (or from --config)", (
