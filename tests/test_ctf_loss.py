@@ -204,10 +204,35 @@ def test_run_with_the_ctf_loss_needs_the_defoci(tmp_path, stack, capsys):
         assert not (tmp_path / "o").exists()  # refused before anything is written
 
 
-def test_a_project_run_refuses_the_ctf_loss_before_anything(tmp_path, stack, capsys):
-    stack_path, _ = stack
-    rc = cli.main(["run", str(stack_path.parent), "--thickness", str(SHAPE[0]), "--out", str(tmp_path / "p"),
-                   "--device", "cpu", "--ctf-loss"])
+def test_a_project_fits_with_the_ctf_loss_from_each_stacks_record(tmp_path, stack, capsys):
+    import shutil
+
+    from napari_deepdewedge.core.io.mrc import write_mrc
+
+    stack_path, sample = stack
+    project_in = tmp_path / "in"
+    project_in.mkdir()
+    for f in stack_path.parent.iterdir():  # TS: its angles and its CTFFIND file beside it
+        shutil.copy(f, project_in / f.name)
+    fit = [a for a in FIT if a not in ("--tilt-range", "-60", "60")]
+    run = ["run", str(project_in), "--thickness", str(SHAPE[0]), "--out", str(tmp_path / "p"),
+           *fit, "--epochs", "1", "--ctf-loss"]
+    assert cli.main(run) == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "p" / "TS_ctf.json").read_text())
+    payload = torch.load(tmp_path / "p" / "model" / "latest.pt", weights_only=True)
+    assert payload["config"]["ctf_loss"] is True
+    assert payload["inputs"][0]["ctf"]["odd"]["defocus_u_um"] == record["odd"]["defocus_u_um"]
+    np.testing.assert_allclose(np.sort(record["odd"]["defocus_u_um"]),
+                               np.sort(sample.ctf.defocus_u[1::2]), atol=1e-4)
+    # a second stack without a defocus file: the fit names it, after its halves are kept
+    write_mrc(project_in / "TS2.mrc", sample.tilt_series, voxel_size=PIXEL)
+    shutil.copy(stack_path.with_suffix(".tlt"), project_in / "TS2.tlt")
+    capsys.readouterr()
+    rc = cli.main(run[:4] + ["--out", str(tmp_path / "q")] + run[6:])
     err = capsys.readouterr().err
-    assert rc == 2 and "not wired into project runs yet" in err and "--ctf-loss" in err, err
-    assert not (tmp_path / "p").exists()
+    assert rc == 2 and err.splitlines()[-1].startswith("error: ") and "TS2 was reconstructed" in err, err
+    assert "Traceback" not in err
+    # and --no-ctf with --ctf-loss is refused before anything is written
+    rc = cli.main(run[:4] + ["--out", str(tmp_path / "r")] + run[6:] + ["--no-ctf"])
+    assert rc == 2 and "drop --no-ctf" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -309,11 +309,8 @@ def run_many(args) -> int:
                        "the project's halves with 'deepdewedge fit --even … --mask FILE …'")
     from .fitting import _option
 
-    if _option(args, "ctf_loss"):
-        raise DDWError("--ctf-loss is not wired into project runs yet: let the project reconstruct "
-                       "(each stack's halves get their <stem>_ctf.json), then fit them with "
-                       "'deepdewedge fit --even DIR/<stem>_even.mrc --odd DIR/<stem>_odd.mrc --ctf-loss …'; "
-                       "or drop --ctf-loss")
+    if _option(args, "ctf_loss") and args.no_ctf:
+        raise DDWError("--ctf-loss needs phase-flipped halves: drop --no-ctf (or --ctf-loss)")
     if args.overwrite:
         raise DDWError("a project folder continues its job (DIR/job.json); to start afresh give "
                        "another --out")

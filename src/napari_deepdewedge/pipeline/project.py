@@ -388,9 +388,28 @@ def _fit_request(request, job: JobFile, resume):
     pairs = [pipeline_fitting.HalfPair(
         even=even.data, odd=odd.data, tilt_range=tuple(e["tilt_range"]), name=stem,
         even_path=str(job.absolute(e["even"])), odd_path=str(job.absolute(e["odd"])),
-        voxel_size=tuple(e["voxel_size"])) for stem, e, even, odd in volumes]
+        voxel_size=tuple(e["voxel_size"]), ctf=_pair_ctf(config, job.absolute(e["even"]), e))
+        for stem, e, even, odd in volumes]
+    if config.ctf_loss:
+        missing = [pair.name for pair in pairs if not pair.ctf]
+        if missing:
+            raise DDWError(
+                f"--ctf-loss needs the defocus of every view, but {', '.join(missing)} "
+                f"{'was' if len(missing) == 1 else 'were'} reconstructed without one: put each "
+                "stack's defocus file beside it (<stem>_ctffind4.txt, <stem>.defocus, …), leave "
+                "those tomograms out of the fit (--fit-on), or drop --ctf-loss")
     return pipeline_fitting.FitRequest(pairs=pairs, config=config, resume=resume,
                                        given=request.given)
+
+
+def _pair_ctf(config, even_path, entry) -> dict | None:
+    """With ``ctf_loss``: the phase-flipped halves' defoci, from the ``<stem>_ctf.json`` the
+    project's reconstruction wrote beside them (``pipeline.halves.write_halves``)."""
+    if not config.ctf_loss:
+        return None
+    from .halves import read_ctf_sidecar
+
+    return read_ctf_sidecar(even_path, tuple(entry["voxel_size"]))
 
 
 def mask_path(out_dir, stem: str) -> Path:
